@@ -1,0 +1,3 @@
+"""The edgefleet device agent."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,169 @@
+"""The operator's key directory: one Ed25519 key per role and the signed trust roots.
+
+Layout of a key directory::
+
+    root.key.pem  release.key.pem  deployment.key.pem   private keys, encrypted, mode 0600
+    root.pub.pem  release.pub.pem  deployment.pub.pem   public keys
+    trust-root.json                                     the current signed trust root
+    trust-roots/1.json, 2.json, ...                     every version, for devices to walk
+    retired/ROLE.vN.key.pem                             keys replaced by rotation at version N
+
+Invariants: nothing is ever overwritten in place (temp file, fsync, ``os.replace``);
+``init`` refuses a directory that already holds a trust root; a rotated trust root is
+verified against the previous one with the same rules devices use before it is written.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from protocol import (
+    Envelope,
+    ProtocolError,
+    PublicKey,
+    Role,
+    SigningKey,
+    TrustRoot,
+    verify_initial_trust_root,
+    verify_trust_root_rotation,
+)
+
+from .errors import KeyStoreError
+
+__all__ = [
+    "DEFAULT_TRUST_ROOT_LIFETIME",
+    "TRUST_ROOT_FILE",
+    "KeyStore",
+]
+
+DEFAULT_TRUST_ROOT_LIFETIME = timedelta(days=365)
+TRUST_ROOT_FILE = "trust-root.json"
+_PRIVATE_FILE_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class KeyStore:
+    """A key directory on the local disk."""
+
+    directory: Path
+
+    def private_key_path(self, role: Role) -> Path:
+        return self.directory / f"{role.value}.key.pem"
+
+    def public_key_path(self, role: Role) -> Path:
+        return self.directory / f"{role.value}.pub.pem"
+
+    @property
+    def trust_root_path(self) -> Path:
+        return self.directory / TRUST_ROOT_FILE
+
+    def trust_root_version_path(self, version: int) -> Path:
+        return self.directory / "trust-roots" / f"{version}.json"
+
+    def init(
+        self, *, passphrase: bytes, now: datetime, lifetime: timedelta = DEFAULT_TRUST_ROOT_LIFETIME
+    ) -> TrustRoot:
+        """Create a key per role and trust root version 1, signed by the root key."""
+        if self.trust_root_path.exists():
+            raise KeyStoreError(f"{self.trust_root_path} exists: refusing to replace keys")
+        keys = {role: SigningKey.generate() for role in Role}
+        trust_root = TrustRoot.build(
+            version=1,
+            expires=now + lifetime,
+            roles={role: ([key.public_key], 1) for role, key in keys.items()},
+        )
+        envelope = trust_root.sign([keys[Role.ROOT]])
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for role, key in keys.items():
+            self._write_key_pair(role, key, passphrase)
+        self._write_trust_root(trust_root.version, envelope)
+        return trust_root
+
+    def rotate(
+        self,
+        role: Role,
+        *,
+        passphrase: bytes,
+        now: datetime,
+        lifetime: timedelta = DEFAULT_TRUST_ROOT_LIFETIME,
+    ) -> TrustRoot:
+        """Replace ``role``'s key and write trust root N+1, signed for rotation."""
+        current = self.load_trust_root()
+        old_root_key = self.load_signing_key(Role.ROOT, passphrase)
+        new_key = SigningKey.generate()
+        roles = {r: (list(current.role_keys(r).values()), current.threshold(r)) for r in Role}
+        roles[role] = ([new_key.public_key], 1)
+        successor = TrustRoot.build(
+            version=current.version + 1, expires=now + lifetime, roles=roles
+        )
+        # N+1 needs the old root's signature (authority) and, for a root rotation, the new
+        # root key's own (proof that someone holds it).
+        signers = [old_root_key] + ([new_key] if role is Role.ROOT else [])
+        envelope = successor.sign(signers)
+        try:
+            verify_trust_root_rotation(current, envelope)
+        except ProtocolError as exc:  # pragma: no cover - would be a bug in this module
+            raise KeyStoreError(f"rotated trust root does not verify: {exc}") from exc
+        retired = self.directory / "retired" / f"{role.value}.v{current.version}.key.pem"
+        retired.parent.mkdir(exist_ok=True)
+        _write_atomic(retired, self.private_key_path(role).read_bytes(), _PRIVATE_FILE_MODE)
+        self._write_key_pair(role, new_key, passphrase)
+        self._write_trust_root(successor.version, envelope)
+        return successor
+
+    def load_trust_root(self) -> TrustRoot:
+        return verify_initial_trust_root(self.load_trust_root_envelope())
+
+    def load_trust_root_envelope(self) -> Envelope:
+        try:
+            return Envelope.from_bytes(self.trust_root_path.read_bytes())
+        except FileNotFoundError as exc:
+            raise KeyStoreError(
+                f"no {TRUST_ROOT_FILE} in {self.directory}: run 'edgefleet keys init' first"
+            ) from exc
+
+    def load_signing_key(self, role: Role, passphrase: bytes) -> SigningKey:
+        path = self.private_key_path(role)
+        try:
+            return SigningKey.from_encrypted_pem(path.read_bytes(), passphrase)
+        except FileNotFoundError as exc:
+            raise KeyStoreError(f"no {role.value} key at {path}") from exc
+
+    def load_public_key(self, role: Role) -> PublicKey:
+        return PublicKey.from_pem(self.public_key_path(role).read_bytes())
+
+    def _write_key_pair(self, role: Role, key: SigningKey, passphrase: bytes) -> None:
+        encrypted = key.to_encrypted_pem(passphrase)
+        _write_atomic(self.private_key_path(role), encrypted, _PRIVATE_FILE_MODE)
+        _write_atomic(self.public_key_path(role), key.public_key.to_pem(), 0o644)
+
+    def _write_trust_root(self, version: int, envelope: Envelope) -> None:
+        data = envelope.to_bytes()
+        history = self.trust_root_version_path(version)
+        history.parent.mkdir(exist_ok=True)
+        _write_atomic(history, data, 0o644)
+        _write_atomic(self.trust_root_path, data, 0o644)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old file or the whole new one."""
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as temp:
+            temp.write(data)
+            temp.flush()
+            os.fsync(temp.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,136 @@
+"""edgefleet's wire protocol: topics, documents, canonical JSON, DSSE and Ed25519.
+
+Pure: nothing here does I/O. Bytes come in, verified documents or a ``ProtocolError``
+come out. This namespace is the public API; the submodules are its implementation.
+"""
+
+from .canonical import MAX_SAFE_INTEGER, canonical_json
+from .deployment import Command, Deployment, ProbationPolicy
+from .document import Document
+from .dsse import MAX_ENVELOPE_BYTES, MAX_SIGNATURES, Envelope, Signature, pae, sign_envelope
+from .errors import (
+    BadSignatureError,
+    ExpiredError,
+    KeyFormatError,
+    KeyNotInRoleError,
+    MalformedDocumentError,
+    PayloadTypeError,
+    ProtocolError,
+    RotationError,
+    RotationVersionError,
+    SignatureError,
+    ThresholdNotMetError,
+    TopicError,
+)
+from .keys import PublicKey, SigningKey, key_id_of
+from .release import (
+    Artifact,
+    GoldenCase,
+    Histogram,
+    ReferenceProfile,
+    Release,
+    ReleaseRef,
+    RuntimeRequirements,
+    TensorData,
+    TensorSpec,
+)
+from .reports import Event, LatencySummary, State, TelemetryBatch, TelemetryWindow
+from .topics import (
+    CHANNELS,
+    DEFAULT_PREFIX,
+    Channel,
+    ChannelSpec,
+    device_topic,
+    parse_device_topic,
+    subscription_filter,
+    verify_device_id,
+    verify_prefix,
+)
+from .trust_root import KeyEntry, Role, RoleEntry, TrustRoot
+from .verify import (
+    SIGNING_ROLE,
+    verify_document,
+    verify_initial_trust_root,
+    verify_not_expired,
+    verify_signatures,
+    verify_trust_root_rotation,
+)
+
+# Every document type by its DSSE payload type, for readers that dispatch on it.
+DOCUMENT_TYPES: dict[str, type[Document]] = {
+    cls.PAYLOAD_TYPE: cls
+    for cls in (
+        TrustRoot,
+        Release,
+        Deployment,
+        Command,
+        State,
+        Event,
+        TelemetryWindow,
+        TelemetryBatch,
+    )
+}
+
+__all__ = [
+    "CHANNELS",
+    "DEFAULT_PREFIX",
+    "DOCUMENT_TYPES",
+    "MAX_ENVELOPE_BYTES",
+    "MAX_SAFE_INTEGER",
+    "MAX_SIGNATURES",
+    "SIGNING_ROLE",
+    "Artifact",
+    "BadSignatureError",
+    "Channel",
+    "ChannelSpec",
+    "Command",
+    "Deployment",
+    "Document",
+    "Envelope",
+    "Event",
+    "ExpiredError",
+    "GoldenCase",
+    "Histogram",
+    "KeyEntry",
+    "KeyFormatError",
+    "KeyNotInRoleError",
+    "LatencySummary",
+    "MalformedDocumentError",
+    "PayloadTypeError",
+    "ProbationPolicy",
+    "ProtocolError",
+    "PublicKey",
+    "ReferenceProfile",
+    "Release",
+    "ReleaseRef",
+    "Role",
+    "RoleEntry",
+    "RotationError",
+    "RotationVersionError",
+    "RuntimeRequirements",
+    "Signature",
+    "SignatureError",
+    "SigningKey",
+    "State",
+    "TelemetryBatch",
+    "TelemetryWindow",
+    "TensorData",
+    "TensorSpec",
+    "ThresholdNotMetError",
+    "TopicError",
+    "TrustRoot",
+    "canonical_json",
+    "device_topic",
+    "key_id_of",
+    "pae",
+    "parse_device_topic",
+    "sign_envelope",
+    "subscription_filter",
+    "verify_device_id",
+    "verify_document",
+    "verify_initial_trust_root",
+    "verify_not_expired",
+    "verify_prefix",
+    "verify_signatures",
+    "verify_trust_root_rotation",
+]

@@ -1,0 +1,96 @@
+"""What a device reports: its state (retained), lifecycle events, telemetry windows.
+
+Devices publish these as bare canonical JSON on their own topics; the broker's ACL, not a
+signature, ties them to the device. Each still has a distinct payload type so that it can
+be wrapped in a DSSE envelope where a device key exists. Events and telemetry batches carry
+a per-device ``seq`` so that the controller applies each once, whatever MQTT redelivers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AwareDatetime, Field, model_validator
+
+from .document import DeviceId, Document, Model, Name
+from .release import ReleaseRef
+
+__all__ = ["Event", "LatencySummary", "State", "TelemetryBatch", "TelemetryWindow"]
+
+MAX_WINDOWS_PER_BATCH = 1000
+Label = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class State(Document):
+    PAYLOAD_TYPE: ClassVar[str] = "application/vnd.edgefleet.state+json"
+
+    device_id: DeviceId
+    online: bool
+    agent_version: str | None = None
+    phase: Label = "idle"
+    active: ReleaseRef | None = None
+    previous: ReleaseRef | None = None
+    deployment_sequence: int | None = Field(default=None, ge=1)
+    runtimes: list[str] = []
+    trust_root_version: int | None = Field(default=None, ge=1)
+    reported_at: AwareDatetime | None = None
+
+
+class Event(Document):
+    PAYLOAD_TYPE: ClassVar[str] = "application/vnd.edgefleet.event+json"
+
+    device_id: DeviceId
+    seq: int = Field(ge=1)
+    type: Label
+    at: AwareDatetime
+    deployment_sequence: int | None = Field(default=None, ge=1)
+    phase: Label | None = None
+    release: ReleaseRef | None = None
+    reason: str | None = None
+    details: dict[str, Any] = {}
+
+
+class LatencySummary(Model):
+    p50_ms: float = Field(ge=0)
+    p95_ms: float = Field(ge=0)
+    p99_ms: float = Field(ge=0)
+    # counts[i] is the number of requests with latency <= bounds_ms[i] and above the
+    # previous bound; the last count is for latencies above every bound.
+    bounds_ms: list[float] = []
+    counts: list[Annotated[int, Field(ge=0)]] = []
+
+    @model_validator(mode="after")
+    def _buckets(self) -> LatencySummary:
+        if (self.bounds_ms or self.counts) and len(self.counts) != len(self.bounds_ms) + 1:
+            raise ValueError("latency histogram needs one more count than bounds")
+        return self
+
+
+class TelemetryWindow(Document):
+    PAYLOAD_TYPE: ClassVar[str] = "application/vnd.edgefleet.telemetry-window+json"
+
+    model: Name
+    release: ReleaseRef | None = None
+    window_start: AwareDatetime
+    window_s: float = Field(gt=0)
+    requests: int = Field(ge=0)
+    errors: int = Field(ge=0)
+    nonfinite_outputs: int = Field(ge=0)
+    latency: LatencySummary | None = None
+    top1_confidence_mean: float | None = Field(default=None, ge=0, le=1)
+    class_counts: list[Annotated[int, Field(ge=0)]] | None = None
+    drift_psi: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _errors_within_requests(self) -> TelemetryWindow:
+        if self.errors > self.requests:
+            raise ValueError("errors exceed requests")
+        return self
+
+
+class TelemetryBatch(Document):
+    PAYLOAD_TYPE: ClassVar[str] = "application/vnd.edgefleet.telemetry-batch+json"
+
+    device_id: DeviceId
+    seq: int = Field(ge=1)
+    windows: list[TelemetryWindow] = Field(min_length=1, max_length=MAX_WINDOWS_PER_BATCH)
