@@ -4,7 +4,7 @@ Pure: nothing here does I/O. Bytes come in, verified documents or a ``ProtocolEr
 come out. This namespace is the public API; the submodules are its implementation.
 """
 
-from .canonical import MAX_SAFE_INTEGER, canonical_json
+from .canonical import MAX_SAFE_INTEGER, canonical_json, parse_json
 from .deployment import Command, Deployment, ProbationPolicy
 from .document import Document
 from .dsse import MAX_ENVELOPE_BYTES, MAX_SIGNATURES, Envelope, Signature, pae, sign_envelope
@@ -22,8 +22,9 @@ from .errors import (
     ThresholdNotMetError,
     TopicError,
 )
-from .keys import PublicKey, SigningKey, key_id_of
+from .keys import ED25519_PUBLIC_KEY_BYTES, PublicKey, SigningKey, key_id_of
 from .release import (
+    DATATYPE_BYTES,
     Artifact,
     GoldenCase,
     Histogram,
@@ -38,6 +39,7 @@ from .reports import Event, LatencySummary, State, TelemetryBatch, TelemetryWind
 from .topics import (
     CHANNELS,
     DEFAULT_PREFIX,
+    DEVICE_ID_PATTERN,
     Channel,
     ChannelSpec,
     device_topic,
@@ -73,8 +75,11 @@ DOCUMENT_TYPES: dict[str, type[Document]] = {
 
 __all__ = [
     "CHANNELS",
+    "DATATYPE_BYTES",
     "DEFAULT_PREFIX",
+    "DEVICE_ID_PATTERN",
     "DOCUMENT_TYPES",
+    "ED25519_PUBLIC_KEY_BYTES",
     "MAX_ENVELOPE_BYTES",
     "MAX_SAFE_INTEGER",
     "MAX_SIGNATURES",
@@ -124,6 +129,7 @@ __all__ = [
     "key_id_of",
     "pae",
     "parse_device_topic",
+    "parse_json",
     "sign_envelope",
     "subscription_filter",
     "verify_device_id",

@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import MalformedDocumentError
 
-__all__ = ["MAX_SAFE_INTEGER", "canonical_json"]
+__all__ = ["MAX_SAFE_INTEGER", "canonical_json", "parse_json"]
 
 MAX_SAFE_INTEGER = 2**53 - 1
 
@@ -37,6 +37,22 @@ def canonical_json(value: Any) -> bytes:
         return "".join(parts).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise MalformedDocumentError(f"string is not valid Unicode: {exc.reason}") from exc
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Parse JSON the way the canonical form is meant to be read: as I-JSON.
+
+    Integers beyond the safe range become floats, as in ECMAScript: RFC 8785 writes a
+    large integral double such as 4.533367679272093e16 as ``45333676792720930``, which
+    must read back as that double, not as a different exact integer.
+    Raises ``json.JSONDecodeError`` or ``UnicodeDecodeError`` on bad input.
+    """
+    return json.loads(data, parse_int=_parse_int)
+
+
+def _parse_int(text: str) -> int | float:
+    value = int(text)
+    return value if abs(value) <= MAX_SAFE_INTEGER else float(text)
 
 
 def _write(value: Any, out: list[str]) -> None:

@@ -17,20 +17,14 @@ from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .canonical import canonical_json
+from .canonical import canonical_json, parse_json
 from .dsse import MAX_ENVELOPE_BYTES, Envelope, sign_envelope
 from .errors import MalformedDocumentError, PayloadTypeError
 from .keys import SigningKey
 from .topics import DEVICE_ID_PATTERN
 
-__all__ = [
-    "DeviceId",
-    "Document",
-    "EnvelopeObject",
-    "Model",
-    "Name",
-    "Sha256Hex",
-]
+# The field types below are shared by the document modules, not part of the public API.
+__all__ = ["Document"]
 
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
@@ -76,7 +70,7 @@ class Document(Model):
                 f"{cls.__name__} of {len(payload)} bytes exceeds {MAX_ENVELOPE_BYTES} bytes"
             )
         try:
-            obj = json.loads(payload)
+            obj = parse_json(payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise MalformedDocumentError(f"{cls.__name__} payload is not JSON: {exc}") from exc
         return cls.from_json_obj(obj)

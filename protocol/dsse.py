@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .canonical import canonical_json
+from .canonical import canonical_json, parse_json
 from .errors import MalformedDocumentError
 from .keys import SigningKey
 
@@ -79,7 +79,7 @@ class Envelope:
                 f"envelope of {len(data)} bytes exceeds {MAX_ENVELOPE_BYTES} bytes"
             )
         try:
-            obj = json.loads(data)
+            obj = parse_json(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise MalformedDocumentError(f"envelope is not JSON: {exc}") from exc
         return cls.from_json_obj(obj)

@@ -1,0 +1,136 @@
+"""Real MQTT brokers for tests: a Mosquitto subprocess and the embedded amqtt broker.
+
+Each broker listens on its own free loopback port, never on 1883, so tests never share
+state with a broker the machine already runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BROKER_START_TIMEOUT_S = 15.0
+MOSQUITTO_SEARCH_PATH = "/usr/sbin:/usr/local/sbin:/usr/bin:/usr/local/bin"
+
+
+@dataclass(frozen=True)
+class BrokerEndpoint:
+    kind: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout_s: float, alive: Any = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise RuntimeError(f"broker exited before listening on {host}:{port}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s} s")
+
+
+def find_mosquitto() -> str | None:
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path=MOSQUITTO_SEARCH_PATH)
+
+
+@contextlib.contextmanager
+def run_mosquitto(binary: str, workdir: Path) -> Iterator[BrokerEndpoint]:
+    """Start Mosquitto with a temporary config on a free loopback port."""
+    port = free_port()
+    config = workdir / "mosquitto.conf"
+    log = workdir / "mosquitto.log"
+    config.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "persistence false\n"
+        f"log_dest file {log}\n"
+        "log_type error\nlog_type warning\nlog_type notice\n"
+    )
+    process = subprocess.Popen(
+        [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        try:
+            wait_for_port(
+                "127.0.0.1", port, BROKER_START_TIMEOUT_S, alive=lambda: process.poll() is None
+            )
+        except (RuntimeError, TimeoutError) as exc:
+            stderr = process.stderr.read().decode() if process.stderr and process.poll() else ""
+            log_text = log.read_text() if log.exists() else ""
+            raise RuntimeError(f"mosquitto did not start: {exc}\n{stderr}{log_text}") from exc
+        yield BrokerEndpoint("mosquitto", "127.0.0.1", port)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def run_embedded_amqtt() -> Iterator[BrokerEndpoint]:
+    """Run an amqtt broker on its own event loop in a background thread."""
+    from amqtt.broker import Broker
+
+    port = free_port()
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def start() -> None:
+        broker = Broker(config, loop=loop)
+        await broker.start()
+        holder["broker"] = broker
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(start())
+        except BaseException as exc:  # reported to the waiting fixture
+            holder["error"] = exc
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, name=f"amqtt-{port}", daemon=True)
+    thread.start()
+    started.wait(BROKER_START_TIMEOUT_S)
+    if "error" in holder or "broker" not in holder:
+        raise RuntimeError(f"embedded amqtt broker did not start: {holder.get('error')}")
+    try:
+        wait_for_port("127.0.0.1", port, BROKER_START_TIMEOUT_S)
+        yield BrokerEndpoint("amqtt", "127.0.0.1", port)
+    finally:
+        future = asyncio.run_coroutine_threadsafe(holder["broker"].shutdown(), loop)
+        with contextlib.suppress(Exception):
+            future.result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

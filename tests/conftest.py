@@ -1,0 +1,87 @@
+"""Shared fixtures: real brokers, a real PostgreSQL schema per test, key material.
+
+A test that needs Mosquitto or PostgreSQL is skipped, with a message saying how to get
+it, when the service is missing; with ``CI=true`` a missing service fails the test, so CI
+can never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.brokers import BrokerEndpoint, find_mosquitto, run_embedded_amqtt, run_mosquitto
+from tests.factories import keyring
+
+__all__ = ["keyring"]
+
+POSTGRES_URL_ENV = "EDGEFLEET_TEST_POSTGRES_URL"
+
+
+def require_service(name: str, how_to_get: str) -> None:
+    """Skip (or, on CI, fail) a test whose service is missing."""
+    message = f"{name} is not available: {how_to_get}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI=true: a missing service is an error)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[BrokerEndpoint]:
+    """A Mosquitto broker of this test's own, on a free loopback port."""
+    binary = find_mosquitto()
+    if binary is None:
+        require_service(
+            "mosquitto", "install it with 'apt-get install mosquitto' (make test does as root)"
+        )
+        raise AssertionError("unreachable")
+    with run_mosquitto(binary, tmp_path) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def amqtt_broker() -> Iterator[BrokerEndpoint]:
+    """The embedded amqtt broker, running in this process on a free loopback port."""
+    with run_embedded_amqtt() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(params=["mosquitto", "amqtt"])
+def broker(request: pytest.FixtureRequest) -> BrokerEndpoint:
+    """Each broker edgefleet supports, one after the other."""
+    fixture_name = "mosquitto" if request.param == "mosquitto" else "amqtt_broker"
+    endpoint: BrokerEndpoint = request.getfixturevalue(fixture_name)
+    return endpoint
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A topic prefix no other test uses."""
+    return f"edgefleet-test/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped after the test."""
+    base_url = os.environ.get(POSTGRES_URL_ENV)
+    if not base_url:
+        require_service(
+            "PostgreSQL",
+            f"set {POSTGRES_URL_ENV} (make test does when PostgreSQL answers on 127.0.0.1:5432)",
+        )
+        raise AssertionError("unreachable")
+    import psycopg
+
+    schema = f"test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in base_url else "?"
+    try:
+        yield f"{base_url}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(base_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
