@@ -7,6 +7,7 @@ so they do not end up in shell history or ``ps``.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,11 @@ from protocol import ProtocolError, Role
 from .doc_inspect import inspect_document
 from .errors import ControllerError
 from .keystore import KeyStore
+from .local_admin import create_token_locally, verify_audit_locally
+from .operator_cli import model_app
+from .server import serve
+from .settings import Settings, load_settings
+from .tokens import Role as TokenRole
 
 __all__ = ["app", "main"]
 
@@ -30,8 +36,15 @@ EXIT_FAILED = 1
 app = typer.Typer(help="edgefleet: ship ML models to edge fleets safely.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create and rotate the signing keys and the trust root.")
 doc_app = typer.Typer(help="Inspect signed documents.")
+controller_app = typer.Typer(help="Run the controller.", no_args_is_help=True)
+tokens_app = typer.Typer(help="API tokens (run on the controller host).", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log (run on the controller host).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(doc_app, name="doc")
+app.add_typer(controller_app, name="controller")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(audit_app, name="audit")
+app.add_typer(model_app, name="model")
 
 KeyDir = Annotated[Path, typer.Option("--dir", help="The key directory.")]
 LifetimeDays = Annotated[
@@ -106,6 +119,84 @@ def doc_verify(
         typer.echo(line)
     if not report.verified:
         raise typer.Exit(EXIT_FAILED)
+
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (env EDGEFLEET_DATA_DIR).", show_default=False),
+]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML settings file (env EDGEFLEET_CONFIG).", show_default=False),
+]
+
+
+def _settings(config: Path | None, **overrides: object) -> Settings:
+    try:
+        return load_settings(config_file=config, overrides=overrides)
+    except ControllerError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("EDGEFLEET_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@controller_app.command("serve")
+def controller_serve(
+    host: Annotated[str | None, typer.Option(help="HTTP address (env EDGEFLEET_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (env EDGEFLEET_PORT).")] = None,
+    data_dir: DataDir = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="'embedded' or mqtt://host:port (env EDGEFLEET_BROKER)."),
+    ] = None,
+    mqtt_port: Annotated[
+        int | None, typer.Option(help="Embedded broker port (env EDGEFLEET_MQTT_PORT).")
+    ] = None,
+    config: ConfigFile = None,
+) -> None:
+    """Serve the API (and the embedded MQTT broker) until SIGTERM or SIGINT."""
+    _configure_logging()
+    settings = _settings(
+        config, host=host, port=port, data_dir=data_dir, broker=broker, mqtt_port=mqtt_port
+    )
+    raise typer.Exit(serve(settings))
+
+
+@tokens_app.command("create")
+def tokens_create(
+    role: Annotated[TokenRole, typer.Option("--role", help="admin, operator or viewer.")],
+    name: Annotated[str, typer.Option("--name", help="Who or what holds the token.")] = "cli",
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Create an API token and print it (only the token, once; it is stored hashed)."""
+    settings = _settings(config, data_dir=data_dir)
+    try:
+        token = create_token_locally(settings, name=name, role=role)
+    except (ControllerError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(token)
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Check the audit log's hash chain; exit 1 when a row was edited or deleted."""
+    settings = _settings(config, data_dir=data_dir)
+    try:
+        count, problems = verify_audit_locally(settings)
+    except (ControllerError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    for problem in problems:
+        typer.echo(f"entry {problem.seq}: {problem.problem}")
+    if problems:
+        typer.echo(f"audit log BROKEN: {len(problems)} problems in {count} entries", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    typer.echo(f"audit log intact: {count} entries")
 
 
 def main() -> None:

@@ -1,0 +1,37 @@
+"""Probes and metrics. Only ``/healthz`` and ``/readyz`` are open: they reveal nothing."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from .deps import Context, Viewer
+
+router = APIRouter(tags=["health"])
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(ctx: Context, response: Response) -> dict[str, str]:
+    """The database answers and the signing keys are loaded."""
+    try:
+        with ctx.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        response.status_code = 503
+        return {"status": "unavailable", "reason": f"database: {type(exc).__name__}"}
+    return {"status": "ready"}
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(ctx: Context, _caller: Viewer) -> Response:
+    """Prometheus metrics (needs a viewer token; scrapers send it as a bearer token)."""
+    return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)

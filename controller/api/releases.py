@@ -1,0 +1,61 @@
+"""Signed releases."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+
+from ..releases import envelope_of, get_release, list_releases, release_version
+from ..schemas import ReleasePublic
+from ..tables import ReleaseRecord
+from .deps import Audited, Context, DbSession, Operator, Viewer
+from .models import ModelName, VersionNumber
+
+router = APIRouter(prefix="/api/v1", tags=["releases"])
+
+
+def _public(record: ReleaseRecord) -> ReleasePublic:
+    return ReleasePublic(
+        model_name=record.model_name,
+        version=record.version,
+        sha256=record.sha256,
+        created_by=record.created_by,
+        created_at=record.created_at,
+        envelope=envelope_of(record).to_json_obj(),
+    )
+
+
+@router.post(
+    "/models/{name}/versions/{version}/release",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Audited],
+    responses={200: {"description": "Already released; the existing release."}},
+)
+def post_release(
+    name: ModelName,
+    version: VersionNumber,
+    request: Request,
+    response: Response,
+    ctx: Context,
+    session: DbSession,
+    caller: Operator,
+) -> ReleasePublic:
+    """Sign a release of this version with the release key (idempotent)."""
+    record, created = release_version(session, ctx, name=name, version=version, principal=caller)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    request.state.audit = {"target": f"{name}:{version}", "sha256": record.sha256}
+    return _public(record)
+
+
+@router.get("/models/{name}/versions/{version}/release")
+def get_one_release(
+    name: ModelName, version: VersionNumber, session: DbSession, _caller: Viewer
+) -> ReleasePublic:
+    """The signed release of this version."""
+    return _public(get_release(session, name, version))
+
+
+@router.get("/releases")
+def get_releases(session: DbSession, _caller: Viewer) -> list[ReleasePublic]:
+    """Every release, oldest first."""
+    return [_public(record) for record in list_releases(session)]

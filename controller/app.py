@@ -1,0 +1,120 @@
+"""The FastAPI app factory: ``create_app(settings)`` builds everything a request needs.
+
+Startup order: data directories, database engine, migrations, signing keys, then routes.
+Nothing happens at import time. Controller errors become JSON ``{"detail", "kind"}``
+answers with a 4xx status; nothing a client sends can produce a 5xx by design.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from . import __version__
+from .api import artifacts, health, models, releases
+from .api.deps import Viewer
+from .artifact_store import ArtifactStore
+from .context import ControllerContext
+from .db import make_engine
+from .errors import (
+    BadRequestError,
+    ConflictError,
+    ControllerError,
+    JobError,
+    ModelRejectedError,
+    NotFoundError,
+    UploadTooLargeError,
+)
+from .metrics import Metrics
+from .migrate import upgrade_database
+from .settings import Settings
+from .signing import load_or_create_signer
+
+__all__ = ["build_context", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: list[tuple[type[ControllerError], int]] = [
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (ModelRejectedError, 422),
+    (JobError, 422),
+    (UploadTooLargeError, 413),
+    (BadRequestError, 400),
+]
+
+
+def build_context(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> ControllerContext:
+    for directory in (settings.data_dir, settings.artifacts_dir, settings.work_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade_database(engine)
+    return ControllerContext(
+        settings=settings,
+        engine=engine,
+        store=ArtifactStore(settings.artifacts_dir),
+        signer=load_or_create_signer(settings.keys_dir, environ),
+        metrics=Metrics(),
+    )
+
+
+def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> FastAPI:
+    ctx = build_context(settings, environ)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        ctx.engine.dispose()
+
+    app = FastAPI(
+        title="edgefleet controller",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # served below, behind a token like every other route
+    )
+    app.state.ctx = ctx
+    for router in (health.router, models.router, releases.router, artifacts.router):
+        app.include_router(router)
+
+    @app.get("/api/v1/openapi.json", tags=["health"], include_in_schema=False)
+    def openapi(_caller: Viewer) -> dict[str, Any]:
+        return app.openapi()
+
+    app.add_exception_handler(ControllerError, _controller_error)
+    app.middleware("http")(_measure(ctx))
+    return app
+
+
+async def _controller_error(_request: Request, exc: Exception) -> Response:
+    status = next((code for kind, code in STATUS_BY_ERROR if isinstance(exc, kind)), 500)
+    if status == 500:
+        logger.error("unhandled controller error: %s", exc)
+    kind = getattr(exc, "kind", None) or type(exc).__name__
+    return JSONResponse({"detail": str(exc), "kind": kind}, status_code=status)
+
+
+def _measure(
+    ctx: ControllerContext,
+) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
+    async def middleware(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.monotonic()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        ctx.metrics.http_requests.labels(template, request.method, str(response.status_code)).inc()
+        ctx.metrics.http_latency.labels(template).observe(time.monotonic() - started)
+        return response
+
+    return middleware

@@ -1,0 +1,135 @@
+"""The append-only, hash-chained audit log of every mutating call.
+
+Each entry's hash is SHA-256 over the previous entry's hash and the entry's canonical
+JSON, and a one-row head records the last entry. Appending locks the head row, so
+concurrent writers (threads or controller processes) serialize and the chain never forks.
+``verify_audit_chain`` finds an edited row (hash mismatch), a deleted row (gap in
+sequence numbers or a broken link), and a deleted tail (head ahead of the last row).
+Rewriting the whole chain and the head together is not detectable from inside the
+database; export the head hash elsewhere to anchor it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from protocol import canonical_json
+
+from .tables import AuditEntry, AuditHead, utcnow
+from .tokens import Principal
+
+__all__ = ["AuditProblem", "append_audit", "verify_audit_chain"]
+
+GENESIS_SHA256 = "0" * 64
+
+
+def _entry_hash(
+    prev_sha256: str,
+    *,
+    seq: int,
+    at: datetime,
+    actor: str,
+    role: str,
+    action: str,
+    target: str,
+    details: dict[str, Any],
+) -> str:
+    body = canonical_json(
+        {
+            "seq": seq,
+            "at": _as_utc(at).isoformat(),
+            "actor": actor,
+            "role": role,
+            "action": action,
+            "target": target,
+            "details": details,
+        }
+    )
+    return hashlib.sha256(prev_sha256.encode("ascii") + body).hexdigest()
+
+
+def append_audit(
+    session: Session,
+    principal: Principal,
+    *,
+    action: str,
+    target: str,
+    details: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """Append one entry in the caller's transaction."""
+    head = session.exec(select(AuditHead).where(AuditHead.id == 1).with_for_update()).first()
+    if head is None:
+        head = AuditHead(id=1, seq=0, sha256=GENESIS_SHA256)
+        session.add(head)
+    fields: dict[str, Any] = {
+        "seq": head.seq + 1,
+        "at": utcnow(),
+        "actor": f"{principal.name} ({principal.token_id})",
+        "role": principal.role.value,
+        "action": action,
+        "target": target,
+        "details": details or {},
+    }
+    entry = AuditEntry(**fields, prev_sha256=head.sha256, sha256=_entry_hash(head.sha256, **fields))
+    session.add(entry)
+    head.seq, head.sha256 = entry.seq, entry.sha256
+    session.add(head)
+    session.flush()
+    return entry
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    seq: int
+    problem: str
+
+
+def verify_audit_chain(session: Session) -> tuple[int, list[AuditProblem]]:
+    """Walk the chain; return the number of entries and every problem found."""
+    entries = session.exec(select(AuditEntry).order_by(col(AuditEntry.seq))).all()
+    head = session.get(AuditHead, 1)
+    problems = list(_walk(entries))
+    last_seq = entries[-1].seq if entries else 0
+    last_hash = entries[-1].sha256 if entries else GENESIS_SHA256
+    if head is not None and (head.seq, head.sha256) != (last_seq, last_hash):
+        problems.append(
+            AuditProblem(
+                head.seq, f"head says entry {head.seq}, log ends at {last_seq}: rows deleted"
+            )
+        )
+    return len(entries), problems
+
+
+def _walk(entries: Iterable[AuditEntry]) -> Iterable[AuditProblem]:
+    expected_seq, prev = 1, GENESIS_SHA256
+    for entry in entries:
+        if entry.seq != expected_seq:
+            yield AuditProblem(entry.seq, f"expected entry {expected_seq}: rows deleted")
+        if entry.prev_sha256 != prev:
+            yield AuditProblem(entry.seq, "link to the previous entry is broken")
+        recomputed = _entry_hash(
+            entry.prev_sha256,
+            seq=entry.seq,
+            at=entry.at,
+            actor=entry.actor,
+            role=entry.role,
+            action=entry.action,
+            target=entry.target,
+            details=entry.details,
+        )
+        if recomputed != entry.sha256:
+            yield AuditProblem(entry.seq, "entry was edited (hash mismatch)")
+        expected_seq, prev = entry.seq + 1, entry.sha256
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes (stored as UTC); PostgreSQL hands back aware ones
+    # in the session's time zone. Hash one spelling of the instant.
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return aware.astimezone(UTC)

@@ -1,0 +1,32 @@
+"""Everything a request handler needs, built once per app by ``create_app``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from .artifact_store import ArtifactStore
+from .jobs import JobLimits
+from .metrics import Metrics
+from .settings import Settings
+from .signing import Signer
+
+__all__ = ["ControllerContext"]
+
+
+@dataclass(frozen=True)
+class ControllerContext:
+    settings: Settings
+    engine: Engine
+    store: ArtifactStore
+    signer: Signer
+    metrics: Metrics
+
+    @property
+    def job_limits(self) -> JobLimits:
+        return JobLimits(
+            memory_bytes=self.settings.job_memory_bytes,
+            cpu_s=self.settings.job_cpu_s,
+            wall_s=self.settings.job_wall_s,
+        )

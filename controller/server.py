@@ -1,0 +1,126 @@
+"""``edgefleet controller serve``: startup, run, shutdown as three named phases.
+
+Startup builds the app (migrations, keys) and, with ``--broker embedded``, binds the
+amqtt broker; any failure there exits with ``EXIT_STARTUP_FAILURE`` and one clear line.
+Run serves HTTP with uvicorn, whose signal handlers only set a flag on SIGTERM/SIGINT.
+Shutdown lets uvicorn finish requests in flight (with a timeout), then stops the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from .app import create_app
+from .errors import ConfigError, ControllerError
+from .settings import Settings
+
+__all__ = ["EXIT_STARTUP_FAILURE", "serve"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_STARTUP_FAILURE = 3
+GRACEFUL_SHUTDOWN_S = 30
+
+
+def serve(settings: Settings) -> int:
+    try:
+        app = create_app(settings)
+    except (ControllerError, OSError) as exc:
+        logger.error("startup failed: %s", exc)
+        return EXIT_STARTUP_FAILURE
+    try:
+        return asyncio.run(_run(settings, app))
+    except ConfigError as exc:
+        logger.error("startup failed: %s", exc)
+        return EXIT_STARTUP_FAILURE
+
+
+async def _run(settings: Settings, app: Any) -> int:
+    broker = await _start_broker(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    server = _Server(config)
+    try:
+        await server.serve()
+    finally:
+        if broker is not None:
+            with contextlib.suppress(Exception):
+                await broker.shutdown()
+            logger.info("embedded MQTT broker stopped")
+    return EXIT_OK if server.started else EXIT_STARTUP_FAILURE
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus re-raising the signal after shutdown.
+
+    uvicorn re-delivers SIGTERM/SIGINT once it has stopped, which would kill the process
+    before the broker is shut down; here the handlers only set uvicorn's exit flag.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.handle_exit, signum, None)
+        try:
+            yield
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+
+async def _start_broker(settings: Settings) -> Any:
+    if settings.broker != "embedded":
+        if not settings.broker.startswith(("mqtt://", "mqtts://")):
+            raise ConfigError(
+                f"--broker must be 'embedded' or mqtt://host:port, not {settings.broker!r}"
+            )
+        logger.info("using the MQTT broker at %s", settings.broker)
+        return None
+    _check_port_free(settings.mqtt_host, settings.mqtt_port)
+    from amqtt.broker import Broker
+
+    broker = Broker(
+        {
+            "listeners": {
+                "default": {"type": "tcp", "bind": f"{settings.mqtt_host}:{settings.mqtt_port}"}
+            },
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+    )
+    try:
+        await broker.start()
+    except Exception as exc:
+        raise ConfigError(f"the embedded MQTT broker did not start: {exc}") from exc
+    logger.info("embedded MQTT broker listening on %s:%d", settings.mqtt_host, settings.mqtt_port)
+    return broker
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"MQTT port {host}:{port} is taken: stop what listens there, or pass "
+                    "--mqtt-port PORT, or use an external broker with --broker mqtt://host:port"
+                ) from exc
+            raise ConfigError(f"cannot bind the MQTT port {host}:{port}: {exc}") from exc

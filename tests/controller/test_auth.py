@@ -1,0 +1,140 @@
+"""Every route but the health probes needs a token; viewers cannot change anything."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from controller.api.deps import audited
+from controller.db import session_scope
+from controller.tables import ApiToken
+from controller.tokens import Role
+from tests.controller.conftest import bearer, ctx
+
+OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz")}
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def walk_routes(routes: list[object]) -> Iterator[APIRoute]:
+    """Every API route of the app, including those in included routers."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        original = getattr(route, "original_router", None)
+        if original is not None:
+            yield from walk_routes(original.routes)
+
+
+def all_endpoints(app: FastAPI) -> list[tuple[str, str]]:
+    endpoints = [
+        (method, route.path)
+        for route in walk_routes(app.routes)
+        for method in sorted(route.methods or ())
+        if method != "HEAD"
+    ]
+    assert len(endpoints) >= 10, endpoints  # the walk found the routers
+    return endpoints
+
+
+def concrete(path: str) -> str:
+    values = {"name": "digits", "version": "1", "digest": "a" * 64}
+    return re.sub(r"\{(\w+)\}", lambda m: values.get(m[1], "x"), path)
+
+
+def test_every_route_but_the_probes_refuses_a_missing_token(
+    app: FastAPI, client: TestClient
+) -> None:
+    unprotected = []
+    for method, path in all_endpoints(app):
+        if (method, path) in OPEN_ROUTES:
+            continue
+        response = client.request(method, concrete(path))
+        if response.status_code != 401:
+            unprotected.append((method, path, response.status_code))
+    assert unprotected == []
+
+
+def test_health_probes_answer_without_a_token(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+
+
+@pytest.mark.parametrize(
+    "token", ["", "nonsense", "ef_unknown_secret", "ef__", "Bearer", "ef_" + "a" * 200]
+)
+def test_malformed_or_unknown_tokens_are_refused(client: TestClient, token: str) -> None:
+    response = client.get("/api/v1/models", headers=bearer(token))
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_right_id_with_wrong_secret_is_refused(client: TestClient, tokens: dict[Role, str]) -> None:
+    prefix, token_id, _secret = tokens[Role.ADMIN].split("_", 2)
+    forged = f"{prefix}_{token_id}_{'x' * 43}"
+    assert client.get("/api/v1/models", headers=bearer(forged)).status_code == 401
+
+
+def test_revoked_token_is_refused(
+    app: FastAPI, client: TestClient, tokens: dict[Role, str]
+) -> None:
+    token = tokens[Role.OPERATOR]
+    assert client.get("/api/v1/models", headers=bearer(token)).status_code == 200
+    with session_scope(ctx(app).engine) as session:
+        row = session.get(ApiToken, token.split("_")[1])
+        assert row is not None
+        row.revoked_at = datetime.now(UTC)
+        session.add(row)
+    assert client.get("/api/v1/models", headers=bearer(token)).status_code == 401
+
+
+def test_tokens_are_stored_hashed(app: FastAPI, tokens: dict[Role, str]) -> None:
+    with session_scope(ctx(app).engine) as session:
+        for token in tokens.values():
+            row = session.get(ApiToken, token.split("_")[1])
+            assert row is not None
+            assert token.split("_", 2)[2] not in row.secret_sha256
+
+
+def test_viewer_cannot_call_any_mutating_route(
+    app: FastAPI, client: TestClient, tokens: dict[Role, str]
+) -> None:
+    allowed = []
+    for method, path in all_endpoints(app):
+        if method in MUTATING:
+            response = client.request(method, concrete(path), headers=bearer(tokens[Role.VIEWER]))
+            if response.status_code != 403:
+                allowed.append((method, path, response.status_code))
+    assert allowed == []
+
+
+def test_every_mutating_route_is_audited(app: FastAPI) -> None:
+    unaudited = [
+        (sorted(route.methods or ()), route.path)
+        for route in walk_routes(app.routes)
+        if (route.methods or set()) & MUTATING
+        and audited not in [dep.call for dep in route.dependant.dependencies]
+    ]
+    assert unaudited == []
+
+
+def test_metrics_need_a_token_and_count_requests(
+    client: TestClient, tokens: dict[Role, str]
+) -> None:
+    client.get("/healthz")
+    response = client.get("/metrics", headers=bearer(tokens[Role.VIEWER]))
+    assert response.status_code == 200
+    assert 'edgefleet_http_requests_total{method="GET",route="/healthz",status="200"}' in (
+        response.text
+    )
+
+
+def test_openapi_schema_needs_a_token(client: TestClient, tokens: dict[Role, str]) -> None:
+    assert client.get("/api/v1/openapi.json").status_code == 401
+    schema = client.get("/api/v1/openapi.json", headers=bearer(tokens[Role.VIEWER])).json()
+    assert "/api/v1/models/{name}/versions" in schema["paths"]
