@@ -49,8 +49,13 @@ class JobLimits:
 def run_converter(args: list[str], limits: JobLimits) -> dict[str, Any]:
     """Run ``python -m converters ARGS`` under ``limits`` and return its JSON answer."""
     command = [
-        sys.executable, "-c", _BOOTSTRAP, str(limits.memory_bytes), str(limits.cpu_s), *args,
-    ]  # fmt: skip
+        sys.executable,
+        "-c",
+        _BOOTSTRAP,
+        str(limits.memory_bytes),
+        str(limits.cpu_s),
+        *args,
+    ]
     started = time.monotonic()
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         command,

@@ -104,9 +104,13 @@ def push(
     """Upload a model (and its validation set) as the model's next version."""
     total = file.stat().st_size + (validation.stat().st_size if validation else 0)
     progress = Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-        TransferSpeedColumn(), console=console, disable=as_json,
-    )  # fmt: skip
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        disable=as_json,
+    )
     with progress:
         task = progress.add_task(f"uploading {file.name}", total=total)
         row = _run(

@@ -131,10 +131,18 @@ def create_variant(
     try:
         output = work / f"variant{FORMAT_EXTENSIONS[parent.format]}"
         args = [
-            "variant", "--mode", mode, "--parent", str(parent_file.path), "--output", str(output),
-            "--max-accuracy-drop-points", str(ctx.settings.max_accuracy_drop_points),
-            "--min-top1-agreement", str(ctx.settings.min_top1_agreement),
-        ]  # fmt: skip
+            "variant",
+            "--mode",
+            mode,
+            "--parent",
+            str(parent_file.path),
+            "--output",
+            str(output),
+            "--max-accuracy-drop-points",
+            str(ctx.settings.max_accuracy_drop_points),
+            "--min-top1-agreement",
+            str(ctx.settings.min_top1_agreement),
+        ]
         if parent.validation_sha256:
             args += ["--validation", str(ctx.store.get(parent.validation_sha256).path)]
         result = run_job(ctx, args)

@@ -49,9 +49,12 @@ def release_version(
         reasons = "; ".join(row.reasons) or "see its report"
         raise ConflictError(f"{name}:{version} was rejected by the quality gate ({reasons})")
     args = [
-        "profile", "--model", str(ctx.store.get(row.sha256).path),
-        "--golden-count", str(ctx.settings.golden_count),
-    ]  # fmt: skip
+        "profile",
+        "--model",
+        str(ctx.store.get(row.sha256).path),
+        "--golden-count",
+        str(ctx.settings.golden_count),
+    ]
     if row.validation_sha256:
         args += ["--validation", str(ctx.store.get(row.validation_sha256).path)]
     profile = run_job(ctx, args)

@@ -137,9 +137,10 @@ def test_doc_verify_fails_on_a_tampered_release(key_dir: Path, tmp_path: Path) -
     document = signed_release_file(key_dir, tmp_path)
     envelope = Envelope.from_bytes(document.read_bytes())
     tampered = Envelope(
-        envelope.payload_type, envelope.payload.replace(b'"version":3', b'"version":4'),
+        envelope.payload_type,
+        envelope.payload.replace(b'"version":3', b'"version":4'),
         envelope.signatures,
-    )  # fmt: skip
+    )
     document.write_bytes(tampered.to_bytes())
     result = edgefleet(
         "doc", "verify", "--trust-root", str(key_dir / "trust-root.json"), str(document)

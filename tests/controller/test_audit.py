@@ -78,7 +78,8 @@ def test_tokens_create_prints_only_the_token_and_audit_verify_catches_an_edit(
         "tokens", "create", "--role", "viewer", data_dir=settings.data_dir, database_url=url
     )
     assert created.returncode == 0, created.stderr
-    assert created.stdout.count("\n") == 1 and created.stdout.startswith("ef_")
+    assert created.stdout.startswith("ef_")
+    assert created.stdout.count("\n") == 1
 
     intact = edgefleet("audit", "verify", data_dir=settings.data_dir, database_url=url)
     assert intact.returncode == 0, intact.stderr
