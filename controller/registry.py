@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from .context import ControllerContext
@@ -147,7 +148,12 @@ def create_variant(
             args += ["--validation", str(ctx.store.get(parent.validation_sha256).path)]
         result = run_job(ctx, args)
         info = inspect_model(ctx, output)
-        _check_same_signature(parent, info)
+        try:
+            _check_same_signature(parent, info)
+        except ConflictError as exc:
+            raise ModelRejectedError(
+                f"the {mode} variant changed the I/O signature: {exc}", "signature_mismatch"
+            ) from exc
         model = _lock_model(session, name)
         stored = ctx.store.put(output)
         variant = _new_version(
@@ -218,13 +224,17 @@ def version_public_fields(session: Session, row: ModelVersion) -> dict[str, Any]
 
 
 def _lock_model(session: Session, name: str) -> ModelRecord:
-    model = session.exec(
-        select(ModelRecord).where(ModelRecord.name == name).with_for_update()
-    ).first()
+    """The model's row, locked until commit; created when it is the model's first push."""
+    query = select(ModelRecord).where(ModelRecord.name == name).with_for_update()
+    model = session.exec(query).first()
     if model is None:
-        model = ModelRecord(name=name)
-        session.add(model)
-        session.flush()
+        try:
+            # A savepoint, so losing a race with another process keeps our transaction.
+            with session.begin_nested():
+                session.add(ModelRecord(name=name))
+        except IntegrityError:
+            logger.info("model %s was created concurrently", name)
+        model = session.exec(query).one()
     return model
 
 

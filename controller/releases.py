@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from protocol import (
@@ -68,8 +69,15 @@ def release_version(
         envelope=envelope.to_bytes().decode("utf-8"),
         created_by=principal.name,
     )
-    session.add(record)
-    session.flush()
+    try:
+        # A savepoint: when another process released this version first, keep theirs.
+        with session.begin_nested():
+            session.add(record)
+    except IntegrityError:
+        winner = session.exec(
+            select(ReleaseRecord).where(ReleaseRecord.model_version_id == row.id)
+        ).one()
+        return winner, False
     return record, True
 
 
