@@ -17,6 +17,7 @@ from sqlmodel import Session
 
 from ..audit import append_audit
 from ..context import ControllerContext
+from ..db import session_scope
 from ..tokens import Principal, Role, authenticate
 
 __all__ = [
@@ -43,13 +44,8 @@ Context = Annotated[ControllerContext, Depends(get_context)]
 
 
 def get_session(ctx: Context) -> Iterator[Session]:
-    with Session(ctx.engine, expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    with session_scope(ctx.engine) as session:
+        yield session
 
 
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
