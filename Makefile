@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefleet-installed
-PACKAGES := protocol agent controller
+PACKAGES := protocol agent controller converters
 POSTGRES_TEST_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
 .PHONY: test lint typecheck imports pytest mosquitto venv format clean

@@ -1,0 +1,174 @@
+"""Golden cases and a reference profile for a release, computed by running the model here.
+
+Golden cases are what a device runs before it activates the exact same artifact: inputs
+taken from the validation set (or seeded random inputs built from the input spec), and
+the outputs this process computed for exactly those inputs, batch for batch. The reference
+profile describes what inputs and outputs looked like, for the agent's drift checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BadValidationSetError
+from .evaluate import validation_or_generated
+from .inspection import LoadedModel, open_model
+from .onnx_checks import DEFAULT_MAX_TENSOR_BYTES
+from .tensors import Array, TensorSpec, encode_tensor
+from .validation import batch_size_of, iter_batches
+
+__all__ = ["HISTOGRAM_BINS", "TOLERANCES", "histogram", "probability_output", "profile_model"]
+
+HISTOGRAM_BINS = 10
+# (atol, rtol) by the precision the model computes in. The device re-runs the very same
+# artifact, possibly on another CPU: only kernel choice (SIMD width, FMA, summation
+# order, threads) differs. FP32 accumulations then differ by a few ulps of the largest
+# partial sums, far below 1e-4 for normalised activations. FP16 has a 1e-3 epsilon and
+# some CPUs compute FP16 ops natively while others upcast, so results differ by a few
+# FP16 ulps: 1e-2. INT8 kernels differ (VNNI vs. AVX2 vs. NEON, u8/s8 saturation) and
+# dynamic quantisation can round an activation to the neighbouring step: 3e-2.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "fp32": (1e-4, 1e-3),
+    "fp16": (1e-2, 1e-2),
+    "int8": (3e-2, 3e-2),
+}
+_PROBABILITY_SLACK = 1e-3
+
+
+def histogram(values: Array) -> dict[str, list[float]] | None:
+    """Equal-width bins over the finite values; ``None`` when there is none."""
+    finite = np.asarray(values, dtype=np.float64).ravel()
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return None
+    low, high = float(finite.min()), float(finite.max())
+    edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
+    if not np.all(np.diff(edges) > 0):
+        # A constant (or nearly constant) tensor: bins one unit wide around it.
+        edges = np.linspace(low - 0.5, low + 0.5, HISTOGRAM_BINS + 1)
+    counts, _ = np.histogram(np.clip(finite, edges[0], edges[-1]), bins=edges)
+    return {
+        "bin_edges": [float(edge) for edge in edges],
+        "fractions": [float(count) / finite.size for count in counts],
+    }
+
+
+def probability_output(specs: Sequence[TensorSpec], outputs: Mapping[str, Array]) -> str | None:
+    """The first output that looks like class probabilities: 2-D, in [0, 1], rows sum to 1."""
+    for spec in specs:
+        array = outputs.get(spec.name)
+        if array is None or not spec.is_float or array.ndim != 2 or array.shape[1] < 2:
+            continue
+        values = np.asarray(array, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            continue
+        in_range = values.min() >= -_PROBABILITY_SLACK and values.max() <= 1 + _PROBABILITY_SLACK
+        if in_range and np.allclose(values.sum(axis=1), 1.0, atol=_PROBABILITY_SLACK):
+            return spec.name
+    return None
+
+
+def _golden_starts(
+    loaded: LoadedModel, outputs: Mapping[str, Array], case_size: int, count: int
+) -> list[int]:
+    samples = int(next(iter(outputs.values())).shape[0])
+    starts = list(range(0, samples - case_size + 1, case_size))
+    scores = next(
+        (
+            outputs[s.name]
+            for s in loaded.runner.outputs
+            if s.is_float and outputs[s.name].ndim == 2 and outputs[s.name].shape[1] > 1
+        ),
+        None,
+    )
+    if scores is not None:
+        # Keep cases whose top-1 class cannot flip within the tolerance, so that a device
+        # never fails a label output over a near tie.
+        atol, rtol = TOLERANCES[loaded.precision]
+        ordered = np.sort(np.asarray(scores, dtype=np.float64), axis=1)
+        margin = ordered[:, -1] - ordered[:, -2]
+        safe = margin > 2 * (atol + rtol * np.abs(ordered[:, -1]))
+        clear = [s for s in starts if bool(np.all(safe[s : s + case_size]))]
+        starts = clear or starts
+    if count >= len(starts):
+        return starts
+    picks = np.linspace(0, len(starts) - 1, count).round().astype(int)
+    return [starts[i] for i in sorted(set(picks.tolist()))]
+
+
+def profile_model(
+    model: Path,
+    validation: Path | None = None,
+    *,
+    golden_count: int = 4,
+    seed: int = 0,
+    max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+) -> dict[str, Any]:
+    """Golden cases, the reference profile, and where the golden inputs came from."""
+    if golden_count < 0:
+        raise BadValidationSetError(f"golden count must be >= 0, got {golden_count}")
+    loaded = open_model(model, max_tensor_bytes=max_tensor_bytes)
+    runner = loaded.runner
+    data = validation_or_generated(loaded, validation, seed=seed)
+    fixed = batch_size_of(runner.inputs)
+    parts = [runner.run(batch) for batch in iter_batches(data.inputs, fixed)]
+    if not parts:
+        raise BadValidationSetError(f"{data.samples} samples are fewer than the batch of {fixed}")
+    outputs = {
+        name: np.concatenate([np.atleast_1d(part[name]) for part in parts]) for name in parts[0]
+    }
+    evaluated = int(next(iter(outputs.values())).shape[0])
+    inputs = {name: array[:evaluated] for name, array in data.inputs.items()}
+    case_size = fixed or 1
+    atol, rtol = TOLERANCES[loaded.precision]
+    golden = []
+    for start in _golden_starts(loaded, outputs, case_size, golden_count):
+        case_inputs = {name: array[start : start + case_size] for name, array in inputs.items()}
+        expected = runner.run(case_inputs)
+        golden.append({
+            "inputs": [encode_tensor(s.name, case_inputs[s.name]) for s in runner.inputs],
+            "expected_outputs": [encode_tensor(s.name, expected[s.name]) for s in runner.outputs],
+            "atol": atol,
+            "rtol": rtol,
+        })  # fmt: skip
+    return {
+        "golden": golden,
+        "reference_profile": _reference_profile(runner.inputs, inputs, runner.outputs, outputs),
+        "golden_source": data.source,
+    }
+
+
+def _reference_profile(
+    input_specs: Sequence[TensorSpec],
+    inputs: Mapping[str, Array],
+    output_specs: Sequence[TensorSpec],
+    outputs: Mapping[str, Array],
+) -> dict[str, Any]:
+    input_hists = {
+        spec.name: hist
+        for spec in input_specs
+        if spec.is_float and inputs[spec.name].ndim == 2
+        if (hist := histogram(inputs[spec.name])) is not None
+    }
+    output_hists = {
+        spec.name: hist
+        for spec in output_specs
+        if (hist := histogram(outputs[spec.name])) is not None
+    }
+    confidence: float | None = None
+    distribution: list[float] | None = None
+    if (name := probability_output(output_specs, outputs)) is not None:
+        probabilities = np.asarray(outputs[name], dtype=np.float64)
+        confidence = float(probabilities.max(axis=1).mean())
+        counts = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1])
+        distribution = [float(c) / probabilities.shape[0] for c in counts]
+    return {
+        "inputs": input_hists,
+        "outputs": output_hists,
+        "top1_confidence_mean": confidence,
+        "class_distribution": distribution,
+    }
