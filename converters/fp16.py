@@ -4,8 +4,9 @@
 Two things go wrong in practice, and each retry answers one of them with evidence:
 
 - the variant does not load: onnxruntime names the op (``Type parameter (T) of Optype
-  (MatMul) bound to different types``, ``Could not find an implementation for X``) or the
-  node, whose op type we look up; that op type joins the block list;
+  (MatMul) bound to different types``, ``Could not find an implementation for X``), or
+  the ONNX checker does (``(op_type:Cast): Inferred elem type differs``), or the node is
+  named and we look its op type up; that op type joins the block list;
 - the variant loads but fails the gate: both models run a validation batch with every
   shared intermediate tensor exposed and graph optimisations off, and the first node (in
   topological order) whose FP16 output is non-finite, or off by more than
@@ -46,6 +47,7 @@ FP16_DIVERGENCE = 1e-2
 _OP_IN_ERROR = (
     re.compile(r"Optype \((\w+)\)"),
     re.compile(r"implementation for (\w+)\("),
+    re.compile(r"\(op_type:(\w+)\)"),
 )
 _NODE_IN_ERROR = (re.compile(r"in node \(([^)]+)\)"), re.compile(r"node with name '([^']+)'"))
 
@@ -206,6 +208,9 @@ def convert_fp16(parent: Path, output: Path, data: ValidationSet, assess: Assess
             f"{op_type} kept in FP32"
         )
     outcome.blocked = applied
-    blocked = frozenset([*float16.DEFAULT_OP_BLOCK_LIST, *applied])
-    outcome.fp32_op_types = fp32_op_types_onnx(candidate, blocked=blocked)
+    # Defaults the graph happens to contain are filtered like any variant's op types; op
+    # types a retry blocked are reported even when they only move data (a Cast).
+    present = {node.op_type for node in candidate.graph.node}
+    defaults = fp32_op_types_onnx(candidate, blocked=frozenset(float16.DEFAULT_OP_BLOCK_LIST))
+    outcome.fp32_op_types = sorted({*defaults, *(present & set(applied))})
     return outcome
