@@ -129,12 +129,16 @@ def profile_model(
     for start in _golden_starts(loaded, outputs, case_size, golden_count):
         case_inputs = {name: array[start : start + case_size] for name, array in inputs.items()}
         expected = runner.run(case_inputs)
-        golden.append({
-            "inputs": [encode_tensor(s.name, case_inputs[s.name]) for s in runner.inputs],
-            "expected_outputs": [encode_tensor(s.name, expected[s.name]) for s in runner.outputs],
-            "atol": atol,
-            "rtol": rtol,
-        })  # fmt: skip
+        golden.append(
+            {
+                "inputs": [encode_tensor(s.name, case_inputs[s.name]) for s in runner.inputs],
+                "expected_outputs": [
+                    encode_tensor(s.name, expected[s.name]) for s in runner.outputs
+                ],
+                "atol": atol,
+                "rtol": rtol,
+            }
+        )
     return {
         "golden": golden,
         "reference_profile": _reference_profile(runner.inputs, inputs, runner.outputs, outputs),

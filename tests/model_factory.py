@@ -42,12 +42,12 @@ def _model(graph: onnx.GraphProto, opset: int = OPSET) -> ModelProto:
 
 def digits_mlp(directory: Path) -> tuple[Path, Path]:
     """An sklearn MLP on the 8x8 digits, as ONNX (label + probabilities), and held-out data."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
     from sklearn.datasets import load_digits
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
 
     features, labels = load_digits(return_X_y=True)
     features = (features / 16.0).astype(np.float32)
@@ -356,9 +356,7 @@ def broken_models(directory: Path, good_onnx: Path) -> dict[str, Path]:
     link = directory / "weights-link.bin"
     link.unlink(missing_ok=True)
     os.symlink(outside, link)
-    corpus["external_symlink"] = _external_data_model(
-        directory, "external_symlink.onnx", link.name
-    )
+    corpus["external_symlink"] = _external_data_model(directory, "external_symlink.onnx", link.name)
 
     rng = np.random.default_rng(SEED)
     write("random_bytes.onnx", b"\xff" + rng.bytes(4095))

@@ -108,7 +108,9 @@ def test_external_data_inside_the_model_directory_loads(tmp_path: Path) -> None:
     assert inspect_model(tmp_path / "m.onnx").inputs[0].name == "x"
 
 
-def test_external_data_that_does_not_exist_is_malformed(tmp_path: Path, broken: dict[str, Path]) -> None:
+def test_external_data_that_does_not_exist_is_malformed(
+    tmp_path: Path, broken: dict[str, Path]
+) -> None:
     model = onnx.load(broken["external_parent"], load_external_data=False)
     model.graph.initializer[0].external_data[0].value = "missing.bin"
     onnx.save(model, tmp_path / "m.onnx")

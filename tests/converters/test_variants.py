@@ -45,9 +45,7 @@ def test_int8_static_is_accepted_with_qdq_nodes(
     assert any("calibrated" in note for note in result.notes)
 
 
-def test_int8_static_without_validation_set_is_refused(
-    digits_model: Path, tmp_path: Path
-) -> None:
+def test_int8_static_without_validation_set_is_refused(digits_model: Path, tmp_path: Path) -> None:
     output = tmp_path / "never.onnx"
     with pytest.raises(BadValidationSetError, match="calibrates"):
         make_variant("int8-static", digits_model, output)
