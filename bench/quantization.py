@@ -1,0 +1,110 @@
+"""Quantize the test models with every applicable mode and print a markdown table.
+
+Run from the repository root: ``.venv/bin/python bench/quantization.py``. Models are built
+at run time into a temporary directory (the digits MLP, the small CNN, one of onnx's light
+reference CNNs, the tiny TFLite classifier); nothing is downloaded. Parent and variant
+latencies are measured in the same run, interleaved, by ``converters.evaluate``: compare
+the ratios, not the absolute numbers, which depend on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from converters import ConversionError, make_variant
+from converters.variants import Mode
+from tests.model_factory import (
+    digits_mlp,
+    onnx_reference_models,
+    small_cnn,
+    tiny_tflite,
+)
+
+ONNX_MODES: tuple[Mode, ...] = ("int8-dynamic", "int8-static", "fp16")
+REFERENCE_MODEL = "light_squeezenet"
+RANDOM_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    name: str
+    path: Path
+    validation: Path | None
+    modes: tuple[Mode, ...]
+
+
+def _random_images(path: Path, shape: tuple[int, ...], samples: int) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(path, **{"input": rng.random((samples, *shape), dtype=np.float32)})
+    return path
+
+
+def _models(directory: Path) -> list[BenchModel]:
+    digits, digits_validation = digits_mlp(directory)
+    cnn = small_cnn(directory)
+    reference = next(p for p in onnx_reference_models() if p.stem == REFERENCE_MODEL)
+    reference_npz = directory / "squeezenet-images.npz"
+    rng = np.random.default_rng(0)
+    np.savez(reference_npz, data_0=rng.random((16, 3, 224, 224), dtype=np.float32))
+    return [
+        BenchModel("digits MLP (sklearn)", digits, digits_validation, ONNX_MODES),
+        BenchModel(
+            "small CNN",
+            cnn,
+            _random_images(directory / "cnn-images.npz", (1, 8, 8), RANDOM_SAMPLES),
+            ONNX_MODES,
+        ),
+        BenchModel("squeezenet (onnx light)", reference, reference_npz, ONNX_MODES),
+        BenchModel("tiny TFLite MLP", tiny_tflite(directory), None, ("tflite-int8-dynamic",)),
+    ]
+
+
+def _row(model: BenchModel, mode: Mode, directory: Path) -> str:
+    suffix = ".tflite" if mode.startswith("tflite") else ".onnx"
+    output = directory / f"{model.path.stem}-{mode}{suffix}"
+    try:
+        # LiteRT Quantizer prints a summary to stdout; keep stdout for the table.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = make_variant(mode, model.path, output, model.validation)
+    except ConversionError as exc:
+        return f"| {model.name} | {mode} | | | | | refused ({exc.kind}) | {exc} |"
+    r = result.report
+    if r.accuracy_parent is not None and r.accuracy_candidate is not None:
+        quality = f"acc {r.accuracy_parent:.4f} → {r.accuracy_candidate:.4f}"
+    else:
+        quality = "acc n/a"
+    if r.top1_agreement is not None:
+        quality += f", top-1 agree {r.top1_agreement:.4f}"
+    status = result.status
+    if result.decision.reasons:
+        status += ": " + "; ".join(result.decision.reasons)
+    return (
+        f"| {model.name} | {mode} | {r.size_bytes_candidate / 1024:.1f} | {r.size_ratio:.2f} "
+        f"| {r.latency_ms_parent:.3f} → {r.latency_ms_candidate:.3f} | {r.latency_ratio:.2f} "
+        f"| {quality} | {status} |"
+    )
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as scratch:
+        directory = Path(scratch)
+        print(
+            "| model | variant | size KB | size ratio | latency ms parent → variant "
+            "| latency ratio | accuracy / agreement | status |"
+        )
+        print("| --- | --- | ---: | ---: | ---: | ---: | --- | --- |")
+        for model in _models(directory):
+            for mode in model.modes:
+                print(_row(model, mode, directory), flush=True)
+
+
+if __name__ == "__main__":
+    main()
