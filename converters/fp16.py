@@ -67,8 +67,11 @@ Assess = Callable[[Path], bool]
 
 
 def _elem_types(model: ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    graph = inferred.graph
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except (onnx.shape_inference.InferenceError, ValueError) as exc:
+        logger.debug("no inferred types, using the declared ones: %s", exc)
+        graph = model.graph
     types = {t.name: t.data_type for t in graph.initializer}
     for value in [*graph.input, *graph.value_info, *graph.output]:
         if value.type.HasField("tensor_type"):

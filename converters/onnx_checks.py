@@ -4,7 +4,8 @@ Order matters and is kept by ``verify_onnx_model``: parse the protobuf without e
 data; check every external-data location (no absolute path, no ``..``, no symlink out of
 the model's directory) before any of it is read; refuse opsets and IR versions newer than
 onnx and onnxruntime know; refuse declared tensors above the byte limit; only then run
-the ONNX checker, which reads external data. Creating an InferenceSession comes after.
+the ONNX checker, which reads external data; then refuse inferred intermediate tensors
+above the limit. Creating an InferenceSession comes after.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from .tensors import declared_bytes
 __all__ = [
     "DEFAULT_MAX_TENSOR_BYTES",
     "load_onnx_proto",
+    "max_supported_ir_version",
     "max_supported_opset",
     "verify_external_data",
+    "verify_inferred_sizes",
     "verify_onnx_model",
     "verify_opsets",
     "verify_tensor_sizes",
@@ -43,6 +46,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_TENSOR_BYTES = 1 << 30
 DEFAULT_DOMAINS = {"", "ai.onnx"}
 _ORT_OPSET_LIMIT = re.compile(r"support for domain (\S+) is till opset (\d+)")
+_ORT_IR_LIMIT = re.compile(r"max supported IR version: (\d+)")
 
 
 def load_onnx_proto(path: Path) -> ModelProto:
@@ -118,29 +122,10 @@ def verify_external_data(model: ModelProto, model_dir: Path) -> None:
             )
 
 
-@functools.cache
-def max_supported_opset(domain: str) -> int | None:
-    """The newest opset of ``domain`` that both onnx and onnxruntime support.
-
-    onnxruntime has no API for it; it names its limit when it refuses a model stamped
-    with an absurd opset, so one tiny probe model per domain tells it honestly.
-    """
+def _ort_refusal(probe: ModelProto) -> str:
+    """Why onnxruntime refuses ``probe`` (empty if it loads)."""
     import onnxruntime as ort
 
-    onnx_limit = {
-        "": onnx.defs.onnx_opset_version(),
-        "ai.onnx.ml": onnx.defs.onnx_ml_opset_version(),
-    }.get(domain)
-    probe_domain = "" if domain in DEFAULT_DOMAINS else domain
-    identity = helper.make_node("Identity", ["x"], ["y"])
-    spec = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])]
-    graph = helper.make_graph(
-        [identity], "probe", spec, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]
-    )
-    opsets = [helper.make_opsetid("", onnx.defs.onnx_opset_version())] if probe_domain else []
-    opsets.append(helper.make_opsetid(probe_domain, 10_000))
-    probe = helper.make_model(graph, opset_imports=opsets, ir_version=onnx.IR_VERSION)
-    ort_limit: int | None = None
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
@@ -148,19 +133,57 @@ def max_supported_opset(domain: str) -> int | None:
             probe.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # noqa: BLE001 - the probe is expected to fail; we read why
-        match = _ORT_OPSET_LIMIT.search(str(exc))
-        if match:
+        return str(exc)
+    return ""
+
+
+def _probe_model(opsets: list[tuple[str, int]], ir_version: int) -> ModelProto:
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y"))
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(domain, version) for domain, version in opsets],
+        ir_version=ir_version,
+    )
+
+
+@functools.cache
+def max_supported_opset(domain: str) -> int | None:
+    """The newest opset of ``domain`` that both onnx and onnxruntime support.
+
+    onnxruntime has no API for it; it names its limit when it refuses a model stamped
+    with an absurd opset, so one tiny probe model per domain tells it honestly.
+    """
+    onnx_limit = {
+        "": onnx.defs.onnx_opset_version(),
+        "ai.onnx.ml": onnx.defs.onnx_ml_opset_version(),
+    }.get(domain)
+    opsets = [("", onnx.defs.onnx_opset_version())] if domain else []
+    opsets.append((domain, 10_000))
+    message = _ort_refusal(_probe_model(opsets, onnx.IR_VERSION))
+    ort_limit: int | None = None
+    for match in _ORT_OPSET_LIMIT.finditer(message):
+        if match.group(1) == (domain or "ai.onnx"):
             ort_limit = int(match.group(2))
     limits = [limit for limit in (onnx_limit, ort_limit) if limit is not None]
     return min(limits) if limits else None
 
 
+@functools.cache
+def max_supported_ir_version() -> int:
+    """The newest IR version both onnx and onnxruntime read (probed like the opsets)."""
+    message = _ort_refusal(_probe_model([("", onnx.defs.onnx_opset_version())], 10_000))
+    match = _ORT_IR_LIMIT.search(message)
+    return min(onnx.IR_VERSION, int(match.group(1))) if match else onnx.IR_VERSION
+
+
 def verify_opsets(model: ModelProto) -> int | None:
     """Refuse opsets and IR versions newer than this installation; return the default opset."""
-    if model.ir_version > onnx.IR_VERSION:
+    ir_limit = max_supported_ir_version()
+    if model.ir_version > ir_limit:
         raise FutureOpsetError(
-            f"IR version {model.ir_version} is newer than the {onnx.IR_VERSION} "
-            f"that onnx {onnx.__version__} supports"
+            f"IR version {model.ir_version} is newer than the {ir_limit} "
+            "that the installed onnx and onnxruntime support"
         )
     default_opset: int | None = None
     for opset in model.opset_import:
@@ -222,4 +245,20 @@ def verify_onnx_model(path: Path, *, max_tensor_bytes: int) -> tuple[ModelProto,
         raise MalformedModelError(f"the ONNX checker refuses {path.name}: {exc}") from exc
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
         raise MalformedModelError(f"the ONNX checker cannot read {path.name}: {exc}") from exc
+    verify_inferred_sizes(model, max_tensor_bytes)
     return model, opset
+
+
+def verify_inferred_sizes(model: ModelProto, max_tensor_bytes: int) -> None:
+    """Refuse intermediate tensors whose inferred static shape exceeds the limit.
+
+    A constant ``ConstantOfShape`` declares nothing big, yet onnxruntime folds it into a
+    tensor when the session is created. Inference runs on the proto without external
+    data, so it stays small; it is best effort, since the checker already passed.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except (onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
+        logger.debug("shape inference for the size check failed: %s", exc)
+        return
+    verify_tensor_sizes(inferred, max_tensor_bytes)

@@ -338,6 +338,21 @@ def broken_models(directory: Path, good_onnx: Path) -> dict[str, Path]:
     )
     write("huge_input.onnx", huge.SerializeToString())
 
+    # Nothing big is declared, but onnxruntime would fold this constant into 4 TiB.
+    shape = numpy_helper.from_array(np.array([2**20, 2**20], dtype=np.int64), "shape")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ConstantOfShape", ["shape"], ["zeros"]),
+            helper.make_node("ReduceSum", ["zeros"], ["total"], keepdims=0),
+            helper.make_node("Add", ["x", "total"], ["y"]),
+        ],
+        "inferred",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [shape],
+    )
+    write("huge_inferred.onnx", _model(graph).SerializeToString())
+
     future = ModelProto()
     future.CopyFrom(model)
     for opset in future.opset_import:

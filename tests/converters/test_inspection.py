@@ -28,6 +28,7 @@ BROKEN_KINDS = {
     "bitflip_op_type": "malformed_model",
     "huge_initializer": "tensor_too_large",
     "huge_input": "tensor_too_large",
+    "huge_inferred": "tensor_too_large",
     "future_opset": "future_opset",
     "external_parent": "external_data_escape",
     "external_absolute": "external_data_escape",
