@@ -75,7 +75,7 @@ def _row(model: BenchModel, mode: Mode, directory: Path) -> str:
         with contextlib.redirect_stdout(sys.stderr):
             result = make_variant(mode, model.path, output, model.validation)
     except ConversionError as exc:
-        return f"| {model.name} | {mode} | | | | | refused ({exc.kind}) | {exc} |"
+        return f"| {model.name} | {mode} | | | | | | refused ({exc.kind}): {exc} |"
     r = result.report
     if r.accuracy_parent is not None and r.accuracy_candidate is not None:
         quality = f"acc {r.accuracy_parent:.4f} → {r.accuracy_candidate:.4f}"

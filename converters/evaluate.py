@@ -221,6 +221,8 @@ def validation_or_generated(
     model: LoadedModel, validation: Path | None, *, seed: int
 ) -> ValidationSet:
     """The npz checked against ``model``, or seeded inputs generated from its spec."""
+    if not model.runner.inputs:
+        raise BadValidationSetError(f"{model.path.name} takes no inputs: nothing to run it on")
     if validation is None:
         return generate_inputs(model.runner.inputs, seed=seed)
     return load_validation_set(validation, model.runner.inputs, model.runner.outputs)

@@ -14,7 +14,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import MalformedModelError, MissingDependencyError, TensorTooLargeError
+from .errors import (
+    MalformedModelError,
+    MissingDependencyError,
+    TensorTooLargeError,
+    UnsupportedDatatypeError,
+)
 from .tensors import Array, TensorSpec, datatype_of_numpy, declared_bytes
 
 __all__ = ["InferenceRunner", "LiteRtRunner", "OnnxRuntimeRunner", "load_interpreter_class"]
@@ -52,8 +57,6 @@ class InferenceRunner(Protocol):
 
 
 def _ort_spec(arg: Any) -> TensorSpec:
-    from .errors import UnsupportedDatatypeError
-
     datatype = _ORT_DATATYPES.get(arg.type)
     if datatype is None:
         raise UnsupportedDatatypeError(

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from onnx import TensorProto
 
 from .errors import UnsupportedDatatypeError
 
@@ -24,7 +23,6 @@ __all__ = [
     "Array",
     "TensorSpec",
     "datatype_of_numpy",
-    "datatype_of_onnx",
     "declared_bytes",
     "encode_tensor",
     "numpy_dtype_of",
@@ -45,21 +43,6 @@ DATATYPE_BYTES: dict[str, int] = {
     "FP16": 2,
     "FP32": 4,
     "FP64": 8,
-}
-
-_ONNX_DATATYPES: dict[int, str] = {
-    TensorProto.BOOL: "BOOL",
-    TensorProto.UINT8: "UINT8",
-    TensorProto.UINT16: "UINT16",
-    TensorProto.UINT32: "UINT32",
-    TensorProto.UINT64: "UINT64",
-    TensorProto.INT8: "INT8",
-    TensorProto.INT16: "INT16",
-    TensorProto.INT32: "INT32",
-    TensorProto.INT64: "INT64",
-    TensorProto.FLOAT16: "FP16",
-    TensorProto.FLOAT: "FP32",
-    TensorProto.DOUBLE: "FP64",
 }
 
 _NUMPY_DATATYPES: dict[str, str] = {
@@ -103,21 +86,6 @@ class TensorSpec:
 
     def to_json_obj(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
-
-def datatype_of_onnx(elem_type: int, *, name: str) -> str:
-    """The OIP datatype of an ONNX tensor element type, or ``UnsupportedDatatypeError``."""
-    try:
-        return _ONNX_DATATYPES[elem_type]
-    except KeyError:
-        type_name = (
-            TensorProto.DataType.Name(elem_type)
-            if elem_type in (TensorProto.DataType.values())
-            else str(elem_type)
-        )
-        raise UnsupportedDatatypeError(
-            f"tensor {name!r} has element type {type_name}, which has no OIP datatype"
-        ) from None
 
 
 def datatype_of_numpy(dtype: npt.DTypeLike, *, name: str) -> str:

@@ -87,6 +87,8 @@ def make_variant(
     """Write the ``mode`` variant of ``parent`` to ``output`` and judge it against ``policy``."""
     if mode not in MODES:
         raise UnsupportedFormatError(f"unknown mode {mode!r}; modes are {', '.join(MODES)}")
+    if output.resolve() == parent.resolve():
+        raise ConversionFailedError(f"the variant would overwrite its parent {parent.name}")
     policy = policy or GatePolicy()
     parent_model = open_model(parent, max_tensor_bytes=max_tensor_bytes)
     if parent_model.info.format != _MODE_FORMAT[mode]:

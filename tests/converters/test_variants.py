@@ -9,6 +9,7 @@ import pytest
 
 from converters import (
     BadValidationSetError,
+    ConversionFailedError,
     GatePolicy,
     UnsupportedFormatError,
     inspect_model,
@@ -128,3 +129,10 @@ def test_a_broken_parent_is_refused_before_any_conversion(
         make_variant("int8-dynamic", broken["external_parent"], output)
     assert getattr(refused.value, "kind", None) == "external_data_escape"
     assert not output.exists()
+
+
+def test_a_variant_never_overwrites_its_parent(digits_model: Path) -> None:
+    before = digits_model.read_bytes()
+    with pytest.raises(ConversionFailedError, match="overwrite its parent"):
+        make_variant("int8-dynamic", digits_model, digits_model)
+    assert digits_model.read_bytes() == before
