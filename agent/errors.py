@@ -1,0 +1,325 @@
+"""The errors the agent raises, each with a stable ``reason`` code that events carry.
+
+Every failure is an ``AgentError``. Three families matter to callers:
+
+- ``RefusalError``: bad data. The agent refuses the document, artifact or model, changes
+  nothing and reports ``reason``. Retrying the same input gives the same answer.
+- ``LocalStateError``: the agent's own files cannot be trusted or written. Stop and
+  report; never guess (a reset high-water mark would re-open every replay).
+- ``TransportError``: the network failed. ``retryable`` is true; the same request may
+  succeed later. Like python-tuf's ``DownloadError``, it never means the data was bad.
+
+::
+
+    AgentError                            agent_error
+    ├── RefusalError                      refused
+    │   ├── BadSignatureError             bad_signature        the role's signatures do not hold
+    │   │   ├── WrongPayloadTypeError     wrong_payload_type   an envelope of another document type
+    │   │   └── MalformedDocumentError    malformed_document   not even a parseable document
+    │   ├── WrongDeviceError              wrong_device
+    │   ├── ReplayedDeploymentError       replayed_deployment  sequence below the highest accepted
+    │   │   └── DuplicateDeploymentError  duplicate_deployment the accepted one, redelivered
+    │   ├── ReplayedCommandError          replayed_command
+    │   │   └── DuplicateCommandError     duplicate_command
+    │   ├── ExpiredDeploymentError        expired_deployment
+    │   ├── ExpiredCommandError           expired_command
+    │   ├── DowngradeError                downgrade
+    │   ├── TrustRootRotationError        trust_root_rotation
+    │   ├── TrustRootExpiredError         trust_root_expired
+    │   ├── UnsafeFileNameError           unsafe_file_name
+    │   ├── ArtifactError                 artifact_refused
+    │   │   ├── HashMismatchError         hash_mismatch
+    │   │   ├── LengthMismatchError       length_mismatch
+    │   │   ├── DownloadTooLargeError     download_too_large
+    │   │   └── DownloadDeadlineError     download_deadline
+    │   └── ModelCheckError               model_check_failed
+    │       ├── ModelLoadError            model_load_failed
+    │       ├── SignatureMismatchError    io_signature_mismatch
+    │       ├── GoldenMismatchError       golden_mismatch
+    │       ├── NonFiniteOutputError      nonfinite_output
+    │       └── LatencyBudgetError        latency_budget_exceeded
+    ├── IllegalTransitionError            illegal_transition   a caller bug: no such table entry
+    ├── TransitionCapError                transition_cap       crash loop broken by the cap
+    ├── LocalStateError                   local_state
+    │   ├── TrustStateError               trust_state_unreadable
+    │   ├── JournalError                  journal_unreadable
+    │   └── StoreError                    store_error
+    └── TransportError                    transport            retryable
+        ├── ConnectionFailedError         connection_failed
+        ├── TransportTimeoutError         transport_timeout
+        └── HttpStatusError               http_status
+
+Protocol errors are translated once, here (``translate_protocol_error``); nothing else in
+the agent maps ``protocol`` exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import protocol
+
+__all__ = [
+    "AgentError",
+    "ArtifactError",
+    "BadSignatureError",
+    "ConnectionFailedError",
+    "DowngradeError",
+    "DownloadDeadlineError",
+    "DownloadTooLargeError",
+    "DuplicateCommandError",
+    "DuplicateDeploymentError",
+    "ExpiredCommandError",
+    "ExpiredDeploymentError",
+    "GoldenMismatchError",
+    "HashMismatchError",
+    "HttpStatusError",
+    "IllegalTransitionError",
+    "JournalError",
+    "LatencyBudgetError",
+    "LengthMismatchError",
+    "LocalStateError",
+    "MalformedDocumentError",
+    "ModelCheckError",
+    "ModelLoadError",
+    "NonFiniteOutputError",
+    "RefusalError",
+    "ReplayedCommandError",
+    "ReplayedDeploymentError",
+    "SignatureMismatchError",
+    "StoreError",
+    "TransitionCapError",
+    "TransportError",
+    "TransportTimeoutError",
+    "TrustRootExpiredError",
+    "TrustRootRotationError",
+    "TrustStateError",
+    "UnsafeFileNameError",
+    "WrongDeviceError",
+    "WrongPayloadTypeError",
+    "translate_protocol_error",
+]
+
+
+class AgentError(Exception):
+    """Root of every error the agent raises."""
+
+    reason: ClassVar[str] = "agent_error"
+    retryable: ClassVar[bool] = False
+
+
+class RefusalError(AgentError):
+    """Bad data: refused with no change of state, reported with ``reason``."""
+
+    reason = "refused"
+
+
+class BadSignatureError(RefusalError):
+    """The document cannot be shown to be signed by its role."""
+
+    reason = "bad_signature"
+
+
+class WrongPayloadTypeError(BadSignatureError):
+    """A valid envelope of another document type (type confusion)."""
+
+    reason = "wrong_payload_type"
+
+
+class MalformedDocumentError(BadSignatureError):
+    """Bytes that are not a well-formed envelope or document: nothing to verify."""
+
+    reason = "malformed_document"
+
+
+class WrongDeviceError(RefusalError):
+    reason = "wrong_device"
+
+
+class ReplayedDeploymentError(RefusalError):
+    """A deployment sequence not above the highest this device accepted."""
+
+    reason = "replayed_deployment"
+
+
+class DuplicateDeploymentError(ReplayedDeploymentError):
+    """The deployment already accepted, delivered again (MQTT is at-least-once).
+
+    Callers ignore it quietly; it is not an attack and needs no event.
+    """
+
+    reason = "duplicate_deployment"
+
+
+class ReplayedCommandError(RefusalError):
+    reason = "replayed_command"
+
+
+class DuplicateCommandError(ReplayedCommandError):
+    reason = "duplicate_command"
+
+
+class ExpiredDeploymentError(RefusalError):
+    reason = "expired_deployment"
+
+
+class ExpiredCommandError(RefusalError):
+    reason = "expired_command"
+
+
+class DowngradeError(RefusalError):
+    """A release version below the highest committed, without ``rollback``."""
+
+    reason = "downgrade"
+
+
+class TrustRootRotationError(RefusalError):
+    """A newer trust root that may not follow the trusted one (§5.2)."""
+
+    reason = "trust_root_rotation"
+
+
+class TrustRootExpiredError(RefusalError):
+    """The trust root to verify against is past its expiry: its keys are stale."""
+
+    reason = "trust_root_expired"
+
+
+class UnsafeFileNameError(RefusalError):
+    """A file name that could escape its directory."""
+
+    reason = "unsafe_file_name"
+
+
+class ArtifactError(RefusalError):
+    """Artifact bytes that are not the ones the release signed."""
+
+    reason = "artifact_refused"
+
+
+class HashMismatchError(ArtifactError):
+    reason = "hash_mismatch"
+
+
+class LengthMismatchError(ArtifactError):
+    reason = "length_mismatch"
+
+
+class DownloadTooLargeError(ArtifactError):
+    """The server sent more than the signed length (endless-data attack)."""
+
+    reason = "download_too_large"
+
+
+class DownloadDeadlineError(ArtifactError):
+    """The download did not finish in time (slow-retrieval attack): not retried."""
+
+    reason = "download_deadline"
+
+
+class ModelCheckError(RefusalError):
+    """The model failed the sandboxed pre-activation check."""
+
+    reason = "model_check_failed"
+
+
+class ModelLoadError(ModelCheckError):
+    reason = "model_load_failed"
+
+
+class SignatureMismatchError(ModelCheckError):
+    """The model's inputs or outputs differ from the release's I/O signature."""
+
+    reason = "io_signature_mismatch"
+
+
+class GoldenMismatchError(ModelCheckError):
+    reason = "golden_mismatch"
+
+
+class NonFiniteOutputError(ModelCheckError):
+    reason = "nonfinite_output"
+
+
+class LatencyBudgetError(ModelCheckError):
+    reason = "latency_budget_exceeded"
+
+
+class IllegalTransitionError(AgentError):
+    """An event the update table has no entry for in the current state: a caller bug."""
+
+    reason = "illegal_transition"
+
+
+class TransitionCapError(AgentError):
+    """A deployment took more transitions than the cap: a crash loop, broken."""
+
+    reason = "transition_cap"
+
+
+class LocalStateError(AgentError):
+    """The agent's own files cannot be read, trusted or written."""
+
+    reason = "local_state"
+
+
+class TrustStateError(LocalStateError):
+    """The trust state file is missing or corrupt; high-water marks are never reset."""
+
+    reason = "trust_state_unreadable"
+
+
+class JournalError(LocalStateError):
+    reason = "journal_unreadable"
+
+
+class StoreError(LocalStateError):
+    """The model store cannot do what was asked; ``current`` is left as it was."""
+
+    reason = "store_error"
+
+
+class TransportError(AgentError):
+    """The network failed; the same request may succeed later."""
+
+    reason = "transport"
+    retryable = True
+
+
+class ConnectionFailedError(TransportError):
+    reason = "connection_failed"
+
+
+class TransportTimeoutError(TransportError):
+    reason = "transport_timeout"
+
+
+class HttpStatusError(TransportError):
+    reason = "http_status"
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# Most specific first: the first matching protocol class wins.
+_PROTOCOL_TRANSLATIONS: tuple[tuple[type[protocol.ProtocolError], type[RefusalError]], ...] = (
+    (protocol.PayloadTypeError, WrongPayloadTypeError),
+    (protocol.MalformedDocumentError, MalformedDocumentError),
+    (protocol.SignatureError, BadSignatureError),
+    (protocol.RotationError, TrustRootRotationError),
+    # A trust root whose key bytes are unreadable cannot verify anything.
+    (protocol.KeyFormatError, MalformedDocumentError),
+)
+
+
+def translate_protocol_error(exc: protocol.ProtocolError, *, what: str) -> RefusalError:
+    """The agent refusal for a protocol error; raise it ``from exc``.
+
+    ``what`` names the document in the message ("deployment", "release in deployment 7").
+    Expiry is not translated here: only the caller knows which document expired.
+    """
+    for protocol_type, agent_type in _PROTOCOL_TRANSLATIONS:
+        if isinstance(exc, protocol_type):
+            return agent_type(f"{what}: {exc}")
+    return RefusalError(f"{what}: {exc}")
