@@ -1,0 +1,266 @@
+"""Trust checks of the agent: untrusted bytes and a ``TrustState`` in, verified objects out.
+
+Pure: no I/O, no clock (``now`` is passed in), and the state passed in is never changed.
+Each function either returns a verified value or raises a ``RefusalError`` leaf; the
+caller then derives the next state (``TrustState.accept_deployment``, ...) and persists
+it. A refusal therefore changes nothing, on disk or in memory (ARCHITECTURE.md §3).
+
+A deployment is checked in this order, stopping at the first failure:
+
+1. envelope shape and payload type;
+2. a newer trust root it carries, walked N -> N+1 -> ... by the rotation rules (§5.2);
+3. its signatures, by the ``deployment`` role of the newest trusted root;
+4. the device id;
+5. its sequence above the highest accepted (equal: a quiet duplicate);
+6. its expiry, then the trust root's, against ``max(now, time floor)``;
+7. the embedded release's signatures, by the ``release`` role;
+8. no downgrade below the highest committed version unless ``rollback``;
+9. the artifact file name (defence in depth beyond the schema).
+
+Step 2 reads the ``trust_root`` field of a payload whose signature is not yet checked.
+That is safe: a trust root carries its own authority (a threshold of the trusted root
+keys) and a deployment that then fails step 3 leaves nothing adopted; it is needed
+because the deployment may be signed by keys only the new root lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import protocol
+from protocol import Command, Deployment, Envelope, Release, TrustRoot
+
+from .errors import (
+    DowngradeError,
+    DuplicateCommandError,
+    DuplicateDeploymentError,
+    ExpiredCommandError,
+    ExpiredDeploymentError,
+    MalformedDocumentError,
+    ReplayedCommandError,
+    ReplayedDeploymentError,
+    TrustRootExpiredError,
+    TrustRootRotationError,
+    WrongDeviceError,
+    WrongPayloadTypeError,
+    translate_protocol_error,
+)
+from .names import verify_safe_file_name
+from .trust_state import TrustState, load_trust_state, persist_trust_state
+
+__all__ = [
+    "MAX_TRUST_ROOT_STEPS",
+    "TrustState",
+    "VerifiedCommand",
+    "VerifiedDeployment",
+    "adopt_trust_root",
+    "adopt_trust_roots",
+    "load_trust_state",
+    "persist_trust_state",
+    "verify_command",
+    "verify_deployment",
+]
+
+# Like python-tuf's max_root_rotations: a bound on work an attacker can make us do.
+MAX_TRUST_ROOT_STEPS = 32
+
+Order = TypeVar("Order", Deployment, Command)
+Signed = TypeVar("Signed", Deployment, Command, Release)
+
+
+@dataclass(frozen=True)
+class VerifiedDeployment:
+    """A deployment that passed every check, with what it was checked against."""
+
+    deployment: Deployment
+    release: Release
+    effective_time: datetime
+    trust_root: TrustRoot
+    trust_root_envelope: Envelope
+
+
+@dataclass(frozen=True)
+class VerifiedCommand:
+    command: Command
+    effective_time: datetime
+    trust_root: TrustRoot
+    trust_root_envelope: Envelope
+
+
+def verify_deployment(
+    envelope_bytes: bytes, state: TrustState, *, device_id: str, now: datetime
+) -> VerifiedDeployment:
+    """Verify a deployment for ``device_id`` as received; see the module for the order."""
+    effective = state.effective_time(now)
+    deployment, root_envelope, root = _verify_order(
+        envelope_bytes, Deployment, state, device_id=device_id
+    )
+    what = f"deployment {deployment.sequence}"
+    if deployment.sequence <= state.deployment_sequence:
+        if deployment.sequence == state.deployment_sequence:
+            raise DuplicateDeploymentError(f"{what} was already accepted")
+        raise ReplayedDeploymentError(
+            f"{what} is below the highest accepted, {state.deployment_sequence}"
+        )
+    if effective >= deployment.expires:
+        raise ExpiredDeploymentError(
+            f"{what} expired at {deployment.expires.isoformat()} "
+            f"(effective time {effective.isoformat()})"
+        )
+    _verify_trust_root_fresh(root, effective)
+    release = _verify_signed(deployment.release, Release, root, what=f"release in {what}")
+    highest = state.committed_version(release.model)
+    if release.version < highest and not deployment.rollback:
+        raise DowngradeError(
+            f"{what}: {release.model} v{release.version} is below committed v{highest} "
+            "and the deployment does not say rollback"
+        )
+    verify_safe_file_name(release.artifact.filename)
+    return VerifiedDeployment(deployment, release, effective, root, root_envelope)
+
+
+def verify_command(
+    envelope_bytes: bytes, state: TrustState, *, device_id: str, now: datetime
+) -> VerifiedCommand:
+    """Verify a command for ``device_id``: as a deployment, in its own sequence space."""
+    effective = state.effective_time(now)
+    command, root_envelope, root = _verify_order(
+        envelope_bytes, Command, state, device_id=device_id
+    )
+    what = f"command {command.sequence}"
+    if command.sequence <= state.command_sequence:
+        if command.sequence == state.command_sequence:
+            raise DuplicateCommandError(f"{what} was already accepted")
+        raise ReplayedCommandError(
+            f"{what} is below the highest accepted, {state.command_sequence}"
+        )
+    if effective >= command.expires:
+        raise ExpiredCommandError(f"{what} expired at {command.expires.isoformat()}")
+    _verify_trust_root_fresh(root, effective)
+    return VerifiedCommand(command, effective, root, root_envelope)
+
+
+def adopt_trust_roots(
+    state: TrustState,
+    envelopes: Iterable[Envelope | bytes],
+    *,
+    now: datetime,
+    max_steps: int = MAX_TRUST_ROOT_STEPS,
+) -> TrustState:
+    """``state`` trusting the newest root reachable through ``envelopes``, in order.
+
+    Roots not newer than the trusted one are skipped. Each newer one must be exactly the
+    next version and pass the rotation rules; only the last root reached must be
+    unexpired (§5.2). All or nothing: any failure raises and nothing is adopted, so the
+    caller persists once, after the walk; a retry walks again from the persisted root.
+    """
+    root_envelope, root = _walk(state, envelopes, max_steps=max_steps)
+    if root.version == state.trust_root_version:
+        return state
+    _verify_trust_root_fresh(root, state.effective_time(now))
+    return state.with_verified_trust_root(root_envelope, root)
+
+
+def adopt_trust_root(state: TrustState, envelope: Envelope | bytes, *, now: datetime) -> TrustState:
+    """``adopt_trust_roots`` for one root, e.g. from ``trust-roots/N.json``."""
+    return adopt_trust_roots(state, [envelope], now=now)
+
+
+def _verify_order(
+    envelope_bytes: bytes, order_type: type[Order], state: TrustState, *, device_id: str
+) -> tuple[Order, Envelope, TrustRoot]:
+    """Steps 1-4: parse, walk the carried trust root, check signatures and device id."""
+    what = order_type.__name__.lower()
+    envelope = _parse_envelope(envelope_bytes, what=what)
+    if envelope.payload_type != order_type.PAYLOAD_TYPE:
+        raise WrongPayloadTypeError(
+            f"expected a {what} ({order_type.PAYLOAD_TYPE}), got {envelope.payload_type!r}"
+        )
+    carried = _carried_trust_root(envelope, what=what)
+    root_envelope, root = _walk(state, [] if carried is None else [carried])
+    order = _verify_signed(envelope, order_type, root, what=what)
+    if order.device_id != device_id:
+        raise WrongDeviceError(
+            f"{what} {order.sequence} is for device {order.device_id!r}, not {device_id!r}"
+        )
+    return order, root_envelope, root
+
+
+def _walk(
+    state: TrustState,
+    envelopes: Iterable[Envelope | bytes],
+    *,
+    max_steps: int = MAX_TRUST_ROOT_STEPS,
+) -> tuple[Envelope, TrustRoot]:
+    root_envelope, root = state.trust_root_envelope, state.trust_root
+    steps = 0
+    for candidate in envelopes:
+        try:
+            envelope = (
+                candidate if isinstance(candidate, Envelope) else Envelope.from_bytes(candidate)
+            )
+            claimed = TrustRoot.from_unverified_envelope(envelope)
+        except (protocol.ProtocolError, RecursionError) as exc:
+            raise TrustRootRotationError(f"unreadable trust root: {exc}") from exc
+        if claimed.version <= root.version:
+            continue  # already trusted, or older: nothing to adopt, nothing to refuse
+        steps += 1
+        if steps > max_steps:
+            raise TrustRootRotationError(f"more than {max_steps} trust root rotations at once")
+        try:
+            root = protocol.verify_trust_root_rotation(root, envelope)
+        except protocol.ProtocolError as exc:
+            raise TrustRootRotationError(
+                f"trust root v{claimed.version} may not follow v{root.version}: {exc}"
+            ) from exc
+        root_envelope = envelope
+    return root_envelope, root
+
+
+def _carried_trust_root(envelope: Envelope, *, what: str) -> Envelope | None:
+    # Only the one field, read from JSON: the rest of the payload waits for step 3.
+    try:
+        obj = protocol.parse_json(envelope.payload)
+    except (ValueError, RecursionError) as exc:  # also JSONDecodeError, UnicodeDecodeError
+        raise MalformedDocumentError(f"{what} payload is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise MalformedDocumentError(f"{what} payload is not a JSON object")
+    carried = obj.get("trust_root")
+    if carried is None:
+        return None
+    try:
+        return Envelope.from_json_obj(carried)
+    except protocol.ProtocolError as exc:
+        raise TrustRootRotationError(f"{what} carries an unreadable trust root: {exc}") from exc
+
+
+def _verify_signed(
+    source: Envelope | dict[str, Any], document_type: type[Signed], root: TrustRoot, *, what: str
+) -> Signed:
+    # ``source`` may be an envelope carried as a JSON object inside another document.
+    try:
+        envelope = source if isinstance(source, Envelope) else Envelope.from_json_obj(source)
+        return protocol.verify_document(envelope, document_type, root)
+    except protocol.ProtocolError as exc:
+        raise translate_protocol_error(exc, what=what) from exc
+
+
+def _verify_trust_root_fresh(root: TrustRoot, effective: datetime) -> None:
+    if effective >= root.expires:
+        raise TrustRootExpiredError(
+            f"trust root v{root.version} expired at {root.expires.isoformat()} "
+            f"(effective time {effective.isoformat()})"
+        )
+
+
+def _parse_envelope(envelope_bytes: bytes, *, what: str) -> Envelope:
+    try:
+        return Envelope.from_bytes(envelope_bytes)
+    except protocol.ProtocolError as exc:
+        raise translate_protocol_error(exc, what=what) from exc
+    except RecursionError as exc:
+        # json nests by recursion; protocol lets this escape, so it is refused here.
+        raise MalformedDocumentError(f"{what} is nested too deeply") from exc

@@ -1,0 +1,231 @@
+"""The persisted trust facts of one device, and the one file that holds them.
+
+``TrustState`` is a frozen value: every change returns a new state, and only
+``persist_trust_state`` touches the disk, atomically (``durable.write_atomic``).
+
+Invariants:
+- the high-water marks only rise: ``deployment_sequence``, ``command_sequence``,
+  ``time_floor``, every committed version and the trust root version never go down,
+  whatever order the ``accept_*``/``record_commit`` calls come in;
+- the trust root held is always one that verified: first through
+  ``verify_initial_trust_root`` (provisioning), later only through rotation
+  (``agent.trust``); on load its self-signature is checked again, so a bit flip or an
+  edited file is an error, not a new authority;
+- a missing or corrupt file is a ``TrustStateError``, never a silent reset: a reset
+  would re-open every replay the marks were there to stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+import protocol
+from protocol import Envelope, TrustRoot
+
+from .durable import read_json, write_json_atomic
+from .errors import (
+    DuplicateCommandError,
+    DuplicateDeploymentError,
+    ReplayedCommandError,
+    ReplayedDeploymentError,
+    TrustStateError,
+    translate_protocol_error,
+)
+
+if TYPE_CHECKING:
+    # Only for annotations: agent.trust builds these and imports this module.
+    from .trust import VerifiedCommand, VerifiedDeployment
+
+__all__ = [
+    "TIME_FLOOR_UNSET",
+    "TRUST_STATE_FORMAT",
+    "TrustState",
+    "load_trust_state",
+    "persist_trust_state",
+]
+
+TRUST_STATE_FORMAT = 1
+# Before any document was accepted there is no floor; the epoch is below every real time.
+TIME_FLOOR_UNSET = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class TrustState:
+    """What this device trusts and the highest marks it has accepted."""
+
+    trust_root_envelope: Envelope
+    trust_root: TrustRoot
+    deployment_sequence: int = 0
+    command_sequence: int = 0
+    time_floor: datetime = TIME_FLOOR_UNSET
+    committed: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A read-only copy, so a caller's dict can never change a state behind its back.
+        object.__setattr__(self, "committed", MappingProxyType(dict(self.committed)))
+        if self.time_floor.tzinfo is None:
+            raise ValueError("time_floor must be timezone-aware")
+
+    @classmethod
+    def initial(cls, trust_root_envelope_bytes: bytes) -> TrustState:
+        """The state of a freshly provisioned device; raises a ``RefusalError``."""
+        try:
+            envelope = Envelope.from_bytes(trust_root_envelope_bytes)
+            trust_root = protocol.verify_initial_trust_root(envelope)
+        except protocol.ProtocolError as exc:
+            raise translate_protocol_error(exc, what="provisioned trust root") from exc
+        return cls(trust_root_envelope=envelope, trust_root=trust_root)
+
+    @property
+    def trust_root_version(self) -> int:
+        return self.trust_root.version
+
+    def effective_time(self, now: datetime) -> datetime:
+        """``max(now, time_floor)``: a clock set back cannot revive an expired document."""
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        return max(now, self.time_floor)
+
+    def committed_version(self, model: str) -> int:
+        """The highest committed version of ``model``; 0 when none was."""
+        return self.committed.get(model, 0)
+
+    def with_verified_trust_root(self, envelope: Envelope, trust_root: TrustRoot) -> TrustState:
+        """This state holding ``trust_root`` if it is newer.
+
+        Only for roots that passed the rotation rules (``agent.trust`` walks them): this
+        method trusts its argument.
+        """
+        if trust_root.version <= self.trust_root.version:
+            return self
+        return replace(self, trust_root_envelope=envelope, trust_root=trust_root)
+
+    def accept_deployment(self, verified: VerifiedDeployment) -> TrustState:
+        """This state after accepting ``verified``: its trust root, sequence and issue time.
+
+        The sequence is checked again, so a verification that raced with another accept
+        cannot lower or repeat the mark.
+        """
+        deployment = verified.deployment
+        if deployment.sequence <= self.deployment_sequence:
+            error = (
+                DuplicateDeploymentError
+                if deployment.sequence == self.deployment_sequence
+                else ReplayedDeploymentError
+            )
+            raise error(f"deployment {deployment.sequence} is not above {self.deployment_sequence}")
+        return replace(
+            self.with_verified_trust_root(verified.trust_root_envelope, verified.trust_root),
+            deployment_sequence=deployment.sequence,
+            time_floor=max(self.time_floor, deployment.issued_at),
+        )
+
+    def accept_command(self, verified: VerifiedCommand) -> TrustState:
+        """This state after accepting ``verified``; command sequences count on their own."""
+        command = verified.command
+        if command.sequence <= self.command_sequence:
+            error = (
+                DuplicateCommandError
+                if command.sequence == self.command_sequence
+                else ReplayedCommandError
+            )
+            raise error(f"command {command.sequence} is not above {self.command_sequence}")
+        return replace(
+            self.with_verified_trust_root(verified.trust_root_envelope, verified.trust_root),
+            command_sequence=command.sequence,
+            time_floor=max(self.time_floor, command.issued_at),
+        )
+
+    def record_commit(self, model: str, version: int) -> TrustState:
+        """This state after ``model`` ``version`` passed probation.
+
+        A committed rollback to a lower version leaves the mark where it was: the mark
+        is the highest ever committed, so going below it again needs ``rollback`` again.
+        """
+        committed = dict(self.committed)
+        committed[model] = max(committed.get(model, 0), version)
+        return replace(self, committed=committed)
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {
+            "format": TRUST_STATE_FORMAT,
+            "trust_root": self.trust_root_envelope.to_json_obj(),
+            "trust_root_version": self.trust_root.version,
+            "deployment_sequence": self.deployment_sequence,
+            "command_sequence": self.command_sequence,
+            "time_floor": self.time_floor.isoformat(),
+            "committed": dict(sorted(self.committed.items())),
+        }
+
+    @classmethod
+    def from_json_obj(cls, obj: Any) -> TrustState:
+        """Parse and re-check a persisted state; raises ``TrustStateError``."""
+        if not isinstance(obj, dict) or obj.get("format") != TRUST_STATE_FORMAT:
+            raise TrustStateError(f"not a trust state of format {TRUST_STATE_FORMAT}")
+        try:
+            envelope = Envelope.from_json_obj(obj["trust_root"])
+            # Integrity, not authority: authority came from provisioning and rotation.
+            trust_root = protocol.verify_initial_trust_root(envelope)
+        except (KeyError, protocol.ProtocolError) as exc:
+            raise TrustStateError(f"trusted trust root does not verify: {exc}") from exc
+        if obj.get("trust_root_version") != trust_root.version:
+            raise TrustStateError("trust_root_version does not match the trust root")
+        committed = obj.get("committed")
+        if not isinstance(committed, dict) or not all(
+            isinstance(k, str) and _is_count(v) for k, v in committed.items()
+        ):
+            raise TrustStateError("committed versions are not a map of name to integer")
+        return cls(
+            trust_root_envelope=envelope,
+            trust_root=trust_root,
+            deployment_sequence=_count(obj, "deployment_sequence"),
+            command_sequence=_count(obj, "command_sequence"),
+            time_floor=_timestamp(obj, "time_floor"),
+            committed=committed,
+        )
+
+
+def load_trust_state(path: Path) -> TrustState:
+    """Read the device's trust state; a missing or corrupt file is a ``TrustStateError``."""
+    try:
+        obj = read_json(path)
+    except FileNotFoundError as exc:
+        raise TrustStateError(f"no trust state at {path}: provision the device first") from exc
+    except (OSError, ValueError) as exc:
+        raise TrustStateError(f"trust state {path} is unreadable: {exc}") from exc
+    try:
+        return TrustState.from_json_obj(obj)
+    except TrustStateError as exc:
+        raise TrustStateError(f"trust state {path} is corrupt: {exc}") from exc
+
+
+def persist_trust_state(path: Path, state: TrustState) -> None:
+    """Write ``state`` atomically: a crash leaves the old state or the new one."""
+    write_json_atomic(path, state.to_json_obj())
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _count(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if not _is_count(value):
+        raise TrustStateError(f"{key} is not a non-negative integer")
+    return value
+
+
+def _timestamp(obj: dict[str, Any], key: str) -> datetime:
+    value = obj.get(key)
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise TrustStateError(f"{key} is not a timestamp with an offset")
+    return parsed

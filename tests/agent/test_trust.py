@@ -1,0 +1,347 @@
+"""Attacks on the deployment and command path, each refused with no change on disk."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import protocol
+from agent.errors import (
+    BadSignatureError,
+    DowngradeError,
+    DuplicateCommandError,
+    DuplicateDeploymentError,
+    ExpiredCommandError,
+    ExpiredDeploymentError,
+    MalformedDocumentError,
+    RefusalError,
+    ReplayedCommandError,
+    ReplayedDeploymentError,
+    TrustRootExpiredError,
+    TrustRootRotationError,
+    UnsafeFileNameError,
+    WrongDeviceError,
+    WrongPayloadTypeError,
+)
+from agent.trust import adopt_trust_root, adopt_trust_roots, verify_deployment
+from protocol import Envelope, Release, Role, SigningKey
+from tests.agent.conftest import DEVICE_ID, Device, rotate
+from tests.factories import NOW, make_release
+
+
+def test_valid_deployment_is_accepted_and_raises_the_marks(device: Device) -> None:
+    verified = device.deliver(device.deployment(sequence=7), now=NOW + timedelta(minutes=5))
+    assert verified.release.version == 3
+    assert verified.effective_time == NOW + timedelta(minutes=5)
+    state = device.state()
+    assert (state.deployment_sequence, state.time_floor) == (7, NOW)
+
+
+def test_deployment_for_another_device_is_refused(device: Device) -> None:
+    device.refuse(device.deployment(device_id="cam-paris-0002"), WrongDeviceError)
+
+
+def test_replayed_older_deployment_is_refused(device: Device) -> None:
+    device.deliver(device.deployment(sequence=7))
+    info = device.refuse(device.deployment(sequence=6), ReplayedDeploymentError)
+    assert not isinstance(info.value, DuplicateDeploymentError)
+
+
+def test_redelivered_deployment_is_a_quiet_duplicate(device: Device) -> None:
+    envelope = device.deployment(sequence=7)
+    device.deliver(envelope)
+    info = device.refuse(envelope, DuplicateDeploymentError)
+    assert isinstance(info.value, ReplayedDeploymentError)
+    assert info.value.reason == "duplicate_deployment"
+
+
+def test_expired_redelivery_is_still_a_quiet_duplicate(device: Device) -> None:
+    envelope = device.deployment(sequence=7)
+    device.deliver(envelope)
+    device.refuse(envelope, DuplicateDeploymentError, now=NOW + timedelta(days=2))
+
+
+def test_sequence_high_water_mark_survives_restart(device: Device) -> None:
+    old = device.deployment(sequence=6)
+    device.deliver(device.deployment(sequence=7))
+    restarted = Device(device.keyring, device.state_path)  # nothing kept in memory
+    assert restarted.state().deployment_sequence == 7
+    restarted.refuse(old, ReplayedDeploymentError)
+
+
+def test_expired_deployment_is_refused(device: Device) -> None:
+    envelope = device.deployment(expires=NOW + timedelta(hours=1))
+    device.refuse(envelope, ExpiredDeploymentError, now=NOW + timedelta(hours=1))
+
+
+def test_expired_deployment_with_clock_moved_back_is_refused(device: Device) -> None:
+    later = NOW + timedelta(hours=2)
+    device.deliver(
+        device.deployment(sequence=7, issued_at=later, expires=later + timedelta(hours=1)),
+        now=later,
+    )
+    # Captured at NOW, expired by the time floor even though the clock was set back.
+    stale = device.deployment(sequence=8, expires=NOW + timedelta(hours=1))
+    device.refuse(stale, ExpiredDeploymentError, now=NOW + timedelta(minutes=30))
+
+
+def test_time_floor_never_decreases(device: Device) -> None:
+    later = NOW + timedelta(hours=1)
+    expires = later + timedelta(hours=1)
+    device.deliver(device.deployment(sequence=7, issued_at=later, expires=expires), now=later)
+    device.deliver(
+        device.deployment(sequence=8, issued_at=NOW, expires=NOW + timedelta(hours=3)), now=later
+    )
+    assert device.state().time_floor == later
+
+
+def test_release_downgrade_without_rollback_is_refused(device: Device) -> None:
+    device.commit("digits", 3)
+    device.refuse(device.deployment(release={"version": 2}), DowngradeError)
+
+
+def test_release_downgrade_with_rollback_is_accepted(device: Device) -> None:
+    device.commit("digits", 3)
+    verified = device.deliver(device.deployment(release={"version": 2}, rollback=True))
+    assert verified.release.version == 2
+
+
+def test_downgrade_mark_is_per_model_and_allows_the_same_version(device: Device) -> None:
+    device.commit("digits", 3)
+    device.commit("faces", 9)
+    assert device.deliver(device.deployment(sequence=7)).release.version == 3
+
+
+def test_committed_rollback_does_not_lower_the_mark(device: Device) -> None:
+    device.commit("digits", 3)
+    device.commit("digits", 2)
+    assert device.state().committed_version("digits") == 3
+
+
+def test_release_signed_by_deployment_key_is_refused(device: Device) -> None:
+    # The online deployment key alone must never make a device run a new model.
+    keys = device.keyring.keys[Role.DEPLOYMENT]
+    device.refuse(device.deployment(release_signers=keys), BadSignatureError)
+
+
+def test_deployment_signed_by_release_key_is_refused(device: Device) -> None:
+    keys = device.keyring.keys[Role.RELEASE]
+    device.refuse(device.deployment(signers=keys), BadSignatureError)
+
+
+def test_deployment_signed_by_unknown_key_is_refused(device: Device) -> None:
+    device.refuse(device.deployment(signers=[SigningKey.generate()]), BadSignatureError)
+
+
+def test_tampered_deployment_payload_is_refused(device: Device) -> None:
+    envelope = Envelope.from_bytes(device.deployment(sequence=7))
+    document = json.loads(envelope.payload)
+    document["device_id"] = "cam-paris-0002"
+    forged = dataclasses.replace(envelope, payload=json.dumps(document).encode())
+    device.refuse(forged.to_bytes(), BadSignatureError)
+
+
+def test_release_envelope_presented_as_deployment_is_refused(device: Device) -> None:
+    release = make_release().sign(device.keyring.keys[Role.RELEASE])
+    device.refuse(release.to_bytes(), WrongPayloadTypeError)
+
+
+def test_command_presented_as_deployment_is_refused(device: Device) -> None:
+    device.refuse(device.command(sequence=8), WrongPayloadTypeError)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"payloadType": "x"}',
+        b" " * (protocol.MAX_ENVELOPE_BYTES + 1),
+        b"[" * 100_000,
+    ],
+    ids=["empty", "not-json", "array", "no-payload", "oversized", "nested-too-deep"],
+)
+def test_garbage_bytes_are_refused(device: Device, garbage: bytes) -> None:
+    device.refuse(garbage, MalformedDocumentError)
+
+
+def test_deeply_nested_payload_is_refused_before_its_signature_is_checked(
+    device: Device,
+) -> None:
+    payload = b'{"trust_root":' + b"[" * 100_000 + b"}"
+    forged = protocol.sign_envelope(
+        protocol.Deployment.PAYLOAD_TYPE, payload, [SigningKey.generate()]
+    )
+    device.refuse(forged.to_bytes(), MalformedDocumentError)
+
+
+def test_artifact_file_name_with_a_path_is_refused(device: Device) -> None:
+    # Signed by the release key and still refused: a path never reaches the store.
+    release = make_release().model_dump(mode="json")
+    release["artifact"]["filename"] = "../../etc/passwd"
+    payload = protocol.canonical_json(release)
+    envelope = protocol.sign_envelope(
+        Release.PAYLOAD_TYPE, payload, device.keyring.keys[Role.RELEASE]
+    )
+    deployment = protocol.Deployment.from_json_obj(
+        {
+            "device_id": DEVICE_ID,
+            "sequence": 7,
+            "issued_at": NOW.isoformat(),
+            "expires": (NOW + timedelta(hours=1)).isoformat(),
+            "release": envelope.to_json_obj(),
+        }
+    )
+    signed = deployment.sign(device.keyring.keys[Role.DEPLOYMENT]).to_bytes()
+    device.refuse(signed, RefusalError)
+
+
+def test_unsafe_file_name_is_refused_even_if_the_schema_let_it_through(
+    device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defence in depth: a loosened protocol schema must not open a path traversal.
+    real_verify = protocol.verify_document
+
+    def lenient(envelope: Envelope, document_type: type[Any], root: protocol.TrustRoot) -> object:
+        document: object = real_verify(envelope, document_type, root)
+        if isinstance(document, Release):
+            artifact = document.artifact.model_copy(update={"filename": "../evil.onnx"})
+            return document.model_copy(update={"artifact": artifact})
+        return document
+
+    monkeypatch.setattr(protocol, "verify_document", lenient)
+    device.refuse(device.deployment(), UnsafeFileNameError)
+
+
+def test_newer_trust_root_adopted_only_through_rotation(device: Device) -> None:
+    successor, root_v2 = rotate(device.keyring, Role.ROOT, Role.DEPLOYMENT)
+    carried = root_v2.to_json_obj()
+    # Signed by the new deployment key only: verifiable only once v2 is adopted.
+    device.deliver(
+        device.deployment(sequence=7, trust_root=carried, signers=successor.keys[Role.DEPLOYMENT])
+    )
+    assert device.state().trust_root_version == 2
+    # The rotated-out deployment key is no longer trusted.
+    device.refuse(device.deployment(sequence=8), BadSignatureError)
+
+
+def test_trust_root_not_signed_by_the_trusted_root_is_refused(device: Device) -> None:
+    successor, _ = rotate(device.keyring, Role.ROOT, Role.DEPLOYMENT)
+    self_signed = successor.trust_root().sign(successor.keys[Role.ROOT])
+    envelope = device.deployment(
+        trust_root=self_signed.to_json_obj(), signers=successor.keys[Role.DEPLOYMENT]
+    )
+    device.refuse(envelope, TrustRootRotationError)
+
+
+def test_trust_root_not_signed_by_its_own_root_keys_is_refused(device: Device) -> None:
+    successor, _ = rotate(device.keyring, Role.ROOT)
+    old_signed = successor.trust_root().sign(device.keyring.keys[Role.ROOT])
+    device.refuse(device.deployment(trust_root=old_signed.to_json_obj()), TrustRootRotationError)
+
+
+def test_trust_root_skipping_a_version_is_refused(device: Device) -> None:
+    successor, _ = rotate(device.keyring, Role.ROOT)
+    successor.version = 3
+    skipping = successor.trust_root().sign(
+        [*device.keyring.keys[Role.ROOT], *successor.keys[Role.ROOT]]
+    )
+    device.refuse(device.deployment(trust_root=skipping.to_json_obj()), TrustRootRotationError)
+
+
+def test_carried_trust_root_already_trusted_is_ignored(device: Device) -> None:
+    current = device.keyring.signed_trust_root().to_json_obj()
+    device.deliver(device.deployment(trust_root=current))
+    assert device.state().trust_root_version == 1
+
+
+def test_trust_root_in_a_refused_deployment_is_not_adopted(device: Device) -> None:
+    _, root_v2 = rotate(device.keyring, Role.ROOT)
+    envelope = device.deployment(device_id="cam-paris-0002", trust_root=root_v2.to_json_obj())
+    device.refuse(envelope, WrongDeviceError)
+    assert device.state().trust_root_version == 1
+
+
+def test_trust_root_walk_is_capped(device: Device) -> None:
+    keyring, chain = device.keyring, []
+    for _ in range(4):
+        keyring, envelope = rotate(keyring, Role.ROOT)
+        chain.append(envelope)
+    state = device.state()
+    with pytest.raises(TrustRootRotationError, match="more than 3"):
+        adopt_trust_roots(state, chain, now=NOW, max_steps=3)
+    assert adopt_trust_roots(state, chain, now=NOW).trust_root_version == 5
+
+
+def test_trust_root_walk_is_all_or_nothing(device: Device) -> None:
+    successor, root_v2 = rotate(device.keyring, Role.ROOT)
+    _, root_v3 = rotate(successor, Role.ROOT)
+    forged_v3 = dataclasses.replace(root_v3, payload=root_v3.payload + b" ")
+    state = device.state()
+    with pytest.raises(TrustRootRotationError):
+        adopt_trust_roots(state, [root_v2, forged_v3], now=NOW)
+    assert state.trust_root_version == 1
+
+
+def test_adopted_trust_root_that_has_expired_is_refused(device: Device) -> None:
+    successor, _ = rotate(device.keyring, Role.ROOT)
+    expired = successor.trust_root().model_copy(update={"expires": NOW - timedelta(seconds=1)})
+    envelope = expired.sign([*device.keyring.keys[Role.ROOT], *successor.keys[Role.ROOT]])
+    with pytest.raises(TrustRootExpiredError):
+        adopt_trust_root(device.state(), envelope.to_bytes(), now=NOW)
+
+
+def test_deployment_checked_against_an_expired_trust_root_is_refused(device: Device) -> None:
+    # The provisioned root expires after a year; its keys are stale from then on.
+    late = NOW + timedelta(days=400)
+    envelope = device.deployment(issued_at=late, expires=late + timedelta(hours=1))
+    device.refuse(envelope, TrustRootExpiredError, now=late)
+
+
+def test_command_replay_is_refused(device: Device) -> None:
+    device.deliver_command(device.command(sequence=3))
+    device.refuse(device.command(sequence=2), ReplayedCommandError, command=True)
+    device.refuse(device.command(sequence=3), DuplicateCommandError, command=True)
+
+
+def test_command_sequence_is_counted_apart_from_deployments(device: Device) -> None:
+    device.deliver(device.deployment(sequence=7))
+    device.deliver_command(device.command(sequence=1))
+    state = device.state()
+    assert (state.deployment_sequence, state.command_sequence) == (7, 1)
+
+
+def test_expired_command_is_refused(device: Device) -> None:
+    envelope = device.command(expires=NOW + timedelta(minutes=1))
+    device.refuse(envelope, ExpiredCommandError, now=NOW + timedelta(minutes=1), command=True)
+
+
+def test_command_for_another_device_is_refused(device: Device) -> None:
+    device.refuse(device.command(device_id="cam-paris-0002"), WrongDeviceError, command=True)
+
+
+def test_deployment_presented_as_command_is_refused(device: Device) -> None:
+    device.refuse(device.deployment(), WrongPayloadTypeError, command=True)
+
+
+def test_verification_never_changes_the_state_passed_in(device: Device) -> None:
+    state = device.state()
+    _, root_v2 = rotate(device.keyring, Role.ROOT)
+    verified = verify_deployment(
+        device.deployment(trust_root=root_v2.to_json_obj()), state, device_id=DEVICE_ID, now=NOW
+    )
+    assert verified.trust_root.version == 2
+    assert (state.trust_root_version, state.deployment_sequence) == (1, 0)
+
+
+def test_accepting_the_same_verification_twice_is_refused(device: Device) -> None:
+    state = device.state()
+    verified = verify_deployment(device.deployment(), state, device_id=DEVICE_ID, now=NOW)
+    accepted = state.accept_deployment(verified)
+    with pytest.raises(DuplicateDeploymentError):
+        accepted.accept_deployment(verified)
