@@ -1,0 +1,243 @@
+"""The device's model files: content-addressed directories and two symlinks.
+
+Layout under ``root``::
+
+    models/sha256-<hex>/<filename>   one verified artifact per directory
+    staging/                         downloads in progress, directories being built, trash
+    current  -> models/sha256-<hex>  what serves
+    previous -> models/sha256-<hex>  what ``rollback`` returns to
+
+Invariants:
+- a ``models/sha256-<hex>`` directory exists only complete, holding one file whose bytes
+  hash to ``<hex>``: ``stage`` builds it in ``staging/``, hashes and fsyncs the file and
+  the directory, then publishes it with one ``rename``; ``collect_garbage`` unpublishes
+  with one ``rename`` into ``staging/`` before deleting anything;
+- ``current`` and ``previous`` are only ever replaced by ``os.replace`` of a freshly made
+  temporary symlink, followed by an fsync of ``root``: each is at every instant either
+  its old target or its new one;
+- once a model was activated, ``current`` points at a complete model directory: nothing
+  removes a directory that ``current`` or ``previous`` names, and ``activate`` and
+  ``rollback`` only point at directories that exist.
+
+``activate(new)`` runs, with ``C`` the current model::
+
+    1. symlink .previous.tmp -> models/sha256-C      (skipped if previous is already C)
+    2. rename  .previous.tmp -> previous; fsync root
+    3. symlink .current.tmp  -> models/sha256-new
+    4. rename  .current.tmp  -> current;  fsync root
+
+A crash before 4 leaves ``current`` at C; after 4, at ``new``; both complete. ``previous``
+moves first, so whenever ``current`` is ``new``, ``previous`` is already C, and
+``rollback(from_sha256=new)`` (which does nothing unless ``current`` is ``new``) brings
+back exactly C after a crash at any point. A temporary symlink left by a crash is
+replaced by the next switch and removed by ``collect_garbage``.
+
+Durability assumes a POSIX file system where ``rename`` is atomic and directory fsync
+persists it (ext4, f2fs, xfs, btrfs); ``root`` must be one file system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from .durable import fsync_dir, fsync_file
+from .errors import HashMismatchError, StoreError
+from .names import verify_safe_file_name, verify_sha256_hex
+
+__all__ = ["HASH_CHUNK_BYTES", "ModelStore"]
+
+HASH_CHUNK_BYTES = 1024 * 1024
+_MODEL_DIR = re.compile(r"sha256-(?P<sha>[0-9a-f]{64})")
+_LINK_TARGET = re.compile(r"models/sha256-(?P<sha>[0-9a-f]{64})")
+_CURRENT, _PREVIOUS = "current", "previous"
+
+
+class ModelStore:
+    """Verified model files and the ``current``/``previous`` switch, crash-safe."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.models_dir = root / "models"
+        self.staging_dir = root / "staging"
+        for directory in (root, self.models_dir, self.staging_dir):
+            if not directory.is_dir():
+                directory.mkdir(parents=True, exist_ok=True)
+                fsync_dir(directory.parent)
+
+    def model_dir(self, sha256: str) -> Path:
+        return self.models_dir / f"sha256-{verify_sha256_hex(sha256)}"
+
+    def current(self) -> Path | None:
+        """The directory of the serving model, or ``None`` before the first activation."""
+        return self._existing_dir(self.current_sha256())
+
+    def previous(self) -> Path | None:
+        return self._existing_dir(self.previous_sha256())
+
+    def current_sha256(self) -> str | None:
+        return self._link_sha256(_CURRENT)
+
+    def previous_sha256(self) -> str | None:
+        return self._link_sha256(_PREVIOUS)
+
+    def stage(self, sha256: str, filename: str, source_path: Path) -> Path:
+        """Move a verified file into ``models/sha256-<hex>/<filename>``; return its path.
+
+        Idempotent: if that model is already stored, ``source_path`` is discarded. The
+        bytes are hashed once more before publishing (content addressing must not lie);
+        on a mismatch nothing is published and ``HashMismatchError`` is raised. The
+        source is consumed either way.
+        """
+        verify_safe_file_name(filename)
+        final = self.model_dir(sha256)
+        if final.is_dir():
+            return self._already_staged(final, filename, source_path)
+        building = Path(tempfile.mkdtemp(prefix=".stage-", dir=self.staging_dir))
+        try:
+            staged = building / filename
+            _move(source_path, staged)
+            staged.chmod(0o444)
+            digest = _sha256_of(staged)
+            if digest != sha256:
+                raise HashMismatchError(f"{filename} hashes to {digest}, not {sha256}")
+            fsync_file(staged)
+            fsync_dir(building)
+            try:
+                os.rename(building, final)
+            except OSError as exc:
+                # Published meanwhile by another stage of the same bytes.
+                if exc.errno in {errno.EEXIST, errno.ENOTEMPTY} and final.is_dir():
+                    shutil.rmtree(building, ignore_errors=True)
+                    return self._already_staged(final, filename, staged)
+                raise
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        fsync_dir(self.models_dir)
+        fsync_dir(self.staging_dir)
+        return final / filename
+
+    def activate(self, sha256: str) -> None:
+        """``previous`` := ``current``; ``current`` := the staged model (see the module)."""
+        target = self.model_dir(sha256)
+        if not target.is_dir():
+            raise StoreError(f"model {sha256[:12]} is not staged")
+        old = self.current_sha256()
+        if old == sha256:
+            return
+        if old is not None and self.previous_sha256() != old:
+            self._point(_PREVIOUS, old)
+        self._point(_CURRENT, sha256)
+
+    def rollback(self, *, from_sha256: str | None = None) -> None:
+        """``current`` := ``previous``.
+
+        With ``from_sha256`` (the model that failed), only if it is what serves: when
+        the switch to it never happened, ``current`` already is the model to keep, and
+        this does nothing. Idempotent either way. ``StoreError`` when there is no other
+        model to return to; ``current`` is then left as it is.
+        """
+        current = self.current_sha256()
+        if from_sha256 is not None and current != from_sha256:
+            return
+        previous = self.previous_sha256()
+        if previous is None or previous == current:
+            raise StoreError("no previous model to roll back to")
+        if not self.model_dir(previous).is_dir():
+            raise StoreError(f"previous model {previous[:12]} is missing")
+        self._point(_CURRENT, previous)
+
+    def collect_garbage(self, *, keep: Iterable[str] = ()) -> list[Path]:
+        """Remove models neither symlink (nor ``keep``) names, and all staging leftovers.
+
+        Call it only while no update is in flight (or pass that update's sha256 in
+        ``keep``): staging is emptied. Returns the model directories removed.
+        """
+        referenced = {self.current_sha256(), self.previous_sha256(), *keep}
+        removed: list[Path] = []
+        for entry in sorted(self.models_dir.iterdir()):
+            match = _MODEL_DIR.fullmatch(entry.name)
+            if match is None or match["sha"] in referenced:
+                continue  # not ours to judge, or in use
+            # Unpublish atomically first: a half-deleted model dir must never be visible.
+            os.rename(entry, self.staging_dir / f".trash-{secrets.token_hex(8)}")
+            removed.append(entry)
+        if removed:
+            fsync_dir(self.models_dir)
+        for leftover in self.staging_dir.iterdir():
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+        for name in (_CURRENT, _PREVIOUS):
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / f".{name}.tmp").unlink()
+        fsync_dir(self.staging_dir)
+        fsync_dir(self.root)
+        return removed
+
+    def _point(self, link: str, sha256: str) -> None:
+        # A fresh temporary symlink renamed over the old one: the switch is one syscall.
+        tmp = self.root / f".{link}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(f"models/sha256-{sha256}", tmp)
+        os.replace(tmp, self.root / link)
+        fsync_dir(self.root)
+
+    def _link_sha256(self, link: str) -> str | None:
+        try:
+            target = os.readlink(self.root / link)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"{link} is not a symlink: {exc}") from exc
+        match = _LINK_TARGET.fullmatch(target)
+        if match is None:
+            raise StoreError(f"{link} points outside the store: {target!r}")
+        return match["sha"]
+
+    def _existing_dir(self, sha256: str | None) -> Path | None:
+        if sha256 is None:
+            return None
+        directory = self.model_dir(sha256)
+        if not directory.is_dir():
+            raise StoreError(f"a symlink names model {sha256[:12]}, which is missing")
+        return directory
+
+    def _already_staged(self, final: Path, filename: str, source_path: Path) -> Path:
+        stored = final / filename
+        if not stored.is_file():
+            raise StoreError(f"{final.name} is stored under another file name than {filename}")
+        with contextlib.suppress(FileNotFoundError):
+            if not stored.samefile(source_path):
+                source_path.unlink()
+        return stored
+
+
+def _move(source: Path, destination: Path) -> None:
+    try:
+        os.replace(source, destination)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        # Another file system (a download directory elsewhere): copy, then drop the source.
+        shutil.copyfile(source, destination)
+        source.unlink()
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
