@@ -45,9 +45,13 @@ def parse_json(data: bytes | str) -> Any:
     Integers beyond the safe range become floats, as in ECMAScript: RFC 8785 writes a
     large integral double such as 4.533367679272093e16 as ``45333676792720930``, which
     must read back as that double, not as a different exact integer.
-    Raises ``json.JSONDecodeError`` or ``UnicodeDecodeError`` on bad input.
+    Raises ``json.JSONDecodeError`` or ``UnicodeDecodeError`` on bad input, and
+    ``MalformedDocumentError`` for nesting too deep to parse.
     """
-    return json.loads(data, parse_int=_parse_int)
+    try:
+        return json.loads(data, parse_int=_parse_int)
+    except RecursionError as exc:
+        raise MalformedDocumentError("JSON nested too deeply") from exc
 
 
 def _parse_int(text: str) -> int | float:

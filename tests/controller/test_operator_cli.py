@@ -73,7 +73,7 @@ def test_push_quantize_release_fetch(served: dict[str, str], tmp_path: Path) -> 
     assert variant["status"] == "accepted"
     assert variant["report"]["size_ratio"] < 1
 
-    table = edgefleet("model", "show", "digits", env=served)
+    table = edgefleet("model", "show", "digits", env={**served, "COLUMNS": "160"})
     assert table.returncode == 0
     assert "int8-dynamic" in table.stdout
 

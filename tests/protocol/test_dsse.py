@@ -54,6 +54,11 @@ def test_malformed_envelope_is_refused_with_a_reason(data: bytes, reason: str) -
         Envelope.from_bytes(data)
 
 
+def test_deeply_nested_envelope_is_refused_not_a_crash() -> None:
+    with pytest.raises(MalformedDocumentError, match="nested too deeply"):
+        Envelope.from_bytes(b"[" * 100_000)
+
+
 def test_oversized_envelope_is_refused_before_parsing() -> None:
     with pytest.raises(MalformedDocumentError, match="exceeds"):
         Envelope.from_bytes(b" " * (MAX_ENVELOPE_BYTES + 1))
