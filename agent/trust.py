@@ -203,7 +203,7 @@ def _walk(
                 candidate if isinstance(candidate, Envelope) else Envelope.from_bytes(candidate)
             )
             claimed = TrustRoot.from_unverified_envelope(envelope)
-        except (protocol.ProtocolError, RecursionError) as exc:
+        except protocol.ProtocolError as exc:
             raise TrustRootRotationError(f"unreadable trust root: {exc}") from exc
         if claimed.version <= root.version:
             continue  # already trusted, or older: nothing to adopt, nothing to refuse
@@ -224,7 +224,7 @@ def _carried_trust_root(envelope: Envelope, *, what: str) -> Envelope | None:
     # Only the one field, read from JSON: the rest of the payload waits for step 3.
     try:
         obj = protocol.parse_json(envelope.payload)
-    except (ValueError, RecursionError) as exc:  # also JSONDecodeError, UnicodeDecodeError
+    except (ValueError, protocol.ProtocolError) as exc:  # JSONDecodeError, too deep, bad UTF-8
         raise MalformedDocumentError(f"{what} payload is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise MalformedDocumentError(f"{what} payload is not a JSON object")
@@ -261,6 +261,3 @@ def _parse_envelope(envelope_bytes: bytes, *, what: str) -> Envelope:
         return Envelope.from_bytes(envelope_bytes)
     except protocol.ProtocolError as exc:
         raise translate_protocol_error(exc, what=what) from exc
-    except RecursionError as exc:
-        # json nests by recursion; protocol lets this escape, so it is refused here.
-        raise MalformedDocumentError(f"{what} is nested too deeply") from exc

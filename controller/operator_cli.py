@@ -21,7 +21,7 @@ from .schemas import VARIANT_MODES
 __all__ = ["model_app"]
 
 model_app = typer.Typer(help="Push, inspect, quantize and release models.", no_args_is_help=True)
-console = Console()
+console = Console(soft_wrap=True)  # hashes and paths must stay copyable
 
 Url = Annotated[str, typer.Option("--url", envvar="EDGEFLEET_URL", help="Controller URL.")]
 Token = Annotated[
