@@ -143,6 +143,9 @@ def _configure_logging() -> None:
         level=os.environ.get("EDGEFLEET_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # amqtt logs every packet and state change at INFO.
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @controller_app.command("serve")

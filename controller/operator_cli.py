@@ -54,7 +54,7 @@ def _print_json(value: Any) -> None:
 
 
 def _versions_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table("version", "origin", "status", "format", "size", "parent", "sha256", "released")
+    table = Table("ver", "origin", "status", "format", "KiB", "parent", "sha256", "released")
     for row in rows:
         origin = row["origin"] + (f" {row['variant_mode']}" if row.get("variant_mode") else "")
         table.add_row(
@@ -62,7 +62,7 @@ def _versions_table(rows: list[dict[str, Any]]) -> Table:
             origin,
             row["status"],
             row["format"],
-            f"{row['size_bytes'] / 1024:.1f} KiB",
+            f"{row['size_bytes'] / 1024:.1f}",
             str(row.get("parent_version") or "-"),
             row["sha256"][:12],
             "yes" if row.get("released") else "",

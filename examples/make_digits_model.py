@@ -1,0 +1,30 @@
+"""Write a small real model to try edgefleet with: ``python examples/make_digits_model.py DIR``.
+
+Trains a scikit-learn MLP on the digits data set that scikit-learn ships (no download),
+exports it to ONNX, and writes ``DIR/digits.onnx`` and ``DIR/digits-validation.npz``
+(held-out inputs under ``input`` and their ``labels``). Needs the ``dev`` extra.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# The same builder the tests use, so the documented model is the tested one.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.model_factory import digits_mlp
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    directory = Path(sys.argv[1])
+    directory.mkdir(parents=True, exist_ok=True)
+    model, validation = digits_mlp(directory)
+    print(f"wrote {model} and {validation}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
