@@ -31,19 +31,24 @@ Every failure is an ``AgentError``. Three families matter to callers:
     │   │   ├── HashMismatchError         hash_mismatch
     │   │   ├── LengthMismatchError       length_mismatch
     │   │   ├── DownloadTooLargeError     download_too_large
-    │   │   └── DownloadDeadlineError     download_deadline
+    │   │   ├── DownloadDeadlineError     download_deadline
+    │   │   └── InsufficientDiskError     insufficient_disk    not enough free space to stage it
     │   └── ModelCheckError               model_check_failed
     │       ├── ModelLoadError            model_load_failed
     │       ├── SignatureMismatchError    io_signature_mismatch
     │       ├── GoldenMismatchError       golden_mismatch
     │       ├── NonFiniteOutputError      nonfinite_output
-    │       └── LatencyBudgetError        latency_budget_exceeded
+    │       ├── LatencyBudgetError        latency_budget_exceeded
+    │       └── SandboxKilledError        sandbox_killed       crashed, hit a limit or timed out
     ├── IllegalTransitionError            illegal_transition   a caller bug: no such table entry
     ├── TransitionCapError                transition_cap       crash loop broken by the cap
     ├── LocalStateError                   local_state
     │   ├── TrustStateError               trust_state_unreadable
     │   ├── JournalError                  journal_unreadable
-    │   └── StoreError                    store_error
+    │   ├── StoreError                    store_error
+    │   └── OutboxError                   outbox_error         the on-disk outbox cannot be used
+    ├── ConfigurationError                configuration        wrong settings; never retried
+    │   └── BrokerAuthError               broker_auth          the broker refused the credentials
     └── TransportError                    transport            retryable
         ├── ConnectionFailedError         connection_failed
         ├── TransportTimeoutError         transport_timeout
@@ -63,6 +68,8 @@ __all__ = [
     "AgentError",
     "ArtifactError",
     "BadSignatureError",
+    "BrokerAuthError",
+    "ConfigurationError",
     "ConnectionFailedError",
     "DowngradeError",
     "DownloadDeadlineError",
@@ -75,6 +82,7 @@ __all__ = [
     "HashMismatchError",
     "HttpStatusError",
     "IllegalTransitionError",
+    "InsufficientDiskError",
     "JournalError",
     "LatencyBudgetError",
     "LengthMismatchError",
@@ -83,9 +91,11 @@ __all__ = [
     "ModelCheckError",
     "ModelLoadError",
     "NonFiniteOutputError",
+    "OutboxError",
     "RefusalError",
     "ReplayedCommandError",
     "ReplayedDeploymentError",
+    "SandboxKilledError",
     "SignatureMismatchError",
     "StoreError",
     "TransitionCapError",
@@ -245,6 +255,18 @@ class LatencyBudgetError(ModelCheckError):
     reason = "latency_budget_exceeded"
 
 
+class InsufficientDiskError(ArtifactError):
+    """Not enough free disk to stage the artifact (checked before downloading)."""
+
+    reason = "insufficient_disk"
+
+
+class SandboxKilledError(ModelCheckError):
+    """The sandboxed check crashed, was killed by a limit, or ran out of time."""
+
+    reason = "sandbox_killed"
+
+
 class IllegalTransitionError(AgentError):
     """An event the update table has no entry for in the current state: a caller bug."""
 
@@ -277,6 +299,22 @@ class StoreError(LocalStateError):
     """The model store cannot do what was asked; ``current`` is left as it was."""
 
     reason = "store_error"
+
+
+class OutboxError(LocalStateError):
+    reason = "outbox_error"
+
+
+class ConfigurationError(AgentError):
+    """Settings or credentials are wrong: retrying cannot help, an operator must act."""
+
+    reason = "configuration"
+
+
+class BrokerAuthError(ConfigurationError):
+    """The broker refused the credentials; the agent does not retry in a loop."""
+
+    reason = "broker_auth"
 
 
 class TransportError(AgentError):
