@@ -181,6 +181,11 @@ class Journal:
     release: ReleaseRef | None
     transitions: int = 0
     last_error: str | None = None
+    # The event seq reserved for this deployment's one final event, recorded before the
+    # event is queued: after a crash the same seq is queued again, and the controller,
+    # idempotent on (device, seq), applies it once.
+    final_event_seq: int | None = None
+    final_reported: bool = False
 
     @classmethod
     def begin(cls, deployment_sequence: int, release: ReleaseRef | None) -> Journal:
@@ -238,6 +243,8 @@ class Journal:
             "release": None if self.release is None else self.release.model_dump(mode="json"),
             "transitions": self.transitions,
             "last_error": self.last_error,
+            "final_event_seq": self.final_event_seq,
+            "final_reported": self.final_reported,
         }
 
     @classmethod
@@ -255,8 +262,21 @@ class Journal:
             ref = None if release is None else ReleaseRef.model_validate(release)
         except ValueError as exc:  # pydantic's ValidationError
             raise JournalError(f"journal release is not a release reference: {exc}") from exc
+        final_seq, reported = obj.get("final_event_seq"), obj.get("final_reported", False)
+        if final_seq is not None and not _is_count(final_seq):
+            raise JournalError("journal final_event_seq is not a count")
+        if not isinstance(reported, bool):
+            raise JournalError("journal final_reported is not a boolean")
         known = state in UpdateState.__members__.values()
-        return cls(sequence, UpdateState(state) if known else state, ref, transitions, last_error)
+        return cls(
+            sequence,
+            UpdateState(state) if known else state,
+            ref,
+            transitions,
+            last_error,
+            final_seq,
+            reported,
+        )
 
 
 def recover(journal: Journal, *, max_transitions: int = MAX_TRANSITIONS_PER_DEPLOYMENT) -> Journal:

@@ -1,0 +1,106 @@
+"""Agent settings: a TOML file, then ``EDGEFLEET_AGENT_*`` environment variables.
+
+Every setting has an environment variable named ``EDGEFLEET_AGENT_`` + its upper-case
+name (``EDGEFLEET_AGENT_DEVICE_ID``, ``EDGEFLEET_AGENT_INFERENCE_PORT``…) that wins over
+the file. Relative paths in the file are relative to the file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from protocol import DEFAULT_PREFIX, DEVICE_ID_PATTERN
+
+from .errors import ConfigurationError
+
+__all__ = ["ENV_PREFIX", "AgentConfig", "load_config"]
+
+ENV_PREFIX = "EDGEFLEET_AGENT_"
+_MIB = 1024 * 1024
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    data_dir: Path
+    trust_root: Path = Field(description="The trust root installed at provisioning.")
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    topic_prefix: str = DEFAULT_PREFIX
+    controller_url: str = "http://127.0.0.1:8080"
+    controller_token: str | None = None
+    inference_port: int = Field(default=8500, ge=0, le=65535)
+
+    # Downloads.
+    download_min_rate_bytes_per_s: int = Field(default=64 * 1024, gt=0)
+    download_min_deadline_s: float = Field(default=60.0, gt=0)
+    download_read_timeout_s: float = Field(default=20.0, gt=0)
+    download_max_attempts: int = Field(default=5, ge=1)
+    free_disk_margin_bytes: int = Field(default=64 * _MIB, ge=0)
+    # The sandboxed check before activation.
+    sandbox_memory_bytes: int = Field(default=2048 * _MIB, gt=0)
+    sandbox_cpu_s: int = Field(default=120, gt=0)
+    sandbox_wall_s: float = Field(default=180.0, gt=0)
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    # Fault injection for crash tests and the simulator: stop making progress once the
+    # journal records this state (the process stays alive until killed).
+    pause_in_state: str | None = None
+    # Fault injection: a device clock this many seconds off (negative: behind).
+    clock_offset_s: float = 0.0
+
+    @field_validator("broker_url")
+    @classmethod
+    def _mqtt_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
+        return value
+
+    @property
+    def broker_host(self) -> str:
+        return urlsplit(self.broker_url).hostname or "127.0.0.1"
+
+    @property
+    def broker_port(self) -> int:
+        parts = urlsplit(self.broker_url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def broker_tls(self) -> bool:
+        return urlsplit(self.broker_url).scheme == "mqtts"
+
+    def artifact_url(self, sha256: str) -> str:
+        return f"{self.controller_url.rstrip('/')}/artifacts/sha256/{sha256}"
+
+
+def load_config(config_file: Path | None, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read the TOML file (if any), then apply the environment."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            values.update(tomllib.loads(config_file.read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigurationError(f"cannot read {config_file}: {exc}") from exc
+        base = config_file.resolve().parent
+        for key in ("data_dir", "trust_root"):
+            if key in values and not Path(values[key]).is_absolute():
+                values[key] = base / values[key]
+    for name in AgentConfig.model_fields:
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            values[name] = env[key]
+    try:
+        return AgentConfig(**values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigurationError(f"invalid agent settings: {problems}") from exc

@@ -1,0 +1,283 @@
+"""Carry one deployment through the update state machine, journaling before each step.
+
+Invariants (ARCHITECTURE.md §3, §5):
+- a deployment is acted on only after ``verify_deployment`` accepted it, and its sequence
+  and time floor are persisted before any work starts, so a replay is refused even
+  across a crash;
+- the journal is persisted (fsync'd) before each state's work runs; after a crash the
+  recovery mapping decides what happens, never the interrupted code;
+- before activation nothing touches ``current``; from activation on, a failure or crash
+  rolls back to the exact model that was current before;
+- each deployment reports exactly one final event (``committed``, ``failed`` or
+  ``rolled_back``): its seq is reserved in the journal before it is queued, so a crash
+  can only queue the same (device, seq) again, which the controller applies once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from protocol import Release, ReleaseRef
+
+from .clock import Clock
+from .config import AgentConfig
+from .durable import read_json, write_json_atomic
+from .errors import AgentError
+from .model_store import ModelStore
+from .trust import VerifiedDeployment
+from .trust_state import TrustState, persist_trust_state
+from .update_machine import (
+    Journal,
+    UpdateEvent,
+    UpdateState,
+    advance_journal,
+    persist_journal,
+)
+
+__all__ = ["ArtifactFetcher", "ModelChecker", "Reporter", "Updater", "UpdaterPaths"]
+
+logger = logging.getLogger(__name__)
+
+FINAL_EVENT_TYPES = {
+    UpdateState.COMMITTED: "committed",
+    UpdateState.FAILED: "failed",
+    UpdateState.ROLLED_BACK: "rolled_back",
+}
+
+
+class ArtifactFetcher(Protocol):
+    async def download(
+        self,
+        url: str,
+        destination: Path,
+        *,
+        expected_length: int,
+        expected_sha256: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None: ...
+
+
+# (model file, release, latency budget in ms) -> report; raises a ModelCheckError.
+ModelChecker = Callable[[Path, Release, float | None], Awaitable[object]]
+
+
+class Reporter(Protocol):
+    def reserve_event_seq(self) -> int: ...
+
+    def event(
+        self,
+        event_type: str,
+        *,
+        journal: Journal | None,
+        reason: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        seq: int | None = None,
+    ) -> None: ...
+
+    def state_changed(self, phase: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class UpdaterPaths:
+    journal: Path
+    trust_state: Path
+    staging: Path
+    releases: Path  # which release each stored artifact belongs to, for reporting
+
+    @classmethod
+    def under(cls, data_dir: Path) -> UpdaterPaths:
+        return cls(
+            data_dir / "journal.json",
+            data_dir / "trust.json",
+            data_dir / "staging",
+            data_dir / "releases.json",
+        )
+
+
+class Updater:
+    """Runs deployments one at a time; owns the journal, the trust state and the store."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        paths: UpdaterPaths,
+        trust_state: TrustState,
+        store: ModelStore,
+        fetcher: ArtifactFetcher,
+        check_model: ModelChecker,
+        reporter: Reporter,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.paths = paths
+        self.trust_state = trust_state
+        self.store = store
+        self.fetcher = fetcher
+        self.check_model = check_model
+        self.reporter = reporter
+        self.clock = clock
+        self.phase = UpdateState.IDLE.value
+        paths.staging.mkdir(parents=True, exist_ok=True)
+        self._releases: dict[str, ReleaseRef] = _load_releases(paths.releases)
+
+    def release_of(self, sha256: str | None) -> ReleaseRef | None:
+        """The release a stored artifact was deployed as, if this device knows it."""
+        return None if sha256 is None else self._releases.get(sha256)
+
+    def accept(self, verified: VerifiedDeployment) -> None:
+        """Persist the deployment's sequence and time floor before anything else."""
+        self.trust_state = self.trust_state.accept_deployment(verified)
+        persist_trust_state(self.paths.trust_state, self.trust_state)
+
+    async def apply(self, verified: VerifiedDeployment) -> Journal:
+        """Run an accepted deployment to a terminal state."""
+        release = verified.release
+        journal = Journal.begin(verified.deployment.sequence, release.ref())
+        persist_journal(self.paths.journal, journal)
+        return await self._drive(journal, release, verified.deployment.probation.latency_budget_ms)
+
+    async def resume(self, journal: Journal) -> Journal:
+        """Finish a journal recovered at boot (failed, rolling back, or terminal)."""
+        return await self._drive(journal, None, None)
+
+    async def _drive(
+        self, journal: Journal, release: Release | None, latency_budget_ms: float | None
+    ) -> Journal:
+        while True:
+            self._announce(journal)
+            await self._pause_if_asked(journal)
+            if journal.terminal:
+                return self._finish(journal)
+            event, reason = await self._work(journal, release, latency_budget_ms)
+            journal = advance_journal(self.paths.journal, journal, event, reason=reason)
+
+    async def _work(
+        self, journal: Journal, release: Release | None, latency_budget_ms: float | None
+    ) -> tuple[UpdateEvent, str | None]:
+        """Do the state's work; return the event it ends with and, on error, why."""
+        state, ref = journal.state, journal.release
+        try:
+            if state == UpdateState.IDLE:
+                return (UpdateEvent.START, None) if release else (UpdateEvent.CANCEL, "crash")
+            if release is None or ref is None:
+                # Only a recovered journal has no release: recovery leaves it failed or
+                # rolling back, which need just the reference.
+                return await self._recovered_work(journal)
+            if state == UpdateState.FETCHING:
+                await self._fetch(release)
+                return UpdateEvent.FETCHED, None
+            if state == UpdateState.VERIFYING:
+                await self._verify_and_stage(release, latency_budget_ms)
+                return UpdateEvent.VERIFIED, None
+            if state == UpdateState.STAGED:
+                return UpdateEvent.ACTIVATE, None
+            if state == UpdateState.ACTIVATING:
+                self.store.activate(ref.sha256)
+                return UpdateEvent.ACTIVATED, None
+            if state == UpdateState.PROBATION:
+                # Live statistics and the probation judge arrive with the serving path;
+                # until then the sandboxed self-test is the whole check.
+                return UpdateEvent.PROBATION_PASSED, None
+            if state == UpdateState.ROLLING_BACK:
+                self.store.rollback(from_sha256=ref.sha256)
+                return UpdateEvent.ROLLBACK_DONE, None
+        except AgentError as exc:
+            logger.warning(
+                "deployment %d: %s in %s: %s", journal.deployment_sequence, exc.reason, state, exc
+            )
+            return UpdateEvent.ERROR, exc.reason
+        raise AssertionError(f"no work defined for {state}")  # pragma: no cover
+
+    async def _recovered_work(self, journal: Journal) -> tuple[UpdateEvent, str | None]:
+        if journal.state == UpdateState.ROLLING_BACK and journal.release is not None:
+            self.store.rollback(from_sha256=journal.release.sha256)
+            return UpdateEvent.ROLLBACK_DONE, None
+        return UpdateEvent.ERROR, "crash"
+
+    async def _fetch(self, release: Release) -> None:
+        artifact = release.artifact
+        if self.store.model_dir(artifact.sha256).exists():
+            return  # already in the store (a rollback to a kept model): nothing to fetch
+        headers = {}
+        if self.config.controller_token:
+            headers["Authorization"] = f"Bearer {self.config.controller_token}"
+        await self.fetcher.download(
+            self.config.artifact_url(artifact.sha256),
+            self._download_path(artifact.sha256),
+            expected_length=artifact.length,
+            expected_sha256=artifact.sha256,
+            headers=headers,
+        )
+
+    async def _verify_and_stage(self, release: Release, latency_budget_ms: float | None) -> None:
+        artifact = release.artifact
+        in_store = self.store.model_dir(artifact.sha256) / artifact.filename
+        candidate = in_store if in_store.exists() else self._download_path(artifact.sha256)
+        await self.check_model(candidate, release, latency_budget_ms)
+        if candidate != in_store:
+            self.store.stage(artifact.sha256, artifact.filename, candidate)
+        self._releases[artifact.sha256] = release.ref()
+        write_json_atomic(
+            self.paths.releases,
+            {sha: ref.model_dump(mode="json") for sha, ref in self._releases.items()},
+        )
+
+    def _finish(self, journal: Journal) -> Journal:
+        """Terminal bookkeeping, idempotent: a crash anywhere here repeats it safely."""
+        ref = journal.release
+        if journal.state == UpdateState.COMMITTED and ref is not None:
+            self.trust_state = self.trust_state.record_commit(ref.model, ref.version)
+            persist_trust_state(self.paths.trust_state, self.trust_state)
+        self._clean_staging()
+        if not journal.final_reported:
+            if journal.final_event_seq is None:
+                journal = replace(journal, final_event_seq=self.reporter.reserve_event_seq())
+                persist_journal(self.paths.journal, journal)
+            self.reporter.event(
+                FINAL_EVENT_TYPES[UpdateState(journal.state)],
+                journal=journal,
+                reason=journal.last_error,
+                seq=journal.final_event_seq,
+            )
+            journal = replace(journal, final_reported=True)
+            persist_journal(self.paths.journal, journal)
+            self.store.collect_garbage()
+        return journal
+
+    def _announce(self, journal: Journal) -> None:
+        self.phase = str(journal.state)
+        if not journal.terminal:
+            self.reporter.event("phase", journal=journal, reason=journal.last_error)
+        self.reporter.state_changed(self.phase)
+
+    async def _pause_if_asked(self, journal: Journal) -> None:
+        if self.config.pause_in_state and journal.state == self.config.pause_in_state:
+            logger.warning("paused in state %s (pause_in_state is set)", journal.state)
+            await asyncio.Event().wait()
+
+    def _download_path(self, sha256: str) -> Path:
+        return self.paths.staging / f"{sha256}.download"
+
+    def _clean_staging(self) -> None:
+        for leftover in self.paths.staging.iterdir():
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def _load_releases(path: Path) -> dict[str, ReleaseRef]:
+    if not path.exists():
+        return {}
+    try:
+        return {sha: ReleaseRef.model_validate(ref) for sha, ref in read_json(path).items()}
+    except (AgentError, ValueError, AttributeError):
+        logger.warning("ignoring unreadable %s: it only names releases in reports", path)
+        return {}
