@@ -1,0 +1,421 @@
+"""Download an artifact over HTTP, capped at its signed length, within a deadline.
+
+python-tuf's fetcher is the model: one tiny ``Fetcher`` interface, and an ``HttpFetcher``
+that knows httpx. The caller passes the length and SHA-256 the release signed; the
+fetcher never trusts the server about either.
+
+Invariants:
+- nothing is written, and no request is sent, unless the destination's file system has
+  ``expected_length + free_disk_margin_bytes`` free;
+- bytes go to ``<destination>.part`` only; never more than ``expected_length`` of them
+  (a server that sends more is cut off with ``DownloadTooLargeError``, an endless-data
+  attack);
+- the whole download, retries and back-off included, ends within
+  ``max(min_deadline_s, expected_length / min_rate_bytes_per_s)`` (measured with
+  ``time.monotonic``), or ``DownloadDeadlineError`` (a slow-retrieval attack: a server that
+  trickles a byte now and then never trips a per-read timeout);
+- ``destination`` appears only complete, with the signed length and hash: the ``.part``
+  file is fsync'd, renamed over it, and the directory fsync'd; on any failure the
+  ``.part`` file is removed and ``destination`` is left as it was;
+- a cut connection, a timeout, a 408, 429 or 5xx is retried with exponential back-off and
+  jitter, resuming with ``Range`` (and ``If-Range`` when the server named a strong ETag);
+  other 4xx are final. Transport failures surface as ``TransportError`` leaves only once
+  ``max_attempts`` is spent; httpx exceptions are translated here and nowhere else.
+
+Each call starts from zero: a ``.part`` left by an earlier process is overwritten, since
+nothing vouches for its bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import httpx
+
+from .durable import fsync_dir
+from .errors import (
+    ConfigurationError,
+    ConnectionFailedError,
+    DownloadDeadlineError,
+    DownloadTooLargeError,
+    HashMismatchError,
+    HttpStatusError,
+    InsufficientDiskError,
+    LengthMismatchError,
+    StoreError,
+    TransportError,
+    TransportTimeoutError,
+)
+
+__all__ = ["FetchLimits", "Fetcher", "HttpFetcher", "Sleep"]
+
+logger = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+# Statuses worth another attempt besides 5xx: the server or a proxy may answer differently
+# later; after a 416 the next attempt starts over without a Range.
+_RETRYABLE_STATUSES = frozenset({408, 416, 429})
+_CONTENT_RANGE = re.compile(r"bytes (?P<start>\d+)-(?P<end>\d+)/(?P<total>\d+|\*)")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# Jitter needs no secrecy, but the system source keeps linters and reviewers calm.
+_JITTER = random.SystemRandom()
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """How long, how often and into how little disk a download may go."""
+
+    min_rate_bytes_per_s: int = 64 * 1024
+    min_deadline_s: float = 60.0
+    read_timeout_s: float = 20.0
+    connect_timeout_s: float = 10.0
+    max_attempts: int = 5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    free_disk_margin_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        positive = {
+            "min_rate_bytes_per_s": self.min_rate_bytes_per_s,
+            "min_deadline_s": self.min_deadline_s,
+            "read_timeout_s": self.read_timeout_s,
+            "connect_timeout_s": self.connect_timeout_s,
+            "max_attempts": self.max_attempts,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigurationError(f"FetchLimits.{name} must be positive, not {value}")
+        for name, value in {
+            "backoff_base_s": self.backoff_base_s,
+            "backoff_max_s": self.backoff_max_s,
+            "free_disk_margin_bytes": self.free_disk_margin_bytes,
+        }.items():
+            if value < 0:
+                raise ConfigurationError(f"FetchLimits.{name} must not be negative, not {value}")
+
+    def deadline_s(self, expected_length: int) -> float:
+        return max(self.min_deadline_s, expected_length / self.min_rate_bytes_per_s)
+
+
+class Fetcher(Protocol):
+    """Downloads one file of known length and hash; raises an ``AgentError`` otherwise."""
+
+    async def download(
+        self,
+        url: str,
+        destination: Path,
+        *,
+        expected_length: int,
+        expected_sha256: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None: ...
+
+
+@dataclass
+class _Partial:
+    """The ``.part`` file and what is known about the bytes in it."""
+
+    file: BinaryIO
+    have: int = 0
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    etag: str | None = None
+
+    def restart(self) -> None:
+        self.file.seek(0)
+        self.file.truncate()
+        self.have = 0
+        self.digest = hashlib.sha256()
+        self.etag = None
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self.file.write(chunk)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise InsufficientDiskError(f"disk full after {self.have} bytes") from exc
+            raise StoreError(f"cannot write the download: {exc}") from exc
+        self.digest.update(chunk)
+        self.have += len(chunk)
+
+
+class HttpFetcher:
+    """``Fetcher`` over httpx.
+
+    Without a ``client``, each download opens and closes its own ``httpx.AsyncClient``;
+    a client passed in belongs to the caller. ``sleep`` is what back-off waits with
+    (tests pass one that returns at once).
+    """
+
+    def __init__(
+        self,
+        limits: FetchLimits | None = None,
+        *,
+        client: httpx.AsyncClient | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.limits = limits or FetchLimits()
+        self._client = client
+        self._sleep = sleep
+        self._timeout = httpx.Timeout(
+            self.limits.read_timeout_s,
+            connect=self.limits.connect_timeout_s,
+        )
+
+    async def download(
+        self,
+        url: str,
+        destination: Path,
+        *,
+        expected_length: int,
+        expected_sha256: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if expected_length < 0 or not _SHA256_HEX.fullmatch(expected_sha256):
+            raise ConfigurationError(
+                f"download needs a length >= 0 and a lowercase hex SHA-256, "
+                f"not {expected_length} and {expected_sha256!r}"
+            )
+        self._verify_free_disk(destination.parent, expected_length)
+        part = destination.with_suffix(destination.suffix + ".part")
+        deadline_s = self.limits.deadline_s(expected_length)
+        started = time.monotonic()
+        where = _redacted(url)
+        try:
+            with part.open("wb") as file:
+                partial = _Partial(file)
+                timeout = asyncio.timeout(deadline_s)
+                try:
+                    async with timeout, self._session() as client:
+                        await self._download_with_retries(
+                            client,
+                            url,
+                            partial,
+                            expected_length=expected_length,
+                            headers=dict(headers or {}),
+                            deadline_at=started + deadline_s,
+                        )
+                except TimeoutError as exc:
+                    if not timeout.expired():
+                        raise
+                    raise DownloadDeadlineError(
+                        f"{where}: {partial.have} of {expected_length} bytes after the "
+                        f"deadline of {deadline_s:.1f} s"
+                    ) from exc
+                _verify_body(partial, expected_length, expected_sha256)
+            await asyncio.to_thread(_publish, part, destination)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        logger.info(
+            "downloaded %s (%d bytes) in %.1f s", where, expected_length, time.monotonic() - started
+        )
+
+    def _verify_free_disk(self, directory: Path, expected_length: int) -> None:
+        needed = expected_length + self.limits.free_disk_margin_bytes
+        try:
+            free = shutil.disk_usage(directory).free
+        except OSError as exc:
+            raise StoreError(f"cannot read the free space of {directory}: {exc}") from exc
+        if free < needed:
+            raise InsufficientDiskError(
+                f"{directory} has {free} bytes free; the download needs {needed} "
+                f"({expected_length} + a margin of {self.limits.free_disk_margin_bytes})"
+            )
+
+    async def _download_with_retries(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        partial: _Partial,
+        *,
+        expected_length: int,
+        headers: dict[str, str],
+        deadline_at: float,
+    ) -> None:
+        limits = self.limits
+        for attempt in range(1, limits.max_attempts + 1):
+            try:
+                await self._attempt(client, url, partial, expected_length, headers)
+            except HttpStatusError as exc:
+                if not _is_retryable_status(exc.status) or attempt == limits.max_attempts:
+                    raise
+                error: TransportError = exc
+            except TransportError as exc:
+                if attempt == limits.max_attempts:
+                    raise
+                error = exc
+            else:
+                return
+            delay_s = _JITTER.uniform(
+                0, min(limits.backoff_max_s, limits.backoff_base_s * 2 ** (attempt - 1))
+            )
+            if time.monotonic() + delay_s >= deadline_at:
+                # The next attempt could not finish in time; say why it failed, not when.
+                raise error
+            logger.warning(
+                "download attempt %d of %d failed (%s, %d bytes so far); retrying in %.2f s",
+                attempt,
+                limits.max_attempts,
+                error,
+                partial.have,
+                delay_s,
+            )
+            await self._sleep(delay_s)
+
+    async def _attempt(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        partial: _Partial,
+        expected_length: int,
+        extra_headers: dict[str, str],
+    ) -> None:
+        headers = httpx.Headers(extra_headers)
+        # Count the bytes on the wire: no decompression, so no bomb and exact Range offsets.
+        headers["Accept-Encoding"] = "identity"
+        if partial.have:
+            headers["Range"] = f"bytes={partial.have}-"
+            if partial.etag is not None:
+                headers["If-Range"] = partial.etag
+        try:
+            async with client.stream(
+                "GET", url, headers=headers, timeout=self._timeout, follow_redirects=True
+            ) as response:
+                _accept_response(response, partial, expected_length)
+                async for chunk in response.aiter_raw():
+                    if partial.have + len(chunk) > expected_length:
+                        raise DownloadTooLargeError(
+                            f"{_redacted(url)}: the server sent more than the signed "
+                            f"{expected_length} bytes"
+                        )
+                    partial.write(chunk)
+        except httpx.TimeoutException as exc:
+            raise TransportTimeoutError(f"{_redacted(url)}: {type(exc).__name__}") from exc
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise ConfigurationError(f"{_redacted(url)}: {exc}") from exc
+        except (httpx.TransportError, httpx.TooManyRedirects) as exc:
+            raise ConnectionFailedError(f"{_redacted(url)}: {type(exc).__name__} {exc}") from exc
+
+    def _session(self) -> httpx.AsyncClient | _Borrowed:
+        if self._client is None:
+            return httpx.AsyncClient()
+        return _Borrowed(self._client)
+
+
+class _Borrowed:
+    """A caller's client as an ``async with`` that leaves it open."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        return self._client
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+def _is_retryable_status(status: int) -> bool:
+    return status in _RETRYABLE_STATUSES or status >= 500
+
+
+def _accept_response(response: httpx.Response, partial: _Partial, expected_length: int) -> None:
+    """Decide what the status means for the ``.part`` file; raise when it is no body to keep."""
+    status = response.status_code
+    if status == 200:
+        if partial.have:
+            logger.info("server ignored the Range request; starting over from byte 0")
+            partial.restart()
+        partial.etag = _strong_etag(response)
+    elif status == 206:
+        _accept_partial_content(response, partial, expected_length)
+    elif status == 416:
+        # What we have no longer fits what the server has: start over.
+        asked_from = partial.have
+        partial.restart()
+        raise HttpStatusError(
+            f"{_redacted(response.url)}: 416 for a range from byte {asked_from}", status=416
+        )
+    else:
+        raise HttpStatusError(
+            f"{_redacted(response.url)}: HTTP {status} {response.reason_phrase}", status=status
+        )
+    announced = response.headers.get("Content-Length")
+    if (
+        announced is not None
+        and announced.isdigit()
+        and partial.have + int(announced) > expected_length
+    ):
+        total = partial.have + int(announced)
+        raise DownloadTooLargeError(
+            f"{_redacted(response.url)}: the server announces {total} bytes, "
+            f"more than the signed {expected_length}"
+        )
+
+
+def _accept_partial_content(
+    response: httpx.Response, partial: _Partial, expected_length: int
+) -> None:
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if match is None or int(match["start"]) != partial.have:
+        # Not the range asked for: the bytes cannot be appended. Start over next attempt.
+        partial.restart()
+        raise ConnectionFailedError(
+            f"{_redacted(response.url)}: 206 with Content-Range "
+            f"{response.headers.get('Content-Range')!r} does not continue the download"
+        )
+    total = match["total"]
+    if total != "*" and int(total) > expected_length:
+        raise DownloadTooLargeError(
+            f"{_redacted(response.url)}: the server's file has {total} bytes, "
+            f"more than the signed {expected_length}"
+        )
+
+
+def _strong_etag(response: httpx.Response) -> str | None:
+    etag: str | None = response.headers.get("ETag")
+    # If-Range takes strong validators only; a weak one would make the server send 200.
+    if etag is None or etag.startswith("W/"):
+        return None
+    return etag
+
+
+def _verify_body(partial: _Partial, expected_length: int, expected_sha256: str) -> None:
+    if partial.have != expected_length:
+        raise LengthMismatchError(
+            f"the download has {partial.have} bytes, the release signed {expected_length}"
+        )
+    digest = partial.digest.hexdigest()
+    if digest != expected_sha256:
+        raise HashMismatchError(
+            f"the download hashes to {digest}, the release signed {expected_sha256}"
+        )
+
+
+def _publish(part: Path, destination: Path) -> None:
+    with part.open("rb+") as file:
+        os.fsync(file.fileno())
+    os.replace(part, destination)
+    fsync_dir(destination.parent)
+
+
+def _redacted(url: str | httpx.URL) -> str:
+    """``url`` without credentials or query: presigned URLs carry secrets in both."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "<invalid URL>"
+    return str(parsed.copy_with(userinfo=b"", query=None, fragment=None))
