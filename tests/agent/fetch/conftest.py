@@ -13,7 +13,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -56,12 +56,17 @@ class ArtifactHandler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client gave up; nothing to do
 
     def send_body(
-        self, status: int, body: bytes, *, length: int | None = None, **headers: str
+        self,
+        status: int,
+        body: bytes,
+        *,
+        length: int | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.send_response(status)
         self.send_header("Content-Length", str(len(body) if length is None else length))
-        for name, value in headers.items():
-            self.send_header(name.replace("_", "-"), value)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -84,17 +89,19 @@ def serve(handler: ArtifactHandler, artifact: ArtifactServer) -> None:
     match = _RANGE.fullmatch(handler.headers.get("Range", ""))
     if_range = handler.headers.get("If-Range")
     if match is None or (if_range is not None and if_range != artifact.etag):
-        handler.send_body(200, content, **etag_headers(artifact))
+        handler.send_body(200, content, headers=etag_headers(artifact))
         return
     start = int(match[1])
     if start >= len(content):
-        handler.send_body(416, b"", Content_Range=f"bytes */{len(content)}")
+        handler.send_body(416, b"", headers={"Content-Range": f"bytes */{len(content)}"})
         return
     handler.send_body(
         206,
         content[start:],
-        Content_Range=f"bytes {start}-{len(content) - 1}/{len(content)}",
-        **etag_headers(artifact),
+        headers={
+            "Content-Range": f"bytes {start}-{len(content) - 1}/{len(content)}",
+            **etag_headers(artifact),
+        },
     )
 
 
@@ -103,7 +110,10 @@ def cut_after(n_bytes: int) -> Responder:
 
     def respond(handler: ArtifactHandler, artifact: ArtifactServer) -> None:
         handler.send_body(
-            200, artifact.content[:n_bytes], length=len(artifact.content), **etag_headers(artifact)
+            200,
+            artifact.content[:n_bytes],
+            length=len(artifact.content),
+            headers=etag_headers(artifact),
         )
         handler.cut()
 
@@ -111,7 +121,7 @@ def cut_after(n_bytes: int) -> Responder:
 
 
 def ignore_range(handler: ArtifactHandler, artifact: ArtifactServer) -> None:
-    handler.send_body(200, artifact.content, **etag_headers(artifact))
+    handler.send_body(200, artifact.content, headers=etag_headers(artifact))
 
 
 def status(code: int) -> Responder:
