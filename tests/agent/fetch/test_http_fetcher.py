@@ -136,6 +136,35 @@ def test_range_past_the_end_starts_over(
     assert "range" not in artifact_server.requests[2]
 
 
+def test_partial_content_from_the_wrong_offset_is_not_appended(
+    fetcher: HttpFetcher, artifact_server: ArtifactServer, destination: Path
+) -> None:
+    def whole_file_as_206(handler: Any, server: ArtifactServer) -> None:
+        total = len(server.content)
+        handler.send_body(
+            206, server.content, headers={"Content-Range": f"bytes 0-{total - 1}/{total}"}
+        )
+
+    artifact_server.faults = [cut_after(50_000), whole_file_as_206]
+
+    fetch(fetcher, artifact_server, destination)
+
+    assert destination.read_bytes() == artifact_server.content
+    assert "range" not in artifact_server.requests[2]
+
+
+def test_connection_cut_on_every_attempt_gives_up_and_cleans_up(
+    fetcher: HttpFetcher, artifact_server: ArtifactServer, destination: Path
+) -> None:
+    artifact_server.faults = [cut_after(1_000)] * TEST_LIMITS.max_attempts
+
+    with pytest.raises(ConnectionFailedError, match="RemoteProtocolError"):
+        fetch(fetcher, artifact_server, destination)
+
+    assert len(artifact_server.requests) == TEST_LIMITS.max_attempts
+    assert_nothing_left(destination)
+
+
 def test_endless_data_with_announced_length_is_refused(
     fetcher: HttpFetcher, artifact_server: ArtifactServer, destination: Path
 ) -> None:
