@@ -1,0 +1,201 @@
+"""The device daemon: startup, run, shutdown as three named phases.
+
+Startup loads the trust state (or installs the provisioned trust root), opens the
+outbox and the model store, and finishes any update a crash interrupted, before the
+device talks to anyone. Run keeps the MQTT link up and feeds desired-state messages to
+the updater one at a time, always the newest. Shutdown stops taking work, lets the link
+publish the offline state, and cancels what is left after a timeout. Signal handlers
+(installed by the CLI) only set the stop event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from protocol import Channel, device_topic
+
+from .clock import Clock, SystemClock
+from .config import AgentConfig
+from .errors import (
+    AgentError,
+    DuplicateDeploymentError,
+    LocalStateError,
+    RefusalError,
+    TransitionCapError,
+)
+from .model_store import ModelStore
+from .mqtt_link import LinkSettings, Message, MqttLink
+from .outbox import Outbox
+from .reporting import LinkReporter, offline_state
+from .trust import verify_deployment
+from .trust_state import TrustState, load_trust_state, persist_trust_state
+from .update_machine import load_journal, recover_journal
+from .updater import ArtifactFetcher, ModelChecker, Updater, UpdaterPaths
+
+__all__ = ["AgentDaemon", "open_trust_state"]
+
+logger = logging.getLogger(__name__)
+
+
+def open_trust_state(config: AgentConfig, path: Path) -> TrustState:
+    """The persisted trust state, or a new one from the provisioned trust root."""
+    if path.exists():
+        return load_trust_state(path)
+    try:
+        provisioned = config.trust_root.read_bytes()
+    except OSError as exc:
+        raise LocalStateError(f"cannot read the trust root {config.trust_root}: {exc}") from exc
+    state = TrustState.initial(provisioned)
+    persist_trust_state(path, state)
+    logger.info("installed trust root v%d from %s", state.trust_root_version, config.trust_root)
+    return state
+
+
+class AgentDaemon:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        fetcher: ArtifactFetcher,
+        check_model: ModelChecker,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock(config.clock_offset_s)
+        data_dir = config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        paths = UpdaterPaths.under(data_dir)
+        self.outbox = Outbox(data_dir / "outbox.sqlite")
+        self.store = ModelStore(data_dir / "store")
+        self.link = MqttLink(
+            LinkSettings(
+                host=config.broker_host,
+                port=config.broker_port,
+                client_id=config.device_id,
+                username=config.mqtt_username,
+                password=config.mqtt_password,
+                tls=config.broker_tls,
+            ),
+            outbox=self.outbox,
+            will=self._state_message(offline_state(config.device_id).to_payload()),
+            birth=self._state_message(b""),  # replaced below, once the reporter exists
+            subscriptions=[
+                (device_topic(config.topic_prefix, config.device_id, Channel.DESIRED), 1),
+                (device_topic(config.topic_prefix, config.device_id, Channel.CMD), 1),
+            ],
+        )
+        self.reporter = LinkReporter(
+            device_id=config.device_id,
+            prefix=config.topic_prefix,
+            outbox=self.outbox,
+            publish=self.link.publish,
+            clock=self.clock,
+            snapshot=self._snapshot,
+        )
+        self.updater = Updater(
+            config,
+            paths=paths,
+            trust_state=open_trust_state(config, paths.trust_state),
+            store=self.store,
+            fetcher=fetcher,
+            check_model=check_model,
+            reporter=self.reporter,
+            clock=self.clock,
+        )
+        self.link.birth = self._state_message(self.reporter.online_state("idle").to_payload())
+        self._desired: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
+
+    def _state_message(self, payload: bytes) -> Message:
+        topic = device_topic(self.config.topic_prefix, self.config.device_id, Channel.STATE)
+        return Message(topic, payload, qos=1, retain=True)
+
+    def _snapshot(self) -> Mapping[str, Any]:
+        # Called only once __init__ has built the updater.
+        trust = self.updater.trust_state
+        return {
+            "active": self.updater.release_of(self.store.current_sha256()),
+            "previous": self.updater.release_of(self.store.previous_sha256()),
+            "deployment_sequence": trust.deployment_sequence or None,
+            "trust_root_version": trust.trust_root_version,
+        }
+
+    async def recover(self) -> None:
+        """Finish whatever update a crash interrupted, before talking to anyone."""
+        path = self.updater.paths.journal
+        try:
+            journal = recover_journal(path)
+        except TransitionCapError as exc:
+            logger.error("%s", exc)
+            journal = load_journal(path)
+        if journal is not None and not (journal.terminal and journal.final_reported):
+            logger.warning(
+                "resuming deployment %d from %s", journal.deployment_sequence, journal.state
+            )
+            await self.updater.resume(journal)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set. ``BrokerAuthError`` ends it at once."""
+        await self.recover()
+        worker = asyncio.create_task(self._work(), name="updates")
+        try:
+            await self.link.run(self._on_message, stop)
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(worker, self.config.shutdown_timeout_s)
+            self.outbox.close()
+
+    async def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        if topic.endswith("/" + Channel.DESIRED.value):
+            if not payload:
+                return  # no desired deployment
+            # Only the newest desired state matters: replace whatever is still waiting.
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._desired.get_nowait()
+            self._desired.put_nowait(payload)
+        else:
+            logger.info("command received (%d bytes); commands are not handled yet", len(payload))
+
+    async def _work(self) -> None:
+        while True:
+            payload = await self._desired.get()
+            try:
+                await self._handle_desired(payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad deployment must not end the daemon
+                logger.exception("handling a desired deployment failed")
+
+    async def _handle_desired(self, payload: bytes) -> None:
+        try:
+            verified = verify_deployment(
+                payload,
+                self.updater.trust_state,
+                device_id=self.config.device_id,
+                now=self.clock.now(),
+            )
+        except DuplicateDeploymentError:
+            logger.debug("the accepted deployment was redelivered; nothing to do")
+            return
+        except RefusalError as exc:
+            logger.warning("refused a deployment: %s: %s", exc.reason, exc)
+            self.reporter.event(
+                "deployment_refused", journal=None, reason=exc.reason, details={"error": str(exc)}
+            )
+            return
+        self.updater.accept(verified)
+        logger.info(
+            "accepted deployment %d: %s v%d",
+            verified.deployment.sequence,
+            verified.release.model,
+            verified.release.version,
+        )
+        try:
+            await self.updater.apply(verified)
+        except AgentError as exc:
+            logger.error("deployment %d stopped: %s", verified.deployment.sequence, exc)

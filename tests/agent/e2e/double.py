@@ -1,0 +1,237 @@
+"""A test double of the controller, after python-tuf's repository simulator.
+
+It signs releases and deployments on demand with a test keyring, serves artifacts over
+real HTTP (and misbehaves on demand), publishes desired state on a real broker, and
+collects what the device reports, deduplicated by (device, seq) as the controller does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from protocol import (
+    Artifact,
+    Channel,
+    Deployment,
+    Envelope,
+    Event,
+    ProbationPolicy,
+    Release,
+    Role,
+    State,
+    device_topic,
+    parse_device_topic,
+)
+from tests.brokers import BrokerEndpoint
+from tests.factories import Keyring, make_release
+from tests.mqtt_client import TestClient
+
+WAIT_S = 60.0
+
+
+@dataclass
+class ArtifactServer:
+    """Serves artifacts by SHA-256, with Range; ``mode`` makes it misbehave."""
+
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    mode: str = "normal"  # normal | tampered | oversize | cut_once | trickle
+    requests: list[dict[str, str]] = field(default_factory=list)
+    _cut_done: bool = False
+
+    def add(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        self.blobs[digest] = data
+        return digest
+
+    @contextmanager
+    def running(self) -> Iterator[str]:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                double.requests.append({"path": self.path, **dict(self.headers)})
+                digest = self.path.rsplit("/", 1)[-1]
+                data = double.blobs.get(digest)
+                if data is None:
+                    self.send_error(404)
+                    return
+                double._serve(self, data)
+
+        return Handler
+
+    def _serve(self, handler: BaseHTTPRequestHandler, data: bytes) -> None:
+        start = 0
+        ranged = handler.headers.get("Range", "")
+        if ranged.startswith("bytes=") and self.mode != "oversize":
+            start = int(ranged.removeprefix("bytes=").split("-")[0])
+        if self.mode == "tampered":
+            data = bytes(b ^ 0x01 for b in data[:16]) + data[16:]
+        if self.mode == "oversize":
+            data = data + b"\0" * 4096
+        body = data[start:]
+        handler.send_response(206 if start else 200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.send_header("ETag", '"fixed"')
+        if start:
+            handler.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        handler.end_headers()
+        if self.mode == "cut_once" and not self._cut_done:
+            self._cut_done = True
+            handler.wfile.write(body[: len(body) // 3])
+            handler.wfile.flush()
+            handler.close_connection = True
+            return
+        if self.mode == "trickle":
+            for i in range(len(body)):
+                handler.wfile.write(body[i : i + 1])
+                handler.wfile.flush()
+                time.sleep(0.05)
+            return
+        handler.wfile.write(body)
+
+
+class ControllerDouble:
+    def __init__(self, broker: BrokerEndpoint, prefix: str, keyring: Keyring | None = None) -> None:
+        self.broker = broker
+        self.prefix = prefix
+        self.keyring = keyring or Keyring()
+        self.artifacts = ArtifactServer()
+        self.url = ""  # the artifact server's base URL, once it runs
+        self.events: dict[tuple[str, int], Event] = {}
+        self.states: dict[str, State] = {}
+        self._lock = threading.Lock()
+        self._client = TestClient(broker, client_id="controller-double")
+        self._sequence = 0
+
+    def __enter__(self) -> ControllerDouble:
+        self._client.__enter__()
+        self._client.subscribe(f"{self.prefix}/+/events")
+        self._client.subscribe(f"{self.prefix}/+/state")
+        threading.Thread(target=self._collect, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.__exit__(None, None, None)
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                message = self._client.receive(timeout_s=3600)
+            except Exception:
+                return
+            device, channel = parse_device_topic(self.prefix, message.topic)
+            with self._lock:
+                if channel is Channel.EVENTS:
+                    event = Event.from_payload(bytes(message.payload))
+                    self.events.setdefault((device, event.seq), event)
+                elif channel is Channel.STATE and message.payload:
+                    self.states[device] = State.from_payload(bytes(message.payload))
+
+    # Signing on demand ------------------------------------------------------------
+
+    def release_for(self, model_file: Path, **overrides: Any) -> Release:
+        data = model_file.read_bytes()
+        digest = self.artifacts.add(data)
+        artifact = Artifact(
+            sha256=digest,
+            length=len(data),
+            format="tflite" if model_file.suffix == ".tflite" else "onnx",
+            filename=model_file.name,
+        )
+        return make_release(artifact=artifact, **overrides)
+
+    def deployment(
+        self,
+        device_id: str,
+        release: Release,
+        *,
+        now: datetime,
+        signer: Role = Role.DEPLOYMENT,
+        release_signer: Role = Role.RELEASE,
+        lifetime: timedelta = timedelta(hours=1),
+        release_envelope: Envelope | None = None,
+        **overrides: Any,
+    ) -> Envelope:
+        """A signed deployment of ``release`` (or of an already signed release envelope)."""
+        self._sequence += 1
+        fields: dict[str, Any] = {
+            "device_id": device_id,
+            "sequence": self._sequence,
+            "issued_at": now,
+            "expires": now + lifetime,
+            "release": (
+                release_envelope or release.sign(self.keyring.keys[release_signer])
+            ).to_json_obj(),
+            "probation": ProbationPolicy(window_s=1, min_requests=0),
+        }
+        fields.update(overrides)
+        return Deployment(**fields).sign(self.keyring.keys[signer])
+
+    def publish_desired(self, device_id: str, envelope: Envelope | bytes) -> None:
+        payload = envelope if isinstance(envelope, bytes) else envelope.to_bytes()
+        topic = device_topic(self.prefix, device_id, Channel.DESIRED)
+        self._client.publish(topic, payload, retain=True)
+
+    # Observing the device ---------------------------------------------------------
+
+    def device_events(self, device_id: str) -> list[Event]:
+        with self._lock:
+            return [e for (d, _), e in sorted(self.events.items()) if d == device_id]
+
+    def wait_for(self, predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; events: {self.event_summary()}")
+
+    def final_events(self, device_id: str, sequence: int) -> list[Event]:
+        return [
+            e
+            for e in self.device_events(device_id)
+            if e.deployment_sequence == sequence
+            and e.type in ("committed", "failed", "rolled_back")
+        ]
+
+    def wait_for_final(self, device_id: str, sequence: int, timeout_s: float = WAIT_S) -> Event:
+        self.wait_for(
+            lambda: bool(self.final_events(device_id, sequence)),
+            f"final event of {sequence}",
+            timeout_s,
+        )
+        return self.final_events(device_id, sequence)[0]
+
+    def wait_for_event(self, device_id: str, event_type: str, timeout_s: float = WAIT_S) -> Event:
+        def found() -> bool:
+            return any(e.type == event_type for e in self.device_events(device_id))
+
+        self.wait_for(found, f"a {event_type} event", timeout_s)
+        return next(e for e in self.device_events(device_id) if e.type == event_type)
+
+    def event_summary(self) -> list[tuple[str, int, str, str | None]]:
+        with self._lock:
+            return [(d, s, e.type, e.reason) for (d, s), e in sorted(self.events.items())]
