@@ -23,6 +23,7 @@ from .clock import Clock, SystemClock
 from .config import AgentConfig
 from .errors import (
     AgentError,
+    DuplicateCommandError,
     DuplicateDeploymentError,
     LocalStateError,
     RefusalError,
@@ -32,7 +33,7 @@ from .model_store import ModelStore
 from .mqtt_link import LinkSettings, Message, MqttLink
 from .outbox import Outbox
 from .reporting import LinkReporter, offline_state
-from .trust import verify_deployment
+from .trust import verify_command, verify_deployment
 from .trust_state import TrustState, load_trust_state, persist_trust_state
 from .update_machine import load_journal, recover_journal
 from .updater import ArtifactFetcher, ModelChecker, Updater, UpdaterPaths
@@ -158,8 +159,8 @@ class AgentDaemon:
             with contextlib.suppress(asyncio.QueueEmpty):
                 self._desired.get_nowait()
             self._desired.put_nowait(payload)
-        else:
-            logger.info("command received (%d bytes); commands are not handled yet", len(payload))
+        elif payload:
+            self._handle_command(payload)
 
     async def _work(self) -> None:
         while True:
@@ -199,3 +200,43 @@ class AgentDaemon:
             await self.updater.apply(verified)
         except AgentError as exc:
             logger.error("deployment %d stopped: %s", verified.deployment.sequence, exc)
+
+    def _handle_command(self, payload: bytes) -> None:
+        """Verify and run a signed command; it may carry a newer trust root."""
+        try:
+            verified = verify_command(
+                payload,
+                self.updater.trust_state,
+                device_id=self.config.device_id,
+                now=self.clock.now(),
+            )
+        except DuplicateCommandError:
+            return
+        except RefusalError as exc:
+            logger.warning("refused a command: %s: %s", exc.reason, exc)
+            self.reporter.event(
+                "command_refused", journal=None, reason=exc.reason, details={"error": str(exc)}
+            )
+            return
+        self.updater.accept_command(verified)
+        action = verified.command.action
+        details: dict[str, Any] = {"action": action, "sequence": verified.command.sequence}
+        if action == "resync":
+            self.reporter.state_changed(self.updater.phase)
+        elif action == "diagnostics":
+            details |= {
+                "phase": self.updater.phase,
+                "current_sha256": self.store.current_sha256(),
+                "previous_sha256": self.store.previous_sha256(),
+                "outbox_pending": len(self.outbox),
+                "outbox_dropped": self.outbox.dropped,
+                "trust_root_version": self.updater.trust_state.trust_root_version,
+            }
+        else:
+            # A fleet rollback is a deployment marked ``rollback``, journaled like any
+            # other; a bare rollback command is not acted on yet.
+            self.reporter.event(
+                "command_refused", journal=None, reason="unsupported_action", details=details
+            )
+            return
+        self.reporter.event("command_done", journal=None, details=details)

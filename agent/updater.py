@@ -30,7 +30,7 @@ from .config import AgentConfig
 from .durable import read_json, write_json_atomic
 from .errors import AgentError
 from .model_store import ModelStore
-from .trust import VerifiedDeployment
+from .trust import VerifiedCommand, VerifiedDeployment
 from .trust_state import TrustState, persist_trust_state
 from .update_machine import (
     Journal,
@@ -134,6 +134,11 @@ class Updater:
     def accept(self, verified: VerifiedDeployment) -> None:
         """Persist the deployment's sequence and time floor before anything else."""
         self.trust_state = self.trust_state.accept_deployment(verified)
+        persist_trust_state(self.paths.trust_state, self.trust_state)
+
+    def accept_command(self, verified: VerifiedCommand) -> None:
+        """Persist the command's sequence (and any trust root it carried) before acting."""
+        self.trust_state = self.trust_state.accept_command(verified)
         persist_trust_state(self.paths.trust_state, self.trust_state)
 
     async def apply(self, verified: VerifiedDeployment) -> Journal:

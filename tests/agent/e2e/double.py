@@ -21,6 +21,7 @@ from typing import Any
 from protocol import (
     Artifact,
     Channel,
+    Command,
     Deployment,
     Envelope,
     Event,
@@ -125,6 +126,7 @@ class ControllerDouble:
         self._lock = threading.Lock()
         self._client = TestClient(broker, client_id="controller-double")
         self._sequence = 0
+        self._command_sequence = 0
 
     def __enter__(self) -> ControllerDouble:
         self._client.__enter__()
@@ -189,6 +191,22 @@ class ControllerDouble:
         }
         fields.update(overrides)
         return Deployment(**fields).sign(self.keyring.keys[signer])
+
+    def command(self, device_id: str, action: str, *, now: datetime, **overrides: Any) -> Envelope:
+        self._command_sequence += 1
+        fields: dict[str, Any] = {
+            "device_id": device_id,
+            "sequence": self._command_sequence,
+            "issued_at": now,
+            "expires": now + timedelta(minutes=10),
+            "action": action,
+        }
+        fields.update(overrides)
+        return Command(**fields).sign(self.keyring.keys[Role.DEPLOYMENT])
+
+    def publish_command(self, device_id: str, envelope: Envelope) -> None:
+        topic = device_topic(self.prefix, device_id, Channel.CMD)
+        self._client.publish(topic, envelope.to_bytes())
 
     def publish_desired(self, device_id: str, envelope: Envelope | bytes) -> None:
         payload = envelope if isinstance(envelope, bytes) else envelope.to_bytes()
