@@ -160,13 +160,15 @@ class TcpProxy:
 
     ``connections`` counts every connection accepted; ``sever()`` resets every open one
     (no MQTT DISCONNECT: the broker sees a lost client); while ``refusing``, a new
-    connection is reset at once (the broker is unreachable).
+    connection is reset at once (the broker is unreachable); while ``black_hole``, what the
+    client sends is dropped, so the broker never answers it (no PUBACK, no CONNACK).
     """
 
     def __init__(self, target: BrokerEndpoint) -> None:
         self.target = target
         self.connections = 0
         self.refusing = False
+        self.black_hole = False
         self._accepted = threading.Condition()
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._handlers: set[asyncio.Task[None]] = set()
@@ -250,17 +252,23 @@ class TcpProxy:
         pair = (writer, up_writer)
         self._pairs.add(pair)
         try:
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+            await asyncio.gather(
+                self._pump(reader, up_writer, from_client=True),
+                self._pump(up_reader, writer, from_client=False),
+            )
         finally:
             self._pairs.discard(pair)
             for side in pair:
                 side.transport.abort()
                 side.close()
 
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_client: bool
+    ) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65_536):
+                if from_client and self.black_hole:
+                    continue
                 writer.write(data)
                 await writer.drain()
         # One side gone: cut the other one too, as a broken network would.

@@ -150,11 +150,55 @@ def test_messages_published_online_arrive_in_order_and_leave_the_outbox(
         wait_for(observer, device.state, device.birth.payload)
         for number in range(20):
             runner.publish(device.event(number))
-        events = [m for m in receive_payloads(observer, 20)]
+        events = receive_payloads(observer, 20)
 
     assert events == [device.event(number).payload for number in range(20)]
     # The drainer acks a message before it publishes the next one.
     assert len(outbox) <= 1
+
+
+def test_a_message_without_puback_stays_in_the_outbox_and_is_sent_on_the_next_connection(
+    broker: BrokerEndpoint,
+    device: DeviceTopics,
+    run_link: RunLink,
+    proxy_to: ProxyTo,
+    outbox: Outbox,
+    watch_link_log: Callable[[str], threading.Event],
+) -> None:
+    proxy = proxy_to(broker)
+    no_puback = watch_link_log("no PUBACK for " + device.events)
+    runner = run_link(proxy.endpoint, ack_timeout_s=0.5, connect_timeout_s=0.5)
+    with TestClient(broker) as observer:
+        observer.subscribe(device.state)
+        observer.subscribe(device.events)
+        wait_for(observer, device.state, device.birth.payload)
+        proxy.black_hole = True
+        runner.publish(device.event(1))
+        assert no_puback.wait(WAIT_S)
+        assert [message.payload for message in outbox.peek(10)] == [device.event(1).payload]
+
+        proxy.black_hole = False
+        wait_for(observer, device.events, device.event(1).payload)
+        runner.publish(device.event(2))
+        wait_for(observer, device.events, device.event(2).payload)
+
+    # event 1 left the outbox only once its PUBACK came, before event 2 was sent.
+    assert [message.payload for message in outbox.peek(10)] in ([], [device.event(2).payload])
+
+
+def test_messages_left_by_a_previous_run_are_sent_after_the_birth(
+    broker: BrokerEndpoint, device: DeviceTopics, run_link: RunLink, outbox: Outbox
+) -> None:
+    for number in range(3):
+        message = device.event(number)
+        outbox.put(message.topic, message.payload, qos=message.qos)
+    with TestClient(broker) as observer:
+        observer.subscribe(device.state)
+        observer.subscribe(device.events)
+        run_link(broker)
+        received = receive_payloads(observer, 4)
+
+    assert received == [device.birth.payload] + [device.event(n).payload for n in range(3)]
 
 
 def test_messages_put_while_the_broker_is_down_arrive_in_order_after_a_restart(
