@@ -54,39 +54,65 @@ def find_mosquitto() -> str | None:
     return shutil.which("mosquitto") or shutil.which("mosquitto", path=MOSQUITTO_SEARCH_PATH)
 
 
-@contextlib.contextmanager
-def run_mosquitto(binary: str, workdir: Path) -> Iterator[BrokerEndpoint]:
-    """Start Mosquitto with a temporary config on a free loopback port."""
-    port = free_port()
-    config = workdir / "mosquitto.conf"
-    log = workdir / "mosquitto.log"
-    config.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "persistence false\n"
-        f"log_dest file {log}\n"
-        "log_type error\nlog_type warning\nlog_type notice\n"
-    )
-    process = subprocess.Popen(
-        [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
+class MosquittoServer:
+    """A Mosquitto subprocess that can be stopped and started again on the same port."""
+
+    def __init__(self, binary: str, workdir: Path, *, extra_config: str = "") -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.extra_config = extra_config or "allow_anonymous true\n"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> BrokerEndpoint:
+        return BrokerEndpoint("mosquitto", "127.0.0.1", self.port)
+
+    def start(self) -> None:
+        config = self.workdir / "mosquitto.conf"
+        log = self.workdir / "mosquitto.log"
+        config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            f"{self.extra_config}"
+            "persistence false\n"
+            f"log_dest file {log}\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        )
+        process = subprocess.Popen(
+            [self.binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self._process = process
         try:
             wait_for_port(
-                "127.0.0.1", port, BROKER_START_TIMEOUT_S, alive=lambda: process.poll() is None
+                "127.0.0.1",
+                self.port,
+                BROKER_START_TIMEOUT_S,
+                alive=lambda: process.poll() is None,
             )
         except (RuntimeError, TimeoutError) as exc:
-            stderr = process.stderr.read().decode() if process.stderr and process.poll() else ""
+            self.stop()
             log_text = log.read_text() if log.exists() else ""
-            raise RuntimeError(f"mosquitto did not start: {exc}\n{stderr}{log_text}") from exc
-        yield BrokerEndpoint("mosquitto", "127.0.0.1", port)
-    finally:
+            raise RuntimeError(
+                f"mosquitto did not start on {self.port}: {exc}\n{log_text}"
+            ) from exc
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
         process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+    def restart(self) -> None:
+        """Stop, then start with the same config on the same port."""
+        self.stop()
+        self.start()
 
 
 @contextlib.contextmanager

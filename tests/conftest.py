@@ -8,18 +8,22 @@ can never pass by skipping.
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.brokers import BrokerEndpoint, find_mosquitto, run_embedded_amqtt, run_mosquitto
+from tests.brokers import BrokerEndpoint, MosquittoServer, find_mosquitto, run_embedded_amqtt
 from tests.factories import keyring
 
 __all__ = ["keyring"]
 
 POSTGRES_URL_ENV = "EDGEFLEET_TEST_POSTGRES_URL"
+PASSWD_TIMEOUT_S = 10.0
 
 
 def require_service(name: str, how_to_get: str) -> None:
@@ -30,17 +34,63 @@ def require_service(name: str, how_to_get: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[BrokerEndpoint]:
-    """A Mosquitto broker of this test's own, on a free loopback port."""
+def mosquitto_binary() -> str:
     binary = find_mosquitto()
     if binary is None:
         require_service(
             "mosquitto", "install it with 'apt-get install mosquitto' (make test does as root)"
         )
         raise AssertionError("unreachable")
-    with run_mosquitto(binary, tmp_path) as endpoint:
-        yield endpoint
+    return binary
+
+
+@pytest.fixture
+def mosquitto(restartable_mosquitto: MosquittoServer) -> BrokerEndpoint:
+    """A Mosquitto broker of this test's own, on a free loopback port."""
+    return restartable_mosquitto.endpoint
+
+
+@pytest.fixture
+def restartable_mosquitto(tmp_path: Path) -> Iterator[MosquittoServer]:
+    server = MosquittoServer(mosquitto_binary(), tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def password_mosquitto(tmp_path: Path) -> Iterator[tuple[MosquittoServer, str, str]]:
+    """A Mosquitto that accepts only user ``device`` with the returned password."""
+    binary = mosquitto_binary()
+    passwd_binary = shutil.which("mosquitto_passwd") or shutil.which(
+        "mosquitto_passwd", path="/usr/bin:/usr/local/bin:/usr/sbin"
+    )
+    if passwd_binary is None:
+        pytest.skip("mosquitto_passwd is not installed: cannot write a Mosquitto password file")
+    user, password = "device", "correct-horse-battery"
+    password_file = tmp_path / "passwd"
+    subprocess.run(
+        [passwd_binary, "-b", "-c", str(password_file), user, password],
+        check=True,
+        capture_output=True,
+        timeout=PASSWD_TIMEOUT_S,
+    )
+    password_file.chmod(0o600)
+    # Started as root, Mosquitto drops to the "mosquitto" user, which cannot read a
+    # password file in pytest's private tmp directory; "user" is ignored when not root.
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    server = MosquittoServer(
+        binary,
+        tmp_path,
+        extra_config=f"user {me}\nallow_anonymous false\npassword_file {password_file}\n",
+    )
+    server.start()
+    try:
+        yield server, user, password
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -29,9 +29,17 @@ class TestClient:
             client_id=client_id or f"test-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv311,
         )
-        self._client.on_connect = lambda _c, _u, _f, reason, _p: self._connected.put(reason)
+        self._client.on_connect = self._on_connect
+        self._client.reconnect_delay_set(min_delay=0.1, max_delay=1)
+        self._topic_filters: list[tuple[str, int]] = []
         self._client.on_subscribe = lambda _c, _u, mid, _r, _p: self._subscribed.put(mid)
         self._client.on_message = lambda _c, _u, message: self.messages.put(message)
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        # After a broker restart, subscribe again: the new broker knows nothing of us.
+        for topic_filter, qos in self._topic_filters:
+            self._client.subscribe(topic_filter, qos=qos)
+        self._connected.put(reason)
 
     def __enter__(self) -> TestClient:
         self._client.connect(self.endpoint.host, self.endpoint.port, keepalive=30)
@@ -57,6 +65,7 @@ class TestClient:
             raise TimeoutError(f"no PUBACK for {topic}")
 
     def subscribe(self, topic_filter: str, *, qos: int = 1) -> None:
+        self._topic_filters.append((topic_filter, qos))
         _result, mid = self._client.subscribe(topic_filter, qos=qos)
         while self._subscribed.get(timeout=ACK_TIMEOUT_S) != mid:
             pass

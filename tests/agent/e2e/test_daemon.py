@@ -11,6 +11,7 @@ from tests.agent.e2e.conftest import DEVICE, deploy, sequence_of
 from tests.agent.e2e.double import ControllerDouble
 from tests.agent.e2e.models import affine_model, release_of
 from tests.agent.e2e.test_update_path import assert_serving
+from tests.brokers import MosquittoServer
 from tests.factories import Keyring
 
 
@@ -91,3 +92,48 @@ def test_trust_root_not_signed_by_the_old_root_is_refused(
     assert double.wait_for_event(DEVICE, "deployment_refused").reason == "trust_root_rotation"
     assert agent.trust_file_bytes() == trust_before
     assert_serving(agent, base)
+
+
+def test_broker_restart_mid_update_converges(
+    double: ControllerDouble,
+    agent: AgentProcess,
+    base: Release,
+    models_dir: Path,
+    restartable_mosquitto: MosquittoServer,
+) -> None:
+    new = release_of(double, affine_model(models_dir / "b.onnx", 2.0), version=2)
+    double.artifacts.mode = "trickle"  # the download takes seconds: time to restart
+    sequence = sequence_of(deploy(double, new))
+    agent.wait_for_journal_state("fetching", sequence)
+    restartable_mosquitto.restart()
+
+    def converged() -> bool:
+        state = double.states.get(DEVICE)
+        return bool(state and state.online and state.active and state.active.version == 2)
+
+    double.wait_for(converged, "the retained state to show the new release")
+    assert_serving(agent, new)
+    journal = agent.journal()
+    assert journal is not None
+    assert (journal["state"], journal["final_reported"]) == ("committed", True)
+
+
+def test_bad_broker_credentials_stop_the_agent_without_a_retry_loop(
+    tmp_path: Path,
+    double: ControllerDouble,
+    password_mosquitto: tuple[MosquittoServer, str, str],
+    topic_prefix: str,
+) -> None:
+    server, user, _password = password_mosquitto
+    process = AgentProcess(
+        tmp_path / "locked-out",
+        device_id=DEVICE,
+        broker=server.endpoint,
+        prefix=topic_prefix,
+        controller_url=double.url,
+        trust_root=double.keyring.signed_trust_root().to_bytes(),
+    )
+    process.start(mqtt_username=user, mqtt_password="wrong")
+    assert process.process is not None
+    assert process.process.wait(timeout=60) == 4
+    assert "refused the credentials" in process.log.read_text()

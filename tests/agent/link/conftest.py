@@ -9,11 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import pwd
 import queue
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -26,133 +22,12 @@ import pytest
 from agent.mqtt_link import LinkSettings, Message, MqttLink
 from agent.outbox import Outbox
 from tests.agent.link.device_topics import DEVICE, DeviceTopics
-from tests.brokers import (
-    BROKER_START_TIMEOUT_S,
-    BrokerEndpoint,
-    find_mosquitto,
-    free_port,
-    wait_for_port,
-)
-from tests.conftest import require_service
+from tests.brokers import BrokerEndpoint
 
 WAIT_S = 10.0
 Received = tuple[str, bytes, bool]
 Handler = Callable[[str, bytes, bool], Awaitable[None]]
 _T = TypeVar("_T")
-
-
-class MosquittoServer:
-    """A Mosquitto subprocess that can be stopped and started again on the same port."""
-
-    def __init__(self, binary: str, workdir: Path, *, extra_config: str = "") -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.port = free_port()
-        self.extra_config = extra_config or "allow_anonymous true\n"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def endpoint(self) -> BrokerEndpoint:
-        return BrokerEndpoint("mosquitto", "127.0.0.1", self.port)
-
-    def start(self) -> None:
-        config = self.workdir / "mosquitto.conf"
-        log = self.workdir / "mosquitto.log"
-        config.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            f"{self.extra_config}"
-            "persistence false\n"
-            f"log_dest file {log}\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
-        )
-        process = subprocess.Popen(
-            [self.binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        self._process = process
-        try:
-            wait_for_port(
-                "127.0.0.1",
-                self.port,
-                BROKER_START_TIMEOUT_S,
-                alive=lambda: process.poll() is None,
-            )
-        except (RuntimeError, TimeoutError) as exc:
-            self.stop()
-            log_text = log.read_text() if log.exists() else ""
-            raise RuntimeError(
-                f"mosquitto did not start on {self.port}: {exc}\n{log_text}"
-            ) from exc
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
-
-    def restart(self) -> None:
-        """Stop, then start with the same config on the same port."""
-        self.stop()
-        self.start()
-
-
-def mosquitto_binary() -> str:
-    binary = find_mosquitto()
-    if binary is None:
-        require_service(
-            "mosquitto", "install it with 'apt-get install mosquitto' (make test does as root)"
-        )
-        raise AssertionError("unreachable")
-    return binary
-
-
-@pytest.fixture
-def restartable_mosquitto(tmp_path: Path) -> Iterator[MosquittoServer]:
-    server = MosquittoServer(mosquitto_binary(), tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def password_mosquitto(tmp_path: Path) -> Iterator[tuple[MosquittoServer, str, str]]:
-    """A Mosquitto that accepts only user ``device`` with the returned password."""
-    binary = mosquitto_binary()
-    passwd_binary = shutil.which("mosquitto_passwd") or shutil.which(
-        "mosquitto_passwd", path="/usr/bin:/usr/local/bin:/usr/sbin"
-    )
-    if passwd_binary is None:
-        pytest.skip("mosquitto_passwd is not installed: cannot write a Mosquitto password file")
-    user, password = "device", "correct-horse-battery"
-    password_file = tmp_path / "passwd"
-    subprocess.run(
-        [passwd_binary, "-b", "-c", str(password_file), user, password],
-        check=True,
-        capture_output=True,
-        timeout=WAIT_S,
-    )
-    password_file.chmod(0o600)
-    # Started as root, Mosquitto drops to the "mosquitto" user, which cannot read a
-    # password file in pytest's private tmp directory; "user" is ignored when not root.
-    me = pwd.getpwuid(os.geteuid()).pw_name
-    server = MosquittoServer(
-        binary,
-        tmp_path,
-        extra_config=f"user {me}\nallow_anonymous false\npassword_file {password_file}\n",
-    )
-    server.start()
-    try:
-        yield server, user, password
-    finally:
-        server.stop()
 
 
 class TcpProxy:

@@ -19,9 +19,9 @@ import pytest
 
 from agent.errors import BrokerAuthError
 from agent.outbox import Outbox
-from tests.agent.link.conftest import WAIT_S, LinkRunner, MosquittoServer, TcpProxy
+from tests.agent.link.conftest import WAIT_S, LinkRunner, TcpProxy
 from tests.agent.link.device_topics import DeviceTopics
-from tests.brokers import BrokerEndpoint, free_port
+from tests.brokers import BrokerEndpoint, MosquittoServer, free_port
 from tests.mqtt_client import TestClient
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
