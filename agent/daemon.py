@@ -29,6 +29,7 @@ from .errors import (
     RefusalError,
     TransitionCapError,
 )
+from .fetcher import Fetcher
 from .model_store import ModelStore
 from .mqtt_link import LinkSettings, Message, MqttLink
 from .outbox import Outbox
@@ -36,7 +37,7 @@ from .reporting import LinkReporter, offline_state
 from .trust import verify_command, verify_deployment
 from .trust_state import TrustState, load_trust_state, persist_trust_state
 from .update_machine import load_journal, recover_journal
-from .updater import ArtifactFetcher, ModelChecker, Updater, UpdaterPaths
+from .updater import ModelChecker, Updater, UpdaterPaths
 
 __all__ = ["AgentDaemon", "open_trust_state"]
 
@@ -62,7 +63,7 @@ class AgentDaemon:
         self,
         config: AgentConfig,
         *,
-        fetcher: ArtifactFetcher,
+        fetcher: Fetcher,
         check_model: ModelChecker,
         clock: Clock | None = None,
     ) -> None:

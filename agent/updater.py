@@ -29,6 +29,7 @@ from .clock import Clock
 from .config import AgentConfig
 from .durable import read_json, write_json_atomic
 from .errors import AgentError
+from .fetcher import Fetcher
 from .model_store import ModelStore
 from .trust import VerifiedCommand, VerifiedDeployment
 from .trust_state import TrustState, persist_trust_state
@@ -40,7 +41,7 @@ from .update_machine import (
     persist_journal,
 )
 
-__all__ = ["ArtifactFetcher", "ModelChecker", "Reporter", "Updater", "UpdaterPaths"]
+__all__ = ["ModelChecker", "Reporter", "Updater", "UpdaterPaths"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +50,6 @@ FINAL_EVENT_TYPES = {
     UpdateState.FAILED: "failed",
     UpdateState.ROLLED_BACK: "rolled_back",
 }
-
-
-class ArtifactFetcher(Protocol):
-    async def download(
-        self,
-        url: str,
-        destination: Path,
-        *,
-        expected_length: int,
-        expected_sha256: str,
-        headers: Mapping[str, str] | None = None,
-    ) -> None: ...
 
 
 # (model file, release, latency budget in ms) -> report; raises a ModelCheckError.
@@ -110,7 +99,7 @@ class Updater:
         paths: UpdaterPaths,
         trust_state: TrustState,
         store: ModelStore,
-        fetcher: ArtifactFetcher,
+        fetcher: Fetcher,
         check_model: ModelChecker,
         reporter: Reporter,
         clock: Clock,
