@@ -1,0 +1,246 @@
+"""The probation verdict on a newly activated model: continue, commit, or roll back, and why.
+
+``ProbationJudge`` is pure: statistics and elapsed time in, a verdict out. The caller
+judges the new model's cumulative statistics since activation (``StatsRecorder.cumulative``)
+against the previous model's statistics on this device, whenever it likes (each window,
+say); the first verdict other than ``CONTINUE`` ends probation.
+
+Rules, with ``n = max(policy.min_requests, 1)``:
+
+- A threshold is the largest value allowed: a check trips when the measured value is
+  strictly greater (``>``), so a value exactly at the threshold passes, and a threshold of
+  0 allows none at all.
+- Absolute checks (non-finite rate, error rate, drift PSI) are judged as soon as the
+  candidate has ``n`` requests, at any time: a model that emits NaN on live traffic is
+  rolled back before its window ends.
+- Relative checks (p95 latency over the baseline's p95, drop of mean top-1 confidence
+  from the baseline's) also need a baseline with ``n`` requests and the figure on both
+  sides (a classifier on both sides; a baseline p95 above 0). Without one they are
+  skipped and ``numbers["baseline_used"]`` is 0.
+- Checks run in this order, and the first that trips is the verdict's ``reason``:
+  ``nonfinite_rate``, ``error_rate``, ``p95_latency_ratio``, ``confidence_drop``,
+  ``drift`` — from a broken model, to a failing one, a slower one, a less confident one,
+  to one whose data looks different (which may be the world's doing, not the model's).
+  ``numbers`` holds every value measured, tripped or not, with the thresholds.
+- Nothing tripped: before ``policy.window_s`` -> ``CONTINUE``; from ``window_s`` on with
+  ``n`` requests -> ``COMMIT``; with fewer the window is extended (``CONTINUE``) until
+  ``window_s + max_extension_s``, then ``COMMIT_UNOBSERVED``: committed on the sandboxed
+  self-test alone, and reported as such.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from protocol import ProbationPolicy
+
+from .stats import WindowStats
+
+__all__ = ["ProbationJudge", "ProbationOutcome", "ProbationReason", "ProbationVerdict"]
+
+
+class ProbationOutcome(StrEnum):
+    CONTINUE = "continue"
+    COMMIT = "commit"
+    COMMIT_UNOBSERVED = "commit_unobserved"
+    ROLLBACK = "rollback"
+
+
+class ProbationReason(StrEnum):
+    """Which threshold tripped; stable codes that rollback events carry."""
+
+    NONFINITE_RATE = "nonfinite_rate"
+    ERROR_RATE = "error_rate"
+    P95_LATENCY_RATIO = "p95_latency_ratio"
+    CONFIDENCE_DROP = "confidence_drop"
+    DRIFT = "drift"
+
+
+@dataclass(frozen=True)
+class ProbationVerdict:
+    """An outcome, the threshold that tripped (rollbacks only), and the numbers behind it."""
+
+    outcome: ProbationOutcome
+    reason: ProbationReason | None
+    numbers: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+    @property
+    def final(self) -> bool:
+        """Whether probation ends with this verdict."""
+        return self.outcome is not ProbationOutcome.CONTINUE
+
+
+@dataclass(frozen=True)
+class _Trip:
+    reason: ProbationReason
+    message: str
+
+
+# A check: (candidate, usable baseline or None, numbers to add to) -> what tripped, if any.
+_Check = Callable[[WindowStats, WindowStats | None, dict[str, float]], _Trip | None]
+_NO_BASELINE = "no baseline with enough requests: latency and confidence not judged"
+
+
+class ProbationJudge:
+    """Judges one candidate model against ``policy`` and the previous model's ``baseline``.
+
+    ``baseline`` is ``None`` when there is none to compare with (the first model on the
+    device, or statistics lost); a baseline without requests counts as none.
+    """
+
+    def __init__(self, policy: ProbationPolicy, baseline: WindowStats | None) -> None:
+        self.policy = policy
+        self.baseline = baseline
+        self.min_requests = max(policy.min_requests, 1)
+
+    @property
+    def deadline_s(self) -> float:
+        """Elapsed time at which a model without enough requests is committed unobserved."""
+        return self.policy.window_s + self.policy.max_extension_s
+
+    def judge(self, candidate: WindowStats, *, elapsed_s: float) -> ProbationVerdict:
+        """The verdict on ``candidate`` (cumulative since activation) ``elapsed_s`` after it."""
+        policy = self.policy
+        numbers: dict[str, float] = {
+            "requests": float(candidate.requests),
+            "min_requests": float(self.min_requests),
+            "elapsed_s": elapsed_s,
+            "window_s": policy.window_s,
+        }
+        baseline = self._usable_baseline(numbers)
+        checks: list[_Check] = [
+            self._nonfinite_rate,
+            self._error_rate,
+            self._p95_latency_ratio,
+            self._confidence_drop,
+            self._drift,
+        ]
+        # Every check runs, so that numbers hold every measured value, not just the first.
+        trips = [t for check in checks if (t := check(candidate, baseline, numbers)) is not None]
+        if trips:
+            first = trips[0]
+            return ProbationVerdict(
+                ProbationOutcome.ROLLBACK, first.reason, numbers, f"rollback: {first.message}"
+            )
+        enough = candidate.requests >= self.min_requests
+        seen = f"{candidate.requests} requests in {elapsed_s:g} s"
+        if elapsed_s < policy.window_s:
+            message = f"continue: {seen} of a {policy.window_s:g} s window"
+            return ProbationVerdict(ProbationOutcome.CONTINUE, None, numbers, message)
+        if enough:
+            note = "" if baseline is not None else f"; {_NO_BASELINE}"
+            message = f"commit: {seen}, no threshold tripped{note}"
+            return ProbationVerdict(ProbationOutcome.COMMIT, None, numbers, message)
+        if elapsed_s >= self.deadline_s:
+            message = (
+                f"commit unobserved: {seen}, fewer than {self.min_requests} by the end of the "
+                f"extension; committed on the self-test alone"
+            )
+            return ProbationVerdict(ProbationOutcome.COMMIT_UNOBSERVED, None, numbers, message)
+        message = (
+            f"continue: window extended, {seen}, waiting for {self.min_requests} "
+            f"until {self.deadline_s:g} s"
+        )
+        return ProbationVerdict(ProbationOutcome.CONTINUE, None, numbers, message)
+
+    def _judged(self, candidate: WindowStats) -> bool:
+        return candidate.requests >= self.min_requests
+
+    def _usable_baseline(self, numbers: dict[str, float]) -> WindowStats | None:
+        baseline = self.baseline
+        requests = 0 if baseline is None else baseline.requests
+        numbers["baseline_requests"] = float(requests)
+        usable = baseline is not None and requests >= self.min_requests
+        numbers["baseline_used"] = 1.0 if usable else 0.0
+        return baseline if usable else None
+
+    def _nonfinite_rate(
+        self, candidate: WindowStats, baseline: WindowStats | None, numbers: dict[str, float]
+    ) -> _Trip | None:
+        if candidate.requests == 0:
+            return None
+        rate, limit = candidate.nonfinite_rate, self.policy.max_nonfinite_rate
+        numbers.update(nonfinite_rate=rate, max_nonfinite_rate=limit)
+        if self._judged(candidate) and rate > limit:
+            return _Trip(
+                ProbationReason.NONFINITE_RATE,
+                f"non-finite outputs in {candidate.nonfinite_outputs} of {candidate.requests} "
+                f"requests (rate {rate:.4g} > max {limit:g})",
+            )
+        return None
+
+    def _error_rate(
+        self, candidate: WindowStats, baseline: WindowStats | None, numbers: dict[str, float]
+    ) -> _Trip | None:
+        if candidate.requests == 0:
+            return None
+        rate, limit = candidate.error_rate, self.policy.max_error_rate
+        numbers.update(error_rate=rate, max_error_rate=limit)
+        if self._judged(candidate) and rate > limit:
+            return _Trip(
+                ProbationReason.ERROR_RATE,
+                f"{candidate.errors} errors in {candidate.requests} requests "
+                f"(rate {rate:.4g} > max {limit:g})",
+            )
+        return None
+
+    def _p95_latency_ratio(
+        self, candidate: WindowStats, baseline: WindowStats | None, numbers: dict[str, float]
+    ) -> _Trip | None:
+        if candidate.p95_ms is not None:
+            numbers["p95_ms"] = candidate.p95_ms
+        if baseline is None or baseline.p95_ms is None or candidate.p95_ms is None:
+            return None
+        numbers["baseline_p95_ms"] = baseline.p95_ms
+        if baseline.p95_ms <= 0:
+            return None  # no ratio to a zero latency
+        ratio, limit = candidate.p95_ms / baseline.p95_ms, self.policy.max_p95_latency_ratio
+        numbers.update(p95_latency_ratio=ratio, max_p95_latency_ratio=limit)
+        if self._judged(candidate) and ratio > limit:
+            return _Trip(
+                ProbationReason.P95_LATENCY_RATIO,
+                f"p95 latency {candidate.p95_ms:.4g} ms is {ratio:.3g} times the previous "
+                f"model's {baseline.p95_ms:.4g} ms (max {limit:g})",
+            )
+        return None
+
+    def _confidence_drop(
+        self, candidate: WindowStats, baseline: WindowStats | None, numbers: dict[str, float]
+    ) -> _Trip | None:
+        mean = candidate.top1_confidence_mean
+        if mean is not None:
+            numbers["top1_confidence_mean"] = mean
+        if baseline is None or baseline.top1_confidence_mean is None or mean is None:
+            return None
+        before, limit = baseline.top1_confidence_mean, self.policy.max_confidence_drop
+        drop = before - mean
+        numbers.update(
+            baseline_top1_confidence_mean=before, confidence_drop=drop, max_confidence_drop=limit
+        )
+        if self._judged(candidate) and drop > limit:
+            return _Trip(
+                ProbationReason.CONFIDENCE_DROP,
+                f"mean top-1 confidence fell from {before:.4g} to {mean:.4g} "
+                f"(drop {drop:.4g} > max {limit:g})",
+            )
+        return None
+
+    def _drift(
+        self, candidate: WindowStats, baseline: WindowStats | None, numbers: dict[str, float]
+    ) -> _Trip | None:
+        if not candidate.drift_psi:
+            return None
+        for name, psi in candidate.drift_psi.items():
+            numbers[f"drift_psi.{name}"] = psi
+        worst = max(candidate.drift_psi, key=lambda name: candidate.drift_psi[name])
+        psi, limit = candidate.drift_psi[worst], self.policy.max_drift_psi
+        numbers.update(drift_psi=psi, max_drift_psi=limit)
+        if self._judged(candidate) and psi > limit:
+            return _Trip(
+                ProbationReason.DRIFT,
+                f"{worst!r} drifted from the reference profile (PSI {psi:.3g} > max {limit:g})",
+            )
+        return None
