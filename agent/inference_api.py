@@ -1,0 +1,469 @@
+"""The Open Inference Protocol (KServe v2) over HTTP/1.1, on loopback (ARCHITECTURE.md §5).
+
+Routes (``{name}`` may be followed by ``/versions/{version}``, which must be the version
+serving)::
+
+    GET  /v2                         server metadata
+    GET  /v2/health/live             200 while the process runs
+    GET  /v2/health/ready            200 once every model has a version serving, else 503
+    GET  /v2/models/{name}           metadata: versions, platform, inputs, outputs
+    GET  /v2/models/{name}/ready     200, or 503 while no version serves
+    POST /v2/models/{name}/infer     JSON tensors in, JSON tensors out
+
+Invariants:
+- it binds loopback unless told otherwise; it has no authentication, so it must not be
+  reachable from the network;
+- it is written on asyncio streams and h11, with keep-alive. Decoding, inference and
+  encoding of a request run in one hop to a worker thread, so a slow model never delays
+  a health check, except for fast requests: a body of at most ``INLINE_MAX_BODY_BYTES``
+  for a version whose warm-up ran within ``INLINE_MAX_LATENCY_S`` is answered on the
+  event loop, because the hop to a thread and back (about 0.2 ms on a 2-core device)
+  costs far more than such a request;
+- a request reads the serving version once and is answered by it (``model_version`` says
+  which), so a swap during the request changes nothing for it;
+- every client mistake is a 4xx with ``{"error": message}``: 404 for an unknown model or
+  route, 400 for bodies that are not the protocol's JSON or do not fit the model, 413
+  for bodies over ``max_body_bytes`` (refused from ``Content-Length`` before reading),
+  405 for a wrong method; 503 while no version serves, 500 when the runtime fails;
+- JSON ``data`` is never cast silently: integers outside the datatype's range, fractions
+  for integer types and numbers for ``BOOL`` are refused. Outputs are written with
+  ``tolist``, which round-trips FP32/FP64 exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import ipaddress
+import json
+import logging
+import math
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+from urllib.parse import unquote
+
+import h11
+import numpy as np
+
+from . import __version__
+from .runtimes import OIP_DATATYPES, Array, datatype_of_dtype, numpy_dtype_of
+from .serving import (
+    InferenceError,
+    InferenceFailedError,
+    InferenceRequestError,
+    InputDataError,
+    InputDatatypeError,
+    InputNameError,
+    LoadedVersion,
+    MalformedRequestError,
+    ModelNotReadyError,
+    ModelServer,
+    OutputNameError,
+    RequestTooLargeError,
+    UnknownModelError,
+)
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "MAX_BODY_BYTES",
+    "InferenceApi",
+    "decode_infer_request",
+    "encode_infer_response",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8500
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_HEADER_BYTES = 16 * 1024
+MAX_CONNECTIONS = 64
+READ_CHUNK_BYTES = 64 * 1024
+# A connection must deliver its next whole request within this long, or it is closed.
+KEEPALIVE_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
+DEFAULT_WORKERS = 4
+INLINE_MAX_LATENCY_S = 0.001
+INLINE_MAX_BODY_BYTES = 64 * 1024
+
+_STATUS_OF_ERROR: tuple[tuple[type[InferenceError], int], ...] = (
+    (UnknownModelError, 404),
+    (ModelNotReadyError, 503),
+    (RequestTooLargeError, 413),
+    (InferenceRequestError, 400),
+    (InferenceFailedError, 500),
+)
+_JSON_HEADERS = ((b"content-type", b"application/json"),)
+_REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+
+
+class Reply(NamedTuple):
+    status: int
+    body: bytes
+    allow: bytes = b""  # the methods a 405 names
+
+
+def _json(document: object) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _error(status: int, message: str, *, allow: bytes = b"") -> Reply:
+    return Reply(status, _json({"error": message}), allow)
+
+
+def _status_of(exc: InferenceError) -> int:
+    return next((status for kind, status in _STATUS_OF_ERROR if isinstance(exc, kind)), 500)
+
+
+def decode_tensor(name: str, datatype: str, shape: list[int], data: list[Any]) -> Array:
+    """One JSON tensor as a numpy array of ``datatype`` and ``shape``; never a silent cast."""
+    dtype = numpy_dtype_of(datatype)
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError) as exc:  # ragged nesting
+        raise InputDataError(f"input {name!r}: data is not a regular list of numbers") from exc
+    count = math.prod(shape)
+    if array.size != count:
+        raise InputDataError(
+            f"input {name!r} has {array.size} values, its shape {shape} needs {count}"
+        )
+    kind = array.dtype.kind
+    if array.size == 0:
+        array = np.empty(0, dtype)
+    elif dtype.kind == "b":
+        if kind != "b":
+            raise InputDataError(f"input {name!r} is BOOL: data must be true or false")
+    elif dtype.kind in "iu":
+        if kind not in "iu":
+            raise InputDataError(f"input {name!r} is {datatype}: data must be integers")
+        if array.dtype != dtype:
+            info = np.iinfo(dtype)
+            low, high = int(array.min()), int(array.max())
+            if low < info.min or high > info.max:
+                raise InputDataError(
+                    f"input {name!r} is {datatype}: data from {low} to {high} is out of "
+                    f"its range [{info.min}, {info.max}]"
+                )
+    elif kind not in "iuf":
+        raise InputDataError(f"input {name!r} is {datatype}: data must be numbers")
+    return array.astype(dtype, copy=False).reshape(shape)
+
+
+def decode_infer_request(body: bytes) -> tuple[dict[str, Array], list[str] | None, str | None]:
+    """An infer request's body as (inputs, requested output names or None, id or None)."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedRequestError(f"the body is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise MalformedRequestError("the body must be a JSON object with an 'inputs' list")
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise MalformedRequestError("'id' must be a string")
+    tensors = document.get("inputs")
+    if not isinstance(tensors, list) or not tensors:
+        raise MalformedRequestError("'inputs' must be a non-empty list of tensors")
+    feeds: dict[str, Array] = {}
+    for tensor in tensors:
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise MalformedRequestError("every input must be an object with a 'name' string")
+        name: str = tensor["name"]
+        if name in feeds:
+            raise InputNameError(f"input {name!r} is given twice")
+        parameters = tensor.get("parameters")
+        if isinstance(parameters, dict) and "binary_data_size" in parameters:
+            raise MalformedRequestError("binary tensor data is not supported: send 'data'")
+        shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
+        if not isinstance(shape, list) or not all(type(dim) is int and dim >= 0 for dim in shape):
+            raise MalformedRequestError(
+                f"input {name!r}: 'shape' must be a list of non-negative integers"
+            )
+        if datatype not in OIP_DATATYPES:
+            raise InputDatatypeError(
+                f"input {name!r}: datatype {datatype!r} is not one of {sorted(OIP_DATATYPES)}"
+            )
+        if not isinstance(data, list):
+            raise MalformedRequestError(f"input {name!r}: 'data' must be a list")
+        feeds[name] = decode_tensor(name, datatype, shape, data)
+    requested = document.get("outputs")
+    if requested is None:
+        return feeds, None, request_id
+    if not isinstance(requested, list) or not all(
+        isinstance(output, dict) and isinstance(output.get("name"), str) for output in requested
+    ):
+        raise MalformedRequestError("'outputs' must be a list of objects with a 'name' string")
+    return feeds, [output["name"] for output in requested], request_id
+
+
+def encode_infer_response(
+    loaded: LoadedVersion,
+    outputs: Mapping[str, Array],
+    requested: list[str] | None,
+    request_id: str | None,
+) -> bytes:
+    names = list(outputs) if requested is None else requested
+    document: dict[str, Any] = {"model_name": loaded.name, "model_version": loaded.version}
+    if request_id is not None:
+        document["id"] = request_id
+    document["outputs"] = [
+        {
+            "name": name,
+            "datatype": datatype_of_dtype(outputs[name].dtype),
+            "shape": list(outputs[name].shape),
+            "data": outputs[name].ravel().tolist(),
+        }
+        for name in names
+    ]
+    return _json(document)
+
+
+def _infer(loaded: LoadedVersion, body: bytes) -> Reply:
+    """Decode, run and encode one request; runs in a worker thread."""
+    try:
+        feeds, requested, request_id = decode_infer_request(body)
+        if requested is not None:
+            known = {spec.name for spec in loaded.signature.outputs}
+            unknown = sorted(set(requested) - known)
+            if unknown:
+                raise OutputNameError(
+                    f"model {loaded.name!r} has no outputs {unknown}; it has {sorted(known)}"
+                )
+        outputs = loaded.infer(feeds)
+    except InferenceError as exc:
+        return _error(_status_of(exc), str(exc))
+    return Reply(200, encode_infer_response(loaded, outputs, requested, request_id))
+
+
+def _model_metadata(loaded: LoadedVersion) -> bytes:
+    signature = loaded.signature
+    return _json(
+        {
+            "name": loaded.name,
+            "versions": [loaded.version],
+            "platform": loaded.platform,
+            "inputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+                for s in signature.inputs
+            ],
+            "outputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+                for s in signature.outputs
+            ],
+        }
+    )
+
+
+class InferenceApi:
+    """The HTTP front of one or more ``ModelServer``s; ``start`` then ``stop``."""
+
+    def __init__(
+        self,
+        servers: Mapping[str, ModelServer] | ModelServer,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        workers: int = DEFAULT_WORKERS,
+    ) -> None:
+        self._servers = (
+            {servers.name: servers} if isinstance(servers, ModelServer) else dict(servers)
+        )
+        self.host = host
+        self.port = port
+        self.max_body_bytes = max_body_bytes
+        self._workers = workers
+        self._server: asyncio.Server | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._busy: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._servers) and all(server.ready for server in self._servers.values())
+
+    async def start(self) -> int:
+        """Listen; return the bound port (``port=0`` picks a free one)."""
+        if not _is_loopback(self.host):
+            logger.warning("the inference API listens on %s, beyond loopback", self.host)
+        self._stopping = False
+        self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="inference")
+        self._server = await asyncio.start_server(
+            self._serve_connection, self.host, self.port, limit=READ_CHUNK_BYTES
+        )
+        port: int = self._server.sockets[0].getsockname()[1]
+        logger.info("inference API on http://%s:%d", self.host, port)
+        return port
+
+    async def stop(self) -> None:
+        """Stop listening, close idle connections, give running requests a grace period."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for task in self._connections - self._busy:
+            task.cancel()
+        if self._busy:
+            _, late = await asyncio.wait(set(self._busy), timeout=STOP_GRACE_S)
+            for task in late:
+                task.cancel()
+        if self._connections:
+            await asyncio.wait(set(self._connections))
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._connections) >= MAX_CONNECTIONS or self._stopping:
+            writer.close()
+            return
+        self._connections.add(task)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        try:
+            while not self._stopping:
+                try:
+                    async with asyncio.timeout(KEEPALIVE_TIMEOUT_S):
+                        received = await self._receive(conn, reader, writer)
+                except (TimeoutError, ConnectionError):
+                    break
+                except h11.RemoteProtocolError as exc:
+                    status = exc.error_status_hint
+                    await self._send(conn, writer, _error(status, f"bad HTTP: {exc}"), close=True)
+                    break
+                except RequestTooLargeError as exc:
+                    await self._send(conn, writer, _error(413, str(exc)), close=True)
+                    break
+                if received is None:
+                    break
+                request, body = received
+                self._busy.add(task)
+                try:
+                    reply = await self._route(request.method, request.target, body)
+                    await self._send(conn, writer, reply, close=self._stopping)
+                finally:
+                    self._busy.discard(task)
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    break
+                conn.start_next_cycle()
+        except (ConnectionError, h11.LocalProtocolError):
+            pass
+        except Exception:
+            logger.exception("an inference API connection failed")
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _receive(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[h11.Request, bytes] | None:
+        request: h11.Request | None = None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                if conn.they_are_waiting_for_100_continue:
+                    writer.write(
+                        conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+                    )
+                conn.receive_data(await reader.read(READ_CHUNK_BYTES))
+            elif isinstance(event, h11.Request):
+                request = event
+                for header, value in event.headers:
+                    if header == b"content-length" and int(value) > self.max_body_bytes:
+                        raise RequestTooLargeError(self._too_large(int(value)))
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > self.max_body_bytes:
+                    raise RequestTooLargeError(self._too_large(size))
+                chunks.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                assert request is not None
+                return request, chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            else:  # ConnectionClosed, or PAUSED after a request the client did not wait for
+                return None
+
+    def _too_large(self, size: int) -> str:
+        return f"the body of {size} bytes is over the limit of {self.max_body_bytes} bytes"
+
+    async def _send(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply, *, close: bool
+    ) -> None:
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        status, payload, allow = reply
+        headers = [*_JSON_HEADERS, (b"content-length", b"%d" % len(payload))]
+        if close:
+            headers.append((b"connection", b"close"))
+        if allow:
+            headers.append((b"allow", allow))
+        data = conn.send(h11.Response(status_code=status, headers=headers, reason=_REASONS[status]))
+        writer.write(b"".join((data or b"", conn.send(h11.Data(data=payload)) or b"")))
+        writer.write(conn.send(h11.EndOfMessage()) or b"")
+        await writer.drain()
+
+    async def _route(self, method: bytes, target: bytes, body: bytes) -> Reply:
+        parts = target.split(b"?", 1)[0].decode("ascii", "replace").strip("/").split("/")
+        if parts[0] != "v2":
+            return _error(404, f"no route {target.decode('ascii', 'replace')}")
+        rest = parts[1:]
+        if rest == [] or rest[0] == "health":
+            if method != b"GET":
+                return _error(405, "use GET", allow=b"GET")
+            if rest == []:
+                return Reply(200, _json({"name": "edgefleet-agent", "version": __version__}))
+            if rest == ["health", "live"]:
+                return Reply(200, _json({"live": True}))
+            if rest == ["health", "ready"]:
+                ready = self.ready
+                return Reply(200 if ready else 503, _json({"ready": ready}))
+        elif rest[0] == "models" and len(rest) >= 2:
+            return await self._route_model(method, [unquote(part) for part in rest[1:]], body)
+        return _error(404, f"no route {target.decode('ascii', 'replace')}")
+
+    async def _route_model(self, method: bytes, parts: list[str], body: bytes) -> Reply:
+        name, rest = parts[0], parts[1:]
+        version = None
+        if len(rest) >= 2 and rest[0] == "versions":
+            version, rest = rest[1], rest[2:]
+        if len(rest) > 1 or (rest and rest[0] not in ("ready", "infer")):
+            return _error(404, f"no route for model {name!r}: {'/'.join(rest)}")
+        action = rest[0] if rest else "metadata"
+        wanted = b"POST" if action == "infer" else b"GET"
+        if method != wanted:
+            return _error(405, f"use {wanted.decode()} for {action}", allow=wanted)
+        server = self._servers.get(name)
+        if server is None:
+            return _error(404, f"unknown model {name!r}; this agent serves {sorted(self._servers)}")
+        loaded = server.current
+        if loaded is None:
+            return _error(503, f"model {name!r} has no version serving")
+        if version is not None and version != loaded.version:
+            return _error(
+                404, f"model {name!r} version {version!r} is not serving ({loaded.version} is)"
+            )
+        if action == "ready":
+            return Reply(200, _json({"name": name, "ready": True}))
+        if action == "metadata":
+            return Reply(200, _model_metadata(loaded))
+        if loaded.warm_latency_s <= INLINE_MAX_LATENCY_S and len(body) <= INLINE_MAX_BODY_BYTES:
+            return _infer(loaded, body)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _infer, loaded, body)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).is_loopback
+    return False
