@@ -87,6 +87,31 @@ def run(
     raise typer.Exit(run_agent(config))
 
 
+@app.command("serve-local")
+def serve_local(
+    model_file: Annotated[Path, typer.Argument(help="The .onnx or .tflite file to serve.")],
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="The model's name in the API (default: the file's stem)."),
+    ] = None,
+    port: Annotated[
+        int,
+        typer.Option("--port", envvar="EDGEFLEET_AGENT_INFERENCE_PORT", help="Loopback port."),
+    ] = 8500,
+    log_level: Annotated[
+        str, typer.Option("--log-level", envvar="EDGEFLEET_AGENT_LOG_LEVEL")
+    ] = "info",
+) -> None:
+    """Serve one local model over the Open Inference Protocol until SIGTERM or SIGINT.
+
+    No controller is needed. Exits 0 after a clean stop, 3 when the model does not load.
+    """
+    _configure_logging(log_level)
+    from .serve_local import serve_local as serve
+
+    raise typer.Exit(serve(model_file, name=name, port=port))
+
+
 def run_agent(config_file: Path | None) -> int:
     try:
         config = load_config(config_file)
