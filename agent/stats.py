@@ -308,13 +308,8 @@ class StatsRecorder:
         self._created_s = now_s
         self._last_s = now_s
         self._lock = threading.Lock()
-        self._reference = reference
-        self._input_bins = {
-            name: _DriftBins.of(h) for name, h in (reference.inputs if reference else {}).items()
-        }
-        self._output_bins = {
-            name: _DriftBins.of(h) for name, h in (reference.outputs if reference else {}).items()
-        }
+        self._input_bins = _drift_bins_of(reference.inputs if reference else {})
+        self._output_bins = _drift_bins_of(reference.outputs if reference else {})
         # One PSI per name; an output shadows an input of the same name.
         self._drift_bins = {**self._input_bins, **self._output_bins}
         self._classes_hint = (
@@ -421,6 +416,15 @@ class StatsRecorder:
                 if not self._classifier_decided:
                     self._classifier = chosen
                     self._classifier_decided = True
+
+
+def _drift_bins_of(histograms: Mapping[str, protocol.Histogram]) -> dict[str, _DriftBins]:
+    # A histogram without mass (all fractions 0) is schema-valid but has no PSI.
+    return {
+        name: _DriftBins.of(histogram)
+        for name, histogram in histograms.items()
+        if math.fsum(histogram.fractions) > 0
+    }
 
 
 def _find_classifier(

@@ -17,7 +17,7 @@ from agent.stats import (
     StatsRecorder,
     population_stability_index,
 )
-from protocol import ReferenceProfile
+from protocol import Histogram, ReferenceProfile
 from tests.agent.stats.profiles import record_all, softmax
 
 # Consecutive bounds are 10**0.1 apart: the bucket above is at most this much wider.
@@ -264,3 +264,14 @@ def test_nonfinite_and_non_numeric_values_are_left_out_of_drift(
     stats = recorder.cumulative()
     assert stats.drift_psi == {}
     assert stats.requests == 100
+
+
+def test_reference_histogram_without_mass_is_ignored() -> None:
+    empty = Histogram(bin_edges=[0.0, 1.0, 2.0], fractions=[0.0, 0.0])
+    recorder = StatsRecorder(reference=ReferenceProfile(inputs={"x": empty}), now_s=0.0)
+    record_all(recorder, [0.001] * 100, inputs={"x": np.ones((1, 4), dtype=np.float32)})
+
+    stats = recorder.roll(10.0)
+
+    assert stats is not None
+    assert stats.drift_psi == {}
