@@ -166,7 +166,10 @@ def load_backend(
 
 
 def _shape(dims: Any) -> tuple[int, ...]:
-    return tuple(int(dim) if isinstance(dim, int) and dim >= 0 else -1 for dim in dims or ())
+    # onnxruntime gives ints, names or None; LiteRT gives numpy integers, -1 when free.
+    return tuple(
+        int(dim) if isinstance(dim, int | np.integer) and dim >= 0 else -1 for dim in dims or ()
+    )
 
 
 class OnnxBackend:
