@@ -27,7 +27,8 @@ Invariants:
   405 for a wrong method; 503 while no version serves, 500 when the runtime fails;
 - JSON ``data`` is never cast silently: integers outside the datatype's range, fractions
   for integer types and numbers for ``BOOL`` are refused. Outputs are written with
-  ``tolist``, which round-trips FP32/FP64 exactly.
+  ``tolist``, which round-trips FP32/FP64 exactly; a non-finite output is written as
+  ``NaN``/``Infinity``, as Python's json does (JavaScript's ``JSON.parse`` refuses those).
 """
 
 from __future__ import annotations
@@ -348,6 +349,11 @@ class InferenceApi:
                 self._busy.add(task)
                 try:
                     reply = await self._route(request.method, request.target, body)
+                except Exception:
+                    # A bug in the agent, not the client's fault: answer, and keep serving.
+                    logger.exception("the inference API failed on %r", request.target)
+                    reply = _error(500, "internal error")
+                try:
                     await self._send(conn, writer, reply, close=self._stopping)
                 finally:
                     self._busy.discard(task)
@@ -406,9 +412,11 @@ class InferenceApi:
             headers.append((b"connection", b"close"))
         if allow:
             headers.append((b"allow", allow))
-        data = conn.send(h11.Response(status_code=status, headers=headers, reason=_REASONS[status]))
-        writer.write(b"".join((data or b"", conn.send(h11.Data(data=payload)) or b"")))
-        writer.write(conn.send(h11.EndOfMessage()) or b"")
+        head = conn.send(h11.Response(status_code=status, headers=headers, reason=_REASONS[status]))
+        body = conn.send(h11.Data(data=payload))
+        end = conn.send(h11.EndOfMessage())
+        # One write, so one send(2) and no small segment waiting for the rest.
+        writer.write(b"".join((head or b"", body or b"", end or b"")))
         await writer.drain()
 
     async def _route(self, method: bytes, target: bytes, body: bytes) -> Reply:

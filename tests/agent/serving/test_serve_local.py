@@ -46,6 +46,7 @@ def test_serves_a_model_file_and_stops_cleanly_on_sigterm(
     process = serve_local(models.digits, "--name", "digits-local")
     stop_at_exit.append(process)
     assert process.stdout is not None
+    assert process.stderr is not None
     line = process.stdout.readline()  # printed once the API listens
     match = URL_LINE.search(line)
     assert match, (line, process.stderr.read() if process.poll() is not None else "")
