@@ -72,6 +72,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "InferenceApi",
     "decode_infer_request",
+    "decode_tensor",
     "encode_infer_response",
 ]
 
