@@ -39,6 +39,12 @@ class AgentConfig(BaseModel):
     controller_url: str = "http://127.0.0.1:8080"
     controller_token: str | None = None
     inference_port: int = Field(default=8500, ge=0, le=65535)
+    inference_host: str = "127.0.0.1"
+    # ONNX Runtime: execution providers in order of preference, and threads per session.
+    execution_providers: list[str] = ["CPUExecutionProvider"]
+    inference_threads: int = Field(default=1, ge=1)
+    # Statistics windows, published as telemetry and kept for probation.
+    stats_window_s: float = Field(default=10.0, gt=0)
 
     # Downloads.
     download_min_rate_bytes_per_s: int = Field(default=64 * 1024, gt=0)

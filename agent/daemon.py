@@ -13,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from protocol import Channel, device_topic
+from protocol import Channel, TelemetryBatch, device_topic
 
 from .clock import Clock, SystemClock
 from .config import AgentConfig
 from .errors import (
     AgentError,
+    ConfigurationError,
     DuplicateCommandError,
     DuplicateDeploymentError,
     LocalStateError,
@@ -34,6 +37,9 @@ from .model_store import ModelStore
 from .mqtt_link import LinkSettings, Message, MqttLink
 from .outbox import Outbox
 from .reporting import LinkReporter, offline_state
+from .runtimes import RuntimeOptions
+from .serving_host import ServingHost, recorder_of
+from .stats import to_telemetry_window
 from .trust import verify_command, verify_deployment
 from .trust_state import TrustState, load_trust_state, persist_trust_state
 from .update_machine import load_journal, recover_journal
@@ -99,6 +105,15 @@ class AgentDaemon:
             clock=self.clock,
             snapshot=self._snapshot,
         )
+        self.serving = ServingHost(
+            options=RuntimeOptions(
+                providers=tuple(config.execution_providers),
+                intra_op_threads=config.inference_threads,
+            ),
+            window_s=config.stats_window_s,
+            host=config.inference_host,
+            port=config.inference_port,
+        )
         self.updater = Updater(
             config,
             paths=paths,
@@ -108,6 +123,7 @@ class AgentDaemon:
             check_model=check_model,
             reporter=self.reporter,
             clock=self.clock,
+            serving=self.serving,
         )
         self.link.birth = self._state_message(self.reporter.online_state("idle").to_payload())
         self._desired: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
@@ -143,14 +159,53 @@ class AgentDaemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set. ``BrokerAuthError`` ends it at once."""
         await self.recover()
-        worker = asyncio.create_task(self._work(), name="updates")
+        await self.updater.serve_current()
+        try:
+            await self.serving.api.start()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve the inference API on port {self.config.inference_port}: {exc}"
+            ) from exc
+        tasks = [
+            asyncio.create_task(self._work(), name="updates"),
+            asyncio.create_task(self._publish_telemetry(), name="telemetry"),
+        ]
         try:
             await self.link.run(self._on_message, stop)
         finally:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(worker, self.config.shutdown_timeout_s)
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*tasks, return_exceptions=True), self.config.shutdown_timeout_s
+                )
+            await self.serving.api.stop()
             self.outbox.close()
+
+    async def _publish_telemetry(self) -> None:
+        """Every statistics window, queue the serving model's window as telemetry."""
+        topic = device_topic(self.config.topic_prefix, self.config.device_id, Channel.TELEMETRY)
+        while True:
+            await asyncio.sleep(self.config.stats_window_s)
+            loaded = self.serving.current
+            recorder = recorder_of(loaded)
+            window = recorder.roll(time.monotonic()) if recorder else None
+            if loaded is None or window is None or window.requests == 0:
+                continue
+            release = self.updater.release_of(self.store.current_sha256())
+            batch = TelemetryBatch(
+                device_id=self.config.device_id,
+                seq=self.outbox.next_sequence("telemetry"),
+                windows=[
+                    to_telemetry_window(
+                        window,
+                        model=loaded.name,
+                        release=release,
+                        window_start=self.clock.now() - timedelta(seconds=window.window_s),
+                    )
+                ],
+            )
+            self.link.publish(Message(topic, batch.to_payload(), qos=1, retain=False))
 
     async def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         if topic.endswith("/" + Channel.DESIRED.value):

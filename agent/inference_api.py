@@ -287,6 +287,10 @@ class InferenceApi:
     def ready(self) -> bool:
         return bool(self._servers) and all(server.ready for server in self._servers.values())
 
+    def serve_only(self, server: ModelServer) -> None:
+        """Answer for ``server`` alone from now on (a device that switched models)."""
+        self._servers = {server.name: server}
+
     async def start(self) -> int:
         """Listen; return the bound port (``port=0`` picks a free one)."""
         if not _is_loopback(self.host):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from protocol import Release, ReleaseRef
+from protocol import ProbationPolicy, ProtocolError, Release, ReleaseRef
 
 from .clock import Clock
 from .config import AgentConfig
@@ -31,6 +31,10 @@ from .durable import read_json, write_json_atomic
 from .errors import AgentError
 from .fetcher import Fetcher
 from .model_store import ModelStore
+from .probation import ProbationOutcome
+from .probation_watch import watch_probation
+from .serving import LoadedVersion
+from .serving_host import ServingHost, recorder_of
 from .trust import VerifiedCommand, VerifiedDeployment
 from .trust_state import TrustState, persist_trust_state
 from .update_machine import (
@@ -103,6 +107,7 @@ class Updater:
         check_model: ModelChecker,
         reporter: Reporter,
         clock: Clock,
+        serving: ServingHost,
     ) -> None:
         self.config = config
         self.paths = paths
@@ -114,11 +119,33 @@ class Updater:
         self.clock = clock
         self.phase = UpdateState.IDLE.value
         paths.staging.mkdir(parents=True, exist_ok=True)
-        self._releases: dict[str, ReleaseRef] = _load_releases(paths.releases)
+        self.serving = serving
+        self._releases: dict[str, Release] = _load_releases(paths.releases)
+        # The version that served before the one on probation: the baseline, and what a
+        # rollback swaps back to. Lives only in memory; after a crash the store decides.
+        self._previous: LoadedVersion | None = None
 
     def release_of(self, sha256: str | None) -> ReleaseRef | None:
         """The release a stored artifact was deployed as, if this device knows it."""
+        release = self.full_release_of(sha256)
+        return release.ref() if release else None
+
+    def full_release_of(self, sha256: str | None) -> Release | None:
         return None if sha256 is None else self._releases.get(sha256)
+
+    async def serve_current(self) -> None:
+        """Load whatever ``current`` points at (at start, and after a recovered rollback)."""
+        current = self.store.current_sha256()
+        release = self.full_release_of(current)
+        if current is None or release is None:
+            return
+        path = self.store.model_dir(current) / release.artifact.filename
+        try:
+            loaded = await asyncio.to_thread(self.serving.load, path, release)
+        except AgentError as exc:
+            logger.error("the current model %s does not load: %s", release.ref(), exc)
+            return
+        self.serving.serve(loaded)
 
     def accept(self, verified: VerifiedDeployment) -> None:
         """Persist the deployment's sequence and time floor before anything else."""
@@ -135,32 +162,32 @@ class Updater:
         release = verified.release
         journal = Journal.begin(verified.deployment.sequence, release.ref())
         persist_journal(self.paths.journal, journal)
-        return await self._drive(journal, release, verified.deployment.probation.latency_budget_ms)
+        return await self._drive(journal, release, verified.deployment.probation)
 
     async def resume(self, journal: Journal) -> Journal:
         """Finish a journal recovered at boot (failed, rolling back, or terminal)."""
         return await self._drive(journal, None, None)
 
     async def _drive(
-        self, journal: Journal, release: Release | None, latency_budget_ms: float | None
+        self, journal: Journal, release: Release | None, policy: ProbationPolicy | None
     ) -> Journal:
         while True:
             self._announce(journal)
             await self._pause_if_asked(journal)
             if journal.terminal:
                 return self._finish(journal)
-            event, reason = await self._work(journal, release, latency_budget_ms)
+            event, reason = await self._work(journal, release, policy)
             journal = advance_journal(self.paths.journal, journal, event, reason=reason)
 
     async def _work(
-        self, journal: Journal, release: Release | None, latency_budget_ms: float | None
+        self, journal: Journal, release: Release | None, policy: ProbationPolicy | None
     ) -> tuple[UpdateEvent, str | None]:
         """Do the state's work; return the event it ends with and, on error, why."""
         state, ref = journal.state, journal.release
         try:
             if state == UpdateState.IDLE:
                 return (UpdateEvent.START, None) if release else (UpdateEvent.CANCEL, "crash")
-            if release is None or ref is None:
+            if release is None or ref is None or policy is None:
                 # Only a recovered journal has no release: recovery leaves it failed or
                 # rolling back, which need just the reference.
                 return await self._recovered_work(journal)
@@ -168,19 +195,17 @@ class Updater:
                 await self._fetch(release)
                 return UpdateEvent.FETCHED, None
             if state == UpdateState.VERIFYING:
-                await self._verify_and_stage(release, latency_budget_ms)
+                await self._verify_and_stage(release, policy.latency_budget_ms)
                 return UpdateEvent.VERIFIED, None
             if state == UpdateState.STAGED:
                 return UpdateEvent.ACTIVATE, None
             if state == UpdateState.ACTIVATING:
-                self.store.activate(ref.sha256)
+                await self._activate(release)
                 return UpdateEvent.ACTIVATED, None
             if state == UpdateState.PROBATION:
-                # Live statistics and the probation judge arrive with the serving path;
-                # until then the sandboxed self-test is the whole check.
-                return UpdateEvent.PROBATION_PASSED, None
+                return await self._probation(journal, policy)
             if state == UpdateState.ROLLING_BACK:
-                self.store.rollback(from_sha256=ref.sha256)
+                await self._roll_back(ref.sha256)
                 return UpdateEvent.ROLLBACK_DONE, None
         except AgentError as exc:
             logger.warning(
@@ -191,9 +216,47 @@ class Updater:
 
     async def _recovered_work(self, journal: Journal) -> tuple[UpdateEvent, str | None]:
         if journal.state == UpdateState.ROLLING_BACK and journal.release is not None:
-            self.store.rollback(from_sha256=journal.release.sha256)
+            await self._roll_back(journal.release.sha256)
             return UpdateEvent.ROLLBACK_DONE, None
         return UpdateEvent.ERROR, "crash"
+
+    async def _activate(self, release: Release) -> None:
+        """Load and warm the new model first, then switch the store, then serving."""
+        artifact = release.artifact
+        path = self.store.model_dir(artifact.sha256) / artifact.filename
+        loaded = await asyncio.to_thread(self.serving.load, path, release)
+        self.store.activate(artifact.sha256)
+        self._previous = self.serving.serve(loaded)
+
+    async def _probation(
+        self, journal: Journal, policy: ProbationPolicy
+    ) -> tuple[UpdateEvent, str | None]:
+        candidate = recorder_of(self.serving.current)
+        if candidate is None:
+            return UpdateEvent.ERROR, "not_serving"
+        verdict = await watch_probation(policy, candidate, recorder_of(self._previous))
+        self.reporter.event(
+            "probation_verdict",
+            journal=journal,
+            reason=verdict.reason,
+            details={
+                "outcome": str(verdict.outcome),
+                "message": verdict.message,
+                **verdict.numbers,
+            },
+        )
+        if verdict.outcome is ProbationOutcome.ROLLBACK:
+            return UpdateEvent.PROBATION_FAILED, str(verdict.reason)
+        return UpdateEvent.PROBATION_PASSED, None
+
+    async def _roll_back(self, sha256: str) -> None:
+        """The store back to the previous model, and serving with it, never a gap."""
+        self.store.rollback(from_sha256=sha256)
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            self.serving.serve(previous)
+        else:
+            await self.serve_current()
 
     async def _fetch(self, release: Release) -> None:
         artifact = release.artifact
@@ -217,10 +280,10 @@ class Updater:
         await self.check_model(candidate, release, latency_budget_ms)
         if candidate != in_store:
             self.store.stage(artifact.sha256, artifact.filename, candidate)
-        self._releases[artifact.sha256] = release.ref()
+        self._releases[artifact.sha256] = release
         write_json_atomic(
             self.paths.releases,
-            {sha: ref.model_dump(mode="json") for sha, ref in self._releases.items()},
+            {sha: known.to_json_obj() for sha, known in self._releases.items()},
         )
 
     def _finish(self, journal: Journal) -> Journal:
@@ -267,11 +330,11 @@ class Updater:
                 leftover.unlink(missing_ok=True)
 
 
-def _load_releases(path: Path) -> dict[str, ReleaseRef]:
+def _load_releases(path: Path) -> dict[str, Release]:
     if not path.exists():
         return {}
     try:
-        return {sha: ReleaseRef.model_validate(ref) for sha, ref in read_json(path).items()}
-    except (AgentError, ValueError, AttributeError):
+        return {sha: Release.from_json_obj(obj) for sha, obj in read_json(path).items()}
+    except (AgentError, ProtocolError, AttributeError):
         logger.warning("ignoring unreadable %s: it only names releases in reports", path)
         return {}

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.brokers import BrokerEndpoint
+from tests.brokers import BrokerEndpoint, free_port
 
 STOP_TIMEOUT_S = 30.0
 
@@ -44,6 +44,8 @@ class AgentProcess:
             "download_read_timeout_s": 5.0,
             "sandbox_wall_s": 60.0,
             "shutdown_timeout_s": 5.0,
+            "inference_port": free_port(),
+            "stats_window_s": 1.0,
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.log = directory / "agent.log"
@@ -66,6 +68,10 @@ class AgentProcess:
                 stdout=log,
                 stderr=log,
             )
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.base['inference_port']}"
 
     def kill(self) -> None:
         assert self.process is not None

@@ -187,7 +187,7 @@ class ControllerDouble:
             "release": (
                 release_envelope or release.sign(self.keyring.keys[release_signer])
             ).to_json_obj(),
-            "probation": ProbationPolicy(window_s=1, min_requests=0),
+            "probation": ProbationPolicy(window_s=1, min_requests=0, max_extension_s=0),
         }
         fields.update(overrides)
         return Deployment(**fields).sign(self.keyring.keys[signer])

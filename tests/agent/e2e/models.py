@@ -51,6 +51,18 @@ def nan_model(path: Path) -> Path:
     return _save(graph, path)
 
 
+def log1p_model(path: Path) -> Path:
+    """y = log(x + 1): finite on the golden inputs (0..7), NaN for live inputs below -1."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["t"]), helper.make_node("Log", ["t"], ["y"])],
+        "log1p",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", WIDTH])],
+        [numpy_helper.from_array(np.ones((WIDTH,), dtype=np.float32), "one")],
+    )
+    return _save(graph, path)
+
+
 def slow_model(path: Path) -> Path:
     """A chain of 512x512 MatMuls: milliseconds per inference, same I/O as the others."""
     rng = np.random.default_rng(0)

@@ -111,11 +111,13 @@ def test_broker_restart_mid_update_converges(
         state = double.states.get(DEVICE)
         return bool(state and state.online and state.active and state.active.version == 2)
 
+    def committed() -> bool:
+        journal = agent.journal()
+        return bool(journal and journal["state"] == "committed" and journal["final_reported"])
+
+    double.wait_for(committed, "the deployment to commit")
     double.wait_for(converged, "the retained state to show the new release")
     assert_serving(agent, new)
-    journal = agent.journal()
-    assert journal is not None
-    assert (journal["state"], journal["final_reported"]) == ("committed", True)
 
 
 def test_bad_broker_credentials_stop_the_agent_without_a_retry_loop(

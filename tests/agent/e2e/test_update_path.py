@@ -232,7 +232,7 @@ def test_model_ten_times_slower_than_its_budget_fails(
     double: ControllerDouble, agent: AgentProcess, base: Release, models_dir: Path
 ) -> None:
     release = release_of(double, slow_model(models_dir / "slow.onnx"), version=2)
-    policy = ProbationPolicy(window_s=1, min_requests=0, latency_budget_ms=0.05)
+    policy = ProbationPolicy(window_s=1, min_requests=0, max_extension_s=0, latency_budget_ms=0.05)
     failed_with(
         double, sequence_of(deploy(double, release, probation=policy)), "latency_budget_exceeded"
     )

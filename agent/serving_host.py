@@ -1,0 +1,72 @@
+"""The device's serving side: the model that serves, its statistics, and the local API.
+
+Invariants: a version is loaded and warmed up before it serves; the switch to a new
+version, and back on a rollback, is one reference swap, so requests never fail or wait
+because of it; every loaded version has its own ``StatsRecorder``, so a new model's
+numbers are never mixed with the baseline of the model it replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from protocol import Release
+
+from .inference_api import InferenceApi
+from .runtimes import RuntimeOptions
+from .serving import LoadedVersion, ModelServer
+from .stats import StatsRecorder
+
+__all__ = ["ServingHost"]
+
+logger = logging.getLogger(__name__)
+
+
+class ServingHost:
+    def __init__(
+        self,
+        *,
+        options: RuntimeOptions,
+        window_s: float,
+        host: str = "127.0.0.1",
+        port: int = 8500,
+    ) -> None:
+        self.options = options
+        self.window_s = window_s
+        self.server: ModelServer | None = None
+        self.api = InferenceApi({}, host=host, port=port)
+
+    @property
+    def current(self) -> LoadedVersion | None:
+        return self.server.current if self.server else None
+
+    def load(self, path: Path, release: Release) -> LoadedVersion:
+        """Load and warm up ``release`` from ``path``; blocking (run it in a thread)."""
+        server = self._server_for(release.model)
+        recorder = StatsRecorder(
+            reference=release.reference_profile, window_s=self.window_s, now_s=time.monotonic()
+        )
+        return server.load(
+            path, release.artifact.format, version=str(release.version), observer=recorder
+        )
+
+    def serve(self, loaded: LoadedVersion) -> LoadedVersion | None:
+        """Make ``loaded`` serve; return the version it replaced (to keep as a baseline)."""
+        server = self._server_for(loaded.name)
+        if server is not self.server:
+            self.server = server
+            self.api.serve_only(server)
+        return server.swap(loaded)
+
+    def _server_for(self, name: str) -> ModelServer:
+        if self.server is not None and self.server.name == name:
+            return self.server
+        # A release of another model: it gets its own endpoint name once it serves.
+        return ModelServer(name, options=self.options)
+
+
+def recorder_of(loaded: LoadedVersion | None) -> StatsRecorder | None:
+    observer = loaded.observer if loaded else None
+    return observer if isinstance(observer, StatsRecorder) else None
