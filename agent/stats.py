@@ -5,12 +5,24 @@ keeps, for one model version, the current window and the total of the windows it
 ``roll`` closes the window when it is due, ``cumulative`` is everything since creation.
 
 Invariants:
-- ``record`` does O(1) Python work per request: a bisect into fixed latency buckets,
-  counters, and a few vectorized numpy calls on the request's arrays (``searchsorted`` and
-  ``bincount``, never a Python loop over elements). The numpy work runs outside the lock;
-  the lock is held only to add the results, so totals are exact under concurrency.
-- Every call to ``record`` counts one request and one latency, error or not.
-- A request counts as non-finite when any float output holds a NaN or an infinity.
+- ``record`` does O(1) Python work per request and no numpy call: it adds up the byte
+  sizes of the outputs and appends the request (latency, error flag, the outputs by
+  reference and, only when drift on inputs is configured, copies of those inputs) to a
+  pending queue (a ``deque``: appends from many threads need no lock). The outputs are the
+  runtime's fresh arrays, so holding them costs no copy; inputs are the caller's to reuse.
+- Pending requests are measured in batches, with one vectorized numpy pass per output
+  name and dtype over the arrays concatenated: by the request that brings the queue to
+  ``PENDING_REQUESTS``, at once for a request whose arrays exceed
+  ``MAX_PENDING_REQUEST_BYTES`` (so a huge batch is never kept), and by every ``roll``,
+  ``cumulative`` and ``classifier_output`` before they read. At most about
+  ``PENDING_REQUESTS * MAX_PENDING_REQUEST_BYTES`` of arrays (4 MiB) are ever held.
+- Measuring, rolling and reading hold one lock, so every request recorded before a
+  ``roll`` or ``cumulative`` is in its figures, each request counts in exactly one
+  window, and totals are exact under concurrency.
+- Batches give the figures one request at a time would: every call to ``record`` counts
+  one request and one latency, error or not; a request counts as non-finite when any
+  float output of *that request* holds a NaN or an infinity; class counts, classified
+  rows and drift counts are the same integers; the confidence sum differs by rounding.
 - Windows are contiguous: a closed window ends where the next one starts.
 
 Latency percentiles (``_percentile_ms``): with ``n`` latencies in buckets, the rank is
@@ -23,8 +35,10 @@ width: ``LATENCY_BOUNDS_MS`` are 10 per decade, 0.05 ms to 10 s (each 26 % above
 Classifiers: an output is taken as class probabilities when the reference profile has a
 ``class_distribution`` of ``K`` classes and the output is 2-D float of width ``K``; without
 that hint, when it is 2-D float, at least 2 wide, finite, in [0, 1] and each row sums to 1
-within ``PROBABILITY_SLACK``. The choice is made once, on the first request whose outputs
-are all finite. Per row: top-1 confidence is the row's maximum, the class its argmax.
+within ``PROBABILITY_SLACK``. The choice is made once, on the first request (in recording
+order) whose outputs are all finite; requests before it are not classified. Per row: top-1
+confidence is the row's maximum, the class its argmax; rows with a NaN or an infinity are
+left out.
 
 Drift (``population_stability_index``): for each tensor the reference profile has a
 histogram of, the finite values of the live tensor, flattened, are counted in the
@@ -45,10 +59,11 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -57,8 +72,10 @@ import protocol
 
 __all__ = [
     "LATENCY_BOUNDS_MS",
+    "MAX_PENDING_REQUEST_BYTES",
     "MIN_DRIFT_VALUES",
     "MIN_WINDOW_S",
+    "PENDING_REQUESTS",
     "PROBABILITY_SLACK",
     "PSI_EPSILON",
     "WINDOW_S",
@@ -79,8 +96,15 @@ PSI_EPSILON = 1e-4
 PROBABILITY_SLACK = 1e-2
 # A window closed at the instant it opened still needs a positive length on the wire.
 MIN_WINDOW_S = 1e-3
+# Enough requests per batch that numpy's fixed cost per call is spread thin.
+PENDING_REQUESTS = 256
+MAX_PENDING_REQUEST_BYTES = 16 * 1024
 
 _Counts = npt.NDArray[np.int64]
+_BOUNDS_MS = np.asarray(LATENCY_BOUNDS_MS, dtype=np.float64)
+_Arrays = Mapping[str, np.ndarray]
+# A request waiting to be measured: latency (s), error, outputs, copies of drift inputs.
+_Pending = tuple[float, bool, _Arrays | None, dict[str, np.ndarray] | None]
 
 
 class InferenceObserver(Protocol):
@@ -160,17 +184,16 @@ class _DriftBins:
             fractions=tuple(histogram.fractions),
         )
 
-    def count(self, array: np.ndarray, *, known_finite: bool) -> _Counts | None:
-        values = array.ravel()
-        if values.dtype.kind not in "biuf":
-            return None  # strings and the like have no place in a numeric histogram
-        if not known_finite and values.dtype.kind == "f":
-            values = values[np.isfinite(values)]
+    def count(self, values: np.ndarray) -> _Counts | None:
+        """Bin counts of the finite ones of ``values`` (numbers, flattened)."""
+        if values.dtype.kind == "f":
+            finite = np.isfinite(values)
+            if not finite.all():
+                values = values[finite]
         if values.size == 0:
             return None
         # Bin i holds [edge_i, edge_i+1), the last one also its right edge; values below
         # the first inner edge land in bin 0, values from the last one on in the last bin.
-        # (The method, not np.searchsorted: half the call overhead on small arrays.)
         index = self.inner_edges.searchsorted(values, side="right")
         return np.bincount(index, minlength=len(self.fractions))
 
@@ -178,15 +201,6 @@ class _DriftBins:
 @dataclass(frozen=True)
 class _Classifier:
     name: str
-    width: int
-
-
-class _Classified(NamedTuple):
-    """One request's classifier rows: their count, summed top-1, and classes."""
-
-    rows: int
-    confidence_sum: float
-    classes: _Counts | int  # the class of a single row, else counts per class
     width: int
 
 
@@ -198,7 +212,7 @@ class _Accumulator:
         self.requests = 0
         self.errors = 0
         self.nonfinite = 0
-        self.latency_counts = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+        self.latency_counts: _Counts = np.zeros(len(LATENCY_BOUNDS_MS) + 1, dtype=np.int64)
         self.latency_min_ms = math.inf
         self.latency_max_ms = -math.inf
         self.classified_rows = 0
@@ -206,24 +220,17 @@ class _Accumulator:
         self.class_counts: _Counts | None = None
         self.drift: dict[str, _Counts] = {}
 
-    def add_classified(self, classified: _Classified) -> None:
-        self.classified_rows += classified.rows
-        self.confidence_sum += classified.confidence_sum
-        if isinstance(classified.classes, int):
-            if self.class_counts is None:
-                self.class_counts = np.zeros(classified.width, dtype=np.int64)
-            if self.class_counts.shape == (classified.width,):
-                self.class_counts[classified.classes] += 1
-        else:
-            self.class_counts = _add_counts(self.class_counts, classified.classes)
+    def add_latencies(self, latencies_ms: npt.NDArray[np.float64]) -> None:
+        buckets = _BOUNDS_MS.searchsorted(latencies_ms, side="left")
+        self.latency_counts += np.bincount(buckets, minlength=self.latency_counts.size)
+        self.latency_min_ms = min(self.latency_min_ms, float(latencies_ms.min()))
+        self.latency_max_ms = max(self.latency_max_ms, float(latencies_ms.max()))
 
     def add(self, other: _Accumulator) -> None:
         self.requests += other.requests
         self.errors += other.errors
         self.nonfinite += other.nonfinite
-        self.latency_counts = [
-            a + b for a, b in zip(self.latency_counts, other.latency_counts, strict=True)
-        ]
+        self.latency_counts += other.latency_counts
         self.latency_min_ms = min(self.latency_min_ms, other.latency_min_ms)
         self.latency_max_ms = max(self.latency_max_ms, other.latency_max_ms)
         self.classified_rows += other.classified_rows
@@ -240,6 +247,7 @@ class _Accumulator:
             if int(counts.sum()) >= MIN_DRIFT_VALUES
         }
         classified = self.class_counts is not None and self.classified_rows > 0
+        latency_counts: list[int] = self.latency_counts.tolist()
         return WindowStats(
             window_start_s=self.start_s,
             window_s=max(end_s - self.start_s, 0.0),
@@ -247,10 +255,10 @@ class _Accumulator:
             errors=self.errors,
             nonfinite_outputs=self.nonfinite,
             latency_bounds_ms=LATENCY_BOUNDS_MS,
-            latency_counts=tuple(self.latency_counts),
-            p50_ms=self._percentile_ms(0.50),
-            p95_ms=self._percentile_ms(0.95),
-            p99_ms=self._percentile_ms(0.99),
+            latency_counts=tuple(latency_counts),
+            p50_ms=self._percentile_ms(latency_counts, 0.50),
+            p95_ms=self._percentile_ms(latency_counts, 0.95),
+            p99_ms=self._percentile_ms(latency_counts, 0.99),
             classified_rows=self.classified_rows,
             top1_confidence_mean=(
                 self.confidence_sum / self.classified_rows if classified else None
@@ -263,13 +271,13 @@ class _Accumulator:
             drift_psi=psi,
         )
 
-    def _percentile_ms(self, q: float) -> float | None:
-        total = sum(self.latency_counts)
+    def _percentile_ms(self, latency_counts: list[int], q: float) -> float | None:
+        total = sum(latency_counts)
         if total == 0:
             return None
         rank = q * total
         below = 0
-        for index, count in enumerate(self.latency_counts):
+        for index, count in enumerate(latency_counts):
             if count and below + count >= rank:
                 lower = LATENCY_BOUNDS_MS[index - 1] if index else 0.0
                 upper = LATENCY_BOUNDS_MS[index] if index < len(LATENCY_BOUNDS_MS) else math.inf
@@ -283,7 +291,7 @@ class _Accumulator:
 def _add_counts(total: _Counts | None, counts: _Counts) -> _Counts:
     if total is None:
         return counts.astype(np.int64)  # a copy, and 64-bit where intp is 32
-    if total.shape == counts.shape:  # else a classifier whose width changed: keep the first
+    if total.shape == counts.shape:
         total += counts  # in place: every total was copied from its first counts
     return total
 
@@ -308,9 +316,13 @@ class StatsRecorder:
         self._created_s = now_s
         self._last_s = now_s
         self._lock = threading.Lock()
-        self._input_bins = _drift_bins_of(reference.inputs if reference else {})
+        self._pending: deque[_Pending] = deque()
+        input_bins = _drift_bins_of(reference.inputs if reference else {})
         self._output_bins = _drift_bins_of(reference.outputs if reference else {})
         # One PSI per name; an output shadows an input of the same name.
+        self._input_bins = {
+            name: bins for name, bins in input_bins.items() if name not in self._output_bins
+        }
         self._drift_bins = {**self._input_bins, **self._output_bins}
         self._classes_hint = (
             len(reference.class_distribution)
@@ -325,7 +337,9 @@ class StatsRecorder:
     @property
     def classifier_output(self) -> str | None:
         """The output taken as class probabilities, once decided."""
-        classifier = self._classifier
+        with self._lock:
+            self._measure_pending()
+            classifier = self._classifier
         return None if classifier is None else classifier.name
 
     def record(
@@ -336,32 +350,23 @@ class StatsRecorder:
         outputs: Mapping[str, np.ndarray] | None,
         error: bool,
     ) -> None:
-        latency_ms = latency_s * 1000.0
-        if not latency_ms >= 0:  # also NaN: a broken timer must not poison the histogram
-            latency_ms = 0.0
-        bucket = bisect_left(LATENCY_BOUNDS_MS, latency_ms)
-        drift: list[tuple[str, _Counts]] = []
-        nonfinite, classified = self._measure_outputs(outputs, drift) if outputs else (False, None)
-        if inputs:
-            for name, bins in self._input_bins.items():
-                if name not in self._output_bins and (array := inputs.get(name)) is not None:
-                    counts = bins.count(array, known_finite=False)
-                    if counts is not None:
-                        drift.append((name, counts))
-        with self._lock:
-            acc = self._current
-            acc.requests += 1
-            acc.errors += error
-            acc.nonfinite += nonfinite
-            acc.latency_counts[bucket] += 1
-            if latency_ms < acc.latency_min_ms:
-                acc.latency_min_ms = latency_ms
-            if latency_ms > acc.latency_max_ms:
-                acc.latency_max_ms = latency_ms
-            if classified is not None:
-                acc.add_classified(classified)
-            for name, counts in drift:
-                acc.drift[name] = _add_counts(acc.drift.get(name), counts)
+        """Count one request; its arrays are measured later, in a batch (see the module doc)."""
+        size_bytes = 0
+        if outputs:
+            for array in outputs.values():
+                size_bytes += array.nbytes
+        copies = None
+        if inputs and self._input_bins:
+            copies = {}
+            for name in self._input_bins:
+                if (given := inputs.get(name)) is not None:
+                    copies[name] = copy = np.array(given, copy=True)
+                    size_bytes += copy.nbytes
+        pending = self._pending
+        pending.append((latency_s, error, outputs, copies))
+        if len(pending) >= PENDING_REQUESTS or size_bytes > MAX_PENDING_REQUEST_BYTES:
+            with self._lock:
+                self._measure_pending()
 
     def roll(self, now_s: float, *, force: bool = False) -> WindowStats | None:
         """Close the current window if ``window_s`` has passed (or ``force``) and return it.
@@ -369,6 +374,7 @@ class StatsRecorder:
         The next window starts at ``now_s``. ``None`` when the window is not due yet.
         """
         with self._lock:
+            self._measure_pending()
             current = self._current
             if not force and now_s - current.start_s < self.window_s:
                 return None
@@ -384,38 +390,71 @@ class StatsRecorder:
         Its ``window_s`` runs to ``now_s`` when given, else to the last roll.
         """
         with self._lock:
+            self._measure_pending()
             total = _Accumulator(self._created_s)
             total.add(self._total)
             total.add(self._current)
             end_s = self._last_s if now_s is None else max(now_s, self._last_s)
         return total.snapshot(end_s=end_s, drift_bins=self._drift_bins)
 
-    def _measure_outputs(
-        self, outputs: Mapping[str, np.ndarray], drift: list[tuple[str, _Counts]]
-    ) -> tuple[bool, _Classified | None]:
-        """Whether any output is non-finite, and the classifier's rows; adds drift counts."""
-        finite = {name for name, array in outputs.items() if _all_finite(array)}
-        nonfinite = len(finite) < len(outputs)
-        if not self._classifier_decided and not nonfinite:
-            self._decide_classifier(outputs)
-        classified = None
-        classifier = self._classifier
-        if classifier is not None and (scores := outputs.get(classifier.name)) is not None:
-            classified = _classify(scores, classifier.width, finite=classifier.name in finite)
-        for name, bins in self._output_bins.items():
-            if (tensor := outputs.get(name)) is not None:
-                counts = bins.count(tensor, known_finite=name in finite)
-                if counts is not None:
-                    drift.append((name, counts))
-        return nonfinite, classified
+    def _measure_pending(self) -> None:
+        """Measure every pending request into the current window; the lock is held."""
+        pending = self._pending
+        count = len(pending)  # requests appended meanwhile wait for the next batch
+        if count:
+            self._measure([pending.popleft() for _ in range(count)])
 
-    def _decide_classifier(self, outputs: Mapping[str, np.ndarray]) -> None:
-        decided, chosen = _find_classifier(outputs, self._classes_hint)
-        if decided:
-            with self._lock:
-                if not self._classifier_decided:
-                    self._classifier = chosen
-                    self._classifier_decided = True
+    def _measure(self, batch: list[_Pending]) -> None:
+        acc = self._current
+        latencies_s, errors, outputs, inputs = zip(*batch, strict=True)
+        latencies_ms = np.array(latencies_s, dtype=np.float64) * 1000.0
+        # Also NaN: a broken timer must not poison the histogram.
+        latencies_ms[~(latencies_ms >= 0)] = 0.0
+        acc.requests += len(batch)
+        acc.errors += sum(map(bool, errors))
+        acc.add_latencies(latencies_ms)
+
+        columns = _columns(outputs)
+        nonfinite: set[int] = set()
+        for tensor in columns.values():
+            nonfinite |= tensor.nonfinite_owners()
+        acc.nonfinite += len(nonfinite)
+
+        first = 0 if self._classifier_decided else self._decide_classifier(outputs, nonfinite)
+        classifier = self._classifier
+        if classifier is not None and (scores := columns.get(classifier.name)) is not None:
+            classified = scores.classified(first, classifier.width)
+            if classified is not None:
+                rows, confidence_sum, class_counts = classified
+                acc.classified_rows += rows
+                acc.confidence_sum += confidence_sum
+                acc.class_counts = _add_counts(acc.class_counts, class_counts)
+
+        for name, bins in self._output_bins.items():
+            if (output := columns.get(name)) is not None:
+                self._add_drift(acc, name, bins, output)
+        if self._input_bins:
+            input_columns = _columns(inputs)
+            for name, bins in self._input_bins.items():
+                if (given := input_columns.get(name)) is not None:
+                    self._add_drift(acc, name, bins, given)
+
+    @staticmethod
+    def _add_drift(acc: _Accumulator, name: str, bins: _DriftBins, column: _Column) -> None:
+        values = column.values()
+        counts = None if values is None else bins.count(values)
+        if counts is not None:
+            acc.drift[name] = _add_counts(acc.drift.get(name), counts)
+
+    def _decide_classifier(self, outputs: Sequence[_Arrays | None], nonfinite: set[int]) -> int:
+        """Decide on the first finite request of the batch; the index classifying starts at."""
+        for index, mapping in enumerate(outputs):
+            if mapping and index not in nonfinite:
+                decided, chosen = _find_classifier(mapping, self._classes_hint)
+                if decided:
+                    self._classifier, self._classifier_decided = chosen, True
+                    return index
+        return len(outputs)
 
 
 def _drift_bins_of(histograms: Mapping[str, protocol.Histogram]) -> dict[str, _DriftBins]:
@@ -427,9 +466,110 @@ def _drift_bins_of(histograms: Mapping[str, protocol.Histogram]) -> dict[str, _D
     }
 
 
-def _find_classifier(
-    outputs: Mapping[str, np.ndarray], classes_hint: int | None
-) -> tuple[bool, _Classifier | None]:
+def _columns(mappings: Sequence[_Arrays | None]) -> dict[str, _Column]:
+    """The arrays of a batch by tensor name; ``owners`` index ``mappings``."""
+    present = [mapping for mapping in mappings if mapping]
+    if len(present) == len(mappings):
+        owners = list(range(len(mappings)))
+    else:
+        owners = [index for index, mapping in enumerate(mappings) if mapping]
+    if not present:
+        return {}
+    names = list(present[0])
+    # Usually every request has the same outputs: one list per name, no per-array lookups.
+    if sum(map(len, present)) == len(names) * len(present):
+        try:
+            return {name: _Column(owners, [m[name] for m in present]) for name in names}
+        except KeyError:
+            pass  # as many names, but not the same ones
+    by_name: dict[str, tuple[list[int], list[np.ndarray]]] = {}
+    for index, mapping in zip(owners, present, strict=True):
+        for name, array in mapping.items():
+            column = by_name.get(name)
+            if column is None:
+                by_name[name] = column = ([], [])
+            column[0].append(index)
+            column[1].append(array)
+    return {name: _Column(*column) for name, column in by_name.items()}
+
+
+class _Column:
+    """One tensor name across a batch: the requests that had it, their arrays, and the
+    arrays stacked along axis 0 into one, so each figure is one numpy pass.
+
+    ``stacked`` is ``None`` when they do not stack: 0-d arrays, different trailing
+    shapes, or a dtype that is not a number (numbers always promote to a common dtype).
+    Then each figure falls back to the arrays one by one.
+    """
+
+    __slots__ = ("_stacked", "_unstacked", "arrays", "dtypes", "owners")
+
+    def __init__(self, owners: list[int], arrays: list[np.ndarray]) -> None:
+        self.owners = owners
+        self.arrays = arrays
+        self.dtypes = {array.dtype for array in arrays}
+        self._stacked: np.ndarray | None = None
+        self._unstacked = True  # stacked on first use: a column of labels never is
+
+    @property
+    def stacked(self) -> np.ndarray | None:
+        if self._unstacked:
+            self._unstacked = False
+            self._stacked = _stack(self.arrays, self.dtypes)
+        return self._stacked
+
+    def nonfinite_owners(self) -> set[int]:
+        """The owners whose array holds a NaN or an infinity."""
+        if not any(dtype.kind in "fc" for dtype in self.dtypes):
+            return set()
+        stacked = self.stacked
+        if stacked is None:
+            return {
+                owner
+                for owner, array in zip(self.owners, self.arrays, strict=True)
+                if array.dtype.kind in "fc" and not np.isfinite(array).all()
+            }
+        # Not via the sum: inf - inf and overflow would raise numpy warnings.
+        finite = np.isfinite(stacked)
+        if finite.all():
+            return set()
+        # Element j of the stack belongs to the first array whose end is past j.
+        ends = np.cumsum([array.size for array in self.arrays])
+        hits = np.unique(ends.searchsorted(np.flatnonzero(~finite), side="right"))
+        return {self.owners[hit] for hit in hits.tolist()}
+
+    def classified(self, start: int, width: int) -> tuple[int, float, _Counts] | None:
+        """Rows, summed top-1 confidence and counts per class, from owner ``start`` on."""
+        skip = bisect_left(self.owners, start)
+        stacked = self.stacked
+        if (
+            stacked is not None
+            and stacked.ndim == 2
+            and stacked.shape[1] == width
+            and stacked.dtype.kind in "biuf"
+        ):
+            if skip:
+                stacked = stacked[sum(array.shape[0] for array in self.arrays[:skip]) :]
+            return _classify(stacked, width)
+        fitting = [
+            array
+            for array in self.arrays[skip:]
+            if array.ndim == 2 and array.shape[1] == width and array.dtype.kind in "biuf"
+        ]
+        if not fitting:
+            return None
+        return _classify(np.concatenate(fitting, axis=0), width)
+
+    def values(self) -> np.ndarray | None:
+        """Every number of the column, flattened (strings and the like left out)."""
+        stacked = self.stacked
+        if stacked is not None and stacked.dtype.kind in "biuf":
+            return stacked.ravel()
+        numeric = [array for array in self.arrays if array.dtype.kind in "biuf"]
+        return np.concatenate(numeric, axis=None) if numeric else None
+
+
+def _find_classifier(outputs: _Arrays, classes_hint: int | None) -> tuple[bool, _Classifier | None]:
     """Whether these outputs can tell, and which one holds class probabilities."""
     candidates = [
         (name, array)
@@ -452,26 +592,29 @@ def _find_classifier(
     return True, None
 
 
-def _classify(probabilities: np.ndarray, width: int, *, finite: bool) -> _Classified | None:
-    if probabilities.ndim != 2 or probabilities.shape[1] != width:
+def _stack(arrays: list[np.ndarray], dtypes: set[np.dtype[Any]]) -> np.ndarray | None:
+    if not all(dtype.kind in "biufc" for dtype in dtypes):
         return None
-    if not finite:
+    if len(arrays) == 1:
+        return arrays[0]
+    try:
+        return np.concatenate(arrays, axis=0)
+    except ValueError:  # 0-d arrays or different trailing shapes
+        return None
+
+
+def _classify(scores: np.ndarray, width: int) -> tuple[int, float, _Counts] | None:
+    """Rows, summed top-1 confidence and counts per class of the finite rows of ``scores``."""
+    if scores.dtype.kind == "f":
         # Only rows that are entirely finite have a meaningful maximum and argmax.
-        probabilities = probabilities[np.isfinite(probabilities).all(axis=1)]
-    rows = probabilities.shape[0]
-    if rows == 1:  # the common case, without allocating counts
-        top = int(probabilities[0].argmax())
-        return _Classified(1, float(probabilities[0, top]), top, width)
-    if rows == 0:
+        finite_rows = np.isfinite(scores).all(axis=1)
+        if not finite_rows.all():
+            scores = scores[finite_rows]
+    if scores.shape[0] == 0:
         return None
-    tops = probabilities.argmax(axis=1)
-    confidence = float(probabilities[np.arange(rows), tops].sum())
-    return _Classified(rows, confidence, np.bincount(tops, minlength=width), width)
-
-
-def _all_finite(array: np.ndarray) -> bool:
-    # Not via the sum (one call fewer): inf - inf and overflow would raise numpy warnings.
-    return array.dtype.kind not in "fc" or bool(np.isfinite(array).all())
+    tops = scores.argmax(axis=1)
+    confidence = np.take_along_axis(scores, tops[:, np.newaxis], axis=1).sum(dtype=np.float64)
+    return int(scores.shape[0]), float(confidence), np.bincount(tops, minlength=width)
 
 
 def to_telemetry_window(
