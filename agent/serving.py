@@ -11,10 +11,14 @@ Invariants:
 - ``swap`` is one reference assignment: a request reads the serving version once, at its
   start, and finishes on it even if a swap happens meanwhile. No request fails, waits for
   a lock, or mixes two versions because of a swap; a rollback is a swap back;
-- every request a version was asked to serve is recorded by that version's observer,
-  once, with its latency (``time.perf_counter``): a request the version refused (wrong
-  names, datatypes, shapes) or failed to run is recorded with ``error=True`` and no
-  tensors; a request made while nothing serves is recorded by no one;
+- every request a version ran or failed to run is recorded by that version's observer,
+  once, with its latency (``time.perf_counter``); a runtime failure is recorded with
+  ``error=True`` and no tensors. A request the version refused because it does not fit
+  the signature (wrong names, datatypes, shapes: an ``InferenceRequestError``) is the
+  client's mistake, not the model's: it is raised to the client and recorded by no one,
+  so a misbehaving client can neither roll back a good model on probation nor count
+  toward its ``min_requests``. A request made while nothing serves is not recorded
+  either;
 - inputs are never cast or reshaped: a value of the wrong datatype or shape is refused
   with a message that names the input, what was given and what the model takes.
 
@@ -141,10 +145,13 @@ class RequestTooLargeError(InferenceRequestError):
 
 
 class InferenceObserver(Protocol):
-    """Told about every request one version served; called from many threads at once.
+    """Told about every request one version ran; called from many threads at once.
 
-    ``record`` must be quick and must not keep references to the arrays past the call
-    unless it copies them: the caller owns them.
+    ``record`` must be quick and must never modify the arrays. ``inputs`` are the
+    caller's, who may reuse them once the request returns: copy them to keep them.
+    ``outputs`` are fresh arrays from the runtime, handed to the caller as they are: they
+    may be kept by reference for a while (``agent.stats.StatsRecorder`` measures them in
+    batches), so callers should not modify returned outputs in place.
     """
 
     def record(
@@ -281,13 +288,18 @@ class LoadedVersion:
             self._warm_latency_s = time.perf_counter() - started
 
     def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        """Check ``inputs`` against the signature, run them, record the request."""
+        """Check ``inputs`` against the signature, run them, record the request.
+
+        A request that does not fit is refused with an ``InferenceRequestError`` and not
+        recorded; the outputs are fresh arrays (see ``InferenceObserver`` on keeping them).
+        """
         started = time.perf_counter()
         try:
             self.verify_inputs(inputs)
             outputs = self._run(inputs)
-        except InferenceRequestError:
-            self._record(time.perf_counter() - started, None, None, error=True)
+        except InferenceRequestError as exc:
+            # The client's mistake, not the model's: refused, logged, never recorded.
+            logger.debug("%r refused a request: %s", self, exc)
             raise
         except ModelLoadError as exc:
             self._record(time.perf_counter() - started, None, None, error=True)
