@@ -10,9 +10,14 @@ Rules, with ``n = max(policy.min_requests, 1)``:
 - A threshold is the largest value allowed: a check trips when the measured value is
   strictly greater (``>``), so a value exactly at the threshold passes, and a threshold of
   0 allows none at all.
-- Absolute checks (non-finite rate, error rate, drift PSI) are judged as soon as the
-  candidate has ``n`` requests, at any time: a model that emits NaN on live traffic is
-  rolled back before its window ends.
+- The non-finite rate is judged from the candidate's first request on, at any time: a
+  model that emits NaN or infinities on live traffic is rolled back at once and never
+  committed, not even unobserved at the end of an extension. (With a non-zero
+  ``max_nonfinite_rate`` this is strict on purpose: one bad answer among the first few
+  is a rate above the limit, and a rollback costs less than a broken model kept.)
+- The other absolute checks (error rate, drift PSI) are judged as soon as the candidate
+  has ``n`` requests, at any time: a failing model is rolled back before its window
+  ends, while a few errors or a small sample are no verdict.
 - Relative checks (p95 latency over the baseline's p95, drop of mean top-1 confidence
   from the baseline's) also need a baseline with ``n`` requests and the figure on both
   sides (a classifier on both sides; a baseline p95 above 0). Without one they are
@@ -164,7 +169,7 @@ class ProbationJudge:
             return None
         rate, limit = candidate.nonfinite_rate, self.policy.max_nonfinite_rate
         numbers.update(nonfinite_rate=rate, max_nonfinite_rate=limit)
-        if self._judged(candidate) and rate > limit:
+        if rate > limit:  # from the first request on: see the module doc
             return _Trip(
                 ProbationReason.NONFINITE_RATE,
                 f"non-finite outputs in {candidate.nonfinite_outputs} of {candidate.requests} "

@@ -156,9 +156,9 @@ def test_without_a_usable_baseline_only_absolute_thresholds_are_judged(
         (stats(requests=99), 5000.0, UNOBSERVED),
         (stats(requests=100), END, COMMIT),
         (stats(requests=100), DEADLINE_S - 0.1, COMMIT),
-        # Below min_requests nothing is judged, not even a NaN (the rates are still reported).
-        (stats(requests=50, nonfinite=1, errors=10), END, CONTINUE),
-        (stats(requests=50, nonfinite=1, errors=10), DEADLINE_S, UNOBSERVED),
+        # Below min_requests errors are not judged (the rates are still reported).
+        (stats(requests=50, errors=10), END, CONTINUE),
+        (stats(requests=50, errors=10), DEADLINE_S, UNOBSERVED),
     ],
     ids=[
         "early",
@@ -169,8 +169,8 @@ def test_without_a_usable_baseline_only_absolute_thresholds_are_judged(
         "one_short_long_after",
         "just_enough_at_end",
         "enough_during_extension",
-        "few_bad_requests_extension",
-        "few_bad_requests_deadline",
+        "few_failing_requests_extension",
+        "few_failing_requests_deadline",
     ],
 )
 def test_too_few_requests_extend_the_window_then_commit_unobserved(
@@ -181,6 +181,40 @@ def test_too_few_requests_extend_the_window_then_commit_unobserved(
     assert (verdict.outcome, verdict.reason) == (outcome, None)
     if candidate.requests:
         assert verdict.numbers["nonfinite_rate"] == candidate.nonfinite_rate
+
+
+@pytest.mark.parametrize(
+    ("candidate", "elapsed_s", "policy"),
+    [
+        (stats(requests=1, nonfinite=1), 0.0, DEFAULTS),
+        (stats(requests=50, nonfinite=1), EARLY, DEFAULTS),
+        (stats(requests=50, nonfinite=1), END, DEFAULTS),
+        (stats(requests=50, nonfinite=1), DEADLINE_S, DEFAULTS),
+        (stats(requests=99, nonfinite=1, errors=10), 5000.0, DEFAULTS),
+        (stats(requests=50, nonfinite=1), END, ProbationPolicy(max_nonfinite_rate=0.01)),
+        (stats(requests=50, nonfinite=1), END, ProbationPolicy(min_requests=0)),
+    ],
+    ids=[
+        "first_request",
+        "early",
+        "window_extended",
+        "end_of_extension",
+        "long_after_with_errors",
+        "above_a_nonzero_limit",
+        "min_requests_zero",
+    ],
+)
+def test_nan_with_fewer_than_min_requests_rolls_back_and_is_never_committed(
+    candidate: WindowStats, elapsed_s: float, policy: ProbationPolicy
+) -> None:
+    verdict = judge(candidate, elapsed_s=elapsed_s, policy=policy)
+
+    assert (verdict.outcome, verdict.reason) == (ROLLBACK, ProbationReason.NONFINITE_RATE)
+    assert verdict.numbers["nonfinite_rate"] == candidate.nonfinite_rate
+    assert verdict.message == (
+        f"rollback: non-finite outputs in 1 of {candidate.requests} requests "
+        f"(rate {candidate.nonfinite_rate:.4g} > max {policy.max_nonfinite_rate:g})"
+    )
 
 
 @pytest.mark.parametrize(
@@ -349,3 +383,15 @@ def test_recorded_live_traffic_rolls_back_before_the_window_ends(
     )
 
     assert (verdict.outcome, verdict.reason) == (ROLLBACK, reason)
+
+
+def test_one_recorded_nan_request_rolls_back_at_once() -> None:
+    candidate = StatsRecorder(reference=None, now_s=0.0)
+    good = {"probs": np.array([[0.1, 0.9]], dtype=np.float32)}
+    record_all(candidate, [0.002] * 2, outputs=good)
+    record_all(candidate, [0.002], outputs={"probs": np.array([[np.inf, 0.5]], np.float32)})
+
+    verdict = ProbationJudge(DEFAULTS, None).judge(candidate.cumulative(), elapsed_s=1.0)
+
+    assert (verdict.outcome, verdict.reason) == (ROLLBACK, ProbationReason.NONFINITE_RATE)
+    assert verdict.numbers["requests"] == 3
