@@ -9,13 +9,15 @@ Invariants:
   sizes of the outputs and appends the request (latency, error flag, the outputs by
   reference and, only when drift on inputs is configured, copies of those inputs) to a
   pending queue (a ``deque``: appends from many threads need no lock). The outputs are the
-  runtime's fresh arrays, so holding them costs no copy; inputs are the caller's to reuse.
-- Pending requests are measured in batches, with one vectorized numpy pass per output
-  name and dtype over the arrays concatenated: by the request that brings the queue to
+  runtime's fresh arrays, so holding them costs no copy (whoever modifies them in place
+  before they are measured changes the figures); inputs are the caller's to reuse.
+- Pending requests are measured in batches, with one vectorized numpy pass per tensor
+  name over its arrays stacked along axis 0: by the request that brings the queue to
   ``PENDING_REQUESTS``, at once for a request whose arrays exceed
   ``MAX_PENDING_REQUEST_BYTES`` (so a huge batch is never kept), and by every ``roll``,
-  ``cumulative`` and ``classifier_output`` before they read. At most about
-  ``PENDING_REQUESTS * MAX_PENDING_REQUEST_BYTES`` of arrays (4 MiB) are ever held.
+  ``cumulative`` and ``classifier_output`` before they read. So pending arrays take at
+  most ``PENDING_REQUESTS * MAX_PENDING_REQUEST_BYTES`` (4 MiB), twice that while one
+  batch is being measured and the next fills (plus a request per serving thread).
 - Measuring, rolling and reading hold one lock, so every request recorded before a
   ``roll`` or ``cumulative`` is in its figures, each request counts in exactly one
   window, and totals are exact under concurrency.
