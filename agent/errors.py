@@ -40,6 +40,18 @@ Every failure is an ``AgentError``. Three families matter to callers:
     │       ├── NonFiniteOutputError      nonfinite_output
     │       ├── LatencyBudgetError        latency_budget_exceeded
     │       └── SandboxKilledError        sandbox_killed       crashed, hit a limit or timed out
+    ├── InferenceError                    inference_error      the serving path
+    │   ├── ModelNotReadyError            model_not_ready      no version serves yet
+    │   ├── UnknownModelError             unknown_model
+    │   ├── InferenceFailedError          inference_failed     the runtime failed: the model's error
+    │   └── InferenceRequestError         bad_inference_request  the client's error
+    │       ├── MalformedRequestError     malformed_request
+    │       ├── InputNameError            input_names
+    │       ├── OutputNameError           output_names
+    │       ├── InputDatatypeError        input_datatype
+    │       ├── InputShapeError           input_shape
+    │       ├── InputDataError            input_data
+    │       └── RequestTooLargeError      request_too_large
     ├── IllegalTransitionError            illegal_transition   a caller bug: no such table entry
     ├── TransitionCapError                transition_cap       crash loop broken by the cap
     ├── LocalStateError                   local_state
@@ -82,19 +94,30 @@ __all__ = [
     "HashMismatchError",
     "HttpStatusError",
     "IllegalTransitionError",
+    "InferenceError",
+    "InferenceFailedError",
+    "InferenceRequestError",
+    "InputDataError",
+    "InputDatatypeError",
+    "InputNameError",
+    "InputShapeError",
     "InsufficientDiskError",
     "JournalError",
     "LatencyBudgetError",
     "LengthMismatchError",
     "LocalStateError",
     "MalformedDocumentError",
+    "MalformedRequestError",
     "ModelCheckError",
     "ModelLoadError",
+    "ModelNotReadyError",
     "NonFiniteOutputError",
     "OutboxError",
+    "OutputNameError",
     "RefusalError",
     "ReplayedCommandError",
     "ReplayedDeploymentError",
+    "RequestTooLargeError",
     "SandboxKilledError",
     "SignatureMismatchError",
     "StoreError",
@@ -104,6 +127,7 @@ __all__ = [
     "TrustRootExpiredError",
     "TrustRootRotationError",
     "TrustStateError",
+    "UnknownModelError",
     "UnsafeFileNameError",
     "WrongDeviceError",
     "WrongPayloadTypeError",
@@ -265,6 +289,60 @@ class SandboxKilledError(ModelCheckError):
     """The sandboxed check crashed, was killed by a limit, or ran out of time."""
 
     reason = "sandbox_killed"
+
+
+class InferenceError(AgentError):
+    """Root of the errors of the serving path."""
+
+    reason = "inference_error"
+
+
+class ModelNotReadyError(InferenceError):
+    reason = "model_not_ready"
+
+
+class UnknownModelError(InferenceError):
+    reason = "unknown_model"
+
+
+class InferenceFailedError(InferenceError):
+    """The runtime failed on inputs that fit the model's signature."""
+
+    reason = "inference_failed"
+
+
+class InferenceRequestError(InferenceError):
+    """The request does not fit the model; the same request fails the same way again."""
+
+    reason = "bad_inference_request"
+
+
+class MalformedRequestError(InferenceRequestError):
+    reason = "malformed_request"
+
+
+class InputNameError(InferenceRequestError):
+    reason = "input_names"
+
+
+class OutputNameError(InferenceRequestError):
+    reason = "output_names"
+
+
+class InputDatatypeError(InferenceRequestError):
+    reason = "input_datatype"
+
+
+class InputShapeError(InferenceRequestError):
+    reason = "input_shape"
+
+
+class InputDataError(InferenceRequestError):
+    reason = "input_data"
+
+
+class RequestTooLargeError(InferenceRequestError):
+    reason = "request_too_large"
 
 
 class IllegalTransitionError(AgentError):

@@ -52,7 +52,21 @@ from typing import NoReturn, Protocol
 
 import numpy as np
 
-from .errors import AgentError, ModelLoadError
+from .errors import (
+    InferenceError,
+    InferenceFailedError,
+    InferenceRequestError,
+    InputDataError,
+    InputDatatypeError,
+    InputNameError,
+    InputShapeError,
+    MalformedRequestError,
+    ModelLoadError,
+    ModelNotReadyError,
+    OutputNameError,
+    RequestTooLargeError,
+    UnknownModelError,
+)
 from .runtimes import (
     Array,
     InferenceBackend,
@@ -88,60 +102,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 WARMUP_RUNS = 2
-
-
-class InferenceError(AgentError):
-    """Root of the errors of the serving path."""
-
-    reason = "inference_error"
-
-
-class ModelNotReadyError(InferenceError):
-    reason = "model_not_ready"
-
-
-class UnknownModelError(InferenceError):
-    reason = "unknown_model"
-
-
-class InferenceFailedError(InferenceError):
-    """The runtime failed on inputs that fit the model's signature."""
-
-    reason = "inference_failed"
-
-
-class InferenceRequestError(InferenceError):
-    """The request does not fit the model; the same request fails the same way again."""
-
-    reason = "bad_inference_request"
-
-
-class MalformedRequestError(InferenceRequestError):
-    reason = "malformed_request"
-
-
-class InputNameError(InferenceRequestError):
-    reason = "input_names"
-
-
-class OutputNameError(InferenceRequestError):
-    reason = "output_names"
-
-
-class InputDatatypeError(InferenceRequestError):
-    reason = "input_datatype"
-
-
-class InputShapeError(InferenceRequestError):
-    reason = "input_shape"
-
-
-class InputDataError(InferenceRequestError):
-    reason = "input_data"
-
-
-class RequestTooLargeError(InferenceRequestError):
-    reason = "request_too_large"
 
 
 class InferenceObserver(Protocol):
