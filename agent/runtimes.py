@@ -172,8 +172,35 @@ def _shape(dims: Any) -> tuple[int, ...]:
     )
 
 
-class OnnxBackend:
+class _Backend:
+    """What every backend reports about itself; subclasses set the fields when loading."""
+
+    PLATFORM: str = ""
+    _runtime: str
+    _inputs: tuple[TensorSignature, ...]
+    _outputs: tuple[TensorSignature, ...]
+
+    @property
+    def runtime(self) -> str:
+        return self._runtime
+
+    @property
+    def platform(self) -> str:
+        return self.PLATFORM
+
+    @property
+    def inputs(self) -> tuple[TensorSignature, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSignature, ...]:
+        return self._outputs
+
+
+class OnnxBackend(_Backend):
     """An onnxruntime session; ``InferenceSession.run`` is thread-safe."""
+
+    PLATFORM = "onnxruntime"
 
     def __init__(self, path: Path, options: RuntimeOptions | None = None) -> None:
         options = options or RuntimeOptions()
@@ -204,22 +231,6 @@ class OnnxBackend:
         binding = getattr(self._session, "_sess", None)
         cpu_only = tuple(self._session.get_providers()) == (_CPU_PROVIDER,)
         self._run = binding.run if cpu_only and binding is not None else self._session.run
-
-    @property
-    def runtime(self) -> str:
-        return self._runtime
-
-    @property
-    def platform(self) -> str:
-        return "onnxruntime"
-
-    @property
-    def inputs(self) -> tuple[TensorSignature, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSignature, ...]:
-        return self._outputs
 
     def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         try:
@@ -263,8 +274,10 @@ def _litert_signature(detail: Mapping[str, Any]) -> TensorSignature:
     )
 
 
-class LiteRtBackend:
+class LiteRtBackend(_Backend):
     """A LiteRT interpreter behind a lock; inputs of a new shape resize it per call."""
+
+    PLATFORM = "litert"
 
     def __init__(self, path: Path, options: RuntimeOptions | None = None) -> None:
         options = options or RuntimeOptions()
@@ -286,22 +299,6 @@ class LiteRtBackend:
         self._output_index = {str(d["name"]): int(d["index"]) for d in output_details}
         self._inputs = tuple(_litert_signature(d) for d in input_details)
         self._outputs = tuple(_litert_signature(d) for d in output_details)
-
-    @property
-    def runtime(self) -> str:
-        return self._runtime
-
-    @property
-    def platform(self) -> str:
-        return "litert"
-
-    @property
-    def inputs(self) -> tuple[TensorSignature, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSignature, ...]:
-        return self._outputs
 
     def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         interpreter = self._interpreter
