@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from agent.stats import StatsRecorder
+from agent.stats import StatsRecorder, WindowStats
 from protocol import Histogram
 
 BINS = 10
@@ -39,3 +40,24 @@ def record_all(
 ) -> None:
     for latency_s in latencies_s:
         recorder.record(latency_s=latency_s, inputs=inputs, outputs=outputs, error=error)
+
+
+def roll_while_recording(
+    recorder: StatsRecorder, workers: list[threading.Thread], start: threading.Barrier
+) -> list[WindowStats]:
+    """Start ``workers``, roll windows until they finish, then close the last window."""
+    windows: list[WindowStats] = []
+    for worker in workers:
+        worker.start()
+    start.wait()
+    now_s = 0.0
+    while any(worker.is_alive() for worker in workers):
+        now_s += 1.0
+        if (closed := recorder.roll(now_s)) is not None:
+            windows.append(closed)
+    for worker in workers:
+        worker.join()
+    last = recorder.roll(now_s + 1.0, force=True)
+    assert last is not None
+    windows.append(last)
+    return windows

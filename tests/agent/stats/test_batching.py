@@ -23,7 +23,7 @@ from agent.stats import (
     WindowStats,
 )
 from protocol import ReferenceProfile
-from tests.agent.stats.profiles import histogram_of, softmax
+from tests.agent.stats.profiles import histogram_of, roll_while_recording, softmax
 
 Arrays = dict[str, np.ndarray]
 
@@ -244,19 +244,7 @@ def test_concurrent_nan_requests_are_each_counted_once() -> None:
             recorder.record(latency_s=0.001, inputs=None, outputs=outputs, error=False)
 
     workers = [threading.Thread(target=serve) for _ in range(threads_n)]
-    for worker in workers:
-        worker.start()
-    start.wait()
-    now_s = 0.0
-    while any(worker.is_alive() for worker in workers):
-        now_s += 1.0
-        if (closed := recorder.roll(now_s)) is not None:
-            windows.append(closed)
-    for worker in workers:
-        worker.join()
-    last = recorder.roll(now_s + 1.0, force=True)
-    assert last is not None
-    windows.append(last)
+    windows.extend(roll_while_recording(recorder, workers, start))
 
     bad_per_thread = len(range(0, per_thread, 7))
     assert sum(w.nonfinite_outputs for w in windows) == threads_n * bad_per_thread

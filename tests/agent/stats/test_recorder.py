@@ -10,7 +10,7 @@ import pytest
 
 from agent.stats import LATENCY_BOUNDS_MS, MIN_WINDOW_S, StatsRecorder, to_telemetry_window
 from protocol import ReferenceProfile, ReleaseRef, TelemetryWindow
-from tests.agent.stats.profiles import record_all
+from tests.agent.stats.profiles import record_all, roll_while_recording
 
 WINDOW_START = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 RELEASE = ReleaseRef(model="digits", version=3, sha256="ab" * 32)
@@ -144,19 +144,7 @@ def test_concurrent_recording_and_rolling_lose_nothing() -> None:
             )
 
     workers = [threading.Thread(target=serve, args=(t,)) for t in range(threads_n)]
-    for worker in workers:
-        worker.start()
-    start.wait()
-    now_s = 0.0
-    while any(worker.is_alive() for worker in workers):
-        now_s += 1.0
-        if (closed := recorder.roll(now_s)) is not None:
-            windows.append(closed)
-    for worker in workers:
-        worker.join()
-    last = recorder.roll(now_s + 1.0, force=True)
-    assert last is not None
-    windows.append(last)
+    windows.extend(roll_while_recording(recorder, workers, start))
 
     total = recorder.cumulative()
     assert total.requests == sum(w.requests for w in windows) == threads_n * per_thread
