@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from . import __version__
-from .api import artifacts, health, models, releases
+from .api import artifacts, devices, health, models, releases, rollouts
 from .api.deps import Viewer
 from .artifact_store import ArtifactStore
 from .context import ControllerContext
@@ -83,7 +83,14 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         openapi_url=None,  # served below, behind a token like every other route
     )
     app.state.ctx = ctx
-    for router in (health.router, models.router, releases.router, artifacts.router):
+    for router in (
+        health.router,
+        models.router,
+        releases.router,
+        artifacts.router,
+        devices.router,
+        rollouts.router,
+    ):
         app.include_router(router)
 
     @app.get("/api/v1/openapi.json", tags=["health"], include_in_schema=False)

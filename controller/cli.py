@@ -18,11 +18,13 @@ import typer
 
 from protocol import ProtocolError, Role
 
+from .devices_cli import devices_app
 from .doc_inspect import inspect_document
 from .errors import ControllerError
 from .keystore import KeyStore
 from .local_admin import create_token_locally, verify_audit_locally
 from .operator_cli import model_app
+from .rollouts_cli import rollout_app
 from .server import serve
 from .settings import Settings, load_settings
 from .tokens import Role as TokenRole
@@ -45,6 +47,8 @@ app.add_typer(controller_app, name="controller")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(audit_app, name="audit")
 app.add_typer(model_app, name="model")
+app.add_typer(devices_app, name="devices")
+app.add_typer(rollout_app, name="rollout")
 
 KeyDir = Annotated[Path, typer.Option("--dir", help="The key directory.")]
 LifetimeDays = Annotated[

@@ -54,6 +54,10 @@ class ControllerClient:
     def close(self) -> None:
         self._http.close()
 
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call ``path`` and return the decoded JSON answer, or raise ``ApiError``."""
+        return self._call(method, path, **kwargs)
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)

@@ -11,24 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from .client import DEFAULT_URL, ApiError, ControllerClient
+from .cli_common import DEFAULT_URL, AsJson, Token, Url, console, print_json, run_client
 from .schemas import VARIANT_MODES
 
 __all__ = ["model_app"]
 
 model_app = typer.Typer(help="Push, inspect, quantize and release models.", no_args_is_help=True)
-console = Console(soft_wrap=True)  # hashes and paths must stay copyable
-
-Url = Annotated[str, typer.Option("--url", envvar="EDGEFLEET_URL", help="Controller URL.")]
-Token = Annotated[
-    str | None,
-    typer.Option("--token", envvar="EDGEFLEET_TOKEN", help="API token.", show_default=False),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
 def _parse_ref(ref: str) -> tuple[str, int | None]:
@@ -36,21 +27,6 @@ def _parse_ref(ref: str) -> tuple[str, int | None]:
     if version and not version.isdigit():
         raise typer.BadParameter(f"{ref!r} is not NAME or NAME:VERSION")
     return name, int(version) if version else None
-
-
-def _run(url: str, token: str | None, call: Any) -> Any:
-    client = ControllerClient(url, token)
-    try:
-        return call(client)
-    except ApiError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    finally:
-        client.close()
-
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
 def _versions_table(rows: list[dict[str, Any]]) -> Table:
@@ -113,7 +89,7 @@ def push(
     )
     with progress:
         task = progress.add_task(f"uploading {file.name}", total=total)
-        row = _run(
+        row = run_client(
             url,
             token,
             lambda c: c.push(
@@ -125,7 +101,7 @@ def push(
             ),
         )
     if as_json:
-        _print_json(row)
+        print_json(row)
         return
     console.print(f"registered {name}:{row['version']}")
     _print_version(row)
@@ -134,9 +110,9 @@ def push(
 @model_app.command("list")
 def list_(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
     """Every model and its latest version."""
-    rows = _run(url, token, lambda c: c.models())
+    rows = run_client(url, token, lambda c: c.models())
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table("model", "versions", "latest", "created")
     for row in rows:
@@ -156,15 +132,15 @@ def show(
     """A model's versions, or one version with its signature and report."""
     name, version = _parse_ref(ref)
     if version is None:
-        rows = _run(url, token, lambda c: c.versions(name))
+        rows = run_client(url, token, lambda c: c.versions(name))
         if as_json:
-            _print_json(rows)
+            print_json(rows)
         else:
             console.print(_versions_table(rows))
         return
-    row = _run(url, token, lambda c: c.version(name, version))
+    row = run_client(url, token, lambda c: c.version(name, version))
     if as_json:
-        _print_json(row)
+        print_json(row)
     else:
         _print_version(row)
 
@@ -189,9 +165,9 @@ def quantize(
         raise typer.BadParameter(f"--mode must be one of {', '.join(VARIANT_MODES)}")
     name, version = _require_version(ref)
     with console.status(f"quantizing {name}:{version} ({mode})", spinner="dots"):
-        row = _run(url, token, lambda c: c.quantize(name, version, mode))
+        row = run_client(url, token, lambda c: c.quantize(name, version, mode))
     if as_json:
-        _print_json(row)
+        print_json(row)
     else:
         console.print(f"variant {name}:{row['version']} is {row['status']}")
         _print_version(row)
@@ -212,11 +188,11 @@ def release(
     """Sign a release of a version with the release key."""
     name, version = _require_version(ref)
     with console.status(f"profiling and signing {name}:{version}", spinner="dots"):
-        answer = _run(url, token, lambda c: c.release(name, version))
+        answer = run_client(url, token, lambda c: c.release(name, version))
     if output is not None:
         output.write_text(json.dumps(answer["envelope"], sort_keys=True))
     if as_json:
-        _print_json(answer)
+        print_json(answer)
         return
     console.print(f"released {name}:{version} (sha256 {answer['sha256']})")
     if output is not None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -51,11 +51,62 @@ class Settings(BaseModel):
     min_top1_agreement: float = Field(default=0.99, ge=0, le=1)
     golden_count: int = Field(default=4, ge=1, le=64)
 
+    # The fleet: what enrolled devices are told, and how the controller reaches the broker.
+    # Empty public URLs mean "what this controller listens on".
+    public_url: str = ""
+    public_broker_url: str = ""
+    mqtt_username: str = ""
+    mqtt_password: str = ""
+    # Read device topics as an MQTT v5 shared subscription of this group (replicas);
+    # empty reads them directly. The embedded amqtt broker does not implement them.
+    shared_subscription_group: str = ""
+    # serve runs the MQTT bridge, the rollout loop and the reconciler unless this is off.
+    fleet_enabled: bool = True
+    plan_interval_s: float = Field(default=1.0, gt=0)
+    reconcile_interval_s: float = Field(default=30.0, gt=0)
+    # Deployments expire after this; the reconciler signs a fresh one at half of it.
+    deployment_ttl_s: float = Field(default=7 * 86400.0, ge=60)
+    enrollment_token_ttl_s: float = Field(default=86400.0, gt=0)
+    # Telemetry: rows are written in batches; old windows are merged, then deleted.
+    ingest_batch_size: int = Field(default=500, ge=1)
+    ingest_flush_s: float = Field(default=0.2, gt=0)
+    telemetry_downsample_after_s: float = Field(default=86400.0, gt=0)
+    telemetry_downsample_s: float = Field(default=300.0, gt=0)
+    telemetry_retention_s: float = Field(default=30 * 86400.0, gt=0)
+    # Webhooks for rollout paused, aborted, completed and device rolled back; the body is
+    # signed with HMAC-SHA256 of webhook_secret when set.
+    webhook_urls: list[str] = []
+    webhook_secret: str = ""
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [url.strip() for url in value.split(",") if url.strip()]
+        return value
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'edgefleet.db').resolve()}"
+
+    @property
+    def broker_url(self) -> str:
+        """Where the controller's own MQTT client connects."""
+        if self.broker == "embedded":
+            return f"mqtt://{self.mqtt_host}:{self.mqtt_port}"
+        return self.broker
+
+    @property
+    def device_broker_url(self) -> str:
+        return self.public_broker_url or self.broker_url
+
+    @property
+    def device_controller_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
 
     @property
     def keys_dir(self) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-from controller import tables  # noqa: F401 - registers the tables on the metadata
+from controller import fleet_tables, tables  # noqa: F401 - registers the tables on the metadata
 
 connection = context.config.attributes["connection"]
 context.configure(
