@@ -9,6 +9,7 @@ case. Command-line flags, applied by the CLI, win over both.
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,6 +58,9 @@ class Settings(BaseModel):
     public_broker_url: str = ""
     mqtt_username: str = ""
     mqtt_password: str = ""
+    # Names this controller's MQTT session (persistent, so device messages wait for it
+    # across a restart); replicas need distinct ids. Empty means the host name.
+    controller_id: str = ""
     # Read device topics as an MQTT v5 shared subscription of this group (replicas);
     # empty reads them directly. The embedded amqtt broker does not implement them.
     shared_subscription_group: str = ""
@@ -99,6 +103,10 @@ class Settings(BaseModel):
         if self.broker == "embedded":
             return f"mqtt://{self.mqtt_host}:{self.mqtt_port}"
         return self.broker
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return f"edgefleet-controller-{self.controller_id or socket.gethostname()}"
 
     @property
     def device_broker_url(self) -> str:
