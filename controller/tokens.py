@@ -1,5 +1,8 @@
 """API tokens: ``ef_<id>_<secret>``, stored as the SHA-256 of the secret, never in clear.
 
+Roles are ordered ``device < viewer < operator < admin``; a role may do what every role
+below it may. ``device`` is what enrolled devices hold: it may only download artifacts.
+
 The id finds the row; the secret's hash is compared with ``hmac.compare_digest`` so the
 comparison takes the same time whatever the guess. Secrets have 256 bits of entropy, so
 a fast hash is enough (no password stretching needed).
@@ -26,11 +29,14 @@ class Role(StrEnum):
     ADMIN = "admin"
     OPERATOR = "operator"
     VIEWER = "viewer"
+    DEVICE = "device"
 
     def may(self, needed: Role) -> bool:
         """True when this role has at least the rights of ``needed``."""
-        order = [Role.VIEWER, Role.OPERATOR, Role.ADMIN]
-        return order.index(self) >= order.index(needed)
+        return _ROLE_ORDER.index(self) >= _ROLE_ORDER.index(needed)
+
+
+_ROLE_ORDER = (Role.DEVICE, Role.VIEWER, Role.OPERATOR, Role.ADMIN)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import FileResponse
 
-from .deps import Context, Viewer
+from .deps import Context, Device
 
 router = APIRouter(tags=["artifacts"])
 
@@ -23,9 +23,13 @@ def get_artifact(
     digest: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
     request: Request,
     ctx: Context,
-    _caller: Viewer,
+    _caller: Device,
 ) -> Response:
-    """The bytes whose SHA-256 is ``digest``. The URL never changes meaning."""
+    """The bytes whose SHA-256 is ``digest``. The URL never changes meaning.
+
+    Devices download with their own token (role ``device``), so this is the one route a
+    device token opens.
+    """
     stored = ctx.store.get(digest)
     etag = f'"sha256-{digest}"'
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE}

@@ -24,6 +24,7 @@ __all__ = [
     "Admin",
     "Context",
     "DbSession",
+    "Device",
     "Operator",
     "Viewer",
     "audited",
@@ -77,6 +78,8 @@ def require_role(role: Role) -> Callable[..., Principal]:
     return check
 
 
+# Device tokens may only download artifacts; every other route needs Viewer or more.
+Device = Annotated[Principal, Depends(require_role(Role.DEVICE))]
 Viewer = Annotated[Principal, Depends(require_role(Role.VIEWER))]
 Operator = Annotated[Principal, Depends(require_role(Role.OPERATOR))]
 Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
