@@ -1,9 +1,260 @@
-"""Devices: enrollment tokens, enrollment, and the fleet's devices."""
+"""Devices: enrollment tokens, enrollment, and the fleet's devices.
+
+``POST /api/v1/enroll`` is the one route without a bearer token: the one-time enrollment
+token in its body authenticates it, and it writes its own audit entry (actor
+``enrollment:<token id>``) since there is no principal for ``Audited``. A refused token
+answers 403 with one message whatever was wrong with it.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+
+from protocol import DEVICE_ID_PATTERN
+
+from ..audit import append_audit
+from ..fleet.enrollment import (
+    EnrollmentRefusedError,
+    create_enrollment_token,
+    decommission_device,
+    enroll_device,
+)
+from ..fleet.inventory import (
+    DeviceView,
+    fleet_releases,
+    get_device_detail,
+    get_device_summary,
+    list_devices,
+    update_labels,
+)
+from ..fleet.schemas import (
+    AssignmentPublic,
+    DesiredPublic,
+    DeviceDetail,
+    DeviceEventPublic,
+    DevicePublic,
+    EnrollmentPublic,
+    EnrollmentTokenCreate,
+    EnrollmentTokenPublic,
+    EnrollRequest,
+    FleetReleasePublic,
+    LabelsUpdate,
+    TelemetryWindowPublic,
+)
+from ..selectors import parse_selector
+from ..tokens import Principal, Role
+from .deps import Audited, Context, DbSession, Operator, Viewer
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1", tags=["devices"])
+
+DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN, description="The device's id.")]
+MAX_PAGE = 1000
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes (stored as UTC); answer with one spelling.
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _summary_fields(view: DeviceView) -> dict[str, Any]:
+    device = view.device
+    return {
+        "id": device.id,
+        "labels": device.labels,
+        "online": device.online,
+        "last_seen_at": _utc(device.last_seen_at),
+        "phase": device.phase,
+        "agent_version": device.agent_version,
+        "active_model": device.active_model,
+        "active_version": device.active_version,
+        "desired_model": view.desired_model,
+        "desired_version": view.desired_version,
+        "desired_rollout_id": device.desired_rollout_id,
+        "enrolled_at": _utc(device.enrolled_at),
+        "decommissioned_at": _utc(device.decommissioned_at),
+    }
+
+
+@router.post("/enrollment-tokens", status_code=status.HTTP_201_CREATED, dependencies=[Audited])
+def post_enrollment_token(
+    body: EnrollmentTokenCreate,
+    request: Request,
+    ctx: Context,
+    session: DbSession,
+    caller: Operator,
+) -> EnrollmentTokenPublic:
+    """A one-time token a device trades for its identity (shown once, stored hashed)."""
+    ttl_s = body.ttl_s if body.ttl_s is not None else ctx.settings.enrollment_token_ttl_s
+    token, row = create_enrollment_token(
+        session,
+        labels=body.labels,
+        device_id=body.device_id,
+        ttl_s=ttl_s,
+        actor=f"{caller.name} ({caller.token_id})",
+        settings=ctx.settings,
+    )
+    request.state.audit = {
+        "target": f"enrollment token {row.id}",
+        "labels": row.labels,
+        "device_id": row.device_id,
+        "ttl_s": ttl_s,
+    }
+    expires_at = _utc(row.expires_at)
+    assert expires_at is not None
+    return EnrollmentTokenPublic(
+        token=token, id=row.id, expires_at=expires_at, labels=row.labels, device_id=row.device_id
+    )
+
+
+@router.post(
+    "/enroll",
+    status_code=status.HTTP_201_CREATED,
+    responses={403: {"description": "The enrollment token is unknown, expired or used."}},
+)
+def post_enroll(body: EnrollRequest, ctx: Context, session: DbSession) -> EnrollmentPublic:
+    """Trade a one-time enrollment token for the device's identity and credentials."""
+    try:
+        enrollment = enroll_device(
+            session,
+            token=body.token,
+            device_id=body.device_id,
+            settings=ctx.settings,
+            trust_root_envelope=ctx.signer.trust_root_envelope,
+        )
+    except EnrollmentRefusedError as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from exc
+    actor = Principal(
+        token_id=f"enrollment:{enrollment.token_id}",
+        name=f"device {enrollment.device_id}",
+        role=Role.DEVICE,
+    )
+    append_audit(
+        session,
+        actor,
+        action="POST /api/v1/enroll",
+        target=f"device {enrollment.device_id}",
+        details={"labels": enrollment.labels, "reenrolled": enrollment.reenrolled},
+    )
+    return EnrollmentPublic.model_validate(enrollment.public_fields())
+
+
+@router.get("/devices")
+def get_devices(
+    session: DbSession,
+    _caller: Viewer,
+    selector: Annotated[str, Query(max_length=4096, description="e.g. site=berlin")] = "",
+    online: bool | None = None,
+    model: Annotated[str | None, Query(max_length=128)] = None,
+    version: Annotated[int | None, Query(ge=0)] = None,
+    include_decommissioned: bool = False,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[DevicePublic]:
+    """Devices by id; ``model``/``version`` match what devices report running."""
+    views = list_devices(
+        session,
+        selector=parse_selector(selector),
+        online=online,
+        model=model,
+        version=version,
+        include_decommissioned=include_decommissioned,
+        limit=limit,
+        offset=offset,
+    )
+    return [DevicePublic.model_validate(_summary_fields(view)) for view in views]
+
+
+@router.get("/devices/{device_id}")
+def get_device(device_id: DeviceId, session: DbSession, _caller: Viewer) -> DeviceDetail:
+    """One device: reported and desired state, deployment history, recent statistics."""
+    detail = get_device_detail(session, device_id=device_id)
+    device = detail.summary.device
+    desired = DesiredPublic(
+        model=detail.summary.desired_model,
+        version=detail.summary.desired_version,
+        sequence=device.desired_sequence,
+        expires_at=_utc(device.desired_expires_at),
+        rollback=device.desired_rollback,
+        rollout_id=device.desired_rollout_id,
+        published_sequence=device.published_sequence,
+    )
+    assignments = [
+        AssignmentPublic.model_validate(
+            {**view.assignment.model_dump(), "model": view.model, "version": view.version}
+        )
+        for view in detail.assignments
+    ]
+    events = [
+        DeviceEventPublic.model_validate(
+            {**event.model_dump(), "at": _utc(event.at), "received_at": _utc(event.received_at)}
+        )
+        for event in detail.events
+    ]
+    telemetry = [
+        TelemetryWindowPublic.model_validate(
+            {**window, "window_start": _utc(window["window_start"])}
+        )
+        for window in detail.telemetry
+    ]
+    return DeviceDetail.model_validate(
+        {
+            **_summary_fields(detail.summary),
+            "reported_state": device.reported_state,
+            "desired": desired,
+            "assignments": assignments,
+            "events": events,
+            "telemetry": telemetry,
+        }
+    )
+
+
+@router.patch("/devices/{device_id}/labels", dependencies=[Audited])
+def patch_device_labels(
+    device_id: DeviceId,
+    body: LabelsUpdate,
+    request: Request,
+    session: DbSession,
+    _caller: Operator,
+) -> DevicePublic:
+    """Set and remove labels of one device."""
+    view = update_labels(
+        session,
+        device_id=device_id,
+        set_labels=body.labels_to_set,
+        remove=body.labels_to_remove,
+    )
+    request.state.audit = {
+        "target": f"device {device_id}",
+        "set": body.labels_to_set,
+        "remove": body.labels_to_remove,
+    }
+    return DevicePublic.model_validate(_summary_fields(view))
+
+
+@router.delete("/devices/{device_id}", dependencies=[Audited])
+def delete_device(
+    device_id: DeviceId, request: Request, session: DbSession, _caller: Operator
+) -> DevicePublic:
+    """Decommission a device: hide it, revoke its API token (idempotent)."""
+    decommission_device(session, device_id=device_id)
+    request.state.audit = {"target": f"device {device_id}"}
+    view = get_device_summary(session, device_id=device_id)
+    return DevicePublic.model_validate(_summary_fields(view))
+
+
+@router.get("/fleet/releases")
+def get_fleet_releases(session: DbSession, _caller: Viewer) -> list[FleetReleasePublic]:
+    """Which model versions run where: devices and online devices per reported version."""
+    return [
+        FleetReleasePublic(
+            model=row.model, version=row.version, devices=row.devices, online=row.online
+        )
+        for row in fleet_releases(session)
+    ]

@@ -1,0 +1,155 @@
+"""What the devices API accepts and returns: one schema family per resource.
+
+Enrollment answers carry secrets (``mqtt_password``, ``controller_token``); they are
+returned once and never stored in clear, so no other schema has them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AssignmentPublic",
+    "DesiredPublic",
+    "DeviceDetail",
+    "DeviceEventPublic",
+    "DevicePublic",
+    "EnrollRequest",
+    "EnrollmentPublic",
+    "EnrollmentTokenCreate",
+    "EnrollmentTokenPublic",
+    "FleetReleasePublic",
+    "LabelsUpdate",
+    "TelemetryWindowPublic",
+]
+
+MAX_TOKEN_CHARS = 256
+
+
+class EnrollmentTokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: dict[str, str] = {}
+    device_id: str | None = Field(default=None, max_length=64)
+    # None: the controller's enrollment_token_ttl_s.
+    ttl_s: float | None = Field(default=None, gt=0)
+
+
+class EnrollmentTokenPublic(BaseModel):
+    token: str
+    id: str
+    expires_at: datetime
+    labels: dict[str, str]
+    device_id: str | None
+
+
+class EnrollRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(max_length=MAX_TOKEN_CHARS)
+    device_id: str | None = Field(default=None, max_length=64)
+
+
+class EnrollmentPublic(BaseModel):
+    device_id: str
+    labels: dict[str, str]
+    mqtt_username: str
+    mqtt_password: str
+    broker_url: str
+    topic_prefix: str
+    controller_url: str
+    controller_token: str
+    trust_root: dict[str, Any]
+
+
+class DevicePublic(BaseModel):
+    id: str
+    labels: dict[str, str]
+    online: bool
+    last_seen_at: datetime | None
+    phase: str | None
+    agent_version: str | None
+    active_model: str | None
+    active_version: int | None
+    desired_model: str | None
+    desired_version: int | None
+    desired_rollout_id: str | None
+    enrolled_at: datetime
+    decommissioned_at: datetime | None
+
+
+class DesiredPublic(BaseModel):
+    model: str | None
+    version: int | None
+    sequence: int | None
+    expires_at: datetime | None
+    rollback: bool
+    rollout_id: str | None
+    published_sequence: int | None
+
+
+class AssignmentPublic(BaseModel):
+    rollout_id: str
+    model: str | None
+    version: int | None
+    wave: int
+    outcome: str
+    reason: str | None
+    probation: str | None
+    deployment_sequence: int | None
+    assigned_at_s: float
+    reported_at_s: float | None
+    rolled_back_by_rollout: bool
+
+
+class DeviceEventPublic(BaseModel):
+    seq: int
+    type: str
+    at: datetime
+    received_at: datetime
+    deployment_sequence: int | None
+    model_name: str | None
+    version: int | None
+    reason: str | None
+    details: dict[str, Any]
+
+
+class TelemetryWindowPublic(BaseModel):
+    model_name: str
+    version: int | None
+    window_start: datetime
+    window_s: float
+    requests: int
+    errors: int
+    nonfinite: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    confidence_mean: float | None
+    max_drift_psi: float | None
+    merged: int
+
+
+class DeviceDetail(DevicePublic):
+    reported_state: dict[str, Any] | None
+    desired: DesiredPublic
+    assignments: list[AssignmentPublic]
+    events: list[DeviceEventPublic]
+    telemetry: list[TelemetryWindowPublic]
+
+
+class LabelsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    labels_to_set: dict[str, str] = Field(default_factory=dict, alias="set")
+    labels_to_remove: list[str] = Field(default_factory=list, alias="remove")
+
+
+class FleetReleasePublic(BaseModel):
+    model: str
+    version: int | None
+    devices: int
+    online: int
