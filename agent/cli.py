@@ -3,7 +3,10 @@
 ``run`` exits 0 after a clean stop (SIGTERM/SIGINT), ``EXIT_STARTUP_FAILURE`` when the
 settings, the trust root or the local state cannot be used, and ``EXIT_BROKER_AUTH``
 when the broker refuses the credentials (an operator must act; retrying cannot help).
-Logs are JSON lines on stderr.
+``enroll`` exits 0 when enrolled, ``EXIT_ENROLL_REFUSED`` when the controller refused it
+(or answered something unusable), 2 for a usage error (an existing ``agent.toml``
+without ``--force`` included) and ``EXIT_ENROLL_UNREACHABLE`` when the controller cannot
+be reached. Logs are JSON lines on stderr.
 """
 
 from __future__ import annotations
@@ -21,14 +24,26 @@ import typer
 from protocol import Envelope, ProtocolError, Release, verify_initial_trust_root
 
 from . import __version__
+from . import enroll as enrollment
 from .config import AgentConfig, load_config
-from .errors import AgentError, BrokerAuthError
+from .errors import AgentError, BrokerAuthError, LocalStateError, RefusalError, TransportError
 
-__all__ = ["EXIT_BROKER_AUTH", "EXIT_STARTUP_FAILURE", "app", "main"]
+__all__ = [
+    "EXIT_BROKER_AUTH",
+    "EXIT_ENROLL_REFUSED",
+    "EXIT_ENROLL_UNREACHABLE",
+    "EXIT_STARTUP_FAILURE",
+    "EXIT_USAGE",
+    "app",
+    "main",
+]
 
 EXIT_OK = 0
 EXIT_STARTUP_FAILURE = 3
 EXIT_BROKER_AUTH = 4
+EXIT_ENROLL_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_ENROLL_UNREACHABLE = 3
 
 app = typer.Typer(help="edgefleet device agent.", no_args_is_help=True)
 logger = logging.getLogger("agent")
@@ -70,6 +85,55 @@ def check_trust_root(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"trust root v{trust_root.version}, expires {trust_root.expires.isoformat()}: ok")
+
+
+@app.command("enroll")
+def enroll(
+    controller: Annotated[
+        str, typer.Option("--controller", help="The controller's URL, e.g. https://fleet:8080.")
+    ],
+    token: Annotated[
+        str,
+        typer.Option(
+            "--token",
+            envvar="EDGEFLEET_ENROLLMENT_TOKEN",
+            help="The one-time enrollment token (edgefleet devices enroll).",
+        ),
+    ],
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Where agent.toml, the trust root and state go.")
+    ],
+    device_id: Annotated[
+        str | None,
+        typer.Option("--device-id", help="Propose a device id (if the token names none)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing agent.toml.")] = False,
+) -> None:
+    """Trade a one-time token for this device's identity; write agent.toml and the trust root."""
+    raise typer.Exit(enroll_device(controller, token, data_dir, device_id=device_id, force=force))
+
+
+def enroll_device(
+    controller: str, token: str, data_dir: Path, *, device_id: str | None, force: bool
+) -> int:
+    try:
+        device, config_path = enrollment.enroll(
+            controller, token, data_dir, device_id=device_id, force=force
+        )
+    except enrollment.AgentConfigExistsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_USAGE
+    except TransportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_ENROLL_UNREACHABLE
+    except (enrollment.EnrollmentRefusedError, RefusalError, LocalStateError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_ENROLL_REFUSED
+    labels = ",".join(f"{k}={v}" for k, v in sorted(device.labels.items())) or "none"
+    typer.echo(f"enrolled as {device.device_id} (labels: {labels})")
+    typer.echo(f"wrote {config_path} and {data_dir / enrollment.TRUST_ROOT_FILE}")
+    typer.echo(f"start the agent with: edgefleet-agent run --config {config_path}")
+    return EXIT_OK
 
 
 @app.command()

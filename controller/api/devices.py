@@ -109,7 +109,12 @@ def post_enrollment_token(
     expires_at = _utc(row.expires_at)
     assert expires_at is not None
     return EnrollmentTokenPublic(
-        token=token, id=row.id, expires_at=expires_at, labels=row.labels, device_id=row.device_id
+        token=token,
+        id=row.id,
+        expires_at=expires_at,
+        labels=row.labels,
+        device_id=row.device_id,
+        controller_url=ctx.settings.device_controller_url,
     )
 
 

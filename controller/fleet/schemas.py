@@ -44,6 +44,9 @@ class EnrollmentTokenPublic(BaseModel):
     expires_at: datetime
     labels: dict[str, str]
     device_id: str | None
+    # Where devices reach this controller (settings.device_controller_url), for the
+    # ``edgefleet-agent enroll --controller`` command.
+    controller_url: str
 
 
 class EnrollRequest(BaseModel):

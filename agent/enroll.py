@@ -1,0 +1,285 @@
+"""Enrollment on the device: trade a one-time token for an identity, check it, write it.
+
+Three steps, as python-tuf separates them: ``download_enrollment`` asks the controller
+(network), ``verify_enrollment`` checks the answer (pure: untrusted JSON in, a verified
+``EnrolledDevice`` out, or a ``RefusalError``), ``persist_enrollment`` writes the files.
+
+Invariants:
+- nothing is written unless the whole answer verified, its trust root included
+  (``protocol.verify_initial_trust_root``); a refused answer leaves the directory as it was;
+- an existing ``agent.toml`` is never replaced without ``force``, and that is checked
+  before the token is spent;
+- ``agent.toml`` holds the MQTT password and the API token: it is created mode 0600 in a
+  temp file, fsync'd, then renamed over the old one, so a reader sees the old file or the
+  new one, never a partial one. ``trust-root.json`` is written first; ``agent.toml`` last,
+  so a present ``agent.toml`` means a complete enrollment;
+- the answer is read up to ``MAX_ENROLLMENT_ANSWER_BYTES``; secrets are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from protocol import Envelope, ProtocolError, TrustRoot, verify_initial_trust_root
+
+from .config import AgentConfig
+from .errors import (
+    ConfigurationError,
+    ConnectionFailedError,
+    HttpStatusError,
+    LocalStateError,
+    RefusalError,
+    TransportTimeoutError,
+    translate_protocol_error,
+)
+
+__all__ = [
+    "AGENT_CONFIG_FILE",
+    "MAX_ENROLLMENT_ANSWER_BYTES",
+    "TRUST_ROOT_FILE",
+    "AgentConfigExistsError",
+    "EnrolledDevice",
+    "EnrollmentAnswerError",
+    "EnrollmentRefusedError",
+    "download_enrollment",
+    "enroll",
+    "persist_enrollment",
+    "verify_enrollment",
+]
+
+logger = logging.getLogger(__name__)
+
+AGENT_CONFIG_FILE = "agent.toml"
+TRUST_ROOT_FILE = "trust-root.json"
+AGENT_STATE_DIR = "data"
+ENROLL_PATH = "/api/v1/enroll"
+MAX_ENROLLMENT_ANSWER_BYTES = 1024 * 1024
+ENROLL_TIMEOUT_S = 30.0
+_ANSWER_FIELDS = (
+    "device_id",
+    "mqtt_username",
+    "mqtt_password",
+    "broker_url",
+    "topic_prefix",
+    "controller_url",
+    "controller_token",
+)
+
+
+class EnrollmentRefusedError(ConfigurationError):
+    """The controller refused the enrollment (a 4xx answer); ``message`` is its reason."""
+
+    reason = "enrollment_refused"
+
+
+class EnrollmentAnswerError(RefusalError):
+    """The controller's answer is not a usable enrollment (fields, trust root)."""
+
+    reason = "enrollment_answer"
+
+
+class AgentConfigExistsError(ConfigurationError):
+    """``agent.toml`` exists and ``force`` was not given."""
+
+    reason = "agent_config_exists"
+
+
+@dataclass(frozen=True)
+class EnrolledDevice:
+    """A verified enrollment: what ``agent.toml`` and ``trust-root.json`` will hold."""
+
+    settings: dict[str, str]
+    labels: dict[str, str]
+    trust_root_envelope: Envelope
+    trust_root: TrustRoot
+
+    @property
+    def device_id(self) -> str:
+        return self.settings["device_id"]
+
+
+def download_enrollment(
+    controller_url: str,
+    token: str,
+    *,
+    device_id: str | None = None,
+    timeout_s: float = ENROLL_TIMEOUT_S,
+) -> Any:
+    """POST the token to the controller; return its decoded JSON answer.
+
+    Raises ``EnrollmentRefusedError`` for a 4xx answer, ``HttpStatusError`` for a 5xx one,
+    ``ConnectionFailedError``/``TransportTimeoutError`` when the controller is unreachable.
+    """
+    url = controller_url.rstrip("/") + ENROLL_PATH
+    body: dict[str, str] = {"token": token}
+    if device_id is not None:
+        body["device_id"] = device_id
+    try:
+        with (
+            httpx.Client(timeout=timeout_s) as client,
+            client.stream("POST", url, json=body) as response,
+        ):
+            content = _read_capped(response)
+            status = response.status_code
+    except httpx.TimeoutException as exc:
+        raise TransportTimeoutError(f"no answer from {url}: {exc}") from exc
+    except httpx.HTTPError as exc:
+        raise ConnectionFailedError(f"cannot reach the controller at {url}: {exc}") from exc
+    if status >= 400:
+        detail = _detail(content)
+        if status >= 500:
+            raise HttpStatusError(f"the controller failed ({status}): {detail}", status=status)
+        raise EnrollmentRefusedError(f"the controller refused the enrollment ({status}): {detail}")
+    try:
+        return json.loads(content)
+    except ValueError as exc:
+        raise EnrollmentAnswerError(f"the controller's answer is not JSON: {exc}") from exc
+
+
+def _read_capped(response: httpx.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > MAX_ENROLLMENT_ANSWER_BYTES:
+            raise EnrollmentAnswerError(
+                f"the controller's answer exceeds {MAX_ENROLLMENT_ANSWER_BYTES} bytes"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _detail(content: bytes) -> str:
+    try:
+        answer = json.loads(content)
+    except ValueError:
+        return content[:500].decode("utf-8", "replace")
+    if isinstance(answer, dict) and "detail" in answer:
+        return str(answer["detail"])
+    return content[:500].decode("utf-8", "replace")
+
+
+def verify_enrollment(answer: Any) -> EnrolledDevice:
+    """Check an untrusted enrollment answer; raise ``EnrollmentAnswerError`` (or the
+    ``RefusalError`` of the trust root) unless every field is usable."""
+    if not isinstance(answer, dict):
+        raise EnrollmentAnswerError("the enrollment answer is not a JSON object")
+    missing = [name for name in _ANSWER_FIELDS if not isinstance(answer.get(name), str)]
+    if not isinstance(answer.get("trust_root"), dict):
+        missing.append("trust_root")
+    if missing:
+        raise EnrollmentAnswerError(f"the enrollment answer lacks {', '.join(missing)}")
+    labels = answer.get("labels", {})
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise EnrollmentAnswerError("the enrollment answer's labels are not text")
+    try:
+        envelope = Envelope.from_json_obj(answer["trust_root"])
+        trust_root = verify_initial_trust_root(envelope)
+    except ProtocolError as exc:
+        raise translate_protocol_error(exc, what="the controller's trust root") from exc
+    settings = {name: answer[name] for name in _ANSWER_FIELDS}
+    try:
+        # Every value must be one AgentConfig accepts (device id pattern, broker URL…).
+        AgentConfig.model_validate(
+            {**settings, "data_dir": AGENT_STATE_DIR, "trust_root": TRUST_ROOT_FILE}
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise EnrollmentAnswerError(f"the enrollment answer is not usable: {problems}") from exc
+    return EnrolledDevice(
+        settings=settings,
+        labels=dict(labels),
+        trust_root_envelope=envelope,
+        trust_root=trust_root,
+    )
+
+
+def _toml_string(value: str) -> str:
+    # A JSON string without ASCII escaping is a TOML basic string (same escapes).
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_agent_config(device: EnrolledDevice) -> str:
+    """The text of ``agent.toml``: paths relative to the file, then the identity."""
+    lines = [
+        "# Written by `edgefleet-agent enroll`. Holds secrets: keep it mode 0600.",
+        f"data_dir = {_toml_string(AGENT_STATE_DIR)}",
+        f"trust_root = {_toml_string(TRUST_ROOT_FILE)}",
+    ]
+    lines += [f"{name} = {_toml_string(value)}" for name, value in device.settings.items()]
+    text = "\n".join(lines) + "\n"
+    parsed = tomllib.loads(text)
+    if any(parsed.get(name) != value for name, value in device.settings.items()):
+        raise EnrollmentAnswerError("the enrollment answer cannot be written as TOML")
+    return text
+
+
+def persist_enrollment(data_dir: Path, device: EnrolledDevice, *, force: bool) -> Path:
+    """Write ``trust-root.json`` then ``agent.toml`` (0600) into ``data_dir``; return the
+    path of ``agent.toml``. Refuses to replace it unless ``force``."""
+    config_path = data_dir / AGENT_CONFIG_FILE
+    _refuse_existing(config_path, force=force)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        _replace_file(data_dir / TRUST_ROOT_FILE, device.trust_root_envelope.to_bytes(), 0o644)
+        _replace_file(config_path, render_agent_config(device).encode("utf-8"), 0o600)
+    except OSError as exc:
+        raise LocalStateError(f"cannot write the enrollment into {data_dir}: {exc}") from exc
+    return config_path
+
+
+def enroll(
+    controller_url: str,
+    token: str,
+    data_dir: Path,
+    *,
+    device_id: str | None = None,
+    force: bool = False,
+    timeout_s: float = ENROLL_TIMEOUT_S,
+) -> tuple[EnrolledDevice, Path]:
+    """Enroll this device: check ``data_dir``, ask, verify, write. Returns the verified
+    enrollment and the path of ``agent.toml``."""
+    _refuse_existing(data_dir / AGENT_CONFIG_FILE, force=force)
+    answer = download_enrollment(controller_url, token, device_id=device_id, timeout_s=timeout_s)
+    device = verify_enrollment(answer)
+    config_path = persist_enrollment(data_dir, device, force=force)
+    logger.info("enrolled as %s; wrote %s", device.device_id, config_path)
+    return device, config_path
+
+
+def _refuse_existing(config_path: Path, *, force: bool) -> None:
+    if config_path.exists() and not force:
+        raise AgentConfigExistsError(
+            f"{config_path} exists: this device is enrolled already (pass --force to replace it)"
+        )
+
+
+def _replace_file(path: Path, data: bytes, mode: int) -> None:
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
