@@ -236,7 +236,8 @@ def write_mosquitto_files(settings: Settings, *, passwords: Path, acl: Path) -> 
     Run on the controller host (it reads the database directly, like ``tokens create``).
     Enrolled devices that are not decommissioned get their stored ``$7$`` hash; the
     controller user is added when ``mqtt_username`` and ``mqtt_password`` are set. Each
-    file is replaced atomically, so Mosquitto never reads half of one.
+    file is replaced atomically (Mosquitto never reads half of one) and keeps the owner of
+    the file it replaces.
     """
     engine = make_engine(settings.resolved_database_url)
     try:
@@ -261,10 +262,15 @@ def write_mosquitto_files(settings: Settings, *, passwords: Path, acl: Path) -> 
 
 
 def _replace_file(path: Path, text: str, *, mode: int) -> None:
+    """Replace ``path`` atomically; the new file keeps the owner and group of the old one,
+    so a file chown'ed to Mosquitto's user stays readable by it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.stat() if path.exists() else None
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, mode)
+        if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+            os.fchown(fd, old.st_uid, old.st_gid)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()

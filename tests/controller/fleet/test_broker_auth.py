@@ -367,3 +367,20 @@ def test_configured_controller_login_replaces_the_process_secret(settings: Setti
     assert username == "edgefleet-controller"
     assert controller_mqtt_credentials(settings) == (username, secret)
     assert len(secret) >= 32
+
+
+def test_export_keeps_the_owner_of_the_files_it_replaces(
+    app: FastAPI, mosquitto_settings: Settings, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    nobody = pwd.getpwnam("nobody")
+    passwords, acl = tmp_path / "passwd", tmp_path / "acl"
+    for path in (passwords, acl):
+        path.write_text("old\n")
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    enroll(app, "dev-a")
+    write_mosquitto_files(mosquitto_settings, passwords=passwords, acl=acl)
+    for path in (passwords, acl):
+        assert (path.stat().st_uid, path.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert passwords.read_text().startswith("dev-a:$7$101$")
