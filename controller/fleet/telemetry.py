@@ -1,0 +1,367 @@
+"""Telemetry windows in the database: batched writes, downsampling, retention, fleet health.
+
+Sync functions over an ``Engine``, meant to run in a worker thread; each call is one
+transaction, written with SQLAlchemy Core (``telemetry`` is a plain table).
+
+Invariants:
+- a window is stored once per (device_id, model, window_start), whatever MQTT redelivers
+  and however many controllers read it: one ``INSERT … ON CONFLICT DO NOTHING`` per call,
+  executed for all rows at once;
+- windows of devices the database does not know are skipped, never an error;
+- times are stored in UTC (SQLite keeps no offset, so every write converts first) and
+  read back as aware UTC datetimes;
+- downsampling keeps sums exact (requests, errors, non-finite outputs, seconds observed,
+  ``merged``) and the request-weighted means of p50/p95/p99 and confidence; a merged row
+  takes the earliest ``window_start`` of its group, which no other row can hold (the
+  merged rows are deleted in the same transaction), so the unique key survives even when
+  one bucket holds windows of two versions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, case, delete, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from protocol import TelemetryBatch
+
+from ..fleet_tables import DeviceRecord, telemetry_table
+from ..rollouts import FleetHealth
+
+__all__ = [
+    "DOWNSAMPLE_LOOKBACK_S",
+    "IN_CHUNK",
+    "downsample_telemetry",
+    "existing_device_ids",
+    "fleet_health",
+    "prune_telemetry",
+    "to_utc",
+    "write_telemetry",
+]
+
+# Lists of device ids go to the database in chunks of this many bound parameters.
+IN_CHUNK = 900
+# Downsampling looks at raw windows this far behind its cutoff (see downsample_telemetry).
+DOWNSAMPLE_LOOKBACK_S = 3600.0
+
+_T = telemetry_table
+_WEIGHTED = ("p50_ms", "p95_ms", "p99_ms", "confidence_mean")
+_COLUMNS = tuple(column.name for column in _T.c if column.name != "id")
+_PG_INSERT = (
+    postgresql.insert(_T)
+    .from_select(
+        _COLUMNS,
+        select(*(func.unnest(bindparam(name, type_=ARRAY(_T.c[name].type))) for name in _COLUMNS)),
+    )
+    .on_conflict_do_nothing()
+    .execution_options(preserve_rowcount=True)
+)
+_SQLITE_INSERT = (
+    sqlite.insert(_T).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+)
+
+
+def to_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive datetime (as SQLite returns them) is taken as UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def existing_device_ids(connection: Connection, device_ids: Iterable[str]) -> set[str]:
+    """Those of ``device_ids`` that have a device row."""
+    wanted = sorted(set(device_ids))
+    found: set[str] = set()
+    table = DeviceRecord.__table__  # type: ignore[attr-defined]
+    for start in range(0, len(wanted), IN_CHUNK):
+        chunk = wanted[start : start + IN_CHUNK]
+        found.update(connection.scalars(select(table.c.id).where(table.c.id.in_(chunk))))
+    return found
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def telemetry_rows(batches: Sequence[TelemetryBatch]) -> list[dict[str, Any]]:
+    """One row per window, as ``telemetry`` stores it."""
+    rows = []
+    for batch in batches:
+        for window in batch.windows:
+            latency = window.latency
+            drift = [v for v in window.drift_psi.values() if math.isfinite(v)]
+            rows.append(
+                {
+                    "device_id": batch.device_id,
+                    "model_name": window.model,
+                    "version": window.release.version if window.release else None,
+                    "window_start": to_utc(window.window_start),
+                    "window_s": window.window_s,
+                    "requests": window.requests,
+                    "errors": window.errors,
+                    "nonfinite": window.nonfinite_outputs,
+                    "p50_ms": _finite(latency.p50_ms) if latency else None,
+                    "p95_ms": _finite(latency.p95_ms) if latency else None,
+                    "p99_ms": _finite(latency.p99_ms) if latency else None,
+                    "confidence_mean": window.top1_confidence_mean,
+                    "max_drift_psi": max(drift) if drift else None,
+                    "merged": 1,
+                }
+            )
+    return rows
+
+
+def _insert_ignoring_duplicates(connection: Connection, rows: list[dict[str, Any]]) -> int:
+    """One statement for all rows; returns the rows inserted.
+
+    PostgreSQL gets one ``INSERT … SELECT unnest(…) … ON CONFLICT DO NOTHING`` with an
+    array per column (half again as fast as psycopg's pipelined executemany, and it
+    reports its row count); SQLite gets one executemany of a prepared statement, the
+    fastest path its driver has.
+    """
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        arrays = {name: [row[name] for row in rows] for name in _COLUMNS}
+        result = connection.execute(_PG_INSERT, arrays)
+    elif dialect == "sqlite":
+        result = connection.execute(_SQLITE_INSERT, rows)
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        raise NotImplementedError(f"telemetry ingest does not support {dialect}")
+    return max(result.rowcount, 0)
+
+
+def write_telemetry(engine: Engine, batches: Sequence[TelemetryBatch]) -> int:
+    """Store every window of ``batches``; returns the number of rows newly inserted.
+
+    Windows already stored (a redelivery, another controller) and windows of unknown
+    devices are skipped.
+    """
+    rows = telemetry_rows(batches)
+    if not rows:
+        return 0
+    with engine.begin() as connection:
+        known = existing_device_ids(connection, (row["device_id"] for row in rows))
+        rows = [row for row in rows if row["device_id"] in known]
+        if not rows:
+            return 0
+        return _insert_ignoring_duplicates(connection, rows)
+
+
+def prune_telemetry(engine: Engine, *, older_than: datetime) -> int:
+    """Delete windows that started before ``older_than``; returns how many."""
+    with engine.begin() as connection:
+        result = connection.execute(
+            delete(_T).where(_T.c.window_start < to_utc(older_than)),
+            execution_options={"preserve_rowcount": True},
+        )
+        return max(result.rowcount, 0)
+
+
+def downsample_telemetry(
+    engine: Engine,
+    *,
+    older_than: datetime,
+    bucket_s: float,
+    lookback_s: float = DOWNSAMPLE_LOOKBACK_S,
+) -> int:
+    """Merge windows that started before ``older_than`` into one row per device, model,
+    version and ``bucket_s`` bucket (aligned on the Unix epoch); returns rows removed.
+
+    Only buckets holding a raw window (``merged = 1``) that started at most ``lookback_s``
+    before the cutoff are looked at, so a call reads what crossed the cutoff lately, not
+    the whole history; raw windows older than that (a controller down for longer) stay
+    as they are until they are pruned. Idempotent: a bucket already merged has one row.
+    """
+    if not (math.isfinite(bucket_s) and bucket_s > 0):
+        raise ValueError(f"bucket_s must be a positive number, not {bucket_s}")
+    cutoff = to_utc(older_than)
+    start = cutoff - timedelta(seconds=lookback_s)
+    with engine.begin() as connection:
+        raw = connection.execute(
+            select(_T)
+            .where(_T.c.merged == 1, _T.c.window_start >= start, _T.c.window_start < cutoff)
+            .order_by(_T.c.device_id, _T.c.model_name, _T.c.window_start)
+            .with_for_update()
+        ).mappings()
+        groups: dict[tuple[str, str, int | None, int], list[dict[str, Any]]] = {}
+        for raw_row in raw:
+            row = dict(raw_row)
+            groups.setdefault(_bucket_key(row, bucket_s), []).append(row)
+        if not groups:
+            return 0
+        # Earlier merges of the same buckets join the new raw windows.
+        for earlier in _merged_rows(connection, groups, bucket_s=bucket_s, cutoff=cutoff):
+            key = _bucket_key(earlier, bucket_s)
+            if key in groups:
+                groups[key].append(earlier)
+        removed = 0
+        for rows in groups.values():
+            if len(rows) < 2:
+                continue
+            connection.execute(delete(_T).where(_T.c.id.in_([row["id"] for row in rows])))
+            connection.execute(insert(_T).values(**_merge(rows)))
+            removed += len(rows) - 1
+        return removed
+
+
+def _merged_rows(
+    connection: Connection,
+    groups: Mapping[tuple[str, str, int | None, int], object],
+    *,
+    bucket_s: float,
+    cutoff: datetime,
+) -> list[dict[str, Any]]:
+    """Rows merged earlier in the buckets of ``groups``' devices, to merge again."""
+    since = _bucket_start(min(key[3] for key in groups), bucket_s)
+    device_ids = sorted({key[0] for key in groups})
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(device_ids), IN_CHUNK):
+        rows.extend(
+            dict(row)
+            for row in connection.execute(
+                select(_T)
+                .where(
+                    _T.c.merged > 1,
+                    _T.c.window_start >= since,
+                    _T.c.window_start < cutoff,
+                    _T.c.device_id.in_(device_ids[start : start + IN_CHUNK]),
+                )
+                .with_for_update()
+            ).mappings()
+        )
+    return rows
+
+
+def _bucket_key(row: Mapping[str, Any], bucket_s: float) -> tuple[str, str, int | None, int]:
+    bucket = math.floor(to_utc(row["window_start"]).timestamp() / bucket_s)
+    return row["device_id"], row["model_name"], row["version"], bucket
+
+
+def _bucket_start(bucket: int, bucket_s: float) -> datetime:
+    return datetime.fromtimestamp(bucket * bucket_s, UTC)
+
+
+def _merge(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    first = min(rows, key=lambda row: to_utc(row["window_start"]))
+    merged: dict[str, Any] = {
+        "device_id": first["device_id"],
+        "model_name": first["model_name"],
+        "version": first["version"],
+        "window_start": to_utc(first["window_start"]),
+        "window_s": sum(row["window_s"] for row in rows),
+        "requests": sum(row["requests"] for row in rows),
+        "errors": sum(row["errors"] for row in rows),
+        "nonfinite": sum(row["nonfinite"] for row in rows),
+        "merged": sum(row["merged"] for row in rows),
+    }
+    for name in _WEIGHTED:
+        merged[name] = _weighted_mean((row[name], row["requests"]) for row in rows)
+    drifts = [row["max_drift_psi"] for row in rows if row["max_drift_psi"] is not None]
+    merged["max_drift_psi"] = max(drifts) if drifts else None
+    return merged
+
+
+def _weighted_mean(pairs: Iterable[tuple[float | None, int]]) -> float | None:
+    """The mean of the values weighted by requests; None when no request carries one."""
+    total = weight = 0.0
+    for value, requests in pairs:
+        if value is not None and requests > 0:
+            total += value * requests
+            weight += requests
+    return total / weight if weight else None
+
+
+@dataclass
+class _HealthSums:
+    devices: int = 0
+    requests: int = 0
+    errors: int = 0
+    nonfinite: int = 0
+    p95_sum: float = 0.0
+    p95_requests: int = 0
+    confidence_sum: float = 0.0
+    confidence_requests: int = 0
+    max_drift_psi: float | None = None
+
+    def add(self, row: Any) -> None:
+        # PostgreSQL sums integers as numeric: Decimal in Python, hence the conversions.
+        self.devices += int(row.devices or 0)
+        self.requests += int(row.requests or 0)
+        self.errors += int(row.errors or 0)
+        self.nonfinite += int(row.nonfinite or 0)
+        self.p95_sum += float(row.p95_sum or 0.0)
+        self.p95_requests += int(row.p95_requests or 0)
+        self.confidence_sum += float(row.confidence_sum or 0.0)
+        self.confidence_requests += int(row.confidence_requests or 0)
+        if row.max_drift_psi is not None:
+            drift = float(row.max_drift_psi)
+            self.max_drift_psi = max(drift, self.max_drift_psi or drift)
+
+    def health(self) -> FleetHealth:
+        def ratio(part: float, whole: int) -> float | None:
+            return part / whole if whole else None
+
+        return FleetHealth(
+            devices=self.devices,
+            requests=self.requests,
+            error_rate=ratio(self.errors, self.requests),
+            nonfinite_rate=ratio(self.nonfinite, self.requests),
+            p95_ms=ratio(self.p95_sum, self.p95_requests),
+            confidence_mean=ratio(self.confidence_sum, self.confidence_requests),
+            max_drift_psi=self.max_drift_psi,
+        )
+
+
+def fleet_health(
+    engine: Engine,
+    *,
+    device_ids: Collection[str],
+    model: str,
+    version: int | None,
+    since: datetime,
+) -> FleetHealth:
+    """Model health over the windows of ``device_ids`` for ``model`` (and ``version``,
+    unless None) that started at or after ``since``.
+
+    ``devices`` counts devices with at least one window. Rates are None when there were no
+    requests. ``p95_ms`` is the request-weighted mean of the windows' p95s: an
+    approximation (the p95 of the union is not recoverable from per-window summaries), good
+    for comparing two groups measured the same way. ``confidence_mean`` is request-weighted
+    too; ``max_drift_psi`` is the largest any window saw.
+    """
+    ids = sorted(set(device_ids))
+    sums = _HealthSums()
+    if not ids:
+        return sums.health()
+    has_p95 = _T.c.p95_ms.is_not(None)
+    has_confidence = _T.c.confidence_mean.is_not(None)
+    columns = (
+        func.count(func.distinct(_T.c.device_id)).label("devices"),
+        func.sum(_T.c.requests).label("requests"),
+        func.sum(_T.c.errors).label("errors"),
+        func.sum(_T.c.nonfinite).label("nonfinite"),
+        func.sum(case((has_p95, _T.c.p95_ms * _T.c.requests))).label("p95_sum"),
+        func.sum(case((has_p95, _T.c.requests))).label("p95_requests"),
+        func.sum(case((has_confidence, _T.c.confidence_mean * _T.c.requests))).label(
+            "confidence_sum"
+        ),
+        func.sum(case((has_confidence, _T.c.requests))).label("confidence_requests"),
+        func.max(_T.c.max_drift_psi).label("max_drift_psi"),
+    )
+    with engine.connect() as connection:
+        for start in range(0, len(ids), IN_CHUNK):
+            query = select(*columns).where(
+                _T.c.device_id.in_(ids[start : start + IN_CHUNK]),
+                _T.c.model_name == model,
+                _T.c.window_start >= to_utc(since),
+            )
+            if version is not None:
+                query = query.where(_T.c.version == version)
+            sums.add(connection.execute(query).one())
+    return sums.health()
