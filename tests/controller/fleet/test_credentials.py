@@ -102,7 +102,7 @@ def test_mosquitto_accepts_our_hash_for_the_right_password_only(tmp_path: Path) 
     )
     try:
         connect(server.endpoint, "dev-1", "correct password")
-        with pytest.raises(ConnectionError, match="refused|authori"):
+        with pytest.raises(ConnectionError, match="refused"):
             connect(server.endpoint, "dev-1", "wrong password")
     finally:
         server.stop()
