@@ -23,7 +23,7 @@ import logging
 import os
 import tempfile
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +98,10 @@ class AgentConfigExistsError(ConfigurationError):
 class EnrolledDevice:
     """A verified enrollment: what ``agent.toml`` and ``trust-root.json`` will hold."""
 
-    settings: dict[str, str]
+    # Holds the MQTT password and the API token: kept out of repr, so out of logs.
+    settings: dict[str, str] = field(repr=False)
     labels: dict[str, str]
-    trust_root_envelope: Envelope
+    trust_root_envelope: Envelope = field(repr=False)
     trust_root: TrustRoot
 
     @property

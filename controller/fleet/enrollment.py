@@ -28,7 +28,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -79,12 +79,12 @@ class Enrollment:
     device_id: str
     labels: dict[str, str]
     mqtt_username: str
-    mqtt_password: str
+    mqtt_password: str = field(repr=False)
     broker_url: str
     topic_prefix: str
     controller_url: str
-    controller_token: str
-    trust_root: dict[str, Any]
+    controller_token: str = field(repr=False)
+    trust_root: dict[str, Any] = field(repr=False)
     token_id: str
     reenrolled: bool
 
