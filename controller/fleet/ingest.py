@@ -94,7 +94,7 @@ _SCHEMAS: dict[Channel, type[State] | type[Event] | type[TelemetryBatch]] = {
 }
 
 
-def decode_report(prefix: str, topic: str, payload: bytes) -> Report | Dropped:
+def decode_report(prefix: str, topic: str, payload: bytes | bytearray) -> Report | Dropped:
     """The report a device published on ``topic``, or why it is dropped.
 
     Parsed by pydantic-core straight from the bytes (several times faster than
