@@ -21,7 +21,7 @@ from .api import artifacts, devices, health, models, releases, rollouts
 from .api.deps import Viewer
 from .artifact_store import ArtifactStore
 from .context import ControllerContext
-from .db import make_engine
+from .db import make_engine, reader_engine
 from .errors import (
     BadRequestError,
     ConflictError,
@@ -31,6 +31,7 @@ from .errors import (
     NotFoundError,
     UploadTooLargeError,
 )
+from .fleet.fleet_collector import FleetCollector
 from .metrics import Metrics
 from .migrate import upgrade_database
 from .settings import Settings
@@ -68,6 +69,7 @@ def build_context(
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> FastAPI:
     ctx = build_context(settings, environ)
+    ctx.metrics.registry.register(FleetCollector(reader_engine(ctx.engine)))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -15,23 +15,35 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlmodel import Session
 
-__all__ = ["make_engine", "session_scope"]
+__all__ = ["make_engine", "reader_engine", "session_scope"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, immediate: bool = True) -> Engine:
     """An engine for ``url``; ``postgresql://`` URLs use the psycopg 3 driver."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False})
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, "BEGIN IMMEDIATE" if immediate else "BEGIN")
         return engine
     return create_engine(url, pool_pre_ping=True)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def reader_engine(engine: Engine) -> Engine:
+    """An engine for reads that may run while the same thread holds a write transaction.
+
+    On SQLite every transaction of ``engine`` begins IMMEDIATE and so waits for the one
+    writer; a reader's transactions begin deferred and, with WAL, never wait. Reads that
+    happen inside a request's transaction (``/metrics``) use it. PostgreSQL needs nothing.
+    """
+    if engine.dialect.name != "sqlite":
+        return engine
+    return make_engine(engine.url.render_as_string(hide_password=False), immediate=False)
+
+
+def _configure_sqlite(engine: Engine, begin: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin.
@@ -45,7 +57,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql(begin)
 
 
 @contextmanager

@@ -20,7 +20,10 @@ from typing import Any
 import uvicorn
 
 from .app import create_app
+from .context import ControllerContext
+from .db import reader_engine
 from .errors import ConfigError, ControllerError
+from .fleet.broker_auth import controller_mqtt_credentials, embedded_broker_config
 from .settings import Settings
 
 __all__ = ["EXIT_STARTUP_FAILURE", "serve"]
@@ -30,6 +33,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_STARTUP_FAILURE = 3
 GRACEFUL_SHUTDOWN_S = 30
+FLEET_STOP_TIMEOUT_S = 10
 
 
 def serve(settings: Settings) -> int:
@@ -46,7 +50,15 @@ def serve(settings: Settings) -> int:
 
 
 async def _run(settings: Settings, app: Any) -> int:
-    broker = await _start_broker(settings)
+    ctx: ControllerContext = app.state.ctx
+    broker = await _start_broker(settings, ctx)
+    if broker is not None:
+        # The embedded broker checks logins; the controller's own client needs one too.
+        username, password = controller_mqtt_credentials(settings)
+        settings = settings.model_copy(
+            update={"mqtt_username": username, "mqtt_password": password}
+        )
+    fleet_task = None
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -56,13 +68,33 @@ async def _run(settings: Settings, app: Any) -> int:
     )
     server = _Server(config)
     try:
+        fleet_task = _start_fleet(settings, app) if settings.fleet_enabled else None
         await server.serve()
     finally:
+        if fleet_task is not None:
+            fleet_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(fleet_task, FLEET_STOP_TIMEOUT_S)
+            logger.info("fleet loops stopped")
         if broker is not None:
             with contextlib.suppress(Exception):
                 await broker.shutdown()
             logger.info("embedded MQTT broker stopped")
     return EXIT_OK if server.started else EXIT_STARTUP_FAILURE
+
+
+def _start_fleet(settings: Settings, app: Any) -> asyncio.Task[None]:
+    """The MQTT bridge and the rollout loops, beside the HTTP server."""
+    from .fleet.engine import FleetContext
+    from .fleet.service import FleetService
+
+    ctx: ControllerContext = app.state.ctx
+    fleet = FleetContext(
+        settings=settings, engine=ctx.engine, deployment_key=ctx.signer.deployment_key
+    )
+    service = FleetService(fleet, ctx.metrics.registry)
+    logger.info("fleet loops started (MQTT %s)", settings.broker_url)
+    return asyncio.create_task(service.run(), name="fleet")
 
 
 class _Server(uvicorn.Server):
@@ -84,7 +116,7 @@ class _Server(uvicorn.Server):
                 loop.remove_signal_handler(signum)
 
 
-async def _start_broker(settings: Settings) -> Any:
+async def _start_broker(settings: Settings, ctx: ControllerContext) -> Any:
     if settings.broker != "embedded":
         if not settings.broker.startswith(("mqtt://", "mqtts://")):
             raise ConfigError(
@@ -95,16 +127,8 @@ async def _start_broker(settings: Settings) -> Any:
     _check_port_free(settings.mqtt_host, settings.mqtt_port)
     from amqtt.broker import Broker
 
-    broker = Broker(
-        {
-            "listeners": {
-                "default": {"type": "tcp", "bind": f"{settings.mqtt_host}:{settings.mqtt_port}"}
-            },
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
-            },
-        }
-    )
+    # Devices log in with the credentials enrollment gave them, and only to their topics.
+    broker = Broker(embedded_broker_config(settings, reader_engine(ctx.engine)))
     try:
         await broker.start()
     except Exception as exc:

@@ -19,7 +19,14 @@ class TestClient:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, endpoint: BrokerEndpoint, client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: BrokerEndpoint,
+        client_id: str | None = None,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._connected: queue.Queue[Any] = queue.Queue()
@@ -29,6 +36,8 @@ class TestClient:
             client_id=client_id or f"test-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv311,
         )
+        if username is not None:
+            self._client.username_pw_set(username, password)
         self._client.on_connect = self._on_connect
         self._client.reconnect_delay_set(min_delay=0.1, max_delay=1)
         self._topic_filters: list[tuple[str, int]] = []

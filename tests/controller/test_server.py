@@ -19,6 +19,7 @@ from tests.brokers import BrokerEndpoint, free_port, wait_for_port
 from tests.mqtt_client import TestClient
 
 STARTUP_TIMEOUT_S = 60.0
+MQTT_USER, MQTT_PASSWORD = "controller-admin", "a test password"
 SHUTDOWN_TIMEOUT_S = 30.0
 
 
@@ -50,7 +51,11 @@ def start_controller(data_dir: Path, mqtt_port: int) -> RunningController:
             "--data-dir",
             str(data_dir),
         ],
-        env={k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")},
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")},
+            "EDGEFLEET_MQTT_USERNAME": MQTT_USER,
+            "EDGEFLEET_MQTT_PASSWORD": MQTT_PASSWORD,
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -79,11 +84,18 @@ def test_serve_answers_probes_and_runs_the_embedded_broker(controller: RunningCo
     assert httpx.get(f"{controller.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{controller.url}/readyz").json() == {"status": "ready"}
     assert httpx.get(f"{controller.url}/api/v1/models").status_code == 401
-    with TestClient(BrokerEndpoint("amqtt", "127.0.0.1", controller.mqtt_port)) as mqtt:
+    endpoint = BrokerEndpoint("amqtt", "127.0.0.1", controller.mqtt_port)
+    with TestClient(endpoint, username=MQTT_USER, password=MQTT_PASSWORD) as mqtt:
         mqtt.subscribe("edgefleet-test/#")
         mqtt.publish("edgefleet-test/ping", b"pong")
         assert mqtt.receive().payload == b"pong"
     assert (controller.data_dir / "keys" / "trust-root.json").exists()
+
+
+def test_the_embedded_broker_refuses_anonymous_clients(controller: RunningController) -> None:
+    endpoint = BrokerEndpoint("amqtt", "127.0.0.1", controller.mqtt_port)
+    with pytest.raises(ConnectionError, match="refused"), TestClient(endpoint):
+        pass
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
