@@ -176,7 +176,7 @@ def controller_serve(
 
 @tokens_app.command("create")
 def tokens_create(
-    role: Annotated[TokenRole, typer.Option("--role", help="admin, operator or viewer.")],
+    role: Annotated[TokenRole, typer.Option("--role", help="admin, operator, viewer or device.")],
     name: Annotated[str, typer.Option("--name", help="Who or what holds the token.")] = "cli",
     data_dir: DataDir = None,
     config: ConfigFile = None,

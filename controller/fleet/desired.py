@@ -111,7 +111,7 @@ def unpublished_messages(session: Session, prefix: str, *, limit: int) -> list[D
     rows = session.exec(
         select(DeviceRecord)
         .where(
-            col(DeviceRecord.decommissioned_at).is_(None),
+            # Decommissioned devices too: their cleared desired state is published once.
             or_(
                 col(DeviceRecord.published_sequence).is_(None),
                 col(DeviceRecord.published_sequence) < col(DeviceRecord.desired_sequence),

@@ -45,6 +45,7 @@ from ..settings import Settings
 from ..tables import ApiToken, utcnow
 from ..tokens import Role, create_token
 from .credentials import generate_mqtt_password, hash_mqtt_password
+from .desired import clear_desired
 
 __all__ = [
     "ENROLLMENT_TOKEN_PREFIX",
@@ -229,7 +230,7 @@ def enroll_device(
 
 
 def decommission_device(session: Session, *, device_id: str) -> DeviceRecord:
-    """Retire a device: mark it, revoke its API token. Idempotent.
+    """Retire a device: mark it, clear its desired state, revoke its API token. Idempotent.
 
     Its MQTT login stops working where the broker reads the database (the embedded
     broker) at its next connect, and in Mosquitto after the next password-file export.
@@ -241,6 +242,7 @@ def decommission_device(session: Session, *, device_id: str) -> DeviceRecord:
         raise NotFoundError(f"no device {device_id!r}")
     now = utcnow()
     if device.decommissioned_at is None:
+        clear_desired(session, device_id=device.id)  # an empty retained desired state
         device.decommissioned_at = now
         device.online = False
         session.add(device)

@@ -292,3 +292,23 @@ def test_metrics_show_devices_rollouts_and_their_outcomes(
     assert 'edgefleet_devices{online="true"} 3.0' in text
     assert 'edgefleet_rollouts{status="running"} 1.0' in text
     assert f'edgefleet_rollout_devices{{outcome="pending",rollout="{rollout["id"]}"}} 1.0' in text
+
+
+def test_a_decommissioned_device_gets_its_desired_state_cleared_on_the_broker(
+    fleet_app: FastAPI, client: TestClient, tokens: dict[Role, str]
+) -> None:
+    context = ctx(fleet_app)
+    [device_id] = add_devices(context.engine, 1)
+    rollout = start_rollout(client, tokens[Role.OPERATOR], waves="100%")
+    plan_rollout(fleet_of(context), rollout["id"], now_s=NOW_S)
+    prefix = context.settings.topic_prefix
+    with Session(context.engine) as session:
+        mark_published(session, unpublished_messages(session, prefix, limit=10))
+        session.commit()
+
+    answer = client.delete(f"/api/v1/devices/{device_id}", headers=bearer(tokens[Role.OPERATOR]))
+
+    assert answer.status_code == 200, answer.text
+    with Session(context.engine) as session:
+        [message] = unpublished_messages(session, prefix, limit=10)
+    assert (message.device_id, message.payload) == (device_id, b"")
