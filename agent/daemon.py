@@ -101,7 +101,7 @@ class AgentDaemon:
             device_id=config.device_id,
             prefix=config.topic_prefix,
             outbox=self.outbox,
-            publish=self.link.publish,
+            publish=self._publish,
             clock=self.clock,
             snapshot=self._snapshot,
         )
@@ -131,6 +131,12 @@ class AgentDaemon:
     def _state_message(self, payload: bytes) -> Message:
         topic = device_topic(self.config.topic_prefix, self.config.device_id, Channel.STATE)
         return Message(topic, payload, qos=1, retain=True)
+
+    def _publish(self, message: Message) -> None:
+        # The birth, republished at every connect, is the latest state, not the first.
+        if message.topic == self.reporter.state_topic and message.retain:
+            self.link.birth = message
+        self.link.publish(message)
 
     def _snapshot(self) -> Mapping[str, Any]:
         # Called only once __init__ has built the updater.

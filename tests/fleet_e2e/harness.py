@@ -1,0 +1,287 @@
+"""The whole system as an operator runs it: controller processes, enrolled agents, traffic.
+
+Everything is real: ``edgefleet controller serve`` and ``edgefleet-agent run`` as
+subprocesses, a Mosquitto of the test's own, SQLite or PostgreSQL, ONNX models pushed and
+released through the API, enrollment through the API and ``edgefleet-agent enroll``, and
+applications calling each agent's local inference API while models change.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from tests.brokers import free_port, wait_for_port
+
+PASSPHRASE = "fleet e2e passphrase"
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env.update(extra)
+    return env
+
+
+class ControllerProcess:
+    """``edgefleet controller serve`` against an external broker, restartable and killable."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        broker_url: str,
+        database_url: str = "",
+        controller_id: str = "c1",
+        shared_group: str = "",
+        data_dir: Path | None = None,
+    ) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir or directory / "data"
+        self.port = free_port()
+        self.log = directory / "controller.log"
+        self.env = _clean_env(
+            EDGEFLEET_DATA_DIR=str(self.data_dir),
+            EDGEFLEET_DATABASE_URL=database_url,
+            EDGEFLEET_BROKER=broker_url,
+            EDGEFLEET_PORT=str(self.port),
+            EDGEFLEET_KEY_PASSPHRASE=PASSPHRASE,
+            EDGEFLEET_CONTROLLER_ID=controller_id,
+            EDGEFLEET_SHARED_SUBSCRIPTION_GROUP=shared_group,
+            EDGEFLEET_PLAN_INTERVAL_S="0.5",
+            EDGEFLEET_RECONCILE_INTERVAL_S="5",
+            EDGEFLEET_INGEST_FLUSH_S="0.1",
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "controller", "controller", "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+            )
+        wait_for_port("127.0.0.1", self.port, STARTUP_TIMEOUT_S, alive=self.alive)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=STOP_TIMEOUT_S)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def create_token(self, role: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "controller", "tokens", "create", "--role", role],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return result.stdout.strip().splitlines()[-1]
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+class Api:
+    """The controller's HTTP API as an operator's script uses it."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.http = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120
+        )
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        assert response.status_code < 300, (
+            f"{method} {path}: {response.status_code} {response.text}"
+        )
+        return response.json()
+
+    def push_and_release(self, name: str, model: Path, validation: Path | None = None) -> int:
+        files = {"model": (model.name, model.read_bytes())}
+        if validation is not None:
+            files["validation"] = (validation.name, validation.read_bytes())
+        version = int(self.call("POST", f"/api/v1/models/{name}/versions", files=files)["version"])
+        self.call("POST", f"/api/v1/models/{name}/versions/{version}/release")
+        return version
+
+    def rollout(self, release: str, **fields: Any) -> str:
+        body = {"release": release, **fields}
+        rollout_id: str = self.call("POST", "/api/v1/rollouts", json=body)["id"]
+        return rollout_id
+
+    def rollout_status(self, rollout_id: str) -> dict[str, Any]:
+        status: dict[str, Any] = self.call("GET", f"/api/v1/rollouts/{rollout_id}")
+        return status
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        detail: dict[str, Any] = self.call("GET", f"/api/v1/devices/{device_id}")
+        return detail
+
+    def wait_rollout(
+        self,
+        rollout_id: str,
+        statuses: tuple[str, ...],
+        timeout_s: float,
+        context: Callable[[], str],
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        status = self.rollout_status(rollout_id)
+        while status["status"] not in statuses:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"rollout {rollout_id} is {status['status']}, not {statuses}: "
+                    f"{status['waves']} {status['notes']} {status['gates']}\n{context()}"
+                )
+            time.sleep(0.5)
+            status = self.rollout_status(rollout_id)
+        return status
+
+
+@dataclass
+class Traffic:
+    """An application calling one agent's local API with inputs like the reference data."""
+
+    url: str
+    model: str
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    interval_s: float = 0.05
+
+    def run(self) -> None:
+        rng = np.random.default_rng(abs(hash(self.url)) % 2**32)
+        with httpx.Client(timeout=30) as client:
+            while not self.stop.is_set():
+                row = rng.standard_normal(4).astype(np.float32).tolist()
+                body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": row}]}
+                try:
+                    response = client.post(f"{self.url}/v2/models/{self.model}/infer", json=body)
+                except httpx.HTTPError:
+                    time.sleep(0.2)  # the agent is not serving yet, or restarting
+                    continue
+                if response.status_code == 200:
+                    self.ok += 1
+                elif response.status_code != 404:  # 404: no model yet
+                    self.failures.append(f"{response.status_code}: {response.text[:200]}")
+                time.sleep(self.interval_s)
+
+
+class FleetAgent:
+    """A device: enrolled through the controller, then ``edgefleet-agent run``."""
+
+    def __init__(self, directory: Path, device_id: str) -> None:
+        self.directory = directory
+        self.device_id = device_id
+        self.inference_port = free_port()
+        self.log = directory / "agent.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.traffic: Traffic | None = None
+        self._traffic_thread: threading.Thread | None = None
+
+    def enroll(self, controller_url: str, token: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "enroll",
+                "--controller",
+                controller_url,
+                "--token",
+                token,
+                "--data-dir",
+                str(self.directory),
+                "--device-id",
+                self.device_id,
+            ],
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def start(self) -> None:
+        env = _clean_env(
+            EDGEFLEET_AGENT_INFERENCE_PORT=str(self.inference_port),
+            EDGEFLEET_AGENT_STATS_WINDOW_S="1",
+            EDGEFLEET_AGENT_DOWNLOAD_MIN_DEADLINE_S="30",
+            EDGEFLEET_AGENT_SANDBOX_WALL_S="90",
+            EDGEFLEET_AGENT_SHUTDOWN_TIMEOUT_S="5",
+        )
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "agent",
+                    "run",
+                    "--config",
+                    str(self.directory / "agent.toml"),
+                ],
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def start_traffic(self, model: str) -> Traffic:
+        self.traffic = Traffic(f"http://127.0.0.1:{self.inference_port}", model)
+        self._traffic_thread = threading.Thread(target=self.traffic.run, daemon=True)
+        self._traffic_thread.start()
+        return self.traffic
+
+    def stop_traffic(self) -> None:
+        if self.traffic is not None and self._traffic_thread is not None:
+            self.traffic.stop.set()
+            self._traffic_thread.join(timeout=30)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return "(no log)"
