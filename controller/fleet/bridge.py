@@ -57,7 +57,8 @@ from protocol.topics import verify_prefix
 from ..errors import ConfigError, ControllerError
 from ..settings import Settings
 from .fleet_metrics import BridgeMetrics
-from .ingest import Dropped, Report, WrittenReports, decode_report, write_reports
+from .ingest import Dropped, QueuedReport, WrittenReports, decode_report, write_reports
+from .telemetry import telemetry_rows
 
 __all__ = ["BridgeError", "MqttBridge", "check_bridge_settings"]
 
@@ -144,10 +145,10 @@ class MqttBridge:
         self._batch_size = settings.ingest_batch_size
         self._queue_limit = QUEUE_BATCHES * settings.ingest_batch_size
         # (received_at_s, report); appended by paho's callback, taken by the writer.
-        self._queue: deque[tuple[float, Report]] = deque()
+        self._queue: deque[tuple[float, QueuedReport]] = deque()
         self._owed_acks: deque[tuple[paho.Client, int, int]] = deque()
         self._wakeup = asyncio.Event()
-        self._writing: list[tuple[float, Report]] = []
+        self._writing: list[tuple[float, QueuedReport]] = []
         self._client: aiomqtt.Client | None = None
         self._connected = False
         self._drop_logged_at: dict[str, float] = {}
@@ -307,9 +308,13 @@ class MqttBridge:
             self._dropped(report)
             return
         self.metrics.received[_CHANNEL_OF[type(report)]].inc()
-        queue = self._queue
-        queue.append((time.time(), report))
-        if len(queue) == 1 or len(queue) >= self._batch_size:
+        queue, received_s = self._queue, time.time()
+        was_empty = not queue
+        if isinstance(report, TelemetryBatch):
+            queue.extend((received_s, row) for row in telemetry_rows((report,)))
+        else:
+            queue.append((received_s, report))
+        if was_empty or len(queue) >= self._batch_size:
             self._wakeup.set()
 
     def _dropped(self, dropped: Dropped) -> None:
@@ -342,7 +347,7 @@ class MqttBridge:
             await self._write_with_retry(self._writing)
             self._writing = []
 
-    async def _next_batch(self) -> list[tuple[float, Report]]:
+    async def _next_batch(self) -> list[tuple[float, QueuedReport]]:
         """Wait for a report, then for a full batch or ``ingest_flush_s``, and take it."""
         queue, loop = self._queue, asyncio.get_running_loop()
         while not queue:
@@ -358,7 +363,7 @@ class MqttBridge:
         self._release_acks()
         return batch
 
-    async def _write_with_retry(self, batch: Sequence[tuple[float, Report]]) -> None:
+    async def _write_with_retry(self, batch: Sequence[tuple[float, QueuedReport]]) -> None:
         attempt = 0
         while True:
             try:
@@ -386,7 +391,7 @@ class MqttBridge:
                 self.metrics.count_written(written)
                 return
 
-    async def _isolate(self, batch: Sequence[tuple[float, Report]]) -> None:
+    async def _isolate(self, batch: Sequence[tuple[float, QueuedReport]]) -> None:
         """Write the halves apart, so one report the database refuses holds up no other."""
         if len(batch) > 1:
             half = len(batch) // 2
@@ -396,7 +401,7 @@ class MqttBridge:
         self.metrics.refused.inc()
         logger.error("the database refuses this report; dropping it: %r", batch[0][1])
 
-    def _write(self, batch: Sequence[tuple[float, Report]]) -> WrittenReports:
+    def _write(self, batch: Sequence[tuple[float, QueuedReport]]) -> WrittenReports:
         received_at_s = max(received_s for received_s, _ in batch)
         reports = [report for _, report in batch]
         return write_reports(

@@ -5,8 +5,9 @@
 ``Engine``, each call one transaction, meant to run in a worker thread.
 
 Invariants:
-- idempotent: applying the same reports again changes nothing. A state older than, or as
-  old as, the one stored is ignored (``reported_at``); an offline will changes only
+- idempotent: applying the same reports again changes nothing. A state older than the one
+  stored is ignored, one as old only says the device is online (``reported_at``; a
+  reconnecting device repeats its last state as its birth); an offline will changes only
   ``online``; events are keyed by (device_id, seq);
 - an event's side effects run only in the call whose ``INSERT … ON CONFLICT DO NOTHING
   … RETURNING`` inserted it, so each (device, seq) acts exactly once, whatever MQTT
@@ -21,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,13 +42,20 @@ from ..fleet_tables import (
     RolloutAssignmentRecord,
     RolloutEventRecord,
 )
-from .telemetry import IN_CHUNK, existing_device_ids, to_utc, write_telemetry
+from .telemetry import (
+    IN_CHUNK,
+    TelemetryRow,
+    existing_device_ids,
+    to_utc,
+    write_telemetry_rows,
+)
 
 __all__ = [
     "FINAL_EVENTS",
     "AppliedEvents",
     "DropReason",
     "Dropped",
+    "QueuedReport",
     "Report",
     "WrittenReports",
     "apply_events",
@@ -60,6 +69,7 @@ VERDICT_EVENT = "probation_verdict"
 UNOBSERVED_VERDICT = "commit_unobserved"
 MAX_REASON_CHARS = 256  # rollout_assignments.reason
 MAX_VERDICT_CHARS = 32  # rollout_assignments.probation
+TOPIC_CACHE_ENTRIES = 65_536
 
 _DEVICES = DeviceRecord.__table__  # type: ignore[attr-defined]
 _EVENTS = DeviceEventRecord.__table__  # type: ignore[attr-defined]
@@ -87,6 +97,8 @@ class Dropped:
 
 
 Report = State | Event | TelemetryBatch
+# What the bridge queues: telemetry as rows (see ``telemetry.telemetry_rows``).
+QueuedReport = State | Event | TelemetryRow
 _SCHEMAS: dict[Channel, type[State] | type[Event] | type[TelemetryBatch]] = {
     Channel.STATE: State,
     Channel.EVENTS: Event,
@@ -101,13 +113,10 @@ def decode_report(prefix: str, topic: str, payload: bytes | bytearray) -> Report
     ``Document.from_payload``, which parses with the stdlib first): the ingest rate is
     bounded by this and by the MQTT client.
     """
-    try:
-        device_id, channel = parse_device_topic(prefix, topic)
-    except TopicError as exc:
-        return Dropped(DropReason.TOPIC, str(exc))
-    schema = _SCHEMAS.get(channel)
-    if schema is None:
-        return Dropped(DropReason.TOPIC, f"{channel} is not a device report")
+    parsed = _parse_topic(prefix, topic)
+    if isinstance(parsed, str):
+        return Dropped(DropReason.TOPIC, parsed)
+    device_id, schema = parsed
     if not payload:
         return Dropped(DropReason.EMPTY, f"empty payload on {topic}")
     if len(payload) > MAX_ENVELOPE_BYTES:
@@ -119,6 +128,22 @@ def decode_report(prefix: str, topic: str, payload: bytes | bytearray) -> Report
     if report.device_id != device_id:
         return Dropped(DropReason.FORGED, f"{topic} carries {report.device_id!r}")
     return report
+
+
+@functools.lru_cache(maxsize=TOPIC_CACHE_ENTRIES)
+def _parse_topic(
+    prefix: str, topic: str
+) -> tuple[str, type[State] | type[Event] | type[TelemetryBatch]] | str:
+    """The device and report schema of a topic, or what is wrong with it (cached: each
+    device publishes on the same three topics again and again)."""
+    try:
+        device_id, channel = parse_device_topic(prefix, topic)
+    except TopicError as exc:
+        return str(exc)
+    schema = _SCHEMAS.get(channel)
+    if schema is None:
+        return f"{channel} is not a device report"
+    return device_id, schema
 
 
 # -- states -----------------------------------------------------------------------------
@@ -162,17 +187,18 @@ def apply_states(engine: Engine, states: Sequence[tuple[str, State]], *, now: da
 def _state_values(
     state: State, stored: dict[str, Any] | None, *, now: datetime
 ) -> dict[str, Any] | None:
-    """The columns ``state`` sets, or None when it is not newer than ``stored``."""
+    """The columns ``state`` sets: all of them when it is newer than ``stored``; only that
+    the device is online when it is the stored state again (a reconnecting device's birth
+    repeats its last state, after its will said offline); None when it is older."""
     if not state.online:
         return {"online": False}
     stored_at = (stored or {}).get("reported_at")
-    newer = (
-        state.reported_at is None
-        or stored_at is None
-        or state.reported_at > datetime.fromisoformat(stored_at)
-    )
-    if not newer:
-        return None
+    if state.reported_at is not None and stored_at is not None:
+        stored_moment = datetime.fromisoformat(stored_at)
+        if state.reported_at < stored_moment:
+            return None
+        if state.reported_at == stored_moment:
+            return {"online": True, "last_seen_at": to_utc(now)}
     active, previous = state.active, state.previous
     return {
         "online": True,
@@ -366,16 +392,17 @@ class WrittenReports:
 
 
 def write_reports(
-    engine: Engine, reports: Sequence[Report], *, now: datetime, received_at_s: float
+    engine: Engine, reports: Sequence[QueuedReport], *, now: datetime, received_at_s: float
 ) -> WrittenReports:
-    """Store a batch of decoded reports: three transactions, each idempotent."""
+    """Store a batch of states, events and telemetry rows: three transactions, each
+    idempotent, so a batch that failed halfway can be written again whole."""
     states = [(r.device_id, r) for r in reports if isinstance(r, State)]
     events = [r for r in reports if isinstance(r, Event)]
-    batches = [r for r in reports if isinstance(r, TelemetryBatch)]
+    rows = [r for r in reports if isinstance(r, dict)]
     return WrittenReports(
         states=apply_states(engine, states, now=now) if states else 0,
         events=apply_events(engine, events, received_at_s=received_at_s)
         if events
         else AppliedEvents(),
-        telemetry_rows=write_telemetry(engine, batches) if batches else 0,
+        telemetry_rows=write_telemetry_rows(engine, rows) if rows else 0,
     )

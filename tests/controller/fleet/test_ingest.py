@@ -342,21 +342,21 @@ def test_a_state_sets_the_reported_fields_of_its_device(engine: Engine) -> None:
     assert (row.reported_state or {}).get("phase") == "probation"
 
 
-def test_an_older_or_repeated_state_is_ignored(engine: Engine) -> None:
+def test_an_older_state_is_ignored(engine: Engine) -> None:
     add_devices(engine, "dev-1")
     apply_states(engine, [("dev-1", state("dev-1", T0, phase="committed"))], now=T0)
 
     applied = apply_states(
         engine,
-        [
-            ("dev-1", state("dev-1", T0 - timedelta(seconds=1), phase="fetching")),
-            ("dev-1", state("dev-1", T0, phase="fetching")),
-        ],
+        [("dev-1", state("dev-1", T0 - timedelta(seconds=1), phase="fetching"))],
         now=T0 + timedelta(seconds=5),
     )
 
     assert applied == 0
-    assert device(engine, "dev-1").phase == "committed"
+    row = device(engine, "dev-1")
+    assert row.phase == "committed"
+    assert row.last_seen_at is not None
+    assert to_utc(row.last_seen_at) == T0
 
 
 def test_the_newest_of_several_states_in_one_batch_wins(engine: Engine) -> None:
@@ -387,20 +387,22 @@ def test_the_will_says_offline_and_keeps_the_last_known_release(engine: Engine) 
     assert to_utc(row.last_seen_at) == T0
 
 
-def test_a_state_redelivered_after_the_will_does_not_bring_the_device_back(
+def test_a_birth_repeating_the_last_state_after_the_will_brings_the_device_back(
     engine: Engine,
 ) -> None:
     add_devices(engine, "dev-1")
-    online = state("dev-1", T0)
+    online = state("dev-1", T0, phase="committed")
     apply_states(engine, [("dev-1", online)], now=T0)
+    apply_states(engine, [("dev-1", State(device_id="dev-1", online=False))], now=T0)
 
-    apply_states(
-        engine,
-        [("dev-1", State(device_id="dev-1", online=False)), ("dev-1", online)],
-        now=T0,
-    )
+    later = T0 + timedelta(minutes=5)
+    applied = apply_states(engine, [("dev-1", online.model_copy(update={"phase": "x"}))], now=later)
 
-    assert device(engine, "dev-1").online is False
+    row = device(engine, "dev-1")
+    assert applied == 1
+    assert (row.online, row.phase) == (True, "committed")
+    assert row.last_seen_at is not None
+    assert to_utc(row.last_seen_at) == later
 
 
 def test_states_of_unknown_devices_are_skipped(engine: Engine) -> None:
