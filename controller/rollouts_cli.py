@@ -41,6 +41,13 @@ def create(
     probation_min_requests: Annotated[
         int, typer.Option(help="Requests a device needs to judge the new model.")
     ] = 100,
+    probation_max_extension: Annotated[
+        str,
+        typer.Option(
+            help="How long a device with too few requests waits for them before it "
+            "commits unobserved."
+        ),
+    ] = "15m",
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
@@ -50,6 +57,7 @@ def create(
 
     try:
         window_s = parse_duration(probation_window)
+        extension_s = parse_duration(probation_max_extension)
     except RolloutSpecError as exc:
         raise typer.BadParameter(str(exc)) from exc
     body: dict[str, Any] = {
@@ -61,7 +69,11 @@ def create(
         "report_timeout": report_timeout,
         "on_failure": on_failure,
         "require_observed": require_observed,
-        "probation": {"window_s": window_s, "min_requests": probation_min_requests},
+        "probation": {
+            "window_s": window_s,
+            "min_requests": probation_min_requests,
+            "max_extension_s": extension_s,
+        },
     }
     answer = run_client(url, token, lambda c: c.request("POST", "/api/v1/rollouts", json=body))
     if as_json:

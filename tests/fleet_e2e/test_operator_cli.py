@@ -52,6 +52,8 @@ def test_enroll_push_release_roll_out_pause_resume_promote_with_the_cli(
         agent.enroll(fleet.controller.url, enrolled["token"])
         fleet.agents.append(agent)
     fleet.start_agents()
+    for agent in fleet.agents:
+        agent.start_traffic(MODEL)
     edgefleet(fleet, "model", "push", str(model_files.good_v1), "--name", MODEL)
     edgefleet(fleet, "model", "release", f"{MODEL}:1")
 
@@ -69,7 +71,7 @@ def test_enroll_push_release_roll_out_pause_resume_promote_with_the_cli(
         "--probation-window",
         "2s",
         "--probation-min-requests",
-        "0",
+        "5",
         "--json",
     )
     rollout_id = created["id"]
