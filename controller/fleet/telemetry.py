@@ -25,9 +25,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, case, delete, exists, func, insert, select
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Engine,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 
 from protocol import TelemetryBatch
 
@@ -63,32 +75,28 @@ _DEVICES = DeviceRecord.__table__  # type: ignore[attr-defined]
 _ROWCOUNT = {"preserve_rowcount": True}
 
 
-def _pg_insert() -> Any:
-    """``INSERT … SELECT … FROM unnest(<one array per column>) … ON CONFLICT DO NOTHING``,
-    keeping only rows whose device exists: one statement, however many rows."""
-    arrays = (bindparam(name, type_=ARRAY(_T.c[name].type)) for name in _COLUMNS)
-    rows = func.unnest(*arrays).table_valued(*_COLUMNS).render_derived(name="incoming")
-    known = exists().where(_DEVICES.c.id == rows.c.device_id)
-    query = select(*(rows.c[name] for name in _COLUMNS)).where(known)
-    return postgresql.insert(_T).from_select(_COLUMNS, query).on_conflict_do_nothing()
-
-
-def _sqlite_insert() -> str:
-    """``INSERT … SELECT :device_id, … WHERE EXISTS (the device) ON CONFLICT DO NOTHING``,
-    compiled once with named parameters for the driver's executemany."""
+def _insert_sql(dialect: Dialect) -> str:
+    """``INSERT … SELECT <one row of parameters> WHERE EXISTS (its device) ON CONFLICT DO
+    NOTHING``, compiled once, with named parameters, for the driver's executemany."""
     values = select(*(bindparam(name, type_=_T.c[name].type) for name in _COLUMNS)).where(
         exists().where(_DEVICES.c.id == bindparam("device_id"))
     )
-    statement = sqlite.insert(_T).from_select(_COLUMNS, values).on_conflict_do_nothing()
-    return str(statement.compile(dialect=sqlite.dialect(paramstyle="named")))
+    if dialect.name == "postgresql":
+        statement: Any = postgresql.insert(_T).from_select(_COLUMNS, values)
+    else:
+        statement = sqlite.insert(_T).from_select(_COLUMNS, values)
+    statement = statement.on_conflict_do_nothing()
+    return str(statement.compile(dialect=dialect))
 
 
-_PG_INSERT = _pg_insert()
-_SQLITE_INSERT = _sqlite_insert()
+_INSERT_SQL = {
+    "postgresql": _insert_sql(PGDialect_psycopg(paramstyle="pyformat")),  # type: ignore[no-untyped-call]
+    "sqlite": _insert_sql(SQLiteDialect(paramstyle="named")),
+}
 # SQLAlchemy's own conversion of a datetime to SQLite's text, so that rows written
 # around its bind processing read back like any other.
-_SQLITE_DATETIME = _T.c.window_start.type.dialect_impl(sqlite.dialect()).bind_processor(
-    sqlite.dialect()
+_SQLITE_DATETIME = _T.c.window_start.type.dialect_impl(SQLiteDialect()).bind_processor(
+    SQLiteDialect()
 )
 
 
@@ -147,24 +155,21 @@ def telemetry_rows(batches: Sequence[TelemetryBatch]) -> list[TelemetryRow]:
 
 
 def _insert_ignoring_duplicates(connection: Connection, rows: Sequence[TelemetryRow]) -> int:
-    """One statement for all rows; returns the rows inserted.
+    """One executemany for all rows, straight through the driver; returns rows inserted.
 
     Rows of unknown devices and rows already stored are skipped by the database itself.
-    PostgreSQL gets one statement with an array per column (half again as fast as
-    psycopg's pipelined executemany); SQLite gets one executemany of a prepared statement
-    straight through the driver: SQLAlchemy's per-row parameter processing cost three
-    times what SQLite spends inserting, while the bridge's event loop waited for the GIL.
+    SQLAlchemy's per-row parameter processing cost several times what the database
+    spends inserting, while the bridge's event loop waited for the GIL; psycopg pipelines
+    the executemany (one round trip), SQLite runs it as one prepared statement.
     """
     dialect = connection.dialect.name
-    if dialect == "postgresql":
-        arrays = {name: [row[name] for row in rows] for name in _COLUMNS}
-        result = connection.execute(_PG_INSERT, arrays, execution_options=_ROWCOUNT)
-    elif dialect == "sqlite":
+    sql = _INSERT_SQL.get(dialect)
+    if sql is None:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        raise NotImplementedError(f"telemetry ingest does not support {dialect}")
+    if dialect == "sqlite":
         assert _SQLITE_DATETIME is not None
         rows = [{**row, "window_start": _SQLITE_DATETIME(row["window_start"])} for row in rows]
-        result = connection.exec_driver_sql(_SQLITE_INSERT, rows, execution_options=_ROWCOUNT)
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        raise NotImplementedError(f"telemetry ingest does not support {dialect}")
+    result = connection.exec_driver_sql(sql, list(rows), execution_options=_ROWCOUNT)
     return max(result.rowcount, 0)
 
 
