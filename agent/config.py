@@ -50,7 +50,8 @@ class AgentConfig(BaseModel):
     download_min_rate_bytes_per_s: int = Field(default=64 * 1024, gt=0)
     download_min_deadline_s: float = Field(default=60.0, gt=0)
     download_read_timeout_s: float = Field(default=20.0, gt=0)
-    download_max_attempts: int = Field(default=5, ge=1)
+    # Enough, with backoff, to ride out a controller restart within the deadline.
+    download_max_attempts: int = Field(default=10, ge=1)
     free_disk_margin_bytes: int = Field(default=64 * _MIB, ge=0)
     # The sandboxed check before activation.
     sandbox_memory_bytes: int = Field(default=2048 * _MIB, gt=0)

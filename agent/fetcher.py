@@ -82,7 +82,7 @@ class FetchLimits:
     min_deadline_s: float = 60.0
     read_timeout_s: float = 20.0
     connect_timeout_s: float = 10.0
-    max_attempts: int = 5
+    max_attempts: int = 10
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     free_disk_margin_bytes: int = 16 * 1024 * 1024
