@@ -15,7 +15,7 @@ made (connect, subscribe to ``{prefix}/+/telemetry`` at QoS 1, disconnect); a se
 process publishes the messages with paho (QoS 1) into that session while the consumer is
 away; then the consumer connects and the clock runs from its connect until
 (a) bare paho (``loop_start``, an ``on_message`` that only counts) has received them all,
-(b) the bridge (``MqttBridge``, default batch and flush settings) has committed every
+(b) the bridge (``MqttBridge``, default settings but ``--batch-size``) has committed every
     row, for SQLite (WAL file) and for PostgreSQL; the table is emptied before each run.
 Publishing from a backlog measures the consumers, not the publisher: a Python paho
 publisher is slower than both (its rate is printed too). Rates are medians over
@@ -53,7 +53,7 @@ from controller.db import make_engine
 from controller.fleet.bridge import MqttBridge
 from controller.fleet_tables import DeviceRecord, telemetry_table
 from controller.migrate import upgrade_database
-from controller.settings import load_settings
+from controller.settings import Settings, load_settings
 from protocol import LatencySummary, ReleaseRef, TelemetryBatch, TelemetryWindow
 from tests.brokers import MosquittoServer, find_mosquitto
 
@@ -165,8 +165,13 @@ def bare_paho_rate(port: int, devices: int, messages: int) -> tuple[float, float
 
 
 def bridge_rate(
-    port: int, engine: Engine, database_url: str, data_dir: Path, devices: int, messages: int
+    port: int,
+    engine: Engine,
+    database_url: str,
+    data_dir: Path,
+    args: argparse.Namespace,
 ) -> tuple[float, float]:
+    devices, messages = args.devices, args.messages
     with engine.begin() as connection:
         # TRUNCATE on PostgreSQL: deleted rows would stay in the unique index until vacuumed.
         if engine.dialect.name == "postgresql":
@@ -181,6 +186,7 @@ def bridge_rate(
             "broker": f"mqtt://127.0.0.1:{port}",
             "topic_prefix": PREFIX,
             "controller_id": f"bench-{uuid.uuid4().hex[:8]}",
+            "ingest_batch_size": args.batch_size,
         },
     )
 
@@ -274,6 +280,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--batch-size", type=int, default=Settings.model_fields["ingest_batch_size"].default
+    )
     args = parser.parse_args()
     mosquitto = find_mosquitto()
     if mosquitto is None:
@@ -302,7 +311,7 @@ def main() -> None:
                 publish_rates.append(published)
                 for name, engine in engines.items():
                     rate, published = bridge_rate(
-                        broker.port, engine, databases[name], workdir, args.devices, args.messages
+                        broker.port, engine, databases[name], workdir, args
                     )
                     rates.setdefault(name, []).append(rate)
                     publish_rates.append(published)
@@ -337,7 +346,8 @@ def report(
     print("## Telemetry ingest\n")
     print(
         f"{args.messages} telemetry messages (one window each, about 1 KB) from {args.devices} "
-        f"devices, QoS 1, drained from a persistent session; median of {args.rounds} rounds "
+        f"devices, QoS 1, drained from a persistent session; bridge batches of "
+        f"{args.batch_size}; median of {args.rounds} rounds "
         f"(smallest to largest in brackets). Python {platform.python_version()}, {versions}, "
         f"{os.cpu_count()} CPUs.\n"
     )
