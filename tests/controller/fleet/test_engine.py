@@ -81,7 +81,8 @@ def desired_deployment(app: FastAPI, device_id: str) -> Deployment:
     context = ctx(app)
     with Session(context.engine) as session:
         device = session.get(DeviceRecord, device_id)
-        assert device is not None and device.desired_envelope is not None
+        assert device is not None
+        assert device.desired_envelope is not None
         envelope = Envelope.from_bytes(device.desired_envelope.encode())
     return verify_document(envelope, Deployment, context.signer.trust_root)
 
@@ -147,7 +148,8 @@ def test_a_canary_that_rolls_back_aborts_the_rollout_and_nobody_else_gets_the_re
 
     with Session(context.engine) as session:
         record = session.get(RolloutRecord, rollout["id"])
-        assert record is not None and record.status == "aborted"
+        assert record is not None
+        assert record.status == "aborted"
         failed = [gate["name"] for gate in record.last_gates if not gate["passed"]]
         assert "rollback_rate" in failed
         kinds = [e.kind for e in session.exec(select(RolloutEventRecord)).all()]
@@ -175,7 +177,8 @@ def test_abort_orders_updated_devices_back_to_the_last_good_release(
     plan_rollout(fleet, rollout["id"], now_s=NOW_S + 2)
 
     back = desired_deployment(fleet_app, devices[0])
-    assert back.rollback and back.sequence == 2
+    assert back.rollback
+    assert back.sequence == 2
     assert (
         back.release_envelope().to_json_obj()
         == Envelope.from_bytes(good.envelope.encode()).to_json_obj()
@@ -244,7 +247,7 @@ def test_two_planners_at_once_assign_each_device_once(
         try:
             for step in range(5):
                 plan_rollout(fleet, rollout["id"], now_s=NOW_S + step)
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 
     threads = [threading.Thread(target=planner) for _ in range(2)]
