@@ -4,6 +4,8 @@ One adapter over aiomqtt (and paho beneath it). paho's message callback only dec
 message into a report and appends it to the bridge's queue; a writer task stores the
 queue in batches of ``ingest_batch_size`` reports, or whatever arrived within
 ``ingest_flush_s`` of the first, through ``ingest.write_reports`` in a worker thread.
+Two reaches into paho, for the ingest rate (``docs/benchmarks.md``): its message callback
+is ours rather than aiomqtt's, and it reads a plain TCP socket through a buffer.
 
 Invariants:
 - one persistent session per controller (``settings.mqtt_client_id``; MQTT 3.1.1 with
@@ -150,6 +152,7 @@ class MqttBridge:
         self._wakeup = asyncio.Event()
         self._writing: list[tuple[float, QueuedReport]] = []
         self._client: aiomqtt.Client | None = None
+        self._paho: paho.Client | None = None  # the current connection's, from its connect
         self._connected = False
         self._drop_logged_at: dict[str, float] = {}
         self._rng = random.Random()  # noqa: S311 - jitter, not a secret
@@ -212,11 +215,14 @@ class MqttBridge:
 
     async def _session(self) -> None:
         client = self._new_client()
+        # Acknowledgements owed on a dead connection are void; those of this one count
+        # from its first message, which may arrive before __aenter__ returns.
+        self._owed_acks.clear()
+        self._paho = client._client
         await client.__aenter__()
         announce: asyncio.Task[None] | None = None
         try:
             _buffer_socket(client)
-            self._owed_acks.clear()  # acknowledgements owed on a dead connection are void
             codes: Sequence[int | ReasonCode] = await asyncio.wait_for(
                 client.subscribe(self._subscriptions, timeout=math.inf), ACK_TIMEOUT_S
             )
@@ -239,7 +245,7 @@ class MqttBridge:
         except TimeoutError as exc:
             raise BridgeError(f"no SUBACK within {ACK_TIMEOUT_S} s") from exc
         finally:
-            self._connected, self._client = False, None
+            self._connected, self._client, self._paho = False, None, None
             self.metrics.connected.set(0)
             if announce is not None:
                 announce.cancel()
@@ -333,10 +339,9 @@ class MqttBridge:
         """Send the acknowledgements that waited for room in the queue, in order."""
         if len(self._queue) >= self._queue_limit:
             return
-        current = self._client._client if self._client else None
         while self._owed_acks:
             client, mid, qos = self._owed_acks.popleft()
-            if client is current:
+            if client is self._paho:
                 client.ack(mid, qos)
 
     # -- writing -------------------------------------------------------------------------
