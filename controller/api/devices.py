@@ -157,10 +157,10 @@ def get_devices(
     selector: Annotated[str, Query(max_length=4096, description="e.g. site=berlin")] = "",
     online: bool | None = None,
     model: Annotated[str | None, Query(max_length=128)] = None,
-    version: Annotated[int | None, Query(ge=0)] = None,
+    version: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
     include_decommissioned: bool = False,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> list[DevicePublic]:
     """Devices by id; ``model``/``version`` match what devices report running."""
     views = list_devices(

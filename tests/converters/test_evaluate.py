@@ -73,10 +73,18 @@ def test_reference_outputs_replace_the_parent(
     _, probabilities = session.run(None, {"input": inputs})
     shifted = tmp_path / "reference.npz"
     np.savez(shifted, input=inputs, probabilities=probabilities + 0.5)
+    variant = ort.InferenceSession(str(digits_int8), providers=["CPUExecutionProvider"])
+    _, variant_probabilities = variant.run(None, {"input": inputs})
     report = evaluate(digits_model, digits_int8, shifted)
     assert report.reference == "outputs"
     assert report.accuracy_parent is None
-    assert report.max_abs_error == pytest.approx(0.5, abs=0.05)
+    # Measured against the reference outputs, not the parent's: the 0.5 shift shows. How
+    # far INT8 lands from the parent depends on the ONNX Runtime version, so it is
+    # computed here rather than assumed; dynamic INT8 scales activations per batch, and
+    # the evaluation runs batches, hence the tolerance.
+    expected = float(np.max(np.abs(variant_probabilities - (probabilities + 0.5))))
+    assert expected > 0.4
+    assert report.max_abs_error == pytest.approx(expected, abs=0.02)
 
 
 def test_without_validation_set_the_parent_on_random_inputs_is_the_reference(
