@@ -24,7 +24,7 @@ from agent.outbox import Outbox
 from tests.agent.link.device_topics import DEVICE, DeviceTopics
 from tests.brokers import BrokerEndpoint
 
-WAIT_S = 10.0
+WAIT_S = 30.0
 Received = tuple[str, bytes, bool]
 Handler = Callable[[str, bytes, bool], Awaitable[None]]
 _T = TypeVar("_T")
