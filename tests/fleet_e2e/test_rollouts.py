@@ -9,6 +9,7 @@ outcome; two controllers on PostgreSQL share the work without doing any of it tw
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 from tests.brokers import BrokerEndpoint, MosquittoServer
 
-from .conftest import MODEL, WAIT_S, Fleet, ModelFiles, make_fleet
+from .conftest import GATES, MODEL, PROBATION, WAIT_S, Fleet, ModelFiles, make_fleet
 
 # Each scenario starts a controller and up to 20 agents on 2 cores: minutes, not seconds.
 pytestmark = pytest.mark.timeout(420)
@@ -42,6 +43,28 @@ def wait_committed(fleet: Fleet, rollout_id: str, count: int) -> None:
     while committed(fleet, rollout_id) < count:
         assert time.monotonic() < deadline, (outcomes(fleet, rollout_id), fleet.context())
         time.sleep(0.5)
+
+
+def start_good_rollout(
+    fleet: Fleet, model_files: ModelFiles, *, devices: int, waves: str
+) -> tuple[str, int]:
+    """Devices serving traffic, and a rollout of a good release to them; returns its id."""
+    fleet.enroll(devices)
+    fleet.start_agents()
+    for agent in fleet.agents:
+        agent.start_traffic(MODEL)
+    version = fleet.api.push_and_release(MODEL, model_files.good_v1)
+    rollout_id = fleet.api.rollout(
+        f"{MODEL}:{version}", waves=waves, soak="2s", probation=PROBATION, gates=GATES
+    )
+    return rollout_id, version
+
+
+def wait_until(fleet: Fleet, condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, fleet.context()
+        time.sleep(0.2)
 
 
 def deployments_received(fleet: Fleet, device_id: str) -> list[dict[str, Any]]:
@@ -111,22 +134,8 @@ def test_a_bad_release_is_rolled_back_by_the_canary_and_reaches_no_other_device(
 def test_a_controller_killed_mid_rollout_resumes_without_applying_a_wave_twice(
     fleet: Fleet, model_files: ModelFiles
 ) -> None:
-    fleet.enroll(6)
-    fleet.start_agents()
-    for agent in fleet.agents:
-        agent.start_traffic(MODEL)
-    version = fleet.api.push_and_release(MODEL, model_files.good_v1)
-    rollout_id = fleet.api.rollout(
-        f"{MODEL}:{version}",
-        waves="1,50%,100%",
-        soak="2s",
-        probation={"window_s": 3.0, "min_requests": 10, "max_p95_latency_ratio": 4.0},
-        gates={"max_p95_latency_ratio": 4.0, "min_health_requests": 20},
-    )
-    deadline = time.monotonic() + WAIT_S
-    while fleet.api.rollout_status(rollout_id)["wave"] < 1:
-        assert time.monotonic() < deadline, fleet.context()
-        time.sleep(0.2)
+    rollout_id, _version = start_good_rollout(fleet, model_files, devices=6, waves="1,50%,100%")
+    wait_until(fleet, lambda: fleet.api.rollout_status(rollout_id)["wave"] >= 1)
 
     fleet.controller.kill()
     fleet.controller.start()
@@ -143,22 +152,8 @@ def test_a_controller_killed_mid_rollout_resumes_without_applying_a_wave_twice(
 def test_a_broker_restarted_mid_rollout_does_not_stop_it(
     fleet: Fleet, model_files: ModelFiles, restartable_mosquitto: MosquittoServer
 ) -> None:
-    fleet.enroll(5)
-    fleet.start_agents()
-    for agent in fleet.agents:
-        agent.start_traffic(MODEL)
-    version = fleet.api.push_and_release(MODEL, model_files.good_v1)
-    rollout_id = fleet.api.rollout(
-        f"{MODEL}:{version}",
-        waves="1,100%",
-        soak="2s",
-        probation={"window_s": 3.0, "min_requests": 10, "max_p95_latency_ratio": 4.0},
-        gates={"max_p95_latency_ratio": 4.0, "min_health_requests": 20},
-    )
-    deadline = time.monotonic() + WAIT_S
-    while not fleet.api.rollout_status(rollout_id)["waves"][0]["outcomes"]:
-        assert time.monotonic() < deadline, fleet.context()
-        time.sleep(0.2)
+    rollout_id, version = start_good_rollout(fleet, model_files, devices=5, waves="1,100%")
+    wait_until(fleet, lambda: bool(fleet.api.rollout_status(rollout_id)["waves"][0]["outcomes"]))
 
     restartable_mosquitto.restart()  # retained desired states and sessions are gone
     fleet.api.wait_rollout(rollout_id, ("completed",), WAIT_S, fleet.context)
