@@ -48,6 +48,9 @@ def create(
             "commits unobserved."
         ),
     ] = "15m",
+    probation_max_drift_psi: Annotated[
+        float, typer.Option(help="Largest input/output drift (PSI) a device accepts.")
+    ] = 0.25,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
@@ -73,6 +76,7 @@ def create(
             "window_s": window_s,
             "min_requests": probation_min_requests,
             "max_extension_s": extension_s,
+            "max_drift_psi": probation_max_drift_psi,
         },
     }
     answer = run_client(url, token, lambda c: c.request("POST", "/api/v1/rollouts", json=body))

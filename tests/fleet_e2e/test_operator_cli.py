@@ -72,6 +72,8 @@ def test_enroll_push_release_roll_out_pause_resume_promote_with_the_cli(
         "2s",
         "--probation-min-requests",
         "5",
+        "--probation-max-drift-psi",  # a few requests' PSI is noise: see conftest.PROBATION
+        "100",
         "--json",
     )
     rollout_id = created["id"]
