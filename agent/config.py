@@ -40,6 +40,9 @@ class AgentConfig(BaseModel):
     controller_token: str | None = None
     inference_port: int = Field(default=8500, ge=0, le=65535)
     inference_host: str = "127.0.0.1"
+    # False: only the in-process Python API serves (the simulator runs thousands of
+    # agents in one process, with no port each).
+    inference_api: bool = True
     # ONNX Runtime: execution providers in order of preference, and threads per session.
     execution_providers: list[str] = ["CPUExecutionProvider"]
     inference_threads: int = Field(default=1, ge=1)

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,8 @@ from .model_store import ModelStore
 from .mqtt_link import LinkSettings, Message, MqttLink
 from .outbox import Outbox
 from .reporting import LinkReporter, offline_state
-from .runtimes import RuntimeOptions
+from .runtimes import RuntimeOptions, load_backend
+from .serving import BackendLoader
 from .serving_host import ServingHost, recorder_of
 from .stats import to_telemetry_window
 from .trust import verify_command, verify_deployment
@@ -72,8 +73,13 @@ class AgentDaemon:
         fetcher: Fetcher,
         check_model: ModelChecker,
         clock: Clock | None = None,
+        load_backend: BackendLoader = load_backend,
+        on_publish: Callable[[Message], None] | None = None,
     ) -> None:
+        """``load_backend`` and ``on_publish`` are for the simulator and for applications
+        that embed the agent: how models are loaded, and a look at every message queued."""
         self.config = config
+        self._on_publish = on_publish
         self.clock = clock or SystemClock(config.clock_offset_s)
         data_dir = config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +119,7 @@ class AgentDaemon:
             window_s=config.stats_window_s,
             host=config.inference_host,
             port=config.inference_port,
+            load_backend=load_backend,
         )
         self.updater = Updater(
             config,
@@ -137,6 +144,8 @@ class AgentDaemon:
         if message.topic == self.reporter.state_topic and message.retain:
             self.link.birth = message
         self.link.publish(message)
+        if self._on_publish is not None:
+            self._on_publish(message)
 
     def _snapshot(self) -> Mapping[str, Any]:
         # Called only once __init__ has built the updater.
@@ -166,12 +175,13 @@ class AgentDaemon:
         """Serve until ``stop`` is set. ``BrokerAuthError`` ends it at once."""
         await self.recover()
         await self.updater.serve_current()
-        try:
-            await self.serving.api.start()
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot serve the inference API on port {self.config.inference_port}: {exc}"
-            ) from exc
+        if self.config.inference_api:
+            try:
+                await self.serving.api.start()
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot serve the inference API on port {self.config.inference_port}: {exc}"
+                ) from exc
         tasks = [
             asyncio.create_task(self._work(), name="updates"),
             asyncio.create_task(self._publish_telemetry(), name="telemetry"),
@@ -185,7 +195,8 @@ class AgentDaemon:
                 await asyncio.wait_for(
                     asyncio.gather(*tasks, return_exceptions=True), self.config.shutdown_timeout_s
                 )
-            await self.serving.api.stop()
+            if self.config.inference_api:
+                await self.serving.api.stop()
             self.outbox.close()
 
     async def _publish_telemetry(self) -> None:
@@ -211,7 +222,7 @@ class AgentDaemon:
                     )
                 ],
             )
-            self.link.publish(Message(topic, batch.to_payload(), qos=1, retain=False))
+            self._publish(Message(topic, batch.to_payload(), qos=1, retain=False))
 
     async def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         if topic.endswith("/" + Channel.DESIRED.value):

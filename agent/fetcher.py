@@ -165,10 +165,13 @@ class HttpFetcher:
         *,
         client: httpx.AsyncClient | None = None,
         sleep: Sleep = asyncio.sleep,
+        free_bytes: Callable[[Path], int] | None = None,
     ) -> None:
         self.limits = limits or FetchLimits()
         self._client = client
         self._sleep = sleep
+        # How much a directory can still take (the simulator gives devices small disks).
+        self._free_bytes = free_bytes or _disk_free_bytes
         self._timeout = httpx.Timeout(
             self.limits.read_timeout_s,
             connect=self.limits.connect_timeout_s,
@@ -226,7 +229,7 @@ class HttpFetcher:
     def _verify_free_disk(self, directory: Path, expected_length: int) -> None:
         needed = expected_length + self.limits.free_disk_margin_bytes
         try:
-            free = shutil.disk_usage(directory).free
+            free = self._free_bytes(directory)
         except OSError as exc:
             raise StoreError(f"cannot read the free space of {directory}: {exc}") from exc
         if free < needed:
@@ -419,3 +422,7 @@ def _redacted(url: str | httpx.URL) -> str:
     except httpx.InvalidURL:
         return "<invalid URL>"
     return str(parsed.copy_with(userinfo=b"", query=None, fragment=None))
+
+
+def _disk_free_bytes(directory: Path) -> int:
+    return shutil.disk_usage(directory).free

@@ -45,7 +45,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, Protocol
@@ -80,6 +80,7 @@ from .runtimes import (
 
 __all__ = [
     "WARMUP_RUNS",
+    "BackendLoader",
     "InferenceError",
     "InferenceFailedError",
     "InferenceObserver",
@@ -102,6 +103,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 WARMUP_RUNS = 2
+
+
+# (model file, its format, runtime options) -> a loaded backend; raises ModelLoadError.
+BackendLoader = Callable[[Path, ModelFormat, RuntimeOptions], InferenceBackend]
 
 
 class InferenceObserver(Protocol):
@@ -328,9 +333,17 @@ class ModelServer:
     from any thread too (swaps are serialized among themselves, never with requests).
     """
 
-    def __init__(self, name: str, *, options: RuntimeOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        options: RuntimeOptions | None = None,
+        load_backend: BackendLoader = load_backend,
+    ) -> None:
         self.name = name
         self.options = options or RuntimeOptions()
+        # The simulator passes one that shares a session among many simulated devices.
+        self._load_backend = load_backend
         self._current: LoadedVersion | None = None
         self._swap_lock = threading.Lock()
 
@@ -354,7 +367,7 @@ class ModelServer:
 
         Blocks for as long as loading takes: call it from a worker thread in async code.
         """
-        backend = load_backend(path, fmt, self.options)
+        backend = self._load_backend(path, fmt, self.options)
         loaded = LoadedVersion(
             self.name, version, path=path, model_format=fmt, backend=backend, observer=observer
         )

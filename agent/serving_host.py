@@ -15,8 +15,8 @@ from pathlib import Path
 from protocol import Release
 
 from .inference_api import InferenceApi
-from .runtimes import RuntimeOptions
-from .serving import LoadedVersion, ModelServer
+from .runtimes import RuntimeOptions, load_backend
+from .serving import BackendLoader, LoadedVersion, ModelServer
 from .stats import StatsRecorder
 
 __all__ = ["ServingHost"]
@@ -32,9 +32,11 @@ class ServingHost:
         window_s: float,
         host: str = "127.0.0.1",
         port: int = 8500,
+        load_backend: BackendLoader = load_backend,
     ) -> None:
         self.options = options
         self.window_s = window_s
+        self._load_backend = load_backend
         self.server: ModelServer | None = None
         self.api = InferenceApi({}, host=host, port=port)
 
@@ -64,7 +66,7 @@ class ServingHost:
         if self.server is not None and self.server.name == name:
             return self.server
         # A release of another model: it gets its own endpoint name once it serves.
-        return ModelServer(name, options=self.options)
+        return ModelServer(name, options=self.options, load_backend=self._load_backend)
 
 
 def recorder_of(loaded: LoadedVersion | None) -> StatsRecorder | None:

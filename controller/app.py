@@ -64,12 +64,13 @@ def build_context(
         store=ArtifactStore(settings.artifacts_dir),
         signer=load_or_create_signer(settings.keys_dir, environ),
         metrics=Metrics(),
+        read_engine=reader_engine(engine),
     )
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> FastAPI:
     ctx = build_context(settings, environ)
-    ctx.metrics.registry.register(FleetCollector(reader_engine(ctx.engine)))
+    ctx.metrics.registry.register(FleetCollector(ctx.read_engine))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

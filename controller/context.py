@@ -22,6 +22,8 @@ class ControllerContext:
     store: ArtifactStore
     signer: Signer
     metrics: Metrics
+    # Reads that need no write lock: GET requests, /metrics, the dashboard, broker auth.
+    read_engine: Engine
 
     @property
     def job_limits(self) -> JobLimits:

@@ -44,8 +44,16 @@ def get_context(request: Request) -> ControllerContext:
 Context = Annotated[ControllerContext, Depends(get_context)]
 
 
-def get_session(ctx: Context) -> Iterator[Session]:
-    with session_scope(ctx.engine) as session:
+# Methods whose handlers only read. On SQLite their transactions begin deferred, so they
+# never wait for the write lock: a burst of reads (fifty devices downloading an artifact
+# at once) must not fill the thread pool with requests queued on the lock while the
+# request that holds it waits for a thread to finish in.
+READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
+
+
+def get_session(request: Request, ctx: Context) -> Iterator[Session]:
+    engine = ctx.read_engine if request.method in READ_ONLY_METHODS else ctx.engine
+    with session_scope(engine) as session:
         yield session
 
 
