@@ -4,12 +4,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefleet-installed
-PACKAGES := protocol agent controller converters
+PACKAGES := protocol agent controller converters simulator
 POSTGRES_TEST_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: test lint typecheck imports pytest mosquitto venv format clean
+.PHONY: test demo lint typecheck imports pytest mosquitto chromium venv format clean
 
 test: lint typecheck imports pytest
+
+# The whole system on this machine: controller, embedded broker, SQLite, 50 simulated
+# devices, two rollouts; then the dashboard until Ctrl-C.
+demo: $(STAMP)
+	$(BIN)/edgefleet demo
 
 venv: $(STAMP)
 
@@ -31,6 +36,18 @@ mosquitto:
 	  echo "mosquitto missing and not root: broker tests will be skipped (apt-get install mosquitto)"; \
 	fi
 
+# Dashboard tests drive Debian's chromium headless; without it they are skipped.
+chromium:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "chromium missing: installing Debian's chromium package"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	else \
+	  echo "chromium missing and not root: dashboard browser tests will be skipped"; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -44,7 +61,7 @@ imports: $(STAMP)
 # PostgreSQL tests run when EDGEFLEET_TEST_POSTGRES_URL is set, or when PostgreSQL
 # answers on 127.0.0.1:5432 (trust auth, database `test`). Two test processes: many tests
 # wait on subprocesses, brokers and probation windows, so two at a time fit on 2 cores.
-pytest: $(STAMP) mosquitto
+pytest: $(STAMP) mosquitto chromium
 	@url="$${EDGEFLEET_TEST_POSTGRES_URL:-}"; \
 	if [ -z "$$url" ] && $(BIN)/python -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 2).close()' 2>/dev/null; then \
 	  url="$(POSTGRES_TEST_URL)"; \

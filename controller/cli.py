@@ -206,5 +206,30 @@ def audit_verify(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     typer.echo(f"audit log intact: {count} entries")
 
 
+# The simulator imports the agent, which the controller may not (ARCHITECTURE.md §2): these
+# two commands hand their arguments to ``python -m simulator`` in place of this process.
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command("sim", context_settings=_PASS_THROUGH, add_help_option=False)
+def sim(ctx: typer.Context) -> None:
+    """Run a fleet scenario with simulated devices (see `edgefleet sim --help`)."""
+    _exec_simulator("sim", ctx.args)
+
+
+@app.command("demo", context_settings=_PASS_THROUGH, add_help_option=False)
+def demo(ctx: typer.Context) -> None:
+    """The whole system on this machine: controller, broker, 50 devices, two rollouts."""
+    _exec_simulator("demo", ctx.args)
+
+
+def _exec_simulator(command: str, args: list[str]) -> None:
+    argv = [sys.executable, "-m", "simulator", command, *args]
+    try:
+        os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
+    except OSError as exc:
+        raise _fail(f"cannot start the simulator: {exc}") from exc
+
+
 def main() -> None:
     sys.exit(app())

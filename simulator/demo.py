@@ -1,0 +1,254 @@
+"""`edgefleet demo`: the whole system on this machine, from nothing, in a few minutes.
+
+Phases: start a controller (its embedded MQTT broker, SQLite) as a subprocess in a fresh
+state directory on free ports; prepare the sample digits model, quantize it (INT8) and
+release the variant; prepare a degraded model and release it; run the demo scenario (50
+simulated devices: the good release canary -> 100 %, then the degraded one, which the
+canary rolls back and the rollout aborts); print a summary table and write the report;
+then keep the controller and its dashboard up until Ctrl-C (unless ``serve`` is off).
+
+The state directory is wiped at the start, so every run starts clean, and kept at the end
+so the report, the logs and the database can be read afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .controller_api import ControllerApi
+from .demo_models import build_demo_models
+from .report import write_report
+from .run import RunResult, run_scenario
+from .scenario import load_scenario
+
+__all__ = ["DEMO_SCENARIO", "ControllerProcess", "run_demo"]
+
+DEMO_SCENARIO = Path(__file__).parent / "scenarios" / "demo.toml"
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_MQTT_PORT = 1883
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+MODEL = "digits"
+
+
+def port_or_free(preferred: int) -> int:
+    """``preferred`` if nothing listens there on loopback, else a free port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            pass
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ControllerProcess:
+    """``edgefleet controller serve`` with its embedded broker, in ``state_dir``."""
+
+    state_dir: Path
+    http_port: int
+    mqtt_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+        passphrase_file = self.state_dir / "key-passphrase"
+        if not passphrase_file.exists():
+            passphrase_file.write_text(secrets.token_urlsafe(24))
+            passphrase_file.chmod(0o600)
+        env |= {
+            "EDGEFLEET_DATA_DIR": str(self.state_dir / "controller"),
+            "EDGEFLEET_HOST": "127.0.0.1",
+            "EDGEFLEET_PORT": str(self.http_port),
+            "EDGEFLEET_BROKER": "embedded",
+            "EDGEFLEET_MQTT_HOST": "127.0.0.1",
+            "EDGEFLEET_MQTT_PORT": str(self.mqtt_port),
+            "EDGEFLEET_KEY_PASSPHRASE": passphrase_file.read_text(),
+            "EDGEFLEET_PLAN_INTERVAL_S": "0.5",
+            "EDGEFLEET_INGEST_FLUSH_S": "0.2",
+        }
+        return env
+
+    def start(self) -> None:
+        log = (self.state_dir / "controller.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "controller", "controller", "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+        )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the controller exited with {self.process.returncode}; "
+                    f"see {self.state_dir / 'controller.log'}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.3)
+        raise RuntimeError(f"the controller did not become ready in {STARTUP_TIMEOUT_S:.0f} s")
+
+    def create_token(self, role: str) -> str:
+        result = subprocess.run(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "controller", "tokens", "create", "--role", role],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return result.stdout.strip().splitlines()[-1]
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def run_demo(*, state_dir: Path, serve: bool, devices: int | None = None, seed: int = 7) -> int:
+    """Run the demo; 0 when every expected outcome was met, 1 otherwise."""
+    started = time.monotonic()
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True)
+    controller = ControllerProcess(
+        state_dir, port_or_free(DEFAULT_HTTP_PORT), port_or_free(DEFAULT_MQTT_PORT)
+    )
+    print(f"edgefleet demo: state in {state_dir}")
+    print(
+        f"starting the controller on {controller.url} "
+        f"(embedded MQTT broker on 127.0.0.1:{controller.mqtt_port}, SQLite)"
+    )
+    controller.start()
+    try:
+        token = controller.create_token("operator")
+        viewer = controller.create_token("viewer")
+        result = asyncio.run(_demo(controller, token, state_dir, devices, seed))
+        summary = write_report(result, state_dir / "report")
+        print_summary(summary)
+        print(f"\nreport: {state_dir / 'report' / 'report.html'}")
+        print(f"demo finished in {time.monotonic() - started:.0f} s")
+        if serve:
+            print(f"\ndashboard: {controller.url}/ui")
+            print(f"  log in with the operator token {token}")
+            print(f"  or the viewer token {viewer}")
+            print("Ctrl-C stops the controller.")
+            with contextlib.suppress(KeyboardInterrupt):
+                while controller.process is not None and controller.process.poll() is None:
+                    time.sleep(1)
+    finally:
+        controller.stop()
+    return 0 if result.ok else 1
+
+
+async def _demo(
+    controller: ControllerProcess, token: str, state_dir: Path, devices: int | None, seed: int
+) -> RunResult:
+    api = ControllerApi(controller.url, token)
+    try:
+        print("training the sample digits model (scikit-learn digits, MLP -> ONNX)")
+        models = await asyncio.to_thread(build_demo_models, state_dir / "models")
+        print(f"  test accuracy {models.test_accuracy:.3f}")
+        pushed = await api.push(MODEL, models.good, models.validation)
+        print(f"pushed {MODEL}:{pushed['version']}; quantizing it (INT8, dynamic)")
+        variant = await api.variant(MODEL, int(pushed["version"]), "int8-dynamic")
+        print(f"  {MODEL}:{variant['version']}: {_gate_text(variant, pushed)}")
+        good_version = int(variant["version"])
+        if variant.get("status") == "rejected":
+            good_version = int(pushed["version"])
+        good = await api.release(MODEL, good_version)
+        degraded = await api.push(MODEL, models.degraded, models.validation)
+        bad = await api.release(MODEL, int(degraded["version"]))
+        print(f"released {good} (good) and {bad} (degraded: confidence collapses)")
+        scenario = load_scenario(DEMO_SCENARIO, devices=devices)
+        print(f"rolling out to {scenario.fleet.devices} simulated devices")
+        return await run_scenario(
+            scenario,
+            seed=seed,
+            api=api,
+            work_dir=state_dir / "fleet",
+            releases={"good": good, "bad": bad},
+            run_tag="demo",
+        )
+    finally:
+        await api.close()
+
+
+def _gate_text(variant: dict[str, Any], parent: dict[str, Any]) -> str:
+    ratio = int(variant["size_bytes"]) / max(1, int(parent["size_bytes"]))
+    reasons = "; ".join(variant.get("reasons") or [])
+    return f"{variant['status']} by the quality gate, {ratio:.2f}x the size" + (
+        f" ({reasons})" if reasons else ""
+    )
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The summary table: one row per rollout, then the fleet's final releases."""
+    rows = [("rollout", "release", "status", "took", "committed", "rolled back", "failed")]
+    for rollout in summary["rollouts"]:
+        outcomes = rollout["device_outcomes"]
+        rows.append(
+            (
+                str(rollout["index"] + 1),
+                rollout["release"],
+                str(rollout["status"]),
+                f"{rollout['duration_s']:.0f} s",
+                str(outcomes["committed"]),
+                str(outcomes["rolled_back"]),
+                str(outcomes["failed"]),
+            )
+        )
+    print()
+    _print_table(rows)
+    print()
+    _print_table(
+        [("final release", "devices")]
+        + [(k, str(v)) for k, v in sorted(summary["final_releases"].items())]
+    )
+    for rollout in summary["rollouts"]:
+        failed = [g for g in rollout.get("gates") or [] if not g.get("passed")]
+        if failed:
+            names = ", ".join(f"{g['name']} {g['value']} > {g['threshold']}" for g in failed)
+            print(f"rollout {rollout['index'] + 1} failed gates: {names}")
+    if summary["expectations_met"]:
+        print("every expected outcome was met")
+    else:
+        print("NOT as expected: " + "; ".join(summary["expectation_failures"]))
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for number, row in enumerate(rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        if number == 0:
+            print("  ".join("-" * width for width in widths))

@@ -1,0 +1,75 @@
+"""The demo's sample models: a digits classifier, and a degraded copy of it.
+
+Both are scikit-learn MLPs on the 8x8 digits that ship with scikit-learn (nothing is
+downloaded), converted to ONNX with skl2onnx, with the same inputs and outputs. The
+degraded one is the good one with its output layer scaled down: it still ranks classes
+about as well, but its confidence collapses, which is what a bad retraining or a broken
+calibration looks like in the field. Probation on the canary catches it (confidence drop).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DemoModels", "build_demo_models"]
+
+SEED = 0
+OPSET = 17
+DEGRADED_OUTPUT_SCALE = 0.15
+
+
+@dataclass(frozen=True)
+class DemoModels:
+    good: Path
+    degraded: Path
+    validation: Path
+    test_accuracy: float
+    degraded_accuracy: float
+
+
+def build_demo_models(directory: Path) -> DemoModels:
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+
+    directory.mkdir(parents=True, exist_ok=True)
+    features, labels = load_digits(return_X_y=True)
+    features = (features / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        features, labels, test_size=0.25, random_state=SEED, stratify=labels
+    )
+    classifier = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=SEED)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        classifier.fit(x_train, y_train)
+    good = directory / "digits.onnx"
+    _save_onnx(classifier, good)
+    accuracy = float(classifier.score(x_test, y_test))
+
+    classifier.coefs_[-1] *= DEGRADED_OUTPUT_SCALE
+    classifier.intercepts_[-1] *= DEGRADED_OUTPUT_SCALE
+    degraded = directory / "digits-degraded.onnx"
+    _save_onnx(classifier, degraded)
+    degraded_accuracy = float(classifier.score(x_test, y_test))
+
+    validation = directory / "digits-validation.npz"
+    np.savez(validation, input=x_test, labels=y_test.astype(np.int64))
+    return DemoModels(good, degraded, validation, accuracy, degraded_accuracy)
+
+
+def _save_onnx(classifier: object, path: Path) -> None:
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    model = to_onnx(
+        classifier,
+        initial_types=[("input", FloatTensorType([None, 64]))],
+        options={id(classifier): {"zipmap": False}},
+        target_opset={"": OPSET, "ai.onnx.ml": 3},
+    )
+    path.write_bytes(model.SerializeToString())

@@ -1,0 +1,180 @@
+"""One simulated device: a real ``AgentDaemon`` in this process, its life and its traffic.
+
+The daemon is the agent's own code (verification, journal, update state machine, model
+store, statistics, probation, outbox, MQTT link); only what ``simulator.shared`` lists is
+shared with other devices. The device's life is driven from outside:
+
+- ``start``/``stop``: power on, and a clean shutdown (the agent says offline itself);
+- ``kill``: the daemon's task is cancelled where it stands. What is on disk is what a
+  SIGKILL would leave (every step was journaled and fsync'd before it ran), the MQTT
+  connection is dropped without DISCONNECT so the broker publishes the will, and the next
+  ``start`` recovers from the journal as a rebooted device would;
+- ``arm_kill(state)``: the agent pauses when its journal reaches ``state`` (the agent's
+  ``pause_in_state`` fault hook) and the device is killed there, once.
+
+An application thread is not needed: the workload calls the in-process inference API
+from the event loop (or the default executor for slowed devices) at its planned rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.config import AgentConfig
+from agent.daemon import AgentDaemon
+from agent.errors import AgentError, InferenceError
+from agent.fetcher import FetchLimits, HttpFetcher
+from agent.mqtt_link import Message
+
+from .plan import DevicePlan
+from .shared import SharedBackends, SharedModelCheck
+from .workload import DigitsWorkload
+
+__all__ = ["SimulatedDevice"]
+
+logger = logging.getLogger(__name__)
+
+KILL_POLL_S = 0.05
+
+
+class SimulatedDevice:
+    def __init__(
+        self,
+        plan: DevicePlan,
+        config: AgentConfig,
+        *,
+        check: SharedModelCheck,
+        backends: SharedBackends,
+        fetch_limits: FetchLimits,
+        on_publish: Callable[[str, Message], None],
+        workload: DigitsWorkload,
+    ) -> None:
+        self.plan = plan
+        self.config = config
+        self._check = check
+        self._loader = backends.loader(plan.profile.speed_factor)
+        self._fetch_limits = fetch_limits
+        self._on_publish = on_publish
+        self._workload = workload
+        self.daemon: AgentDaemon | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._armed_state: str | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self.kills = 0
+        self.requests = 0
+        self.request_errors = 0
+
+    @property
+    def device_id(self) -> str:
+        return self.plan.device_id
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Power on: a fresh daemon over the device's data directory."""
+        if self.running:
+            return
+        config = self.config
+        if self._armed_state is not None:
+            config = config.model_copy(update={"pause_in_state": self._armed_state})
+        self.daemon = AgentDaemon(
+            config,
+            fetcher=HttpFetcher(self._fetch_limits, free_bytes=self._free_bytes),
+            check_model=self._check,
+            load_backend=self._loader,
+            on_publish=lambda message: self._on_publish(self.device_id, message),
+        )
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run(self.daemon), name=self.device_id)
+        if self._armed_state is not None:
+            self._watch = asyncio.create_task(self._kill_when_paused(self._armed_state))
+
+    async def _run(self, daemon: AgentDaemon) -> None:
+        try:
+            await daemon.run(self._stop)
+        except asyncio.CancelledError:
+            raise
+        except AgentError as exc:
+            logger.error("device %s stopped: %s", self.device_id, exc)
+        except Exception:  # one device's failure must not end the simulation
+            logger.exception("device %s failed", self.device_id)
+
+    async def stop(self) -> None:
+        """A clean shutdown: the agent publishes offline and disconnects."""
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._task is None:
+            return
+        self._stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def kill(self) -> None:
+        """Die where it stands; the disk keeps what the journal wrote."""
+        if self._task is None or self._task.done():
+            return
+        self.kills += 1
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def arm_kill(self, state: str) -> None:
+        """Kill the device once, when its next update reaches ``state``."""
+        self._armed_state = state
+        if self.running and self.daemon is not None:
+            # The running daemon pauses there too: its updater reads the setting per step.
+            updated = self.daemon.config.model_copy(update={"pause_in_state": state})
+            self.daemon.updater.config = updated
+            self._watch = asyncio.create_task(self._kill_when_paused(state))
+
+    def disarm_kill(self) -> None:
+        self._armed_state = None
+        if self._watch is not None:
+            self._watch.cancel()
+        if self.daemon is not None:
+            self.daemon.updater.config = self.config
+
+    async def _kill_when_paused(self, state: str) -> None:
+        while self.daemon is None or self.daemon.updater.phase != state:
+            await asyncio.sleep(KILL_POLL_S)
+        self._armed_state = None
+        await self.kill()
+        logger.info("device %s killed in %s; rebooting", self.device_id, state)
+        self.start()
+
+    async def run_workload(self, started_at: float) -> None:
+        """Send requests at the workload's rate until cancelled."""
+        slow = self.plan.profile.speed_factor > 1.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._workload.next_delay_s())
+            daemon = self.daemon
+            server = daemon.serving.server if daemon is not None and self.running else None
+            serving = server.current if server is not None else None
+            if server is None or serving is None:
+                continue
+            name = serving.signature.inputs[0].name
+            feeds = {name: self._workload.next_input(time.monotonic() - started_at)}
+            self.requests += 1
+            try:
+                if slow:
+                    await loop.run_in_executor(None, server.infer, feeds)
+                else:
+                    server.infer(feeds)
+            except InferenceError:
+                self.request_errors += 1
+
+    def _free_bytes(self, directory: Path) -> int:
+        """The profile's disk, less what this device's models and downloads take."""
+        used = sum(
+            path.stat().st_size for path in self.config.data_dir.rglob("*") if path.is_file()
+        )
+        return max(0, self.plan.profile.disk_bytes - used)

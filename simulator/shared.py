@@ -1,0 +1,148 @@
+"""Costs shared between simulated devices: the shortcuts the report lists.
+
+On real hardware each device checks a new model in its own sandbox subprocess and loads
+its own runtime session. A thousand simulated devices on two cores cannot, so:
+
+- ``SharedModelCheck`` runs the real sandboxed check (``agent.sandbox.check_model``) once
+  per artifact hash and gives every device the same verdict, failure included. The check
+  still happens only after that device's own download was verified against the signed
+  hash, so a device with a corrupted download never reaches it;
+- ``SharedBackends`` loads one runtime session per stored artifact and lets every device
+  run on it (ONNX Runtime sessions are safe to call from many threads);
+- ``SlowBackend`` makes a device's inference take ``speed_factor`` times as long, by
+  sleeping the difference in the calling thread, so latency statistics, probation and the
+  controller's gates see a slow device.
+
+Every shortcut that is on is named in ``Shortcuts.names()`` and so in the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.runtimes import (
+    Array,
+    InferenceBackend,
+    ModelFormat,
+    RuntimeOptions,
+    TensorSignature,
+    load_backend,
+)
+from agent.sandbox import SandboxLimits, check_model
+from protocol import Release
+
+__all__ = ["SharedBackends", "SharedModelCheck", "Shortcuts", "SlowBackend"]
+
+
+@dataclass(frozen=True)
+class Shortcuts:
+    shared_model_check: bool = True
+    shared_sessions: bool = True
+    no_inference_port: bool = True
+    state_on_tmpfs: bool = False
+
+    def names(self) -> list[str]:
+        described = {
+            "shared_model_check": "the sandboxed model check runs once per artifact, "
+            "not once per device (each device still verifies its own download's hash)",
+            "shared_sessions": "devices share one runtime session per artifact; "
+            "inference is slowed per device by its speed factor",
+            "no_inference_port": "applications call the in-process Python API; no device "
+            "opens an HTTP inference port",
+            "state_on_tmpfs": "device state (journal, outbox, model store) lives on tmpfs, "
+            "so fsync costs almost nothing",
+        }
+        return [text for name, text in described.items() if getattr(self, name)]
+
+
+class SharedModelCheck:
+    """``ModelChecker`` that checks each artifact once and shares the verdict."""
+
+    def __init__(self, limits: SandboxLimits) -> None:
+        self._limits = limits
+        self._verdicts: dict[tuple[str, float | None], asyncio.Future[object]] = {}
+        self.checks_run = 0
+
+    async def __call__(self, path: Path, release: Release, budget_ms: float | None) -> object:
+        key = (release.artifact.sha256, budget_ms)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = asyncio.ensure_future(self._check(path, release, budget_ms))
+            self._verdicts[key] = verdict
+        # shield: one device's cancellation (a simulated crash) must not cancel the others'.
+        return await asyncio.shield(verdict)
+
+    async def _check(self, path: Path, release: Release, budget_ms: float | None) -> object:
+        self.checks_run += 1
+        return await check_model(path, release, latency_budget_ms=budget_ms, limits=self._limits)
+
+
+class SharedBackends:
+    """``BackendLoader`` with one session per artifact (the store's directory name)."""
+
+    def __init__(self) -> None:
+        self._backends: dict[str, InferenceBackend] = {}
+
+    def loader(self, speed_factor: float) -> SharedLoader:
+        return SharedLoader(self, speed_factor)
+
+    def load(
+        self, path: Path, model_format: ModelFormat, options: RuntimeOptions
+    ) -> InferenceBackend:
+        # Stored artifacts live in models/sha256-<hex>/: the directory names the content.
+        key = path.parent.name
+        backend = self._backends.get(key)
+        if backend is None:
+            backend = load_backend(path, model_format, options)
+            self._backends[key] = backend
+        return backend
+
+    @property
+    def sessions(self) -> int:
+        return len(self._backends)
+
+
+@dataclass(frozen=True)
+class SharedLoader:
+    backends: SharedBackends
+    speed_factor: float
+
+    def __call__(
+        self, path: Path, model_format: ModelFormat, options: RuntimeOptions
+    ) -> InferenceBackend:
+        backend = self.backends.load(path, model_format, options)
+        return backend if self.speed_factor <= 1.0 else SlowBackend(backend, self.speed_factor)
+
+
+class SlowBackend:
+    """A backend that takes ``speed_factor`` times as long as the one it wraps."""
+
+    def __init__(self, inner: InferenceBackend, speed_factor: float) -> None:
+        self._inner = inner
+        self._extra = speed_factor - 1.0
+
+    @property
+    def runtime(self) -> str:
+        return self._inner.runtime
+
+    @property
+    def platform(self) -> str:
+        return self._inner.platform
+
+    @property
+    def inputs(self) -> tuple[TensorSignature, ...]:
+        return self._inner.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSignature, ...]:
+        return self._inner.outputs
+
+    def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
+        started = time.perf_counter()
+        outputs = self._inner.run(feeds)
+        time.sleep((time.perf_counter() - started) * self._extra)
+        return outputs
