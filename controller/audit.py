@@ -24,7 +24,7 @@ from protocol import canonical_json
 from .tables import AuditEntry, AuditHead, utcnow
 from .tokens import Principal
 
-__all__ = ["AuditProblem", "append_audit", "verify_audit_chain"]
+__all__ = ["AuditProblem", "append_audit", "list_audit", "verify_audit_chain"]
 
 GENESIS_SHA256 = "0" * 64
 
@@ -82,6 +82,14 @@ def append_audit(
     session.add(head)
     session.flush()
     return entry
+
+
+def list_audit(session: Session, *, limit: int, before_seq: int | None = None) -> list[AuditEntry]:
+    """Up to ``limit`` entries, newest first; ``before_seq`` pages back past an entry."""
+    query = select(AuditEntry).order_by(col(AuditEntry.seq).desc()).limit(limit)
+    if before_seq is not None:
+        query = query.where(AuditEntry.seq < before_seq)
+    return list(session.exec(query).all())
 
 
 @dataclass(frozen=True)

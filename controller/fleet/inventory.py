@@ -34,6 +34,8 @@ __all__ = [
     "DeviceDetailView",
     "DeviceView",
     "FleetReleaseRow",
+    "PhaseCount",
+    "fleet_phases",
     "fleet_releases",
     "get_device_detail",
     "get_device_summary",
@@ -71,6 +73,13 @@ class DeviceDetailView:
 class FleetReleaseRow:
     model: str
     version: int | None
+    devices: int
+    online: int
+
+
+@dataclass(frozen=True)
+class PhaseCount:
+    phase: str | None  # None: the device never reported its state
     devices: int
     online: int
 
@@ -203,3 +212,16 @@ def fleet_releases(session: Session) -> list[FleetReleaseRow]:
         FleetReleaseRow(model=str(m), version=v, devices=int(n), online=int(up or 0))
         for m, v, n, up in rows
     ]
+
+
+def fleet_phases(session: Session) -> list[PhaseCount]:
+    """Enrolled devices by the update phase they last reported, with online counts."""
+    online = func.sum(case((col(DeviceRecord.online), 1), else_=0))
+    rows = session.exec(
+        select(DeviceRecord.phase, func.count(), online)
+        .where(col(DeviceRecord.decommissioned_at).is_(None))
+        .group_by(col(DeviceRecord.phase))
+    ).all()
+    counts = [PhaseCount(phase=p, devices=int(n), online=int(up or 0)) for p, n, up in rows]
+    # NULL sorts first on SQLite and last on PostgreSQL: order in Python, unknown last.
+    return sorted(counts, key=lambda c: (c.phase is None, c.phase or ""))

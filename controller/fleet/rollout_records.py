@@ -44,6 +44,7 @@ __all__ = [
     "get_rollout",
     "list_rollouts",
     "queue_command",
+    "rollout_summary",
 ]
 
 UNFINISHED_STATUSES = ("pending", "running", "soaking", "paused")
@@ -171,12 +172,6 @@ def queue_command(
 
 def describe_rollout(session: Session, record: RolloutRecord) -> dict[str, Any]:
     """Everything an operator reads about a rollout: waves, outcomes, gates, events."""
-    release = session.get(ReleaseRecord, record.release_id)
-    last_good = (
-        session.get(ReleaseRecord, record.last_good_release_id)
-        if record.last_good_release_id is not None
-        else None
-    )
     policy = decode_policy(record.policy)
     matching = _matching_count(session, record.selector)
     targets = wave_targets(policy.waves, matching)
@@ -196,7 +191,7 @@ def describe_rollout(session: Session, record: RolloutRecord) -> dict[str, Any]:
         .limit(50)
     ).all()
     return {
-        **summarize_rollout(record, release, last_good),
+        **rollout_summary(session, record),
         "policy": record.policy,
         "matching_devices": matching,
         "waves": [
@@ -217,6 +212,17 @@ def describe_rollout(session: Session, record: RolloutRecord) -> dict[str, Any]:
             for e in events
         ],
     }
+
+
+def rollout_summary(session: Session, record: RolloutRecord) -> dict[str, Any]:
+    """``summarize_rollout`` with the rollout's release and last good release looked up."""
+    release = session.get(ReleaseRecord, record.release_id)
+    last_good = (
+        session.get(ReleaseRecord, record.last_good_release_id)
+        if record.last_good_release_id is not None
+        else None
+    )
+    return summarize_rollout(record, release, last_good)
 
 
 def summarize_rollout(
