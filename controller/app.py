@@ -36,6 +36,7 @@ from .metrics import Metrics
 from .migrate import upgrade_database
 from .settings import Settings
 from .signing import load_or_create_signer
+from .ui import install_dashboard
 
 __all__ = ["build_context", "create_app"]
 
@@ -100,6 +101,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     def openapi(_caller: Viewer) -> dict[str, Any]:
         return app.openapi()
 
+    install_dashboard(app)
     app.add_exception_handler(ControllerError, _controller_error)
     app.middleware("http")(_measure(ctx))
     return app

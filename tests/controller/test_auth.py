@@ -1,5 +1,5 @@
-"""Every route but the health probes and enrollment needs a token; viewers cannot change
-anything; device tokens open nothing but artifact downloads."""
+"""Every route but the health probes, enrollment and the dashboard's login needs a token;
+viewers cannot change anything; device tokens open nothing but artifact downloads."""
 
 from __future__ import annotations
 
@@ -16,12 +16,22 @@ from controller.api.deps import audited
 from controller.db import session_scope
 from controller.tables import ApiToken
 from controller.tokens import Role
+from controller.ui.auth import ui_audited
 from tests.controller.conftest import bearer, ctx
 
 OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz")}
 # Authenticated by the one-time enrollment token in the body instead of a bearer token.
 ENROLL_ROUTE = ("POST", "/api/v1/enroll")
 DEVICE_ROUTES = {("GET", "/artifacts/sha256/{digest}")}
+# Where a dashboard session starts and ends, so they cannot need one: the login form, its
+# POST (which checks the token itself and stores nothing: the session is a signed
+# cookie), and the logout link (it only clears this browser's cookie). The dashboard's
+# static files are a mount, not a route, and hold a stylesheet and a script.
+LOGIN_ROUTES = {("GET", "/ui/login"), ("POST", "/ui/login"), ("GET", "/ui/logout")}
+LOGIN_POST = ("POST", "/ui/login")
+# The dashboard's forms authenticate by session cookie, not bearer token; ``ui_audited``
+# records them through the API's ``audited``.
+AUDIT_DEPENDENCIES = {audited, ui_audited}
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -51,7 +61,7 @@ def concrete(path: str) -> str:
     return re.sub(r"\{(\w+)\}", lambda m: values.get(m[1], "x"), path)
 
 
-def test_every_route_but_the_probes_and_enrollment_refuses_a_missing_token(
+def test_every_route_but_the_probes_enrollment_and_login_refuses_a_missing_token(
     app: FastAPI, client: TestClient
 ) -> None:
     unprotected = []
@@ -59,7 +69,7 @@ def test_every_route_but_the_probes_and_enrollment_refuses_a_missing_token(
         response = client.request(method, concrete(path))
         if response.status_code != 401:
             unprotected.append((method, path))
-    assert sorted(unprotected) == sorted(OPEN_ROUTES | {ENROLL_ROUTE})
+    assert sorted(unprotected) == sorted(OPEN_ROUTES | {ENROLL_ROUTE} | LOGIN_ROUTES)
 
 
 def test_enrollment_without_a_valid_enrollment_token_is_refused(client: TestClient) -> None:
@@ -74,7 +84,7 @@ def test_device_token_opens_only_artifact_downloads(
 ) -> None:
     opened = []
     for method, path in all_endpoints(app):
-        if (method, path) in OPEN_ROUTES or (method, path) == ENROLL_ROUTE:
+        if (method, path) in OPEN_ROUTES | LOGIN_ROUTES or (method, path) == ENROLL_ROUTE:
             continue
         response = client.request(method, concrete(path), headers=bearer(tokens[Role.DEVICE]))
         if response.status_code != 403:
@@ -129,7 +139,7 @@ def test_viewer_cannot_call_any_mutating_route(
 ) -> None:
     allowed = []
     for method, path in all_endpoints(app):
-        if method in MUTATING and (method, path) != ENROLL_ROUTE:
+        if method in MUTATING and (method, path) not in {ENROLL_ROUTE, LOGIN_POST}:
             response = client.request(method, concrete(path), headers=bearer(tokens[Role.VIEWER]))
             if response.status_code != 403:
                 allowed.append((method, path, response.status_code))
@@ -141,11 +151,11 @@ def test_every_mutating_route_is_audited(app: FastAPI) -> None:
         (method, route.path)
         for route in walk_routes(app.routes)
         for method in sorted((route.methods or set()) & MUTATING)
-        if audited not in [dep.call for dep in route.dependant.dependencies]
+        if not AUDIT_DEPENDENCIES & {dep.call for dep in route.dependant.dependencies}
     ]
     # Enrollment has no principal for ``audited``; it appends its own entry (checked in
-    # tests/controller/fleet/test_enrollment_api.py).
-    assert unaudited == [ENROLL_ROUTE]
+    # tests/controller/fleet/test_enrollment_api.py). Logging in changes nothing stored.
+    assert sorted(unaudited) == sorted([ENROLL_ROUTE, LOGIN_POST])
 
 
 def test_metrics_need_a_token_and_count_requests(

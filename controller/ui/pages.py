@@ -1,0 +1,182 @@
+"""The dashboard's pages: fleet overview, devices, models, rollouts, audit log.
+
+Every page needs a viewer's session (``CurrentUser``) and reads through the same data
+functions as the API, in a read-only session. A missing device, model or rollout is a
+404 page, a malformed selector a 400 page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Request, status
+from fastapi.responses import HTMLResponse
+
+from ..audit import list_audit
+from ..errors import BadRequestError, NotFoundError
+from ..fleet.inventory import get_device_detail, list_devices
+from ..fleet.rollout_records import describe_rollout, get_rollout, list_rollouts, rollout_summary
+from ..registry import list_models, list_versions, version_public_fields
+from ..releases import list_releases
+from ..selectors import parse_selector
+from .auth import CurrentUser, DashboardHTTPError, DashboardUser, ReadSession
+from .rendering import render
+from .views import DashboardCommand, commands_for, fleet_overview, wave_progress
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+DEVICES_PAGE = 100
+AUDIT_PAGE = 50
+Name = Annotated[str, Path(max_length=128)]
+
+
+@contextmanager
+def _page_errors() -> Iterator[None]:
+    """The data functions' errors, as the dashboard's pages."""
+    try:
+        yield
+    except NotFoundError as exc:
+        raise DashboardHTTPError(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except BadRequestError as exc:
+        raise DashboardHTTPError(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+
+
+def _page(
+    request: Request, user: DashboardUser, template: str, section: str, **context: Any
+) -> HTMLResponse:
+    return render(request, template, {"user": user, "section": section, **context})
+
+
+@router.get("")
+def overview_page(request: Request, session: ReadSession, user: CurrentUser) -> HTMLResponse:
+    """Devices by phase, release and connection; rollouts under way and recent ones."""
+    return _page(request, user, "overview.html", "overview", fleet=fleet_overview(session))
+
+
+@router.get("/devices")
+def devices_page(
+    request: Request,
+    session: ReadSession,
+    user: CurrentUser,
+    selector: Annotated[str, Query(max_length=1024)] = "",
+    online: Literal["", "true", "false"] = "",
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> HTMLResponse:
+    with _page_errors():
+        views = list_devices(
+            session,
+            selector=parse_selector(selector),
+            online=None if online == "" else online == "true",
+            limit=DEVICES_PAGE + 1,  # one more, to know whether there is a next page
+            offset=offset,
+        )
+    return _page(
+        request,
+        user,
+        "devices.html",
+        "devices",
+        devices=views[:DEVICES_PAGE],
+        more=len(views) > DEVICES_PAGE,
+        selector=selector,
+        online=online,
+        offset=offset,
+        page_size=DEVICES_PAGE,
+    )
+
+
+@router.get("/devices/{device_id}")
+def device_page(
+    device_id: Name, request: Request, session: ReadSession, user: CurrentUser
+) -> HTMLResponse:
+    with _page_errors():
+        detail = get_device_detail(session, device_id=device_id)
+    return _page(request, user, "device.html", "devices", detail=detail)
+
+
+@router.get("/models")
+def models_page(request: Request, session: ReadSession, user: CurrentUser) -> HTMLResponse:
+    return _page(request, user, "models.html", "models", models=list_models(session))
+
+
+@router.get("/models/{name}")
+def model_page(
+    name: Name, request: Request, session: ReadSession, user: CurrentUser
+) -> HTMLResponse:
+    with _page_errors():
+        versions = list_versions(session, name)
+    rows = [(row, version_public_fields(session, row)) for row in reversed(versions)]
+    rollouts = [rollout_summary(session, r) for r in list_rollouts(session, model=name)]
+    return _page(
+        request,
+        user,
+        "model.html",
+        "models",
+        name=name,
+        versions=rows,
+        releases=list_releases(session, name),
+        rollouts=rollouts,
+    )
+
+
+def _rollout_context(session: ReadSession, rollout_id: str, user: DashboardUser) -> dict[str, Any]:
+    with _page_errors():
+        described = describe_rollout(session, get_rollout(session, rollout_id))
+    commands = commands_for(described["status"]) if user.may_operate else []
+    return {
+        "user": user,
+        "rollout": described,
+        "waves": wave_progress(described),
+        "commands": commands,
+    }
+
+
+@router.get("/rollouts/{rollout_id}")
+def rollout_page(
+    rollout_id: Name,
+    request: Request,
+    session: ReadSession,
+    user: CurrentUser,
+    queued: Annotated[str, Query(max_length=16)] = "",
+) -> HTMLResponse:
+    context = _rollout_context(session, rollout_id, user)
+    return render(
+        request,
+        "rollout.html",
+        {
+            **context,
+            "section": "overview",
+            # Only a known word is echoed back: the page says which command was queued.
+            "queued": queued if queued in set(DashboardCommand) else "",
+        },
+    )
+
+
+@router.get("/rollouts/{rollout_id}/live")
+def rollout_live(
+    rollout_id: Name, request: Request, session: ReadSession, user: CurrentUser
+) -> HTMLResponse:
+    """The live part of the rollout page (status, waves, gates, buttons, events)."""
+    return render(request, "_rollout_live.html", _rollout_context(session, rollout_id, user))
+
+
+@router.get("/audit")
+def audit_page(
+    request: Request,
+    session: ReadSession,
+    user: CurrentUser,
+    before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+) -> HTMLResponse:
+    entries = list_audit(session, limit=AUDIT_PAGE + 1, before_seq=before)
+    return _page(
+        request,
+        user,
+        "audit.html",
+        "audit",
+        entries=entries[:AUDIT_PAGE],
+        older=entries[AUDIT_PAGE - 1].seq if len(entries) > AUDIT_PAGE else None,
+        before=before,
+    )

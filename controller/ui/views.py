@@ -1,0 +1,126 @@
+"""View models: the figures the pages show, computed from the API's own data functions.
+
+Nothing here queries the database beyond calling those functions, and nothing changes a
+row; templates get plain values and never call back into the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlmodel import Session
+
+from ..fleet.inventory import FleetReleaseRow, PhaseCount, fleet_phases, fleet_releases
+from ..fleet.rollout_records import UNFINISHED_STATUSES, list_rollouts, rollout_summary
+
+__all__ = [
+    "DashboardCommand",
+    "FleetOverview",
+    "WaveProgress",
+    "commands_for",
+    "fleet_overview",
+    "wave_progress",
+]
+
+
+class DashboardCommand(StrEnum):
+    """The rollout commands the dashboard offers; ``promote`` (skipping a soak) stays a
+    deliberate CLI or API call."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    ABORT = "abort"
+
+
+DONE_OUTCOMES = ("committed", "committed_unobserved")
+FAILED_OUTCOMES = ("failed", "rolled_back")
+
+
+@dataclass(frozen=True)
+class FleetOverview:
+    devices: int
+    online: int
+    phases: list[PhaseCount]
+    releases: list[FleetReleaseRow]
+    without_model: int
+    active_rollouts: list[dict[str, Any]]
+    finished_rollouts: list[dict[str, Any]]
+
+    @property
+    def offline(self) -> int:
+        return self.devices - self.online
+
+
+def fleet_overview(session: Session, *, finished_limit: int = 20) -> FleetOverview:
+    phases = fleet_phases(session)
+    releases = fleet_releases(session)
+    devices = sum(p.devices for p in phases)
+    summaries = [rollout_summary(session, record) for record in list_rollouts(session)]
+    active = [s for s in summaries if s["status"] in UNFINISHED_STATUSES]
+    finished = [s for s in summaries if s["status"] not in UNFINISHED_STATUSES]
+    return FleetOverview(
+        devices=devices,
+        online=sum(p.online for p in phases),
+        phases=phases,
+        releases=releases,
+        without_model=devices - sum(r.devices for r in releases),
+        active_rollouts=active,
+        finished_rollouts=finished[:finished_limit],
+    )
+
+
+@dataclass(frozen=True)
+class WaveProgress:
+    """One wave of a rollout: its target and where its devices stand."""
+
+    wave: int
+    size: str
+    target: int  # cumulative: devices on the release once this wave is through
+    share: int  # what this wave adds to the previous waves' target
+    assigned: int
+    done: int
+    failed: int
+    pending: int
+    outcomes: dict[str, int]
+    current: bool
+    judged: bool | None  # None: not judged yet; else whether its gates passed
+
+
+def wave_progress(described: dict[str, Any]) -> list[WaveProgress]:
+    """Per-wave counts from ``describe_rollout``'s answer."""
+    verdicts = {
+        j["wave"]: bool(j["passed"] or j.get("overridden")) for j in described["judgements"]
+    }
+    rows = []
+    previous_target = 0
+    for wave in described["waves"]:
+        outcomes: dict[str, int] = dict(wave["outcomes"])
+        rows.append(
+            WaveProgress(
+                wave=wave["wave"],
+                size=wave["size"],
+                target=wave["target"],
+                share=max(0, wave["target"] - previous_target),
+                assigned=sum(outcomes.values()),
+                done=sum(outcomes.get(o, 0) for o in DONE_OUTCOMES),
+                failed=sum(outcomes.get(o, 0) for o in FAILED_OUTCOMES),
+                pending=outcomes.get("pending", 0),
+                outcomes=outcomes,
+                current=wave["wave"] == described["wave"]
+                and described["status"] in UNFINISHED_STATUSES,
+                judged=verdicts.get(wave["wave"]),
+            )
+        )
+        previous_target = wave["target"]
+    return rows
+
+
+def commands_for(status: str) -> list[DashboardCommand]:
+    """The buttons that make sense for a rollout in ``status`` (the planner has the say)."""
+    if status == "paused":
+        return [DashboardCommand.RESUME, DashboardCommand.ABORT]
+    if status in UNFINISHED_STATUSES:
+        return [DashboardCommand.PAUSE, DashboardCommand.ABORT]
+    return []
