@@ -4,7 +4,7 @@ Layout under ``root``::
 
     models/sha256-<hex>/<filename>   one verified artifact per directory
     staging/                         downloads in progress, directories being built, trash
-    current  -> models/sha256-<hex>  what serves
+    current  -> models/sha256-<hex>  what serves (absent: nothing serves)
     previous -> models/sha256-<hex>  what ``rollback`` returns to
 
 Invariants:
@@ -14,10 +14,12 @@ Invariants:
   with one ``rename`` into ``staging/`` before deleting anything;
 - ``current`` and ``previous`` are only ever replaced by ``os.replace`` of a freshly made
   temporary symlink, followed by an fsync of ``root``: each is at every instant either
-  its old target or its new one;
-- once a model was activated, ``current`` points at a complete model directory: nothing
-  removes a directory that ``current`` or ``previous`` names, and ``activate`` and
-  ``rollback`` only point at directories that exist.
+  its old target or its new one. ``current`` is removed (one ``unlink``, then an fsync
+  of ``root``) only by the rollback of a device's first model, which has no model to
+  return to: the device then serves nothing, as before that model was activated;
+- whenever ``current`` exists it points at a complete model directory: nothing removes a
+  directory that ``current`` or ``previous`` names, and ``activate`` and ``rollback``
+  only point at directories that exist.
 
 ``activate(new)`` runs, with ``C`` the current model::
 
@@ -29,8 +31,10 @@ Invariants:
 A crash before 4 leaves ``current`` at C; after 4, at ``new``; both complete. ``previous``
 moves first, so whenever ``current`` is ``new``, ``previous`` is already C, and
 ``rollback(from_sha256=new)`` (which does nothing unless ``current`` is ``new``) brings
-back exactly C after a crash at any point. A temporary symlink left by a crash is
-replaced by the next switch and removed by ``collect_garbage``.
+back exactly C after a crash at any point. On a device's first activation there is no C:
+steps 1 and 2 are skipped, ``previous`` stays absent, and ``rollback(from_sha256=new)``
+removes ``current``. A temporary symlink left by a crash is replaced by the next switch
+and removed by ``collect_garbage``.
 
 Durability assumes a POSIX file system where ``rename`` is atomic and directory fsync
 persists it (ext4, f2fs, xfs, btrfs); ``root`` must be one file system.
@@ -138,23 +142,32 @@ class ModelStore:
             self._point(_PREVIOUS, old)
         self._point(_CURRENT, sha256)
 
-    def rollback(self, *, from_sha256: str | None = None) -> None:
-        """``current`` := ``previous``.
+    def rollback(self, *, from_sha256: str | None = None) -> str | None:
+        """Undo the last activation: ``current`` := ``previous``, or no model at all.
+
+        Returns what ``current`` names afterwards (``None``: nothing serves).
 
         With ``from_sha256`` (the model that failed), only if it is what serves: when
         the switch to it never happened, ``current`` already is the model to keep, and
-        this does nothing. Idempotent either way. ``StoreError`` when there is no other
-        model to return to; ``current`` is then left as it is.
+        this does nothing. Nor does it when ``previous`` is ``current`` too: that model
+        was already current before (a rollback ran, or it was deployed again). Without
+        a ``previous``, ``current`` is the first model this device ran, and ``current``
+        is removed (see the module). Idempotent. ``StoreError`` when ``previous`` names
+        a missing model; ``current`` is then left as it is.
         """
         current = self.current_sha256()
-        if from_sha256 is not None and current != from_sha256:
-            return
+        if current is None or (from_sha256 is not None and current != from_sha256):
+            return current
         previous = self.previous_sha256()
-        if previous is None or previous == current:
-            raise StoreError("no previous model to roll back to")
+        if previous == current:
+            return current
+        if previous is None:
+            self._unpoint(_CURRENT)
+            return None
         if not self.model_dir(previous).is_dir():
             raise StoreError(f"previous model {previous[:12]} is missing")
         self._point(_CURRENT, previous)
+        return previous
 
     def collect_garbage(self, *, keep: Iterable[str] = ()) -> list[Path]:
         """Remove models neither symlink (nor ``keep``) names, and all staging leftovers.
@@ -192,6 +205,12 @@ class ModelStore:
             tmp.unlink()
         os.symlink(f"models/sha256-{sha256}", tmp)
         os.replace(tmp, self.root / link)
+        fsync_dir(self.root)
+
+    def _unpoint(self, link: str) -> None:
+        # Removing a name is one syscall too: the link is there, or it is not.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.root / link)
         fsync_dir(self.root)
 
     def _link_sha256(self, link: str) -> str | None:

@@ -169,14 +169,75 @@ def test_rollback_from_a_model_that_never_became_current_does_nothing(store: Mod
     assert store.current_sha256() == second
 
 
-def test_rollback_without_a_previous_model_is_refused_and_keeps_current(store: ModelStore) -> None:
+# Each row: what happened to the store before (activate a model, or roll back from one),
+# the model the rollback is from (None: whatever is current), and the (current, previous)
+# it must leave. Rolling back twice must leave the same.
+Step = tuple[str, str]  # ("activate" | "rollback", model)
+ROLLBACKS: dict[str, tuple[list[Step], str | None, tuple[str | None, str | None]]] = {
+    "second_model": ([("activate", "v1"), ("activate", "v2")], "v2", ("v1", "v1")),
+    "third_model": (
+        [("activate", "v1"), ("activate", "v2"), ("activate", "v3")],
+        "v3",
+        ("v2", "v2"),
+    ),
+    "switch_never_happened": ([("activate", "v1"), ("activate", "v2")], "v3", ("v2", "v1")),
+    "first_model": ([("activate", "v1")], "v1", (None, None)),
+    "first_model_switch_never_happened": ([], "v1", (None, None)),
+    "without_from": ([("activate", "v1"), ("activate", "v2")], None, ("v1", "v1")),
+    "first_model_without_from": ([("activate", "v1")], None, (None, None)),
+    "empty_store": ([], None, (None, None)),
+    # v1 was kept by a rollback, then deployed again (activate changes nothing) and failed:
+    # it was current before that deployment, so it stays.
+    "kept_model_deployed_again": (
+        [("activate", "v1"), ("activate", "v2"), ("rollback", "v2"), ("activate", "v1")],
+        "v1",
+        ("v1", "v1"),
+    ),
+}
+
+
+@pytest.mark.parametrize(("steps", "failed", "expected"), ROLLBACKS.values(), ids=ROLLBACKS.keys())
+def test_rollback_returns_to_the_model_that_served_before_or_to_none(
+    store: ModelStore,
+    steps: list[Step],
+    failed: str | None,
+    expected: tuple[str | None, str | None],
+) -> None:
+    sha = {name: staged(store, name.encode()) for name in ("v1", "v2", "v3")}
+    for operation, name in steps:
+        if operation == "activate":
+            store.activate(sha[name])
+        else:
+            store.rollback(from_sha256=sha[name])
+    from_sha256 = None if failed is None else sha[failed]
+    want = tuple(None if name is None else sha[name] for name in expected)
+
+    for _ in range(2):  # a retried rollback is harmless
+        kept = store.rollback(from_sha256=from_sha256)
+        assert (store.current_sha256(), store.previous_sha256()) == want
+        assert kept == want[0]
+    assert (store.root / "current").is_symlink() == (want[0] is not None)
+
+
+def test_rolled_back_first_model_is_collected_and_nothing_is_current(store: ModelStore) -> None:
     first = staged(store, b"v1")
-    with pytest.raises(StoreError):
-        store.rollback()
     store.activate(first)
+    assert store.rollback(from_sha256=first) is None
+    assert store.collect_garbage() == [store.model_dir(first)]
+    assert ModelStore(store.root).current() is None
+    assert list(store.models_dir.iterdir()) == []
+
+
+def test_rollback_to_a_missing_previous_model_is_refused_and_keeps_current(
+    store: ModelStore,
+) -> None:
+    first, second = staged(store, b"v1"), staged(store, b"v2")
+    store.activate(first)
+    store.activate(second)
+    os.rename(store.model_dir(first), store.staging_dir / "lost")
     with pytest.raises(StoreError):
-        store.rollback(from_sha256=first)
-    assert store.current_sha256() == first
+        store.rollback(from_sha256=second)
+    assert store.current_sha256() == second
 
 
 def test_garbage_collection_keeps_what_is_referenced(store: ModelStore) -> None:
@@ -273,6 +334,42 @@ def test_recovery_after_a_crash_during_activation_restores_the_serving_model(
         # The journal said "activating": the daemon rolls back from the incoming model.
         ModelStore(store.root).rollback(from_sha256=incoming)
         assert ModelStore(store.root).current_sha256() == serving, f"crash at syscall {k}"
+
+
+# A device's first model: its activation, then its rollback, crashed at every syscall.
+# Either may leave the model current or nothing; never a dangling link. The journal then
+# says rolling_back, and rolling back again must leave nothing current.
+FIRST_MODEL_OPERATIONS = ["activate", "rollback"]
+
+
+@pytest.mark.parametrize("operation", FIRST_MODEL_OPERATIONS)
+def test_a_crash_at_any_syscall_of_a_first_model_update_then_recovery_leaves_nothing_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    def prepare(store: ModelStore) -> tuple[str, Callable[[], object]]:
+        first = staged(store, b"first")
+        if operation == "activate":
+            return first, lambda: store.activate(first)
+        store.activate(first)
+        return first, lambda: store.rollback(from_sha256=first)
+
+    _, dry_run = prepare(ModelStore(tmp_path / "dry-run"))
+    with crash_at(monkeypatch, None) as calls:
+        dry_run()
+    total = calls[0]
+    assert total >= 2
+    for k in range(total + 1):
+        store = ModelStore(tmp_path / f"{operation}-{k}")
+        first, run = prepare(store)
+        with crash_at(monkeypatch, k), pytest.raises(Crash) if k < total else _no_crash():
+            run()
+        rebooted = ModelStore(store.root)
+        links = (rebooted.current_sha256(), rebooted.previous_sha256())
+        assert links in {(first, None), (None, None)}, f"crash at syscall {k} left {links}"
+        if links[0] is not None:
+            assert rebooted.current() == rebooted.model_dir(first)
+        assert rebooted.rollback(from_sha256=first) is None
+        assert (rebooted.current_sha256(), rebooted.previous_sha256()) == (None, None)
 
 
 @contextmanager
