@@ -7,10 +7,14 @@ Invariants (ARCHITECTURE.md §3, §5):
 - the journal is persisted (fsync'd) before each state's work runs; after a crash the
   recovery mapping decides what happens, never the interrupted code;
 - before activation nothing touches ``current``; from activation on, a failure or crash
-  rolls back to the exact model that was current before;
+  rolls back to the exact model that was current before, or, for the first model this
+  device ran, to none: the store keeps no ``current`` and serving stops;
+- after a rollback, serving follows the store: the version that served before (still
+  loaded, or loaded again after a crash), or nothing;
 - each deployment reports exactly one final event (``committed``, ``failed`` or
   ``rolled_back``): its seq is reserved in the journal before it is queued, so a crash
-  can only queue the same (device, seq) again, which the controller applies once.
+  can only queue the same (device, seq) again, which the controller applies once. A
+  deployment stopped by the transition cap reports its final event at once too.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from protocol import ProbationPolicy, ProtocolError, Release, ReleaseRef
 from .clock import Clock
 from .config import AgentConfig
 from .durable import read_json, write_json_atomic
-from .errors import AgentError
+from .errors import AgentError, TransitionCapError
 from .fetcher import Fetcher
 from .model_store import ModelStore
 from .probation import ProbationOutcome
@@ -177,7 +181,12 @@ class Updater:
             if journal.terminal:
                 return self._finish(journal)
             event, reason = await self._work(journal, release, policy)
-            journal = advance_journal(self.paths.journal, journal, event, reason=reason)
+            try:
+                journal = advance_journal(self.paths.journal, journal, event, reason=reason)
+            except TransitionCapError as exc:
+                # advance_journal persisted give_up(): finish it now, not at the next boot.
+                logger.error("%s", exc)
+                journal = journal.give_up()
 
     async def _work(
         self, journal: Journal, release: Release | None, policy: ProbationPolicy | None
@@ -250,13 +259,34 @@ class Updater:
         return UpdateEvent.PROBATION_PASSED, None
 
     async def _roll_back(self, sha256: str) -> None:
-        """The store back to the previous model, and serving with it, never a gap."""
-        self.store.rollback(from_sha256=sha256)
+        """The store back to the model that served before (or none), and serving with it.
+
+        Never a gap when there is a model to return to: the previous version, still
+        loaded, is swapped back in (after a crash it is loaded from the store first).
+        """
+        kept = self.store.rollback(from_sha256=sha256)
         previous, self._previous = self._previous, None
-        if previous is not None:
+        serving = self.serving.current
+        if kept is None:
+            self._stop_serving()
+        elif serving is not None and self._loaded_from(serving, kept):
+            return  # the switch never reached serving
+        elif previous is not None and self._loaded_from(previous, kept):
             self.serving.serve(previous)
         else:
             await self.serve_current()
+
+    def _stop_serving(self) -> None:
+        """No model to return to: requests get "not ready" rather than a rejected model."""
+        server = self.serving.server
+        stopped = server.unload() if server is not None else None
+        if stopped is not None:
+            logger.warning(
+                "stopped serving %s %s: no model to roll back to", stopped.name, stopped.version
+            )
+
+    def _loaded_from(self, loaded: LoadedVersion, sha256: str) -> bool:
+        return loaded.path.parent == self.store.model_dir(sha256)
 
     async def _fetch(self, release: Release) -> None:
         artifact = release.artifact
