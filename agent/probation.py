@@ -18,6 +18,13 @@ Rules, with ``n = max(policy.min_requests, 1)``:
 - The other absolute checks (error rate, drift PSI) are judged as soon as the candidate
   has ``n`` requests, at any time: a failing model is rolled back before its window
   ends, while a few errors or a small sample are no verdict.
+- Drift needs more: it is judged only from ``max(n, MIN_DRIFT_REQUESTS)`` requests on.
+  PSI over a few dozen requests is noise (a good first model was rolled back at PSI 0.30
+  over about 50 requests): the values of one request are not independent samples (the
+  features of one row, the pixels of one image), so the statistics' ``MIN_DRIFT_VALUES``
+  alone does not make a sample. Below that, drift is not judged, never a rollback:
+  ``numbers["drift_judged"]`` is 0 and the verdict's message says so. (It is measured
+  all the same: ``numbers`` holds the PSI.)
 - Relative checks (p95 latency over the baseline's p95, drop of mean top-1 confidence
   from the baseline's) also need a baseline with ``n`` requests and the figure on both
   sides (a classifier on both sides; a baseline p95 above 0). Without one they are
@@ -43,7 +50,16 @@ from protocol import ProbationPolicy
 
 from .stats import WindowStats
 
-__all__ = ["ProbationJudge", "ProbationOutcome", "ProbationReason", "ProbationVerdict"]
+__all__ = [
+    "MIN_DRIFT_REQUESTS",
+    "ProbationJudge",
+    "ProbationOutcome",
+    "ProbationReason",
+    "ProbationVerdict",
+]
+
+# Requests the candidate needs before its drift (PSI) is judged; see the module doc.
+MIN_DRIFT_REQUESTS = 200
 
 
 class ProbationOutcome(StrEnum):
@@ -100,6 +116,7 @@ class ProbationJudge:
         self.policy = policy
         self.baseline = baseline
         self.min_requests = max(policy.min_requests, 1)
+        self.min_drift_requests = max(self.min_requests, MIN_DRIFT_REQUESTS)
 
     @property
     def deadline_s(self) -> float:
@@ -132,27 +149,40 @@ class ProbationJudge:
             )
         enough = candidate.requests >= self.min_requests
         seen = f"{candidate.requests} requests in {elapsed_s:g} s"
+        drift_note = self._drift_note(candidate)
         if elapsed_s < policy.window_s:
-            message = f"continue: {seen} of a {policy.window_s:g} s window"
+            message = f"continue: {seen} of a {policy.window_s:g} s window{drift_note}"
             return ProbationVerdict(ProbationOutcome.CONTINUE, None, numbers, message)
         if enough:
             note = "" if baseline is not None else f"; {_NO_BASELINE}"
-            message = f"commit: {seen}, no threshold tripped{note}"
+            message = f"commit: {seen}, no threshold tripped{note}{drift_note}"
             return ProbationVerdict(ProbationOutcome.COMMIT, None, numbers, message)
         if elapsed_s >= self.deadline_s:
             message = (
                 f"commit unobserved: {seen}, fewer than {self.min_requests} by the end of the "
-                f"extension; committed on the self-test alone"
+                f"extension; committed on the self-test alone{drift_note}"
             )
             return ProbationVerdict(ProbationOutcome.COMMIT_UNOBSERVED, None, numbers, message)
         message = (
             f"continue: window extended, {seen}, waiting for {self.min_requests} "
-            f"until {self.deadline_s:g} s"
+            f"until {self.deadline_s:g} s{drift_note}"
         )
         return ProbationVerdict(ProbationOutcome.CONTINUE, None, numbers, message)
 
     def _judged(self, candidate: WindowStats) -> bool:
         return candidate.requests >= self.min_requests
+
+    def _drift_judged(self, candidate: WindowStats) -> bool:
+        return candidate.requests >= self.min_drift_requests
+
+    def _drift_note(self, candidate: WindowStats) -> str:
+        if not candidate.drift_psi or self._drift_judged(candidate):
+            return ""
+        psi = max(candidate.drift_psi.values())
+        return (
+            f"; drift not judged: PSI {psi:.3g} over {candidate.requests} requests, "
+            f"fewer than {self.min_drift_requests}"
+        )
 
     def _usable_baseline(self, numbers: dict[str, float]) -> WindowStats | None:
         baseline = self.baseline
@@ -242,8 +272,14 @@ class ProbationJudge:
             numbers[f"drift_psi.{name}"] = psi
         worst = max(candidate.drift_psi, key=lambda name: candidate.drift_psi[name])
         psi, limit = candidate.drift_psi[worst], self.policy.max_drift_psi
-        numbers.update(drift_psi=psi, max_drift_psi=limit)
-        if self._judged(candidate) and psi > limit:
+        judged = self._drift_judged(candidate)
+        numbers.update(
+            drift_psi=psi,
+            max_drift_psi=limit,
+            min_drift_requests=float(self.min_drift_requests),
+            drift_judged=1.0 if judged else 0.0,
+        )
+        if judged and psi > limit:
             return _Trip(
                 ProbationReason.DRIFT,
                 f"{worst!r} drifted from the reference profile (PSI {psi:.3g} > max {limit:g})",

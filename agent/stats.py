@@ -53,7 +53,10 @@ to sum to 1), both floored at ``PSI_EPSILON`` so empty bins stay finite::
 It is reported only from ``MIN_DRIFT_VALUES`` values on: with 10 bins, PSI of a sample
 from the reference itself is about ``9 / N`` (chi-square with 9 degrees of freedom over
 ``N``), so at ``N = 200`` a same-distribution window exceeds 0.25 with probability ~1e-7,
-while at 50 values it would about one time in five.
+while at 50 values it would about one time in five. That holds for independent values;
+the values of one request are not (the features of one row, the pixels of one image),
+so a PSI is reported early and probation judges it only from
+``agent.probation.MIN_DRIFT_REQUESTS`` requests on.
 """
 
 from __future__ import annotations

@@ -12,10 +12,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from agent.probation import ProbationJudge, ProbationOutcome, ProbationReason, ProbationVerdict
+from agent.probation import (
+    MIN_DRIFT_REQUESTS,
+    ProbationJudge,
+    ProbationOutcome,
+    ProbationReason,
+    ProbationVerdict,
+)
 from agent.stats import LATENCY_BOUNDS_MS, StatsRecorder, WindowStats
-from protocol import ProbationPolicy
-from tests.agent.stats.profiles import record_all
+from protocol import ProbationPolicy, ReferenceProfile
+from tests.agent.stats.profiles import record_all, softmax
 
 POLICY_WINDOW_S = 300.0
 DEADLINE_S = 1200.0
@@ -395,3 +401,99 @@ def test_one_recorded_nan_request_rolls_back_at_once() -> None:
 
     assert (verdict.outcome, verdict.reason) == (ROLLBACK, ProbationReason.NONFINITE_RATE)
     assert verdict.numbers["requests"] == 3
+
+
+FEW_REQUESTS = ProbationPolicy(min_requests=10)  # as the fleet scenarios set it
+MANY_REQUESTS = ProbationPolicy(min_requests=500)
+JUST_SHORT = MIN_DRIFT_REQUESTS - 1
+
+
+@pytest.mark.parametrize(
+    ("requests", "psi", "policy", "elapsed_s", "outcome", "judged"),
+    [
+        # PSI 0.30 over about 50 requests rolled a good first model back: now no verdict.
+        (50, 0.30, FEW_REQUESTS, EARLY, CONTINUE, False),
+        (50, 0.30, FEW_REQUESTS, END, COMMIT, False),
+        (JUST_SHORT, 0.30, FEW_REQUESTS, END, COMMIT, False),
+        (JUST_SHORT, 50.0, FEW_REQUESTS, EARLY, CONTINUE, False),
+        (50, 0.30, DEFAULTS, DEADLINE_S, UNOBSERVED, False),
+        (MIN_DRIFT_REQUESTS, 0.30, FEW_REQUESTS, EARLY, ROLLBACK, True),
+        (MIN_DRIFT_REQUESTS, 0.25, FEW_REQUESTS, END, COMMIT, True),
+        (5000, 0.30, FEW_REQUESTS, END, ROLLBACK, True),
+        # A policy asking for more requests than the drift minimum: its minimum counts.
+        (499, 0.30, MANY_REQUESTS, END, CONTINUE, False),
+        (500, 0.30, MANY_REQUESTS, EARLY, ROLLBACK, True),
+    ],
+    ids=[
+        "few_requests_early",
+        "few_requests_at_window_end",
+        "one_short_at_window_end",
+        "one_short_huge_psi",
+        "few_requests_at_deadline",
+        "at_the_minimum",
+        "at_the_minimum_and_threshold",
+        "many_requests",
+        "policy_minimum_one_short",
+        "policy_minimum_reached",
+    ],
+)
+def test_drift_is_judged_only_from_the_minimum_number_of_requests(
+    requests: int,
+    psi: float,
+    policy: ProbationPolicy,
+    elapsed_s: float,
+    outcome: ProbationOutcome,
+    judged: bool,
+) -> None:
+    candidate = stats(requests=requests, drift={"x": 0.01, "y": psi})
+
+    verdict = judge(candidate, elapsed_s=elapsed_s, policy=policy)
+
+    reason = ProbationReason.DRIFT if outcome is ROLLBACK else None
+    assert (verdict.outcome, verdict.reason) == (outcome, reason)
+    assert verdict.numbers["drift_psi"] == psi  # measured and reported either way
+    assert verdict.numbers["drift_judged"] == float(judged)
+    assert verdict.numbers["min_drift_requests"] == max(MIN_DRIFT_REQUESTS, policy.min_requests)
+    assert ("drift not judged" in verdict.message) == (not judged)
+
+
+def test_drift_not_judged_is_said_with_its_numbers() -> None:
+    verdict = judge(stats(requests=50, drift={"x": 0.3}), elapsed_s=END, policy=FEW_REQUESTS)
+
+    assert verdict.message == (
+        "commit: 50 requests in 300 s, no threshold tripped; "
+        f"drift not judged: PSI 0.3 over 50 requests, fewer than {MIN_DRIFT_REQUESTS}"
+    )
+
+
+def test_without_a_drift_measurement_nothing_is_said_about_drift() -> None:
+    verdict = judge(stats(requests=50, drift={}), elapsed_s=END, policy=FEW_REQUESTS)
+
+    assert verdict.outcome is COMMIT
+    assert "drift" not in verdict.message
+    assert not any(key.startswith("drift") for key in verdict.numbers)
+
+
+def test_recorded_drift_over_a_few_dozen_requests_is_no_verdict(
+    rng: np.random.Generator, tabular_reference: ReferenceProfile
+) -> None:
+    candidate = StatsRecorder(reference=tabular_reference, now_s=0.0)
+
+    def send_shifted_rows(count: int) -> None:
+        for _ in range(count):
+            x = rng.normal(loc=1.5, size=(1, 4)).astype(np.float32)
+            probs = softmax(rng.normal(size=(1, 3)))
+            candidate.record(
+                latency_s=0.002, inputs={"x": x}, outputs={"probs": probs}, error=False
+            )
+
+    first_model = ProbationJudge(FEW_REQUESTS, None)
+    send_shifted_rows(50)  # 200 input values: enough for the recorder to report a PSI
+    few = first_model.judge(candidate.cumulative(), elapsed_s=END)
+    send_shifted_rows(MIN_DRIFT_REQUESTS - 50)
+    enough = first_model.judge(candidate.cumulative(), elapsed_s=END)
+
+    assert few.outcome is COMMIT
+    assert few.numbers["drift_psi"] > FEW_REQUESTS.max_drift_psi
+    assert few.numbers["drift_judged"] == 0.0
+    assert (enough.outcome, enough.reason) == (ROLLBACK, ProbationReason.DRIFT)
