@@ -124,34 +124,16 @@ async def _start_broker(settings: Settings, ctx: ControllerContext) -> Any:
         logger.info("using the MQTT broker at %s", settings.broker)
         return None
     _check_port_free(settings.mqtt_host, settings.mqtt_port)
-    from amqtt.broker import Broker
+    from .embedded_broker import EmbeddedBroker
 
     # Devices log in with the credentials enrollment gave them, and only to their topics.
-    broker = Broker(embedded_broker_config(settings, ctx.read_engine))
-    _snapshot_subscriptions(broker)
+    broker = EmbeddedBroker(embedded_broker_config(settings, ctx.read_engine))
     try:
         await broker.start()
     except Exception as exc:
         raise ConfigError(f"the embedded MQTT broker did not start: {exc}") from exc
     logger.info("embedded MQTT broker listening on %s:%d", settings.mqtt_host, settings.mqtt_port)
     return broker
-
-
-class _SnapshotDict(dict[str, Any]):
-    """A dict whose ``items()`` is a copy, safe to iterate across ``await``s."""
-
-    def items(self) -> Any:
-        return list(super().items())
-
-
-def _snapshot_subscriptions(broker: Any) -> None:
-    """Work around amqtt 0.12's broadcast loop, which iterates its subscriptions dict
-    across ``await``s (the ACL check): a client subscribing meanwhile raises "dictionary
-    changed size during iteration", kills that broadcast task and so drops the message
-    for every remaining subscriber. Seen with 50 agents connecting during a rollout."""
-    subscriptions = getattr(broker, "_subscriptions", None)
-    if type(subscriptions) is dict:
-        broker._subscriptions = _SnapshotDict(subscriptions)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -117,8 +117,8 @@ class MosquittoServer:
 
 @contextlib.contextmanager
 def run_embedded_amqtt() -> Iterator[BrokerEndpoint]:
-    """Run an amqtt broker on its own event loop in a background thread."""
-    from amqtt.broker import Broker
+    """Run the controller's embedded amqtt broker on its own event loop in a thread."""
+    from controller.embedded_broker import EmbeddedBroker
 
     port = free_port()
     config = {
@@ -130,7 +130,7 @@ def run_embedded_amqtt() -> Iterator[BrokerEndpoint]:
     holder: dict[str, Any] = {}
 
     async def start() -> None:
-        broker = Broker(config, loop=loop)
+        broker = EmbeddedBroker(config, loop=loop)
         await broker.start()
         holder["broker"] = broker
 

@@ -1,0 +1,50 @@
+"""The embedded MQTT broker: amqtt, with two of its 0.12 behaviours corrected.
+
+Imported only when the controller runs its own broker (amqtt is heavy to import).
+
+1. When a client with a persistent session reconnects, amqtt offers it the retained
+   messages of *every* topic filter any client has subscribed to, not only its own, and
+   without the ACL check. A device that lost its connection then received every other
+   device's retained desired state and reported state: a leak across devices, and a
+   flood the agent has to refuse message by message. ``EmbeddedBroker`` offers a client
+   only the retained messages of the filters it holds itself.
+2. amqtt iterates its subscriptions dict across ``await``s (the ACL check, retained
+   deliveries); a client subscribing meanwhile raised "dictionary changed size during
+   iteration", which killed that broadcast and dropped the message for the remaining
+   subscribers. The dict now iterates over a copy of itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from amqtt.broker import Broker
+
+__all__ = ["EmbeddedBroker"]
+
+
+class _SnapshotDict(dict[str, Any]):
+    """A dict that iterates over a copy of itself, safe across ``await``s."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().keys()))
+
+    def items(self) -> Any:
+        return list(super().items())
+
+
+class EmbeddedBroker(Broker):  # type: ignore[misc]
+    def __init__(self, config: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        # amqtt has no type information; set through setattr to keep mypy out of it.
+        setattr(self, "_subscriptions", _SnapshotDict(getattr(self, "_subscriptions")))  # noqa: B009, B010
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Any
+    ) -> None:
+        topic_filter = subscription[0]
+        holders: list[tuple[Any, int]] = getattr(self, "_subscriptions").get(topic_filter, [])  # noqa: B009
+        if not any(holder.client_id == session.client_id for holder, _ in holders):
+            return
+        await super()._publish_retained_messages_for_subscription(subscription, session)
