@@ -35,7 +35,7 @@ from .errors import (
 from .fetcher import Fetcher
 from .model_store import ModelStore
 from .mqtt_link import LinkSettings, Message, MqttLink
-from .outbox import Outbox
+from .outbox import Outbox, OutboxQueue
 from .reporting import LinkReporter, offline_state
 from .runtimes import RuntimeOptions, load_backend
 from .serving import BackendLoader
@@ -75,16 +75,20 @@ class AgentDaemon:
         clock: Clock | None = None,
         load_backend: BackendLoader = load_backend,
         on_publish: Callable[[Message], None] | None = None,
+        outbox: OutboxQueue | None = None,
     ) -> None:
-        """``load_backend`` and ``on_publish`` are for the simulator and for applications
-        that embed the agent: how models are loaded, and a look at every message queued."""
+        """``load_backend``, ``on_publish`` and ``outbox`` are for the simulator and for
+        applications that embed the agent: how models are loaded, a look at every message
+        queued, and where queued messages wait (default: ``outbox.sqlite``)."""
         self.config = config
         self._on_publish = on_publish
         self.clock = clock or SystemClock(config.clock_offset_s)
         data_dir = config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         paths = UpdaterPaths.under(data_dir)
-        self.outbox = Outbox(data_dir / "outbox.sqlite")
+        self.outbox: OutboxQueue = (
+            outbox if outbox is not None else Outbox(data_dir / "outbox.sqlite")
+        )
         self.store = ModelStore(data_dir / "store")
         self.link = MqttLink(
             LinkSettings(

@@ -48,7 +48,7 @@ from .errors import (
     TransportError,
     TransportTimeoutError,
 )
-from .outbox import Outbox
+from .outbox import OutboxQueue
 
 __all__ = ["LinkSettings", "Message", "MessageHandler", "MqttLink", "backoff_delay_s"]
 
@@ -128,7 +128,7 @@ class MqttLink:
         self,
         settings: LinkSettings,
         *,
-        outbox: Outbox,
+        outbox: OutboxQueue,
         will: Message,
         birth: Message,
         subscriptions: Sequence[tuple[str, int]],

@@ -26,10 +26,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .errors import OutboxError
 
-__all__ = ["DEFAULT_MAX_MESSAGES", "Outbox", "OutboxMessage"]
+__all__ = ["DEFAULT_MAX_MESSAGES", "Outbox", "OutboxMessage", "OutboxQueue"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,27 @@ class OutboxMessage:
     payload: bytes
     qos: int
     retain: bool
+
+
+class OutboxQueue(Protocol):
+    """What the MQTT link and the reporter need of an outbox: an ordered queue of
+    messages kept until acknowledged, and named sequences. ``Outbox`` is the device's
+    (SQLite, durable); the simulator keeps one in memory per simulated device."""
+
+    def put(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int: ...
+
+    def peek(self, limit: int) -> list[OutboxMessage]: ...
+
+    def ack(self, message_id: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+    def next_sequence(self, name: str) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class Outbox:

@@ -16,7 +16,7 @@ from protocol import Channel, Event, ReleaseRef, State, device_topic
 from . import __version__
 from .clock import Clock
 from .mqtt_link import Message
-from .outbox import Outbox
+from .outbox import OutboxQueue
 from .update_machine import Journal
 
 __all__ = ["LinkReporter", "installed_runtimes", "offline_state"]
@@ -46,7 +46,7 @@ class LinkReporter:
         *,
         device_id: str,
         prefix: str,
-        outbox: Outbox,
+        outbox: OutboxQueue,
         publish: Callable[[Message], None],
         clock: Clock,
         snapshot: Callable[[], Mapping[str, Any]],

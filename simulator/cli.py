@@ -34,9 +34,12 @@ def _configure_logging(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Thousands of agents log every step; only the simulator's own lines by default.
+    # Thousands of agents log every step, and every injected fault is a warning or an
+    # error somewhere: by default only the simulator's own lines and agents' errors.
     if not verbose:
         logging.getLogger("simulator").setLevel(logging.INFO)
+        logging.getLogger("agent").setLevel(logging.ERROR)
+        logging.getLogger("mqtt").setLevel(logging.CRITICAL)  # paho, on cut connections
 
 
 @app.command()
@@ -56,6 +59,10 @@ def sim(
         int | None, typer.Option("--devices", help="Fleet size (overrides the file).")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same fleet and faults.")] = 1,
+    release: Annotated[
+        list[str] | None,
+        typer.Option("--release", help="NAME=MODEL:VERSION for a scenario's '@NAME' release."),
+    ] = None,
     work_dir: Annotated[
         Path | None, typer.Option("--work-dir", help="Device state (default: REPORT/devices).")
     ] = None,
@@ -68,17 +75,26 @@ def sim(
     except ScenarioError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from exc
+    releases = dict(item.partition("=")[::2] for item in release or [])
     raise typer.Exit(
-        asyncio.run(_sim(parsed, url, token, seed, report, work_dir or report / "fleet"))
+        asyncio.run(_sim(parsed, url, token, seed, releases, report, work_dir or report / "fleet"))
     )
 
 
 async def _sim(
-    parsed: Scenario, url: str, token: str, seed: int, report: Path, work_dir: Path
+    parsed: Scenario,
+    url: str,
+    token: str,
+    seed: int,
+    releases: dict[str, str],
+    report: Path,
+    work_dir: Path,
 ) -> int:
     api = ControllerApi(url, token)
     try:
-        result = await run_scenario(parsed, seed=seed, api=api, work_dir=work_dir)
+        result = await run_scenario(
+            parsed, seed=seed, api=api, work_dir=work_dir, releases=releases
+        )
     finally:
         await api.close()
     summary = write_report(result, report)

@@ -36,7 +36,7 @@ from .report import write_report
 from .run import RunResult, run_scenario
 from .scenario import load_scenario
 
-__all__ = ["DEMO_SCENARIO", "ControllerProcess", "run_demo"]
+__all__ = ["DEMO_SCENARIO", "ControllerProcess", "prepare_demo_releases", "run_demo"]
 
 DEMO_SCENARIO = Path(__file__).parent / "scenarios" / "demo.toml"
 DEFAULT_HTTP_PORT = 8080
@@ -47,11 +47,12 @@ MODEL = "digits"
 
 
 def port_or_free(preferred: int) -> int:
-    """``preferred`` if nothing listens there on loopback, else a free port."""
+    """``preferred`` if nothing listens there on loopback, else (or for 0) a free port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind(("127.0.0.1", preferred))
-            return preferred
+            if preferred:
+                return preferred
         except OSError:
             pass
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -176,20 +177,7 @@ async def _demo(
 ) -> RunResult:
     api = ControllerApi(controller.url, token)
     try:
-        print("training the sample digits model (scikit-learn digits, MLP -> ONNX)")
-        models = await asyncio.to_thread(build_demo_models, state_dir / "models")
-        print(f"  test accuracy {models.test_accuracy:.3f}")
-        pushed = await api.push(MODEL, models.good, models.validation)
-        print(f"pushed {MODEL}:{pushed['version']}; quantizing it (INT8, dynamic)")
-        variant = await api.variant(MODEL, int(pushed["version"]), "int8-dynamic")
-        print(f"  {MODEL}:{variant['version']}: {_gate_text(variant, pushed)}")
-        good_version = int(variant["version"])
-        if variant.get("status") == "rejected":
-            good_version = int(pushed["version"])
-        good = await api.release(MODEL, good_version)
-        degraded = await api.push(MODEL, models.degraded, models.validation)
-        bad = await api.release(MODEL, int(degraded["version"]))
-        print(f"released {good} (good) and {bad} (degraded: confidence collapses)")
+        releases = await prepare_demo_releases(api, state_dir / "models")
         scenario = load_scenario(DEMO_SCENARIO, devices=devices)
         print(f"rolling out to {scenario.fleet.devices} simulated devices")
         return await run_scenario(
@@ -197,11 +185,29 @@ async def _demo(
             seed=seed,
             api=api,
             work_dir=state_dir / "fleet",
-            releases={"good": good, "bad": bad},
+            releases=releases,
             run_tag="demo",
         )
     finally:
         await api.close()
+
+
+async def prepare_demo_releases(api: ControllerApi, directory: Path) -> dict[str, str]:
+    """Train, push, quantize and release the good model; push and release the degraded
+    one. Returns ``{"good": "digits:N", "bad": "digits:M"}``."""
+    print("training the sample digits model (scikit-learn digits, MLP -> ONNX)")
+    models = await asyncio.to_thread(build_demo_models, directory)
+    print(f"  test accuracy {models.test_accuracy:.3f}")
+    pushed = await api.push(MODEL, models.good, models.validation)
+    print(f"pushed {MODEL}:{pushed['version']}; quantizing it (INT8, dynamic)")
+    variant = await api.variant(MODEL, int(pushed["version"]), "int8-dynamic")
+    print(f"  {MODEL}:{variant['version']}: {_gate_text(variant, pushed)}")
+    accepted = variant["status"] == "accepted"
+    good = await api.release(MODEL, int(variant["version"] if accepted else pushed["version"]))
+    degraded = await api.push(MODEL, models.degraded, models.validation)
+    bad = await api.release(MODEL, int(degraded["version"]))
+    print(f"released {good} (good) and {bad} (degraded: its confidence collapses)")
+    return {"good": good, "bad": bad}
 
 
 def _gate_text(variant: dict[str, Any], parent: dict[str, Any]) -> str:

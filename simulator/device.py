@@ -30,6 +30,7 @@ from agent.daemon import AgentDaemon
 from agent.errors import AgentError, InferenceError
 from agent.fetcher import FetchLimits, HttpFetcher
 from agent.mqtt_link import Message
+from agent.outbox import OutboxQueue
 
 from .plan import DevicePlan
 from .shared import SharedBackends, SharedModelCheck
@@ -53,8 +54,10 @@ class SimulatedDevice:
         fetch_limits: FetchLimits,
         on_publish: Callable[[str, Message], None],
         workload: DigitsWorkload,
+        outbox: OutboxQueue | None = None,
     ) -> None:
         self.plan = plan
+        self._outbox = outbox
         self.config = config
         self._check = check
         self._loader = backends.loader(plan.profile.speed_factor)
@@ -91,6 +94,7 @@ class SimulatedDevice:
             check_model=self._check,
             load_backend=self._loader,
             on_publish=lambda message: self._on_publish(self.device_id, message),
+            outbox=self._outbox,
         )
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self._run(self.daemon), name=self.device_id)
@@ -152,6 +156,8 @@ class SimulatedDevice:
 
     async def run_workload(self, started_at: float) -> None:
         """Send requests at the workload's rate until cancelled."""
+        if self._workload.spec.requests_per_s <= 0:
+            return
         slow = self.plan.profile.speed_factor > 1.0
         loop = asyncio.get_running_loop()
         while True:

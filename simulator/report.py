@@ -90,7 +90,10 @@ def _rollout_summary(timeline: RolloutTimeline, outcomes: Counter[str]) -> dict[
                 "target": wave["target"],
                 "outcomes": wave["outcomes"],
                 "started_s": _relative(started, timeline),
-                "settled_s": _relative(
+                # A wave an abort kept from starting never settled.
+                "settled_s": None
+                if started is None
+                else _relative(
                     _first_time(
                         timeline,
                         lambda s, i=index: s["wave"] > i or s["status"] in ("completed", "aborted"),

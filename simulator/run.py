@@ -35,7 +35,7 @@ from .plan import FleetPlan, plan_fleet
 from .proxies import BrokerProxy, CorruptingArtifactServer
 from .recorder import Recorder, RolloutTimeline
 from .scenario import RolloutSpec, Scenario
-from .shared import SharedBackends, SharedModelCheck, Shortcuts
+from .shared import MemoryOutbox, SharedBackends, SharedModelCheck, Shortcuts
 from .workload import DigitsWorkload
 
 __all__ = ["RunResult", "run_scenario"]
@@ -79,7 +79,9 @@ async def run_scenario(
     run_tag = run_tag or f"sim{seed}-{secrets.token_hex(2)}"
     plan = plan_fleet(scenario, seed=seed, run_tag=run_tag)
     recorder = Recorder()
-    shortcuts = Shortcuts(state_on_tmpfs=_on_tmpfs(work_dir))
+    shortcuts = Shortcuts(
+        state_on_tmpfs=_on_tmpfs(work_dir), memory_outbox=scenario.fleet.outbox == "memory"
+    )
     fleet = _Fleet(scenario, plan, api, work_dir, recorder)
     result = RunResult(plan, scenario, recorder, fleet.devices, shortcuts)
     try:
@@ -158,13 +160,16 @@ class _Fleet:
                     fetch_limits=fetch_limits,
                     on_publish=self.recorder.on_publish,
                     workload=DigitsWorkload(self.scenario.workload, rng),
+                    outbox=MemoryOutbox() if self.scenario.fleet.outbox == "memory" else None,
                 )
             )
         await self._start_all()
         started = time.monotonic()
         for device in self.devices:
             self._tasks.append(asyncio.create_task(device.run_workload(started)))
-            self._tasks.append(asyncio.create_task(self._device_life(device)))
+            profile = device.plan.profile
+            if profile.offline or profile.network_flakiness or device.plan.broker_cuts:
+                self._tasks.append(asyncio.create_task(self._device_life(device)))
 
     async def _enroll_all(self) -> list[AgentConfig]:
         labels = {**self.scenario.fleet.labels, "sim-run": self.plan.run_tag}
@@ -285,7 +290,8 @@ class _Fleet:
             "probation": spec.probation,
         }
         rollout_id = await self.api.create_rollout(body)
-        self._rollout_started = time.monotonic()
+        if self._rollout_started is None:  # planned broker cuts count from the first one
+            self._rollout_started = time.monotonic()
         timeline = RolloutTimeline(index, rollout_id, release, self.recorder.now_s())
         logger.info("rollout %d (%s) of %s started", index, rollout_id, release)
         deadline = time.monotonic() + spec.timeout_s
@@ -296,7 +302,7 @@ class _Fleet:
                 break
             await asyncio.sleep(POLL_S)
             detail = await self.api.rollout(rollout_id)
-        await self._settle()
+        await self._settle(release, completed=detail["status"] == "completed")
         await asyncio.sleep(spec.observe_after_s)
         timeline.final = await self.api.rollout(rollout_id)
         timeline.add(self.recorder.now_s(), timeline.final)
@@ -305,15 +311,27 @@ class _Fleet:
         logger.info("rollout %d ended %s", index, timeline.final["status"])
         return timeline
 
-    async def _settle(self) -> None:
-        """Wait until no running device is in the middle of an update (finishing
-        probation, or applying the rollback an abort sent), bounded by SETTLE_TIMEOUT_S."""
+    async def _settle(self, release: str, *, completed: bool) -> None:
+        """Wait, at most SETTLE_TIMEOUT_S, until the fleet is done with the rollout.
+
+        After a completed rollout every running device gets the release, including one
+        that was reconnecting when its wave started (the controller assigns it when it
+        is back): wait for each one's final event. After an abort or a pause, wait until
+        no running device is in the middle of an update (finishing probation, or
+        applying the rollback an abort sent)."""
         await asyncio.sleep(2 * POLL_S)  # let the last desired states arrive
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while time.monotonic() < deadline:
-            if all(_settled(device) for device in self.devices if device.running):
+            running = [device for device in self.devices if device.running]
+            if completed:
+                finals = self.recorder.final_events(release)
+                done = all(device.device_id in finals for device in running)
+            else:
+                done = all(_settled(device) for device in running)
+            if done:
                 return
             await asyncio.sleep(0.5)
+        logger.warning("the fleet had not settled %.0f s after the rollout", SETTLE_TIMEOUT_S)
 
     # -- teardown ------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -72,6 +72,9 @@ class FleetSpec(_Spec):
     stats_window_s: float = Field(default=2.0, gt=0)
     # How many agents start at once (enrollment and connection storms are bounded).
     start_concurrency: int = Field(default=64, ge=1)
+    # "memory" keeps each device's outbox in memory instead of a SQLite file (a
+    # shortcut for big fleets: a file costs three descriptors and a page cache).
+    outbox: Literal["sqlite", "memory"] = "sqlite"
 
 
 class ProfileSpec(_Spec):
@@ -173,10 +176,18 @@ class Scenario(_Spec):
     rollouts: list[RolloutSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _unique_profiles(self) -> Scenario:
+    def _consistent(self) -> Scenario:
         names = [profile.name for profile in self.profiles]
         if not names or len(set(names)) != len(names):
             raise ValueError("profiles need distinct names, and at least one")
+        for number, fault in enumerate(self.faults, start=1):
+            if fault.profile is not None and fault.profile not in names:
+                raise ValueError(f"fault {number} names the unknown profile {fault.profile!r}")
+            if fault.rollout >= len(self.rollouts):
+                raise ValueError(
+                    f"fault {number} is for rollout {fault.rollout} (counted from 0), "
+                    f"but the scenario has {len(self.rollouts)}"
+                )
         return self
 
 
@@ -187,7 +198,10 @@ def load_scenario(path: Path, *, devices: int | None = None) -> Scenario:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ScenarioError(f"cannot read the scenario {path}: {exc}") from exc
     if devices is not None:
-        data.setdefault("fleet", {})["devices"] = devices
+        fleet = data.setdefault("fleet", {})
+        if not isinstance(fleet, dict):
+            raise ScenarioError(f"{path}: fleet must be a table, not {fleet!r}")
+        fleet["devices"] = devices
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.outbox import DEFAULT_MAX_MESSAGES, OutboxMessage
 from agent.runtimes import (
     Array,
     InferenceBackend,
@@ -35,7 +37,7 @@ from agent.runtimes import (
 from agent.sandbox import SandboxLimits, check_model
 from protocol import Release
 
-__all__ = ["SharedBackends", "SharedModelCheck", "Shortcuts", "SlowBackend"]
+__all__ = ["MemoryOutbox", "SharedBackends", "SharedModelCheck", "Shortcuts", "SlowBackend"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Shortcuts:
     shared_sessions: bool = True
     no_inference_port: bool = True
     state_on_tmpfs: bool = False
+    memory_outbox: bool = False
 
     def names(self) -> list[str]:
         described = {
@@ -55,6 +58,8 @@ class Shortcuts:
             "opens an HTTP inference port",
             "state_on_tmpfs": "device state (journal, outbox, model store) lives on tmpfs, "
             "so fsync costs almost nothing",
+            "memory_outbox": "each device's outbox is kept in memory (it survives the "
+            "device's simulated crashes, not the simulator's): no SQLite file per device",
         }
         return [text for name, text in described.items() if getattr(self, name)]
 
@@ -146,3 +151,51 @@ class SlowBackend:
         outputs = self._inner.run(feeds)
         time.sleep((time.perf_counter() - started) * self._extra)
         return outputs
+
+
+class MemoryOutbox:
+    """``OutboxQueue`` in memory, bounded like the agent's: a full queue drops its oldest.
+
+    A simulated device keeps the same object across its simulated crashes, so what the
+    agent queued before a kill is still there after the reboot, as on a device's disk.
+    """
+
+    def __init__(self, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
+        self._messages: deque[OutboxMessage] = deque()
+        self._max_messages = max_messages
+        self._next_id = 1
+        self._sequences: dict[str, int] = {}
+        self._dropped = 0
+
+    def put(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
+        if len(self._messages) >= self._max_messages:
+            self._messages.popleft()
+            self._dropped += 1
+        message_id = self._next_id
+        self._next_id += 1
+        self._messages.append(OutboxMessage(message_id, topic, bytes(payload), qos, retain))
+        return message_id
+
+    def peek(self, limit: int) -> list[OutboxMessage]:
+        return [message for _, message in zip(range(limit), self._messages, strict=False)]
+
+    def ack(self, message_id: int) -> None:
+        for message in self._messages:
+            if message.id == message_id:
+                self._messages.remove(message)
+                return
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    def next_sequence(self, name: str) -> int:
+        value = self._sequences.get(name, 0) + 1
+        self._sequences[name] = value
+        return value
+
+    def close(self) -> None:
+        """Nothing to close: the queue outlives the daemon, as a file would."""

@@ -9,6 +9,7 @@ noise whose standard deviation grows by ``drift_per_min`` per minute is added, c
 from __future__ import annotations
 
 import functools
+import math
 import random
 
 import numpy as np
@@ -37,7 +38,10 @@ class DigitsWorkload:
         self._features = digits_features()
 
     def next_delay_s(self) -> float:
-        """Seconds until the next request: a Poisson process at the spec's rate."""
+        """Seconds until the next request: a Poisson process at the spec's rate (never,
+        at a rate of 0)."""
+        if self.spec.requests_per_s <= 0:
+            return math.inf
         return self._rng.expovariate(self.spec.requests_per_s)
 
     def next_input(self, elapsed_s: float) -> Features:

@@ -204,12 +204,6 @@ def test_summary_times_each_wave_from_the_samples(summary: dict[str, Any]) -> No
     assert aborted["waves"][1]["started_s"] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="simulator/report.py _rollout_summary: settled_s is the first sample after the "
-    "wave or at a final status, so a wave the abort kept from starting is reported "
-    "'settled' at the abort's time",
-)
 def test_wave_that_never_started_has_not_settled(summary: dict[str, Any]) -> None:
     never_started = summary["rollouts"][1]["waves"][1]
 

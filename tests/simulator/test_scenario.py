@@ -150,14 +150,8 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
         load_scenario(tmp_path / "missing.toml")
 
 
-# The module promises "a typo is an error naming the field, before any device starts";
-# these references to other parts of the scenario are not checked.
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="simulator/scenario.py FaultSpec/Scenario: a fault's profile is not checked "
-    "against the scenario's profiles, so a typo silently faults no device",
-)
+# "A typo is an error naming the field, before any device starts": references between
+# parts of the scenario are checked too.
 def test_fault_naming_an_unknown_profile_is_an_error(tmp_path: Path) -> None:
     text = ROLLOUT + (
         '[[profiles]]\nname = "edge-box"\n'
@@ -168,12 +162,6 @@ def test_fault_naming_an_unknown_profile_is_an_error(tmp_path: Path) -> None:
         load_scenario(write(tmp_path, text))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="simulator/scenario.py FaultSpec.rollout: not checked against the number of "
-    "rollouts, so a kill planned for a rollout that does not exist never happens",
-)
 def test_kill_in_a_rollout_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
     text = (
         ROLLOUT + '[[faults]]\nkind = "kill_at_state"\ndevices = 1\nstate = "staged"\nrollout = 1\n'
@@ -183,12 +171,6 @@ def test_kill_in_a_rollout_that_does_not_exist_is_an_error(tmp_path: Path) -> No
         load_scenario(write(tmp_path, text))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="simulator/scenario.py load_scenario: with devices=N, a 'fleet' that is not a "
-    "table raises TypeError from setdefault(...)['devices'] instead of ScenarioError",
-)
 def test_fleet_that_is_not_a_table_is_an_error_with_a_size_override(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="fleet"):
         load_scenario(write(tmp_path, "fleet = 3\n" + ROLLOUT), devices=10)
