@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from . import __version__
 from .api import artifacts, devices, health, models, releases, rollouts
+from .api.concurrency import HandlerConcurrencyLimit
 from .api.deps import Viewer
 from .artifact_store import ArtifactStore
 from .context import ControllerContext
@@ -104,6 +105,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     install_dashboard(app)
     app.add_exception_handler(ControllerError, _controller_error)
     app.middleware("http")(_measure(ctx))
+    # Outermost: requests wait here before they take a worker thread or a connection.
+    app.add_middleware(HandlerConcurrencyLimit)
     return app
 
 

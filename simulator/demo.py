@@ -62,11 +62,14 @@ def port_or_free(preferred: int) -> int:
 
 @dataclass
 class ControllerProcess:
-    """``edgefleet controller serve`` with its embedded broker, in ``state_dir``."""
+    """``edgefleet controller serve`` (with its embedded broker by default) in
+    ``state_dir``."""
 
     state_dir: Path
     http_port: int
     mqtt_port: int
+    # "embedded", or the mqtt:// URL of a broker the controller and devices use.
+    broker: str = "embedded"
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -84,7 +87,7 @@ class ControllerProcess:
             "EDGEFLEET_DATA_DIR": str(self.state_dir / "controller"),
             "EDGEFLEET_HOST": "127.0.0.1",
             "EDGEFLEET_PORT": str(self.http_port),
-            "EDGEFLEET_BROKER": "embedded",
+            "EDGEFLEET_BROKER": self.broker,
             "EDGEFLEET_MQTT_HOST": "127.0.0.1",
             "EDGEFLEET_MQTT_PORT": str(self.mqtt_port),
             "EDGEFLEET_KEY_PASSPHRASE": passphrase_file.read_text(),
