@@ -42,6 +42,7 @@ from .errors import (
     TransportTimeoutError,
     translate_protocol_error,
 )
+from .tls import default_tls_context
 
 __all__ = [
     "AGENT_CONFIG_FILE",
@@ -127,7 +128,7 @@ def download_enrollment(
         body["device_id"] = device_id
     try:
         with (
-            httpx.Client(timeout=timeout_s) as client,
+            httpx.Client(timeout=timeout_s, verify=default_tls_context()) as client,
             client.stream("POST", url, json=body) as response,
         ):
             content = _read_capped(response)

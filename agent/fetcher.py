@@ -58,6 +58,7 @@ from .errors import (
     TransportError,
     TransportTimeoutError,
 )
+from .tls import default_tls_context
 
 __all__ = ["FetchLimits", "Fetcher", "HttpFetcher", "Sleep"]
 
@@ -314,7 +315,7 @@ class HttpFetcher:
 
     def _session(self) -> httpx.AsyncClient | _Borrowed:
         if self._client is None:
-            return httpx.AsyncClient()
+            return httpx.AsyncClient(verify=default_tls_context())
         return _Borrowed(self._client)
 
 

@@ -31,7 +31,6 @@ import contextlib
 import logging
 import math
 import random
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from .errors import (
     TransportTimeoutError,
 )
 from .outbox import OutboxQueue
+from .tls import default_tls_context
 
 __all__ = ["LinkSettings", "Message", "MessageHandler", "MqttLink", "backoff_delay_s"]
 
@@ -150,8 +150,8 @@ class MqttLink:
         self._wakeup = asyncio.Event()
         self._connected = False
         self._connected_at: float | None = None
-        # Loading CA certificates reads the disk: once, not on every reconnect.
-        self._tls_context = ssl.create_default_context() if settings.tls else None
+        # Loading CA certificates reads the disk: once per process, not per reconnect.
+        self._tls_context = default_tls_context() if settings.tls else None
 
     @property
     def connected(self) -> bool:

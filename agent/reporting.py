@@ -7,6 +7,7 @@ persisted in the outbox, so they never repeat on this device.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -29,8 +30,12 @@ _RUNTIME_MODULES = {
 }
 
 
-def installed_runtimes() -> list[str]:
-    return [name for name, module in _RUNTIME_MODULES.items() if importlib.util.find_spec(module)]
+@functools.cache
+def installed_runtimes() -> tuple[str, ...]:
+    """Runtimes this process can load; looked up once (a search of sys.path each)."""
+    return tuple(
+        name for name, module in _RUNTIME_MODULES.items() if importlib.util.find_spec(module)
+    )
 
 
 def offline_state(device_id: str) -> State:
@@ -95,7 +100,7 @@ class LinkReporter:
             online=True,
             agent_version=__version__,
             phase=phase,
-            runtimes=installed_runtimes(),
+            runtimes=list(installed_runtimes()),
             reported_at=self.clock.now(),
             **self.snapshot(),
         )

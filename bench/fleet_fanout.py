@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import platform
 import resource
@@ -226,7 +227,15 @@ def main() -> None:
     parser.add_argument(
         "--state-dir", type=Path, help="keep the controller's and broker's files here"
     )
+    parser.add_argument("--verbose", action="store_true", help="log agents' warnings too")
     args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("simulator").setLevel(logging.INFO)
+    if not args.verbose:
+        logging.getLogger("agent").setLevel(logging.ERROR)
+        logging.getLogger("mqtt").setLevel(logging.CRITICAL)
     raise_file_limit()
     if args.state_dir:
         args.state_dir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ ONLINE_TIMEOUT_S = 120.0
 SETTLE_TIMEOUT_S = 60.0
 FINAL_STATUSES = ("completed", "aborted")
 ENROLL_CONCURRENCY = 8
+STOP_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -73,9 +74,13 @@ async def run_scenario(
     work_dir: Path,
     releases: Mapping[str, str] | None = None,
     run_tag: str | None = None,
+    milestone: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run ``scenario`` against the controller behind ``api``; the result holds everything
-    the report needs. ``releases`` resolves ``@name`` releases of the scenario."""
+    the report needs. ``releases`` resolves ``@name`` releases of the scenario.
+    ``milestone`` (benchmarks) is called with "online" once every device is up, then with
+    "settled <i>" and "observed <i>" for each rollout."""
+    note = milestone or (lambda _name: None)
     run_tag = run_tag or f"sim{seed}-{secrets.token_hex(2)}"
     plan = plan_fleet(scenario, seed=seed, run_tag=run_tag)
     recorder = Recorder()
@@ -87,11 +92,15 @@ async def run_scenario(
     try:
         await fleet.set_up()
         result.setup_s = recorder.now_s()
+        note("online")
         for index, spec in enumerate(scenario.rollouts):
             release = _resolve(spec.release, releases or {})
-            timeline = await fleet.roll_out(index, spec, release)
+            timeline = await fleet.roll_out(index, spec, release, note)
             recorder.rollouts.append(timeline)
             result.expectation_failures += _check_expectations(index, spec, timeline, recorder)
+    except BaseException:
+        logger.exception("the simulation failed; stopping the fleet")
+        raise
     finally:
         await fleet.tear_down()
     result.counters = {
@@ -272,7 +281,9 @@ class _Fleet:
 
     # -- rollouts ------------------------------------------------------------------------
 
-    async def roll_out(self, index: int, spec: RolloutSpec, release: str) -> RolloutTimeline:
+    async def roll_out(
+        self, index: int, spec: RolloutSpec, release: str, note: Callable[[str], None]
+    ) -> RolloutTimeline:
         for device in self.devices:
             state = device.plan.kills.get(index)
             if state is not None:
@@ -303,7 +314,9 @@ class _Fleet:
             await asyncio.sleep(POLL_S)
             detail = await self.api.rollout(rollout_id)
         await self._settle(release, completed=detail["status"] == "completed")
+        note(f"settled {index}")
         await asyncio.sleep(spec.observe_after_s)
+        note(f"observed {index}")
         timeline.final = await self.api.rollout(rollout_id)
         timeline.add(self.recorder.now_s(), timeline.final)
         for device in self.devices:
@@ -339,7 +352,18 @@ class _Fleet:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(device.stop() for device in self.devices), return_exceptions=True)
+        # Stop cleanly, but not forever: a device that has not stopped in time is killed.
+        stopping = [asyncio.create_task(device.stop()) for device in self.devices]
+        _, late = await asyncio.wait(stopping, timeout=STOP_TIMEOUT_S)
+        if late:
+            logger.warning(
+                "%d devices did not stop in %.0f s; killing them", len(late), STOP_TIMEOUT_S
+            )
+            for task in late:
+                task.cancel()
+            await asyncio.gather(
+                *(device.kill() for device in self.devices), return_exceptions=True
+            )
         if self.proxy:
             await self.proxy.close()
         if self.corrupting:

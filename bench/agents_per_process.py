@@ -1,0 +1,213 @@
+"""Agents per process: memory and CPU of 10,000 simulated agents in one process.
+
+Run from the repository root: ``.venv/bin/python bench/agents_per_process.py [--devices N]``.
+
+Setup: a Mosquitto of its own (anonymous), a controller subprocess on SQLite using it,
+the demo's digits model quantized and released, and ``--devices`` agents in this process
+with telemetry every 10 s (``stats_window_s = 10``), each serving 0.2 requests/s, their
+outboxes in memory (``fleet.outbox = "memory"``: a SQLite file per agent would need three
+descriptors each, beyond this machine's limit of 20,000). The release is rolled out to
+all of them (one wave), so each agent holds a verified release, a loaded model version
+and its statistics, as in production; the run then keeps the fleet serving for
+``--steady`` seconds.
+
+Reported: this process's resident memory (VmRSS) before the agents, after they connected,
+and after the rollout and the steady period; per agent, the growth over the baseline; and
+CPU per agent over the steady period (process CPU seconds / wall seconds / agents). The
+baseline measured in the same run: a subprocess that connects the same number of bare
+aiomqtt clients (the MQTT connection every agent needs) to the same Mosquitto.
+Target (issue 7): 10,000 agents in one process within 1 GB resident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiomqtt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fleet_fanout import raise_file_limit, work_dir_root
+
+from simulator.controller_api import ControllerApi
+from simulator.demo import ControllerProcess, port_or_free, prepare_demo_releases
+from simulator.run import run_scenario
+from simulator.scenario import RolloutSpec, Scenario
+from tests.brokers import MosquittoServer, find_mosquitto
+
+MIB = 1024 * 1024
+
+
+def resident_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def scenario(devices: int, steady_s: float) -> Scenario:
+    return Scenario.model_validate(
+        {
+            "name": f"agents-per-process-{devices}",
+            "fleet": {
+                "devices": devices,
+                "labels": {"fleet": "bench"},
+                "stats_window_s": 10.0,
+                "start_concurrency": 500,
+                "outbox": "memory",
+            },
+            "workload": {"requests_per_s": 0.2},
+            "rollouts": [
+                RolloutSpec(
+                    release="@good",
+                    waves="100%",
+                    soak="0s",
+                    report_timeout="10m",
+                    gates={"min_health_requests": 0},
+                    probation={"window_s": 1.0, "min_requests": 0, "max_extension_s": 0.0},
+                    timeout_s=1200,
+                    observe_after_s=steady_s,
+                ).model_dump()
+            ],
+        }
+    )
+
+
+class Probe:
+    """This process's resident memory and CPU time at the run's milestones."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, tuple[int, float, float]] = {}
+
+    def mark(self, name: str) -> None:
+        times = os.times()
+        self.samples[name] = (resident_bytes(), times.user + times.system, time.monotonic())
+
+
+async def bare_clients_main(port: int, count: int) -> None:
+    """The baseline: ``count`` bare aiomqtt clients, connected, then this process's RSS."""
+    before = resident_bytes()
+    clients = [
+        aiomqtt.Client("127.0.0.1", port, identifier=f"bare-{i}", clean_session=False)
+        for i in range(count)
+    ]
+    for first in range(0, count, 500):
+        await asyncio.gather(*(c.__aenter__() for c in clients[first : first + 500]))
+    after = resident_bytes()
+    print(f"{before} {after}", flush=True)
+    for client in clients:
+        await client.__aexit__(None, None, None)
+
+
+def bare_clients_per_client_bytes(port: int, count: int) -> float:
+    output = subprocess.run(  # noqa: S603 - this script, our interpreter
+        [sys.executable, __file__, "--bare-clients", str(count), "--port", str(port)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout.split()
+    before, after = int(output[-2]), int(output[-1])
+    return (after - before) / count
+
+
+async def run(args: argparse.Namespace, state: Path) -> None:
+    probe = Probe()
+    mosquitto = MosquittoServer(
+        find_mosquitto() or "mosquitto",
+        state,
+        extra_config="allow_anonymous true\nmax_queued_messages 0\n",
+    )
+    mosquitto.start()
+    controller = ControllerProcess(
+        state, port_or_free(0), 0, broker=f"mqtt://127.0.0.1:{mosquitto.port}"
+    )
+    controller.start()
+    work_dir = work_dir_root()
+    try:
+        token = controller.create_token("operator")
+        api = ControllerApi(controller.url, token)
+        releases = await prepare_demo_releases(api, state / "models")
+        probe.mark("baseline")
+        result = await run_scenario(
+            scenario(args.devices, args.steady),
+            seed=1,
+            api=api,
+            work_dir=work_dir,
+            releases=releases,
+            milestone=probe.mark,
+        )
+        await api.close()
+        bare = await asyncio.to_thread(bare_clients_per_client_bytes, mosquitto.port, args.devices)
+    finally:
+        controller.stop()
+        mosquitto.stop()
+        shutil.rmtree(work_dir, ignore_errors=True)
+    finals = result.recorder.final_events(releases["good"])
+    committed = sum(1 for event in finals.values() if event.type == "committed")
+    _print_table(args.devices, args.steady, probe, committed, bare)
+
+
+def _print_table(n: int, steady_s: float, probe: Probe, committed: int, bare: float) -> None:
+    baseline_rss = probe.samples["baseline"][0]
+    online_rss = probe.samples["online"][0]
+    settled_rss, settled_cpu, settled_t = probe.samples["settled 0"]
+    end_rss, end_cpu, end_t = probe.samples["observed 0"]
+    cpu_share = (end_cpu - settled_cpu) / (end_t - settled_t)
+    print()
+    print(f"{n} agents in one process, telemetry every 10 s, 0.2 requests/s each")
+    print()
+    print("| measure | value |")
+    print("| --- | --- |")
+    print(f"| resident before the agents | {baseline_rss / MIB:.0f} MiB |")
+    print(f"| resident, every agent connected | {online_rss / MIB:.0f} MiB |")
+    print(f"| resident, release committed | {settled_rss / MIB:.0f} MiB |")
+    print(f"| resident after {steady_s:.0f} s serving | {end_rss / MIB:.0f} MiB |")
+    print(f"| per agent, connected | {(online_rss - baseline_rss) / n / 1024:.1f} KiB |")
+    print(f"| per agent, serving | {(end_rss - baseline_rss) / n / 1024:.1f} KiB |")
+    print(f"| bare aiomqtt client (same run, subprocess) | {bare / 1024:.1f} KiB |")
+    print(f"| CPU while serving, whole process | {cpu_share:.2f} cores |")
+    print(f"| CPU per agent while serving | {cpu_share / n * 1e6:.0f} us/s |")
+    print(f"| agents that committed the release | {committed} of {n} |")
+    print()
+    print(f"target (<= 1 GB resident): {'met' if end_rss <= 1024 * MIB else 'NOT met'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--steady", type=float, default=60.0)
+    parser.add_argument("--state-dir", type=Path)
+    parser.add_argument("--bare-clients", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("simulator").setLevel(logging.INFO)
+    logging.getLogger("agent").setLevel(logging.ERROR)
+    logging.getLogger("mqtt").setLevel(logging.CRITICAL)
+    raise_file_limit()
+    if args.bare_clients:
+        asyncio.run(bare_clients_main(args.port, args.bare_clients))
+        return
+    if args.state_dir:
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+        asyncio.run(run(args, args.state_dir))
+        return
+    with tempfile.TemporaryDirectory(prefix="edgefleet-agents-") as directory:
+        asyncio.run(run(args, Path(directory)))
+
+
+if __name__ == "__main__":
+    main()
