@@ -14,6 +14,7 @@ import httpx
 __all__ = ["ControllerApi", "ControllerApiError"]
 
 TIMEOUT_S = 120.0
+GET_ATTEMPTS = 3
 
 
 class ControllerApiError(Exception):
@@ -34,10 +35,19 @@ class ControllerApi:
         await self._http.aclose()
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise ControllerApiError(f"{method} {path}: {exc}") from exc
+        # A GET is safe to send again. The controller closes idle keep-alive connections
+        # after 5 s; when thousands of agents keep this event loop busy, a poll can reuse
+        # one the server has just closed ("disconnected without sending a response").
+        attempts = GET_ATTEMPTS if method == "GET" else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = await self._http.request(method, path, **kwargs)
+                break
+            except httpx.TransportError as exc:
+                if attempt == attempts:
+                    raise ControllerApiError(f"{method} {path}: {exc!r}") from exc
+            except httpx.HTTPError as exc:
+                raise ControllerApiError(f"{method} {path}: {exc!r}") from exc
         if response.status_code >= 300:
             raise ControllerApiError(
                 f"{method} {path}: {response.status_code} {response.text[:500]}"

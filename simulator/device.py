@@ -33,7 +33,7 @@ from agent.mqtt_link import Message
 from agent.outbox import OutboxQueue
 
 from .plan import DevicePlan
-from .shared import SharedBackends, SharedModelCheck
+from .shared import BoundedFetcher, SharedBackends, SharedModelCheck
 from .workload import DigitsWorkload
 
 __all__ = ["SimulatedDevice"]
@@ -52,6 +52,7 @@ class SimulatedDevice:
         check: SharedModelCheck,
         backends: SharedBackends,
         fetch_limits: FetchLimits,
+        download_slots: asyncio.Semaphore,
         on_publish: Callable[[str, Message], None],
         workload: DigitsWorkload,
         outbox: OutboxQueue | None = None,
@@ -62,6 +63,7 @@ class SimulatedDevice:
         self._check = check
         self._loader = backends.loader(plan.profile.speed_factor)
         self._fetch_limits = fetch_limits
+        self._download_slots = download_slots
         self._on_publish = on_publish
         self._workload = workload
         self.daemon: AgentDaemon | None = None
@@ -90,7 +92,10 @@ class SimulatedDevice:
             config = config.model_copy(update={"pause_in_state": self._armed_state})
         self.daemon = AgentDaemon(
             config,
-            fetcher=HttpFetcher(self._fetch_limits, free_bytes=self._free_bytes),
+            fetcher=BoundedFetcher(
+                HttpFetcher(self._fetch_limits, free_bytes=self._free_bytes),
+                self._download_slots,
+            ),
             check_model=self._check,
             load_backend=self._loader,
             on_publish=lambda message: self._on_publish(self.device_id, message),

@@ -85,7 +85,11 @@ async def run_scenario(
     plan = plan_fleet(scenario, seed=seed, run_tag=run_tag)
     recorder = Recorder()
     shortcuts = Shortcuts(
-        state_on_tmpfs=_on_tmpfs(work_dir), memory_outbox=scenario.fleet.outbox == "memory"
+        state_on_tmpfs=_on_tmpfs(work_dir),
+        memory_outbox=scenario.fleet.outbox == "memory",
+        downloads_at_once=scenario.fleet.downloads_at_once
+        if scenario.fleet.downloads_at_once < scenario.fleet.devices
+        else 0,
     )
     fleet = _Fleet(scenario, plan, api, work_dir, recorder)
     result = RunResult(plan, scenario, recorder, fleet.devices, shortcuts)
@@ -152,6 +156,7 @@ class _Fleet:
         fetch_limits = FetchLimits(
             min_deadline_s=30.0, max_attempts=3, backoff_max_s=2.0, free_disk_margin_bytes=0
         )
+        download_slots = asyncio.Semaphore(self.scenario.fleet.downloads_at_once)
         for device_plan, config in zip(self.plan.devices, configs, strict=True):
             updates: dict[str, Any] = {}
             if self.proxy and (device_plan.broker_cuts or device_plan.profile.network_flakiness):
@@ -167,6 +172,7 @@ class _Fleet:
                     check=self.check,
                     backends=self.backends,
                     fetch_limits=fetch_limits,
+                    download_slots=download_slots,
                     on_publish=self.recorder.on_publish,
                     workload=DigitsWorkload(self.scenario.workload, rng),
                     outbox=MemoryOutbox() if self.scenario.fleet.outbox == "memory" else None,

@@ -75,6 +75,9 @@ class FleetSpec(_Spec):
     # "memory" keeps each device's outbox in memory instead of a SQLite file (a
     # shortcut for big fleets: a file costs three descriptors and a page cache).
     outbox: Literal["sqlite", "memory"] = "sqlite"
+    # Devices downloading at once: each download is a socket, and the whole fleet shares
+    # one process's file descriptors (the agent's own deadline still runs per download).
+    downloads_at_once: int = Field(default=256, ge=1)
 
 
 class ProfileSpec(_Spec):

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.fetcher import Fetcher
 from agent.outbox import DEFAULT_MAX_MESSAGES, OutboxMessage
 from agent.runtimes import (
     Array,
@@ -37,7 +38,14 @@ from agent.runtimes import (
 from agent.sandbox import SandboxLimits, check_model
 from protocol import Release
 
-__all__ = ["MemoryOutbox", "SharedBackends", "SharedModelCheck", "Shortcuts", "SlowBackend"]
+__all__ = [
+    "BoundedFetcher",
+    "MemoryOutbox",
+    "SharedBackends",
+    "SharedModelCheck",
+    "Shortcuts",
+    "SlowBackend",
+]
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class Shortcuts:
     no_inference_port: bool = True
     state_on_tmpfs: bool = False
     memory_outbox: bool = False
+    downloads_at_once: int = 0
 
     def names(self) -> list[str]:
         described = {
@@ -61,7 +70,13 @@ class Shortcuts:
             "memory_outbox": "each device's outbox is kept in memory (it survives the "
             "device's simulated crashes, not the simulator's): no SQLite file per device",
         }
-        return [text for name, text in described.items() if getattr(self, name)]
+        names = [text for name, text in described.items() if getattr(self, name)]
+        if self.downloads_at_once:
+            names.append(
+                f"at most {self.downloads_at_once} devices download at once: the whole "
+                "fleet shares this process's file descriptors"
+            )
+        return names
 
 
 class SharedModelCheck:
@@ -199,3 +214,29 @@ class MemoryOutbox:
 
     def close(self) -> None:
         """Nothing to close: the queue outlives the daemon, as a file would."""
+
+
+class BoundedFetcher:
+    """A device's ``Fetcher``, waiting for one of the fleet's shared download slots."""
+
+    def __init__(self, inner: Fetcher, slots: asyncio.Semaphore) -> None:
+        self._inner = inner
+        self._slots = slots
+
+    async def download(
+        self,
+        url: str,
+        destination: Path,
+        *,
+        expected_length: int,
+        expected_sha256: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        async with self._slots:
+            await self._inner.download(
+                url,
+                destination,
+                expected_length=expected_length,
+                expected_sha256=expected_sha256,
+                headers=headers,
+            )

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.agent.e2e.models import affine_model, log1p_model, slow_model
+from tests.agent.e2e.models import affine_model, log1p_model
 from tests.brokers import BrokerEndpoint
 
 from .harness import Api, ControllerProcess, FleetAgent
@@ -36,7 +36,6 @@ WAIT_S = 240.0
 class ModelFiles:
     good_v1: Path
     good_v2: Path
-    slow: Path
     nan_live: Path
     nan_live_validation: Path
 
@@ -51,7 +50,6 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
     return ModelFiles(
         good_v1=affine_model(directory / "affine-1.onnx", 1.0),
         good_v2=affine_model(directory / "affine-2.onnx", 2.0),
-        slow=slow_model(directory / "slow.onnx"),
         nan_live=log1p_model(directory / "log1p.onnx"),
         nan_live_validation=validation,
     )

@@ -97,20 +97,19 @@ def test_a_good_release_rolls_out_in_waves_to_20_devices_and_all_commit(
     assert all(agent.traffic is not None and not agent.traffic.failures for agent in fleet.agents)
 
 
-@pytest.mark.parametrize("bad", ["nan_outputs", "ten_times_slower"])
+# One kind of bad model is enough here: what makes a model bad is judged on the device
+# (tests/agent/e2e/test_live_probation.py covers latency, NaNs, errors and drift), and a
+# too slow release is rolled back through the same canary path.
 def test_a_bad_release_is_rolled_back_by_the_canary_and_reaches_no_other_device(
-    fleet: Fleet, model_files: ModelFiles, bad: str
+    fleet: Fleet, model_files: ModelFiles
 ) -> None:
     fleet.enroll(4)
     fleet.start_agents()
     baseline = fleet.install_baseline(model_files)
     time.sleep(3)  # the devices measure the baseline model's latency
-    if bad == "nan_outputs":
-        version = fleet.api.push_and_release(
-            MODEL, model_files.nan_live, model_files.nan_live_validation
-        )
-    else:
-        version = fleet.api.push_and_release(MODEL, model_files.slow)
+    version = fleet.api.push_and_release(
+        MODEL, model_files.nan_live, model_files.nan_live_validation
+    )
 
     status = fleet.roll_out(f"{MODEL}:{version}", waves="1,100%", final=("aborted",))
 
