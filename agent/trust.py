@@ -25,6 +25,7 @@ because the deployment may be signed by keys only the new root lists.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -111,7 +112,9 @@ def verify_deployment(
             f"(effective time {effective.isoformat()})"
         )
     _verify_trust_root_fresh(root, effective)
-    release = _verify_signed(deployment.release, Release, root, what=f"release in {what}")
+    release = _shared_release(
+        _verify_signed(deployment.release, Release, root, what=f"release in {what}")
+    )
     highest = state.committed_version(release.model)
     if release.version < highest and not deployment.rollback:
         raise DowngradeError(
@@ -246,6 +249,26 @@ def _verify_signed(
         return protocol.verify_document(envelope, document_type, root)
     except protocol.ProtocolError as exc:
         raise translate_protocol_error(exc, what=what) from exc
+
+
+# Releases are immutable, and every device of a fleet receives the same few. A verified
+# release equal to one verified before is replaced by that one, so a process running
+# thousands of agents (the simulator) keeps one copy of its golden cases and reference
+# profile instead of thousands. Verification itself still runs for every envelope.
+MAX_SHARED_RELEASES = 16
+_shared_releases: OrderedDict[str, Release] = OrderedDict()
+
+
+def _shared_release(release: Release) -> Release:
+    key = release.artifact.sha256 + ":" + release.model + ":" + str(release.version)
+    known = _shared_releases.get(key)
+    if known is not None and known == release:
+        _shared_releases.move_to_end(key)
+        return known
+    _shared_releases[key] = release
+    while len(_shared_releases) > MAX_SHARED_RELEASES:
+        _shared_releases.popitem(last=False)
+    return release
 
 
 def _verify_trust_root_fresh(root: TrustRoot, effective: datetime) -> None:
