@@ -126,11 +126,12 @@ class SimulatedDevice:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
-    async def kill(self) -> None:
-        """Die where it stands; the disk keeps what the journal wrote."""
+    async def kill(self, *, fault: bool = True) -> None:
+        """Die where it stands; the disk keeps what the journal wrote. ``fault``: an
+        injected crash, counted (not the simulator ending a device that would not stop)."""
         if self._task is None or self._task.done():
             return
-        self.kills += 1
+        self.kills += int(fault)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

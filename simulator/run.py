@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 1.0
 ONLINE_TIMEOUT_S = 120.0
-SETTLE_TIMEOUT_S = 60.0
 FINAL_STATUSES = ("completed", "aborted")
 ENROLL_CONCURRENCY = 8
 STOP_TIMEOUT_S = 30.0
@@ -319,7 +318,9 @@ class _Fleet:
                 break
             await asyncio.sleep(POLL_S)
             detail = await self.api.rollout(rollout_id)
-        await self._settle(release, completed=detail["status"] == "completed")
+        await self._settle(
+            release, completed=detail["status"] == "completed", timeout_s=spec.settle_timeout_s
+        )
         note(f"settled {index}")
         await asyncio.sleep(spec.observe_after_s)
         note(f"observed {index}")
@@ -330,8 +331,8 @@ class _Fleet:
         logger.info("rollout %d ended %s", index, timeline.final["status"])
         return timeline
 
-    async def _settle(self, release: str, *, completed: bool) -> None:
-        """Wait, at most SETTLE_TIMEOUT_S, until the fleet is done with the rollout.
+    async def _settle(self, release: str, *, completed: bool, timeout_s: float) -> None:
+        """Wait, at most ``timeout_s``, until the fleet is done with the rollout.
 
         After a completed rollout every running device gets the release, including one
         that was reconnecting when its wave started (the controller assigns it when it
@@ -339,7 +340,7 @@ class _Fleet:
         no running device is in the middle of an update (finishing probation, or
         applying the rollback an abort sent)."""
         await asyncio.sleep(2 * POLL_S)  # let the last desired states arrive
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             running = [device for device in self.devices if device.running]
             if completed:
@@ -350,7 +351,7 @@ class _Fleet:
             if done:
                 return
             await asyncio.sleep(0.5)
-        logger.warning("the fleet had not settled %.0f s after the rollout", SETTLE_TIMEOUT_S)
+        logger.warning("the fleet had not settled %.0f s after the rollout", timeout_s)
 
     # -- teardown ------------------------------------------------------------------------
 
@@ -368,7 +369,7 @@ class _Fleet:
             for task in late:
                 task.cancel()
             await asyncio.gather(
-                *(device.kill() for device in self.devices), return_exceptions=True
+                *(device.kill(fault=False) for device in self.devices), return_exceptions=True
             )
         if self.proxy:
             await self.proxy.close()

@@ -164,6 +164,9 @@ class RolloutSpec(_Spec):
     probation: dict[str, Any] = {}
     # Give up waiting for a final status after this long.
     timeout_s: float = Field(default=600.0, gt=0)
+    # After the rollout ended, wait at most this long for devices still updating (one that
+    # was reconnecting or rebooting when its wave started finishes later).
+    settle_timeout_s: float = Field(default=120.0, gt=0)
     # Keep the fleet serving this long after the rollout settled, so the report shows
     # how the fleet behaves afterwards.
     observe_after_s: float = Field(default=0.0, ge=0)
