@@ -41,6 +41,7 @@ __all__ = ["SimulatedDevice"]
 logger = logging.getLogger(__name__)
 
 KILL_POLL_S = 0.05
+KILL_RETRY_S = 1.0
 
 
 class SimulatedDevice:
@@ -132,9 +133,13 @@ class SimulatedDevice:
         if self._task is None or self._task.done():
             return
         self.kills += int(fault)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        task = self._task
+        # A cancellation can be swallowed on its way out (Python 3.11's wait_for loses
+        # one when its inner future completes at the same moment): cancel until it is
+        # done. Waiting with asyncio.wait, not `await task`, keeps our own cancellation.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=KILL_RETRY_S)
 
     def arm_kill(self, state: str) -> None:
         """Kill the device once, when its next update reaches ``state``."""
