@@ -37,12 +37,11 @@ import aiomqtt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fleet_fanout import raise_file_limit, work_dir_root
+from fleet_fanout import one_wave_scenario, raise_file_limit, work_dir_root
 
 from simulator.controller_api import ControllerApi
 from simulator.demo import ControllerProcess, port_or_free, prepare_demo_releases
 from simulator.run import run_scenario
-from simulator.scenario import RolloutSpec, Scenario
 from tests.brokers import MosquittoServer, find_mosquitto
 
 MIB = 1024 * 1024
@@ -53,34 +52,6 @@ def resident_bytes() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def scenario(devices: int, steady_s: float) -> Scenario:
-    return Scenario.model_validate(
-        {
-            "name": f"agents-per-process-{devices}",
-            "fleet": {
-                "devices": devices,
-                "labels": {"fleet": "bench"},
-                "stats_window_s": 10.0,
-                "start_concurrency": 500,
-                "outbox": "memory",
-            },
-            "workload": {"requests_per_s": 0.2},
-            "rollouts": [
-                RolloutSpec(
-                    release="@good",
-                    waves="100%",
-                    soak="0s",
-                    report_timeout="10m",
-                    gates={"min_health_requests": 0},
-                    probation={"window_s": 1.0, "min_requests": 0, "max_extension_s": 0.0},
-                    timeout_s=1200,
-                    observe_after_s=steady_s,
-                ).model_dump()
-            ],
-        }
-    )
 
 
 class Probe:
@@ -140,7 +111,15 @@ async def run(args: argparse.Namespace, state: Path) -> None:
         releases = await prepare_demo_releases(api, state / "models")
         probe.mark("baseline")
         result = await run_scenario(
-            scenario(args.devices, args.steady),
+            one_wave_scenario(
+                f"agents-per-process-{args.devices}",
+                args.devices,
+                outbox="memory",
+                stats_window_s=10.0,
+                requests_per_s=0.2,
+                start_concurrency=500,
+                observe_after_s=args.steady,
+            ),
             seed=1,
             api=api,
             work_dir=work_dir,

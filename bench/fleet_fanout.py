@@ -55,27 +55,38 @@ def raise_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def fanout_scenario(devices: int, outbox: str = "sqlite") -> Scenario:
+def one_wave_scenario(
+    name: str,
+    devices: int,
+    *,
+    outbox: str = "sqlite",
+    stats_window_s: float = 2.0,
+    requests_per_s: float = 0.5,
+    start_concurrency: int = 200,
+    observe_after_s: float = 0.0,
+) -> Scenario:
+    """One 100 % wave of the good release, 1 s probation, no request minimum."""
     return Scenario.model_validate(
         {
-            "name": f"fanout-{devices}",
+            "name": name,
             "fleet": {
                 "devices": devices,
                 "labels": {"fleet": "bench"},
-                "stats_window_s": 2.0,
-                "start_concurrency": 200,
+                "stats_window_s": stats_window_s,
+                "start_concurrency": start_concurrency,
                 "outbox": outbox,
             },
-            "workload": {"requests_per_s": 0.5},
+            "workload": {"requests_per_s": requests_per_s},
             "rollouts": [
                 RolloutSpec(
                     release="@good",
                     waves="100%",
                     soak="0s",
-                    report_timeout="5m",
+                    report_timeout="10m",
                     gates={"min_health_requests": 0},
                     probation={"window_s": 1.0, "min_requests": 0, "max_extension_s": 0.0},
-                    timeout_s=600,
+                    timeout_s=1200,
+                    observe_after_s=observe_after_s,
                 ).model_dump()
             ],
         }
@@ -174,7 +185,7 @@ async def run(args: argparse.Namespace, state: Path) -> None:
         work_dir = work_dir_root()
         try:
             result = await run_scenario(
-                fanout_scenario(args.devices),
+                one_wave_scenario(f"fanout-{args.devices}", args.devices),
                 seed=args.seed,
                 api=api,
                 work_dir=work_dir,
