@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +26,7 @@ __all__ = ["app", "main"]
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_USAGE = 2
+RELEASE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*:[1-9][0-9]*")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="edgefleet fleet simulator")
 
@@ -75,7 +77,13 @@ def sim(
     except ScenarioError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from exc
-    releases = dict(item.partition("=")[::2] for item in release or [])
+    releases = {}
+    for item in release or []:
+        name, _, ref = item.partition("=")
+        if not name or not RELEASE_REF.fullmatch(ref):
+            typer.echo(f"error: --release must be NAME=MODEL:VERSION, not {item!r}", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        releases[name] = ref
     raise typer.Exit(
         asyncio.run(_sim(parsed, url, token, seed, releases, report, work_dir or report / "fleet"))
     )

@@ -18,7 +18,7 @@ import pytest
 from simulator.controller_api import ControllerApi
 from simulator.demo import ControllerProcess, port_or_free, prepare_demo_releases
 from simulator.report import write_report
-from simulator.run import run_scenario
+from simulator.run import RunResult, run_scenario
 from simulator.scenario import load_scenario
 
 FAULTS_SCENARIO = Path(__file__).parent / "faults-small.toml"
@@ -81,7 +81,7 @@ def test_faults_end_in_the_planned_outcome_counts(
     url, token, releases = sim_controller
     scenario = load_scenario(FAULTS_SCENARIO)
 
-    async def simulate() -> object:
+    async def simulate() -> RunResult:
         api = ControllerApi(url, token)
         try:
             return await run_scenario(
@@ -91,7 +91,7 @@ def test_faults_end_in_the_planned_outcome_counts(
             await api.close()
 
     result = asyncio.run(simulate())
-    summary = write_report(result, tmp_path / "report")  # type: ignore[arg-type]
+    summary = write_report(result, tmp_path / "report")
 
     assert summary["expectation_failures"] == []
     rollout = summary["rollouts"][0]
