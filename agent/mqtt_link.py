@@ -211,7 +211,8 @@ class MqttLink:
                     delay_s,
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay_s)
+                    async with asyncio.timeout(delay_s):
+                        await stop.wait()
             else:
                 return
 
@@ -374,8 +375,12 @@ class MqttLink:
 
     async def _acked(self, call: Awaitable[_T], *, what: str) -> _T:
         timeout_s = self._settings.ack_timeout_s
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a
+        # cancellation that arrives as the acknowledgement does, and the drainer then
+        # loops on, so run() never returned after stop (seen once under load in CI).
         try:
-            return await asyncio.wait_for(call, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await call
         except TimeoutError as exc:
             raise TransportTimeoutError(f"no {what} within {timeout_s} s") from exc
         except aiomqtt.MqttError as exc:
@@ -385,9 +390,8 @@ class MqttLink:
         """Say offline (the will is not sent after a DISCONNECT), then disconnect."""
         try:
             await self._publish_acked(client, self._will)
-            await asyncio.wait_for(
-                client.__aexit__(None, None, None), self._settings.connect_timeout_s
-            )
+            async with asyncio.timeout(self._settings.connect_timeout_s):
+                await client.__aexit__(None, None, None)
         except (TransportError, aiomqtt.MqttError, TimeoutError) as exc:
             logger.warning("MQTT link did not disconnect cleanly (%s); cutting it", exc)
             _drop_connection(client)
