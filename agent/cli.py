@@ -24,9 +24,9 @@ import typer
 from protocol import Envelope, ProtocolError, Release, verify_initial_trust_root
 
 from . import __version__
-from . import enroll as enrollment
 from .config import AgentConfig, load_config
 from .errors import AgentError, BrokerAuthError, LocalStateError, RefusalError, TransportError
+from .link import enroll as enrollment
 
 __all__ = [
     "EXIT_BROKER_AUTH",
@@ -171,7 +171,7 @@ def serve_local(
     No controller is needed. Exits 0 after a clean stop, 3 when the model does not load.
     """
     _configure_logging(log_level)
-    from .serve_local import serve_local as serve
+    from .serving.serve_local import serve_local as serve
 
     raise typer.Exit(serve(model_file, name=name, port=port))
 
@@ -187,8 +187,8 @@ def run_agent(config_file: Path | None) -> int:
 
 async def _serve(config: AgentConfig) -> int:
     from .daemon import AgentDaemon
-    from .fetcher import FetchLimits, HttpFetcher
-    from .sandbox import SandboxLimits, check_model
+    from .update.fetcher import FetchLimits, HttpFetcher
+    from .update.sandbox import SandboxLimits, check_model
 
     limits = SandboxLimits(
         memory_bytes=config.sandbox_memory_bytes,

@@ -32,19 +32,19 @@ from .errors import (
     RefusalError,
     TransitionCapError,
 )
-from .fetcher import Fetcher
-from .model_store import ModelStore
-from .mqtt_link import LinkSettings, Message, MqttLink
-from .outbox import Outbox, OutboxQueue
-from .reporting import LinkReporter, offline_state
+from .link.mqtt import LinkSettings, Message, MqttLink
+from .link.outbox import Outbox, OutboxQueue
+from .link.reporting import LinkReporter, offline_state
 from .runtimes import RuntimeOptions, load_backend
-from .serving import BackendLoader
-from .serving_host import ServingHost, recorder_of
-from .stats import to_telemetry_window
-from .trust import verify_command, verify_deployment
-from .trust_state import TrustState, load_trust_state, persist_trust_state
-from .update_machine import load_journal, recover_journal
-from .updater import ModelChecker, Updater, UpdaterPaths
+from .serving.host import ServingHost, recorder_of
+from .serving.server import BackendLoader
+from .stats.recorder import to_telemetry_window
+from .update.fetcher import Fetcher
+from .update.machine import load_journal, recover_journal
+from .update.store import ModelStore
+from .update.trust import verify_command, verify_deployment
+from .update.trust_state import TrustState, load_trust_state, persist_trust_state
+from .update.updater import ModelChecker, Updater, UpdaterPaths
 
 __all__ = ["AgentDaemon", "open_trust_state"]
 

@@ -1,7 +1,7 @@
 """Inference backends behind one interface: ONNX Runtime and LiteRT (ARCHITECTURE.md §5).
 
 ``load_backend`` opens a model file as an ``InferenceBackend``; the sandboxed check (via
-``runtime_loading.load_model``) and the serving path (``agent.serving``) both use it, so a
+``runtime_loading.load_model``) and the serving path (``agent.serving.server``) both use it, so a
 model is read the same way where it is checked and where it serves.
 
 Invariants:

@@ -4,11 +4,11 @@ Run from the repository root: ``.venv/bin/python bench/agent_inference.py``. The
 MLP is trained at run time into a temporary directory; nothing is downloaded.
 
 (a) In-process: ``ModelServer.infer`` (signature checks, timing, and the statistics of
-    ``agent.stats.StatsRecorder`` when that module exists) against a bare
+    ``agent.stats.recorder.StatsRecorder`` when that module exists) against a bare
     ``InferenceSession.run`` configured the same way (CPU, 1 intra-op and 1 inter-op
     thread), batch 1, the same 100 held-out inputs in the same order. Both run in this
     process, in interleaved rounds, each call timed on its own with ``perf_counter``.
-    Statistics measure the arrays in batches (``agent.stats.PENDING_REQUESTS`` requests,
+    Statistics measure the arrays in batches (``agent.stats.recorder.PENDING_REQUESTS`` requests,
     on the request that completes one), so the median shows the per-request cost and the
     mean also the batches' share.
 (b) HTTP: ``edgefleet-agent serve-local`` in a subprocess, called over one keep-alive
@@ -46,7 +46,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.serving import InferenceObserver, ModelServer
+from agent.serving.server import InferenceObserver, ModelServer
 from tests.model_factory import digits_mlp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def interleaved(contenders: dict[str, Callable[[], list[float]]], rounds: int) -
 
 def stats_recorder() -> InferenceObserver | None:
     try:
-        from agent.stats import StatsRecorder
+        from agent.stats.recorder import StatsRecorder
     except ImportError:
         return None
     recorder: InferenceObserver = StatsRecorder(reference=None, now_s=time.monotonic())
@@ -292,9 +292,9 @@ def main() -> None:
         log = (directory / "serve-local.log").read_text()
 
     stats_note = (
-        "on (agent.stats.StatsRecorder, no reference profile)"
+        "on (agent.stats.recorder.StatsRecorder, no reference profile)"
         if recorder
-        else "off (agent.stats missing)"
+        else "off (agent.stats.recorder missing)"
     )
     server_stats = "off" if "statistics are off" in log else "on"
     ratio = inproc["agent"].p50_s / inproc["bare"].p50_s

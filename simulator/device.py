@@ -28,9 +28,9 @@ from pathlib import Path
 from agent.config import AgentConfig
 from agent.daemon import AgentDaemon
 from agent.errors import AgentError, InferenceError
-from agent.fetcher import FetchLimits, HttpFetcher
-from agent.mqtt_link import Message
-from agent.outbox import OutboxQueue
+from agent.link.mqtt import Message
+from agent.link.outbox import OutboxQueue
+from agent.update.fetcher import FetchLimits, HttpFetcher
 
 from .plan import DevicePlan
 from .shared import BoundedFetcher, SharedBackends, SharedModelCheck

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.mqtt_link import Message
+from agent.link.mqtt import Message
 from protocol import Event, ProtocolError, TelemetryBatch
 
 __all__ = ["DeviceEvent", "Recorder", "RolloutTimeline"]

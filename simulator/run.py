@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, load_config
-from agent.enroll import enroll
-from agent.fetcher import FetchLimits
-from agent.sandbox import SandboxLimits
+from agent.link.enroll import enroll
+from agent.update.fetcher import FetchLimits
+from agent.update.sandbox import SandboxLimits
 
 from .controller_api import ControllerApi
 from .device import SimulatedDevice

@@ -53,7 +53,7 @@ __all__ = [
     "load_scenario",
 ]
 
-# The update states an agent can be killed in (agent.update_machine's names).
+# The update states an agent can be killed in (agent.update.machine's names).
 KILLABLE_STATES = ("fetching", "verifying", "staged", "activating", "probation")
 
 

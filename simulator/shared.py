@@ -3,7 +3,7 @@
 On real hardware each device checks a new model in its own sandbox subprocess and loads
 its own runtime session. A thousand simulated devices on two cores cannot, so:
 
-- ``SharedModelCheck`` runs the real sandboxed check (``agent.sandbox.check_model``) once
+- ``SharedModelCheck`` runs the real sandboxed check (``agent.update.sandbox.check_model``) once
   per artifact hash and gives every device the same verdict, failure included. The check
   still happens only after that device's own download was verified against the signed
   hash, so a device with a corrupted download never reaches it;
@@ -25,8 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.fetcher import Fetcher
-from agent.outbox import DEFAULT_MAX_MESSAGES, OutboxMessage
+from agent.link.outbox import DEFAULT_MAX_MESSAGES, OutboxMessage
 from agent.runtimes import (
     Array,
     InferenceBackend,
@@ -35,7 +34,8 @@ from agent.runtimes import (
     TensorSignature,
     load_backend,
 )
-from agent.sandbox import SandboxLimits, check_model
+from agent.update.fetcher import Fetcher
+from agent.update.sandbox import SandboxLimits, check_model
 from protocol import Release
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agent.errors import HashMismatchError, StoreError, UnsafeFileNameError
-from agent.model_store import ModelStore
+from agent.update.store import ModelStore
 
 CRASHABLE = ("replace", "rename", "symlink", "fsync", "unlink", "rmdir", "mkdir", "chmod")
 

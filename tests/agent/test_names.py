@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.errors import StoreError, UnsafeFileNameError
-from agent.names import verify_safe_file_name, verify_sha256_hex
+from agent.update.names import verify_safe_file_name, verify_sha256_hex
 
 SAFE = ["model.onnx", "digits-v3.tflite", "a", "Model_1.0.onnx"]
 UNSAFE = [

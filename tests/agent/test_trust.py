@@ -27,7 +27,7 @@ from agent.errors import (
     WrongDeviceError,
     WrongPayloadTypeError,
 )
-from agent.trust import adopt_trust_root, adopt_trust_roots, verify_deployment
+from agent.update.trust import adopt_trust_root, adopt_trust_roots, verify_deployment
 from protocol import Envelope, Release, Role, SigningKey
 from tests.agent.conftest import DEVICE_ID, Device, rotate
 from tests.factories import NOW, make_release

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agent.errors import BadSignatureError, TrustStateError
-from agent.trust_state import TrustState, load_trust_state, persist_trust_state
+from agent.update.trust_state import TrustState, load_trust_state, persist_trust_state
 from protocol import Role, SigningKey
 from tests.agent.conftest import Device, rotate
 from tests.factories import NOW, Keyring

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import IllegalTransitionError, JournalError, TransitionCapError
-from agent.update_machine import (
+from agent.update.machine import (
     ENTRY_ACTIONS,
     MAX_TRANSITIONS_PER_DEPLOYMENT,
     TERMINAL_STATES,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent.mqtt_link import Message
+from agent.link.mqtt import Message
 from protocol import Event, LatencySummary, ReleaseRef, TelemetryBatch, TelemetryWindow
 from protocol.topics import DEFAULT_PREFIX, Channel, device_topic
 from simulator.recorder import Recorder

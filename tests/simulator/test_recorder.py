@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.mqtt_link import Message
+from agent.link.mqtt import Message
 from simulator.recorder import Recorder
 from tests.simulator.conftest import RecorderClock, publish_event, publish_telemetry
 

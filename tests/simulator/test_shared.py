@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from agent.runtimes import Array, RuntimeOptions, TensorSignature
-from agent.sandbox import SandboxLimits
+from agent.update.sandbox import SandboxLimits
 from protocol import Release
 from protocol.release import Artifact
 from simulator import shared

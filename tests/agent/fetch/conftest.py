@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.fetcher import FetchLimits, HttpFetcher
+from agent.update.fetcher import FetchLimits, HttpFetcher
 
 Responder = Callable[["ArtifactHandler", "ArtifactServer"], None]
 CONTENT_BYTES = 200_000

@@ -26,7 +26,7 @@ from agent.errors import (
     LengthMismatchError,
     TransportTimeoutError,
 )
-from agent.fetcher import FetchLimits, HttpFetcher
+from agent.update.fetcher import FetchLimits, HttpFetcher
 from tests.agent.fetch.conftest import (
     TEST_LIMITS,
     ArtifactServer,

@@ -9,8 +9,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from agent.mqtt_link import LinkSettings, MqttLink
-from agent.outbox import Outbox
+from agent.link.mqtt import LinkSettings, MqttLink
+from agent.link.outbox import Outbox
 from tests.agent.link.device_topics import DEVICE, DeviceTopics
 
 

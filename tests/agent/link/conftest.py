@@ -19,8 +19,8 @@ from typing import TypeVar
 
 import pytest
 
-from agent.mqtt_link import LinkSettings, Message, MqttLink
-from agent.outbox import Outbox
+from agent.link.mqtt import LinkSettings, Message, MqttLink
+from agent.link.outbox import Outbox
 from tests.agent.link.device_topics import DEVICE, DeviceTopics
 from tests.brokers import BrokerEndpoint
 
@@ -250,7 +250,7 @@ class LogWatch(logging.Handler):
 @pytest.fixture
 def watch_link_log() -> Iterator[Callable[[str], threading.Event]]:
     """An event set when the link logs a message containing the given text."""
-    link_logger = logging.getLogger("agent.mqtt_link")
+    link_logger = logging.getLogger("agent.link.mqtt")
     watches: list[LogWatch] = []
 
     def watch(text: str) -> threading.Event:

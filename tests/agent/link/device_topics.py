@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.mqtt_link import Message
+from agent.link.mqtt import Message
 from protocol import Channel, State, device_topic
 
 DEVICE = "cam-berlin-0001"

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from agent.errors import ConfigurationError
-from agent.mqtt_link import LinkSettings, Message, MqttLink, backoff_delay_s
-from agent.outbox import Outbox
+from agent.link.mqtt import LinkSettings, Message, MqttLink, backoff_delay_s
+from agent.link.outbox import Outbox
 
 VALID: dict[str, Any] = {"host": "broker.local", "port": 8883, "client_id": "cam-berlin-0001"}
 

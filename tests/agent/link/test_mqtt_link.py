@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from agent.errors import BrokerAuthError
-from agent.outbox import Outbox
+from agent.link.outbox import Outbox
 from tests.agent.link.conftest import WAIT_S, LinkRunner, TcpProxy
 from tests.agent.link.device_topics import DeviceTopics
 from tests.brokers import BrokerEndpoint, MosquittoServer, free_port

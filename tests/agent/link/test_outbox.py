@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import OutboxError
-from agent.outbox import Outbox, OutboxMessage
+from agent.link.outbox import Outbox, OutboxMessage
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -136,7 +136,7 @@ def test_next_sequence_never_repeats_when_the_process_is_killed_right_after(
     script = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
-        "from agent.outbox import Outbox\n"
+        "from agent.link.outbox import Outbox\n"
         "print(Outbox(Path(sys.argv[1])).next_sequence('events'), flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )

@@ -20,7 +20,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from agent.sandbox import SandboxLimits
+from agent.update.sandbox import SandboxLimits
 from protocol import Artifact, GoldenCase, Release, RuntimeRequirements, TensorData, TensorSpec
 from tests.factories import make_release
 from tests.model_factory import IR_VERSION, OPSET, digits_mlp, tiny_tflite

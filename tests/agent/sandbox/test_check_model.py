@@ -25,7 +25,7 @@ from agent.errors import (
     SandboxKilledError,
     SignatureMismatchError,
 )
-from agent.sandbox import SandboxLimits, SandboxReport, check_model
+from agent.update.sandbox import SandboxLimits, SandboxReport, check_model
 from protocol import GoldenCase, Release, TensorSpec
 from tests.agent.sandbox.conftest import (
     LIMITS,

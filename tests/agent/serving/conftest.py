@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from agent.inference_api import InferenceApi
 from agent.runtimes import datatype_of_dtype
-from agent.serving import ModelServer
+from agent.serving.http_api import InferenceApi
+from agent.serving.server import ModelServer
 from tests.agent.e2e.models import affine_model
 from tests.model_factory import digits_mlp, small_cnn, tiny_tflite
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agent.errors import ModelLoadError
-from agent.serving import (
+from agent.serving.server import (
     InferenceFailedError,
     InferenceRequestError,
     InputDatatypeError,
@@ -19,7 +19,7 @@ from agent.serving import (
     ModelNotReadyError,
     ModelServer,
 )
-from agent.stats import StatsRecorder
+from agent.stats.recorder import StatsRecorder
 from tests.agent.serving.conftest import Models, RecordingObserver
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)

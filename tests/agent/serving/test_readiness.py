@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.serving import ModelServer
+from agent.serving.server import ModelServer
 from tests.agent.serving.conftest import Models, RunningApi
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 0, 0]}]}

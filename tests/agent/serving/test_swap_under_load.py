@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 
 from agent.runtimes import TensorSignature
-from agent.serving import LoadedVersion, ModelServer
+from agent.serving.server import LoadedVersion, ModelServer
 from tests.agent.serving.conftest import Array, Models, RunningApi, tensor_json
 
 CLIENTS = 3

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from agent.stats import StatsRecorder, WindowStats
+from agent.stats.recorder import StatsRecorder, WindowStats
 from protocol import Histogram
 
 BINS = 10

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from agent.stats import (
+from agent.stats.recorder import (
     MAX_PENDING_REQUEST_BYTES,
     PENDING_REQUESTS,
     StatsRecorder,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.stats import (
+from agent.stats.recorder import (
     LATENCY_BOUNDS_MS,
     MIN_DRIFT_VALUES,
     StatsRecorder,

@@ -12,14 +12,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from agent.probation import (
+from agent.stats.probation import (
     MIN_DRIFT_REQUESTS,
     ProbationJudge,
     ProbationOutcome,
     ProbationReason,
     ProbationVerdict,
 )
-from agent.stats import LATENCY_BOUNDS_MS, StatsRecorder, WindowStats
+from agent.stats.recorder import LATENCY_BOUNDS_MS, StatsRecorder, WindowStats
 from protocol import ProbationPolicy, ReferenceProfile
 from tests.agent.stats.profiles import record_all, softmax
 

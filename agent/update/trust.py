@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import protocol
 from protocol import Command, Deployment, Envelope, Release, TrustRoot
 
-from .errors import (
+from ..errors import (
     DowngradeError,
     DuplicateCommandError,
     DuplicateDeploymentError,

@@ -1,4 +1,4 @@
-"""The sandboxed model check, run by ``agent.sandbox`` as ``python -m agent.sandbox_worker``.
+"""The sandboxed model check, run by ``agent.update.sandbox`` in a child process.
 
 It reads one job (JSON) on stdin, and answers one JSON object on stdout: exit 0 with the
 report, or exit 3 (``EXIT_REFUSED``) with ``{"reason": ..., "error": ...}`` where
@@ -6,7 +6,7 @@ report, or exit 3 (``EXIT_REFUSED``) with ``{"reason": ..., "error": ...}`` wher
 limit) is for the parent to name.
 
 Invariants:
-- it runs only under the limits ``agent.sandbox`` set before this module was imported;
+- it runs only under the limits ``agent.update.sandbox`` set before this module was imported;
 - the answer goes to the stdout the parent gave it, while file descriptor 1 is pointed at
   stderr before any runtime loads: native code that prints cannot corrupt the answer;
 - the model's actual inputs and outputs are checked against the release's signature
@@ -30,7 +30,7 @@ import numpy as np
 
 from protocol import GoldenCase, TensorData, TensorSpec
 
-from .errors import (
+from ..errors import (
     GoldenMismatchError,
     LatencyBudgetError,
     ModelCheckError,
@@ -38,7 +38,7 @@ from .errors import (
     SandboxKilledError,
     SignatureMismatchError,
 )
-from .runtime_loading import Array, LoadedModel, TensorSignature, load_model, numpy_dtype_of
+from ..runtime_loading import Array, LoadedModel, TensorSignature, load_model, numpy_dtype_of
 
 __all__ = ["EXIT_REFUSED", "MAX_JOB_BYTES", "main", "run_check"]
 

@@ -48,9 +48,9 @@ from urllib.parse import unquote
 import h11
 import numpy as np
 
-from . import __version__
-from .runtimes import OIP_DATATYPES, Array, datatype_of_dtype, numpy_dtype_of
-from .serving import (
+from .. import __version__
+from ..runtimes import OIP_DATATYPES, Array, datatype_of_dtype, numpy_dtype_of
+from .server import (
     InferenceError,
     InferenceFailedError,
     InferenceRequestError,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from protocol import Release
 
-from .inference_api import InferenceApi
-from .runtimes import RuntimeOptions, load_backend
-from .serving import BackendLoader, LoadedVersion, ModelServer
-from .stats import StatsRecorder
+from ..runtimes import RuntimeOptions, load_backend
+from ..stats.recorder import StatsRecorder
+from .http_api import InferenceApi
+from .server import BackendLoader, LoadedVersion, ModelServer
 
 __all__ = ["ServingHost"]
 

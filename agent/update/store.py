@@ -53,8 +53,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .durable import fsync_dir, fsync_file
-from .errors import HashMismatchError, StoreError
+from ..durable import fsync_dir, fsync_file
+from ..errors import HashMismatchError, StoreError
 from .names import verify_safe_file_name, verify_sha256_hex
 
 __all__ = ["HASH_CHUNK_BYTES", "ModelStore"]

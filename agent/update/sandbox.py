@@ -1,6 +1,6 @@
 """The sandboxed check of a model before activation (ARCHITECTURE.md §3, §5).
 
-``check_model`` runs ``agent.sandbox_worker`` in a child process of its own session,
+``check_model`` runs ``agent.update.sandbox_worker`` in a child process of its own session,
 passes it the job on stdin and reads its one JSON answer from stdout. The agent process
 never parses a model that has not passed this check.
 
@@ -33,7 +33,7 @@ from typing import Any, TypeGuard
 
 import protocol
 
-from .errors import (
+from ..errors import (
     ConfigurationError,
     GoldenMismatchError,
     LatencyBudgetError,
@@ -59,7 +59,7 @@ TIMED_RUNS = 20
 WARMUP_RUNS = 3
 MAX_ANSWER_BYTES = 64 * 1024
 STDERR_TAIL_CHARS = 2000
-_WORKER_MODULE = "agent.sandbox_worker"
+_WORKER_MODULE = "agent.update.sandbox_worker"
 # Where the ``agent`` package lives, so ``python -I`` finds it from a source checkout too.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 

@@ -40,15 +40,15 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .errors import (
+from ..errors import (
     BrokerAuthError,
     ConfigurationError,
     ConnectionFailedError,
     TransportError,
     TransportTimeoutError,
 )
+from ..tls import default_tls_context
 from .outbox import OutboxQueue
-from .tls import default_tls_context
 
 __all__ = ["LinkSettings", "Message", "MessageHandler", "MqttLink", "backoff_delay_s"]
 

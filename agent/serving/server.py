@@ -1,7 +1,7 @@
 """One named model serving in process: load and warm a version, swap it in, infer.
 
 ``ModelServer`` is the in-process Python API that applications embedding the agent call,
-and what the HTTP API (``agent.inference_api``) serves. Each ``LoadedVersion`` carries its
+and what the HTTP API (``agent.serving.http_api``) serves. Each ``LoadedVersion`` carries its
 own backend and its own ``InferenceObserver``, so a new version's statistics never mix
 with those of the version it replaced.
 
@@ -52,7 +52,7 @@ from typing import NoReturn, Protocol
 
 import numpy as np
 
-from .errors import (
+from ..errors import (
     InferenceError,
     InferenceFailedError,
     InferenceRequestError,
@@ -67,7 +67,7 @@ from .errors import (
     RequestTooLargeError,
     UnknownModelError,
 )
-from .runtimes import (
+from ..runtimes import (
     Array,
     InferenceBackend,
     ModelFormat,
@@ -115,7 +115,7 @@ class InferenceObserver(Protocol):
     ``record`` must be quick and must never modify the arrays. ``inputs`` are the
     caller's, who may reuse them once the request returns: copy them to keep them.
     ``outputs`` are fresh arrays from the runtime, handed to the caller as they are: they
-    may be kept by reference for a while (``agent.stats.StatsRecorder`` measures them in
+    may be kept by reference for a while (``agent.stats.recorder.StatsRecorder`` measures them in
     batches), so callers should not modify returned outputs in place.
     """
 

@@ -48,7 +48,7 @@ from enum import StrEnum
 
 from protocol import ProbationPolicy
 
-from .stats import WindowStats
+from .recorder import WindowStats
 
 __all__ = [
     "MIN_DRIFT_REQUESTS",

@@ -1,6 +1,6 @@
 """Watch a newly activated model's live statistics until the probation judge decides.
 
-The judge is pure (``agent.probation``); this is the loop around it: every check
+The judge is pure (``agent.stats.probation``); this is the loop around it: every check
 interval it hands the judge the new version's cumulative statistics since activation
 and the previous version's as the baseline, until the verdict is final.
 """
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from protocol import ProbationPolicy
 
 from .probation import ProbationJudge, ProbationOutcome, ProbationVerdict
-from .stats import StatsRecorder
+from .recorder import StatsRecorder
 
 __all__ = ["watch_probation"]
 

@@ -29,25 +29,19 @@ from typing import Any, Protocol
 
 from protocol import ProbationPolicy, ProtocolError, Release, ReleaseRef
 
-from .clock import Clock
-from .config import AgentConfig
-from .durable import read_json, write_json_atomic
-from .errors import AgentError, TransitionCapError
+from ..clock import Clock
+from ..config import AgentConfig
+from ..durable import read_json, write_json_atomic
+from ..errors import AgentError, TransitionCapError
+from ..serving.host import ServingHost, recorder_of
+from ..serving.server import LoadedVersion
+from ..stats.probation import ProbationOutcome
+from ..stats.probation_watch import watch_probation
 from .fetcher import Fetcher
-from .model_store import ModelStore
-from .probation import ProbationOutcome
-from .probation_watch import watch_probation
-from .serving import LoadedVersion
-from .serving_host import ServingHost, recorder_of
+from .machine import Journal, UpdateEvent, UpdateState, advance_journal, persist_journal
+from .store import ModelStore
 from .trust import VerifiedCommand, VerifiedDeployment
 from .trust_state import TrustState, persist_trust_state
-from .update_machine import (
-    Journal,
-    UpdateEvent,
-    UpdateState,
-    advance_journal,
-    persist_journal,
-)
 
 __all__ = ["ModelChecker", "Reporter", "Updater", "UpdaterPaths"]
 

@@ -9,7 +9,7 @@ Invariants:
   whatever order the ``accept_*``/``record_commit`` calls come in;
 - the trust root held is always one that verified: first through
   ``verify_initial_trust_root`` (provisioning), later only through rotation
-  (``agent.trust``); on load its self-signature is checked again, so a bit flip or an
+  (``agent.update.trust``); on load its self-signature is checked again, so a bit flip or an
   edited file is an error, not a new authority;
 - a missing or corrupt file is a ``TrustStateError``, never a silent reset: a reset
   would re-open every replay the marks were there to stop.
@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import protocol
 from protocol import Envelope, TrustRoot
 
-from .durable import read_json, write_json_atomic
-from .errors import (
+from ..durable import read_json, write_json_atomic
+from ..errors import (
     DuplicateCommandError,
     DuplicateDeploymentError,
     ReplayedCommandError,
@@ -38,7 +38,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    # Only for annotations: agent.trust builds these and imports this module.
+    # Only for annotations: agent.update.trust builds these and imports this module.
     from .trust import VerifiedCommand, VerifiedDeployment
 
 __all__ = [
@@ -98,7 +98,7 @@ class TrustState:
     def with_verified_trust_root(self, envelope: Envelope, trust_root: TrustRoot) -> TrustState:
         """This state holding ``trust_root`` if it is newer.
 
-        Only for roots that passed the rotation rules (``agent.trust`` walks them): this
+        Only for roots that passed the rotation rules (``agent.update.trust`` walks them): this
         method trusts its argument.
         """
         if trust_root.version <= self.trust_root.version:

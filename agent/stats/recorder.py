@@ -56,7 +56,7 @@ from the reference itself is about ``9 / N`` (chi-square with 9 degrees of freed
 while at 50 values it would about one time in five. That holds for independent values;
 the values of one request are not (the features of one row, the pixels of one image),
 so a PSI is reported early and probation judges it only from
-``agent.probation.MIN_DRIFT_REQUESTS`` requests on.
+``agent.stats.probation.MIN_DRIFT_REQUESTS`` requests on.
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ from typing import Any, TypeGuard
 
 from protocol import ReleaseRef
 
-from .durable import read_json, write_json_atomic
-from .errors import IllegalTransitionError, JournalError, TransitionCapError
+from ..durable import read_json, write_json_atomic
+from ..errors import IllegalTransitionError, JournalError, TransitionCapError
 
 __all__ = [
     "ENTRY_ACTIONS",

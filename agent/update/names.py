@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import StoreError, UnsafeFileNameError
+from ..errors import StoreError, UnsafeFileNameError
 
 __all__ = ["MAX_FILE_NAME_CHARS", "verify_safe_file_name", "verify_sha256_hex"]
 

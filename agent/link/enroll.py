@@ -32,8 +32,8 @@ from pydantic import ValidationError
 
 from protocol import Envelope, ProtocolError, TrustRoot, verify_initial_trust_root
 
-from .config import AgentConfig
-from .errors import (
+from ..config import AgentConfig
+from ..errors import (
     ConfigurationError,
     ConnectionFailedError,
     HttpStatusError,
@@ -42,7 +42,7 @@ from .errors import (
     TransportTimeoutError,
     translate_protocol_error,
 )
-from .tls import default_tls_context
+from ..tls import default_tls_context
 
 __all__ = [
     "AGENT_CONFIG_FILE",

@@ -1,7 +1,7 @@
 """``edgefleet-agent serve-local``: one local model file behind the inference API, no controller.
 
 The same stack as the daemon's serving path: a ``ModelServer`` that loads and warms the
-file, an ``InferenceApi`` on loopback, and a ``agent.stats.StatsRecorder`` as the
+file, an ``InferenceApi`` on loopback, and a ``agent.stats.recorder.StatsRecorder`` as the
 version's observer (imported lazily: without that module, statistics are off). Each
 statistics window with requests is logged when it closes.
 
@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import AgentError
-from .inference_api import DEFAULT_HOST, DEFAULT_PORT, InferenceApi
-from .runtimes import ModelFormat, RuntimeOptions
-from .serving import ModelServer, file_version
+from ..errors import AgentError
+from ..runtimes import ModelFormat, RuntimeOptions
+from .http_api import DEFAULT_HOST, DEFAULT_PORT, InferenceApi
+from .server import ModelServer, file_version
 
 if TYPE_CHECKING:
-    from .stats import StatsRecorder
+    from ..stats.recorder import StatsRecorder
 
 __all__ = ["EXIT_OK", "EXIT_STARTUP_FAILURE", "serve_local"]
 
@@ -87,11 +87,11 @@ async def _serve(api: InferenceApi, server: ModelServer, recorder: StatsRecorder
 
 
 def _stats_recorder() -> StatsRecorder | None:
-    """A fresh ``StatsRecorder`` without a reference profile, or None without agent.stats."""
+    """A fresh ``StatsRecorder`` without a reference profile; None without its module."""
     try:
-        from .stats import StatsRecorder
+        from ..stats.recorder import StatsRecorder
     except ImportError:
-        logger.info("statistics are off: agent.stats is not installed")
+        logger.info("statistics are off: agent.stats.recorder is not installed")
         return None
     return StatsRecorder(reference=None, now_s=time.monotonic())
 

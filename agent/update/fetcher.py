@@ -44,8 +44,8 @@ from typing import BinaryIO, Protocol
 
 import httpx
 
-from .durable import fsync_dir
-from .errors import (
+from ..durable import fsync_dir
+from ..errors import (
     ConfigurationError,
     ConnectionFailedError,
     DownloadDeadlineError,
@@ -58,7 +58,7 @@ from .errors import (
     TransportError,
     TransportTimeoutError,
 )
-from .tls import default_tls_context
+from ..tls import default_tls_context
 
 __all__ = ["FetchLimits", "Fetcher", "HttpFetcher", "Sleep"]
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .errors import OutboxError
+from ..errors import OutboxError
 
 __all__ = ["DEFAULT_MAX_MESSAGES", "Outbox", "OutboxMessage", "OutboxQueue"]
 

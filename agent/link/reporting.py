@@ -14,11 +14,11 @@ from typing import Any
 
 from protocol import Channel, Event, ReleaseRef, State, device_topic
 
-from . import __version__
-from .clock import Clock
-from .mqtt_link import Message
+from .. import __version__
+from ..clock import Clock
+from ..update.machine import Journal
+from .mqtt import Message
 from .outbox import OutboxQueue
-from .update_machine import Journal
 
 __all__ = ["LinkReporter", "installed_runtimes", "offline_state"]
 
