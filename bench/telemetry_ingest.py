@@ -50,9 +50,9 @@ from sqlalchemy import Engine, delete, func, insert, select, text
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controller.db import make_engine
-from controller.fleet.bridge import MqttBridge
-from controller.fleet_tables import DeviceRecord, telemetry_table
+from controller.devices.tables import DeviceRecord, telemetry_table
 from controller.migrate import upgrade_database
+from controller.mqtt.bridge import MqttBridge
 from controller.settings import Settings, load_settings
 from protocol import LatencySummary, ReleaseRef, TelemetryBatch, TelemetryWindow
 from tests.brokers import MosquittoServer, find_mosquitto

@@ -20,9 +20,9 @@ from . import __version__
 from .api import artifacts, devices, health, models, releases, rollouts
 from .api.concurrency import HandlerConcurrencyLimit
 from .api.deps import Viewer
-from .artifact_store import ArtifactStore
 from .context import ControllerContext
 from .db import make_engine, reader_engine
+from .devices.gauges import FleetCollector
 from .errors import (
     BadRequestError,
     ConflictError,
@@ -32,9 +32,10 @@ from .errors import (
     NotFoundError,
     UploadTooLargeError,
 )
-from .fleet.fleet_collector import FleetCollector
 from .metrics import Metrics
 from .migrate import upgrade_database
+from .registry.artifact_store import ArtifactStore
+from .rollouts.core import RolloutSpecError
 from .settings import Settings
 from .signing import load_or_create_signer
 from .ui import install_dashboard
@@ -43,13 +44,14 @@ __all__ = ["build_context", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-STATUS_BY_ERROR: list[tuple[type[ControllerError], int]] = [
+STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (NotFoundError, 404),
     (ConflictError, 409),
     (ModelRejectedError, 422),
     (JobError, 422),
     (UploadTooLargeError, 413),
     (BadRequestError, 400),
+    (RolloutSpecError, 400),
 ]
 
 
@@ -104,6 +106,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     install_dashboard(app)
     app.add_exception_handler(ControllerError, _controller_error)
+    app.add_exception_handler(RolloutSpecError, _controller_error)
     app.middleware("http")(_measure(ctx))
     # Outermost: requests wait here before they take a worker thread or a connection.
     app.add_middleware(HandlerConcurrencyLimit)

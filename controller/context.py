@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from .artifact_store import ArtifactStore
-from .jobs import JobLimits
 from .metrics import Metrics
+from .registry.artifact_store import ArtifactStore
+from .registry.jobs import JobLimits
 from .settings import Settings
 from .signing import Signer
 

@@ -21,8 +21,8 @@ import uvicorn
 
 from .app import create_app
 from .context import ControllerContext
+from .devices.broker_auth import controller_mqtt_credentials, embedded_broker_config
 from .errors import ConfigError, ControllerError
-from .fleet.broker_auth import controller_mqtt_credentials, embedded_broker_config
 from .settings import Settings
 
 __all__ = ["EXIT_STARTUP_FAILURE", "serve"]
@@ -84,8 +84,8 @@ async def _run(settings: Settings, app: Any) -> int:
 
 def _start_fleet(settings: Settings, app: Any) -> asyncio.Task[None]:
     """The MQTT bridge and the rollout loops, beside the HTTP server."""
-    from .fleet.engine import FleetContext
-    from .fleet.service import FleetService
+    from .rollouts.engine import FleetContext
+    from .service import FleetService
 
     ctx: ControllerContext = app.state.ctx
     fleet = FleetContext(
@@ -124,7 +124,7 @@ async def _start_broker(settings: Settings, ctx: ControllerContext) -> Any:
         logger.info("using the MQTT broker at %s", settings.broker)
         return None
     _check_port_free(settings.mqtt_host, settings.mqtt_port)
-    from .embedded_broker import EmbeddedBroker
+    from .mqtt.embedded_broker import EmbeddedBroker
 
     # Devices log in with the credentials enrollment gave them, and only to their topics.
     broker = EmbeddedBroker(embedded_broker_config(settings, ctx.read_engine))

@@ -1,8 +1,11 @@
-"""Database tables. The DB holds the truth; files hold only content-addressed bytes.
+"""Tables every domain shares: API tokens and the audit log, and the timestamp column.
 
-Invariants: a model's version numbers are never reused (``models.next_version`` only
-grows); a version's artifact hash never changes; the audit log is append-only and each
-row's hash covers the previous row's hash.
+Each domain keeps its own tables (``registry.tables``, ``devices.tables``,
+``rollouts.tables``); all register on ``SQLModel.metadata``, which the migrations use.
+The DB holds the truth; files hold only content-addressed bytes.
+
+Invariants: the audit log is append-only and each row's hash covers the previous row's
+hash; a token's secret is stored only as its SHA-256.
 """
 
 from __future__ import annotations
@@ -10,75 +13,21 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime
 from sqlmodel import Field, SQLModel
 
-__all__ = [
-    "ApiToken",
-    "AuditEntry",
-    "AuditHead",
-    "ModelRecord",
-    "ModelVersion",
-    "ReleaseRecord",
-    "utcnow",
-]
+__all__ = ["ApiToken", "AuditEntry", "AuditHead", "timestamp_field", "utcnow"]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _timestamp() -> Any:
+def timestamp_field(*, nullable: bool = False) -> Any:
+    """A timezone-aware timestamp column: now by default, or nullable and None."""
+    if nullable:
+        return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
     return Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
-
-
-class ModelRecord(SQLModel, table=True):
-    __tablename__ = "models"
-
-    name: str = Field(primary_key=True, max_length=128)
-    next_version: int = 1
-    created_at: datetime = _timestamp()
-
-
-class ModelVersion(SQLModel, table=True):
-    __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("model_name", "version"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    model_name: str = Field(foreign_key="models.name", index=True, max_length=128)
-    version: int
-    parent_id: int | None = Field(default=None, foreign_key="model_versions.id")
-    # "upload" for a pushed model, "variant" for one a converter derived.
-    origin: str = Field(max_length=16)
-    variant_mode: str | None = Field(default=None, max_length=32)
-    # "registered" (upload), "accepted" or "rejected" (variants, by the gate).
-    status: str = Field(max_length=16)
-    format: str = Field(max_length=16)
-    sha256: str = Field(max_length=64, index=True)
-    size_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
-    opset: int | None = None
-    producer: str | None = Field(default=None, max_length=256)
-    inputs: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
-    outputs: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
-    validation_sha256: str | None = Field(default=None, max_length=64)
-    report: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
-    reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    notes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    created_by: str = Field(max_length=128)
-    created_at: datetime = _timestamp()
-
-
-class ReleaseRecord(SQLModel, table=True):
-    __tablename__ = "releases"
-
-    id: int | None = Field(default=None, primary_key=True)
-    model_version_id: int = Field(foreign_key="model_versions.id", unique=True)
-    model_name: str = Field(index=True, max_length=128)
-    version: int
-    sha256: str = Field(max_length=64)
-    envelope: str = Field(sa_column=Column(Text, nullable=False))
-    created_by: str = Field(max_length=128)
-    created_at: datetime = _timestamp()
 
 
 class ApiToken(SQLModel, table=True):
@@ -88,7 +37,7 @@ class ApiToken(SQLModel, table=True):
     name: str = Field(max_length=128)
     role: str = Field(max_length=16)
     secret_sha256: str = Field(max_length=64)
-    created_at: datetime = _timestamp()
+    created_at: datetime = timestamp_field()
     revoked_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
@@ -98,7 +47,7 @@ class AuditEntry(SQLModel, table=True):
     __tablename__ = "audit_log"
 
     seq: int = Field(primary_key=True)
-    at: datetime = _timestamp()
+    at: datetime = timestamp_field()
     actor: str = Field(max_length=128)
     role: str = Field(max_length=16)
     action: str = Field(max_length=64)

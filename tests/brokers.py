@@ -118,7 +118,7 @@ class MosquittoServer:
 @contextlib.contextmanager
 def run_embedded_amqtt() -> Iterator[BrokerEndpoint]:
     """Run the controller's embedded amqtt broker on its own event loop in a thread."""
-    from controller.embedded_broker import EmbeddedBroker
+    from controller.mqtt.embedded_broker import EmbeddedBroker
 
     port = free_port()
     config = {

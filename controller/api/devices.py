@@ -16,13 +16,13 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from protocol import DEVICE_ID_PATTERN
 
 from ..audit import append_audit
-from ..fleet.enrollment import (
+from ..devices.enrollment import (
     EnrollmentRefusedError,
     create_enrollment_token,
     decommission_device,
     enroll_device,
 )
-from ..fleet.inventory import (
+from ..devices.inventory import (
     DeviceView,
     fleet_releases,
     get_device_detail,
@@ -30,7 +30,7 @@ from ..fleet.inventory import (
     list_devices,
     update_labels,
 )
-from ..fleet.schemas import (
+from ..devices.schemas import (
     AssignmentPublic,
     DesiredPublic,
     DeviceDetail,
@@ -44,7 +44,7 @@ from ..fleet.schemas import (
     LabelsUpdate,
     TelemetryWindowPublic,
 )
-from ..selectors import parse_selector
+from ..devices.selectors import parse_selector
 from ..tokens import Principal, Role
 from .deps import Audited, Context, DbSession, Operator, Viewer
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import BadRequestError
-from ..registry import (
+from ..registry.models import (
     create_variant,
     get_version,
     list_models,
@@ -16,9 +16,9 @@ from ..registry import (
     register_upload,
     version_public_fields,
 )
-from ..schemas import MODEL_NAME_PATTERN, ModelPublic, ModelVersionPublic, VariantCreate
-from ..tables import ModelVersion
-from ..uploads import receive_multipart
+from ..registry.schemas import MODEL_NAME_PATTERN, ModelPublic, ModelVersionPublic, VariantCreate
+from ..registry.tables import ModelVersion
+from ..registry.uploads import receive_multipart
 from .deps import Audited, Context, DbSession, Operator, Viewer
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])

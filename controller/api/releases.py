@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 
-from ..releases import envelope_of, get_release, list_releases, release_version
-from ..schemas import ReleasePublic
-from ..tables import ReleaseRecord
+from ..registry.releases import envelope_of, get_release, list_releases, release_version
+from ..registry.schemas import ReleasePublic
+from ..registry.tables import ReleaseRecord
 from .deps import Audited, Context, DbSession, Operator, Viewer
 from .models import ModelName, VersionNumber
 

@@ -13,15 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocol import ProbationPolicy
 
-from ..fleet.rollout_records import (
-    create_rollout,
-    describe_rollout,
-    get_rollout,
-    list_rollouts,
-    queue_command,
-    summarize_rollout,
-)
-from ..rollouts import (
+from ..registry.tables import ReleaseRecord
+from ..rollouts.core import (
     CommandKind,
     GateThresholds,
     OnFailure,
@@ -30,7 +23,14 @@ from ..rollouts import (
     parse_quota,
     parse_waves,
 )
-from ..tables import ReleaseRecord
+from ..rollouts.records import (
+    create_rollout,
+    describe_rollout,
+    get_rollout,
+    list_rollouts,
+    queue_command,
+    summarize_rollout,
+)
 from .deps import Audited, DbSession, Operator, Viewer
 
 __all__ = ["RolloutCreate", "router"]

@@ -5,7 +5,11 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-from controller import fleet_tables, tables  # noqa: F401 - registers the tables on the metadata
+# Importing the table modules registers every table on the metadata.
+from controller import tables  # noqa: F401
+from controller.devices import tables as device_tables  # noqa: F401
+from controller.registry import tables as registry_tables  # noqa: F401
+from controller.rollouts import tables as rollout_tables  # noqa: F401
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -1,80 +1,13 @@
-"""Fleet rollouts, the pure core: policy, observations, gates and the planner.
+"""Rollouts: how a release reaches the fleet, wave by wave, and how it is stopped.
 
-Nothing here does I/O or reads a clock. A loop elsewhere loads a ``RolloutState`` and
-gathers ``Observations``, calls ``plan(state, observations, now_s=...)``, stores the new
-state with its actions in one transaction, then carries the actions out (sign and publish
-deployments, order rollbacks, send webhooks). This namespace is the public API; the
-submodules are its implementation.
+How a rollout advances, in reading order:
+
+- ``core``: the pure planner — policy, waves, gates; state and observations in, the next
+  state and actions out (no I/O, no clock; checked by import-linter);
+- ``records``: create a rollout, queue an operator command, describe one for the API;
+- ``engine``: one step of the rollout loop — load, observe the fleet, plan, store, sign;
+- ``health``: what the telemetry of a wave (and of its control group) says;
+- ``codec``: policies and planner states as JSON for the database;
+- ``webhooks``: rollout events delivered at least once;
+- ``tables`` and ``schemas``: what is stored, and what the API returns.
 """
-
-from .gates import (
-    CommandKind,
-    DeviceOutcome,
-    DeviceReport,
-    DeviceView,
-    FleetHealth,
-    Observations,
-    OperatorCommand,
-    WaveTally,
-    evaluate_gates,
-    health_groups,
-    tally_wave,
-)
-from .planner import Action, AssignDevices, EmitEvent, EventKind, Plan, RollbackDevices, plan
-from .waves import (
-    MAX_WAVES,
-    Assignment,
-    GateResult,
-    GateThresholds,
-    OnFailure,
-    PauseReason,
-    Quota,
-    RolloutPolicy,
-    RolloutSpecError,
-    RolloutState,
-    RolloutStatus,
-    WaveJudgement,
-    format_duration,
-    parse_duration,
-    parse_quota,
-    parse_waves,
-    wave_targets,
-)
-
-__all__ = [
-    "MAX_WAVES",
-    "Action",
-    "AssignDevices",
-    "Assignment",
-    "CommandKind",
-    "DeviceOutcome",
-    "DeviceReport",
-    "DeviceView",
-    "EmitEvent",
-    "EventKind",
-    "FleetHealth",
-    "GateResult",
-    "GateThresholds",
-    "Observations",
-    "OnFailure",
-    "OperatorCommand",
-    "PauseReason",
-    "Plan",
-    "Quota",
-    "RollbackDevices",
-    "RolloutPolicy",
-    "RolloutSpecError",
-    "RolloutState",
-    "RolloutStatus",
-    "WaveJudgement",
-    "WaveTally",
-    "evaluate_gates",
-    "format_duration",
-    "health_groups",
-    "parse_duration",
-    "parse_quota",
-    "parse_waves",
-    "plan",
-    "tally_wave",
-    "wave_targets",
-]

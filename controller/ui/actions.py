@@ -20,8 +20,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from ..api.deps import DbSession
 from ..errors import ConflictError, NotFoundError
-from ..fleet.rollout_records import queue_command
-from ..rollouts import CommandKind
+from ..rollouts.core import CommandKind
+from ..rollouts.records import queue_command
 from ..tables import ApiToken
 from ..tokens import Role, authenticate
 from .auth import (

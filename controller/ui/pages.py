@@ -15,12 +15,12 @@ from fastapi import APIRouter, Path, Query, Request, status
 from fastapi.responses import HTMLResponse
 
 from ..audit import list_audit
+from ..devices.inventory import get_device_detail, list_devices
+from ..devices.selectors import parse_selector
 from ..errors import BadRequestError, NotFoundError
-from ..fleet.inventory import get_device_detail, list_devices
-from ..fleet.rollout_records import describe_rollout, get_rollout, list_rollouts, rollout_summary
-from ..registry import list_models, list_versions, version_public_fields
-from ..releases import list_releases
-from ..selectors import parse_selector
+from ..registry.models import list_models, list_versions, version_public_fields
+from ..registry.releases import list_releases
+from ..rollouts.records import describe_rollout, get_rollout, list_rollouts, rollout_summary
 from .auth import CurrentUser, DashboardHTTPError, DashboardUser, ReadSession
 from .rendering import render
 from .views import DashboardCommand, commands_for, fleet_overview, wave_progress

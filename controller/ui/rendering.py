@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from ..rollouts import format_duration
+from ..rollouts.core import format_duration
 
 __all__ = ["SECURITY_HEADERS", "STATIC_DIR", "make_templates", "render"]
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlmodel import Session
 
-from ..fleet.inventory import FleetReleaseRow, PhaseCount, fleet_phases, fleet_releases
-from ..fleet.rollout_records import UNFINISHED_STATUSES, list_rollouts, rollout_summary
+from ..devices.inventory import FleetReleaseRow, PhaseCount, fleet_phases, fleet_releases
+from ..rollouts.records import UNFINISHED_STATUSES, list_rollouts, rollout_summary
 
 __all__ = [
     "DashboardCommand",

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.config import load_config
-from controller import cli as controller_cli
+from controller.cli import main as controller_cli
 from protocol import SigningKey
 from tests.brokers import free_port, wait_for_port
 from tests.factories import Keyring

@@ -154,7 +154,7 @@ def test_every_mutating_route_is_audited(app: FastAPI) -> None:
         if not AUDIT_DEPENDENCIES & {dep.call for dep in route.dependant.dependencies}
     ]
     # Enrollment has no principal for ``audited``; it appends its own entry (checked in
-    # tests/controller/fleet/test_enrollment_api.py). Logging in changes nothing stored.
+    # tests/controller/devices/test_enrollment.py). Logging in changes nothing stored.
     assert sorted(unaudited) == sorted([ENROLL_ROUTE, LOGIN_POST])
 
 

@@ -6,9 +6,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-from controller import fleet_tables, tables  # noqa: F401 - registers the tables
+# Importing the table modules registers every table on the metadata.
+from controller import tables  # noqa: F401
 from controller.db import make_engine
+from controller.devices import tables as device_tables  # noqa: F401
 from controller.migrate import upgrade_database
+from controller.registry import tables as registry_tables  # noqa: F401
+from controller.rollouts import tables as rollout_tables  # noqa: F401
 
 
 def test_migrations_match_the_table_classes(database_url: str) -> None:

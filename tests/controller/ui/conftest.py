@@ -13,17 +13,13 @@ from fastapi.testclient import TestClient
 from sqlmodel import select
 
 from controller.db import session_scope
-from controller.fleet.engine import plan_rollout
-from controller.fleet_tables import (
-    DeviceEventRecord,
-    DeviceRecord,
-    RolloutAssignmentRecord,
-    telemetry_table,
-)
-from controller.tables import ModelVersion
+from controller.devices.tables import DeviceEventRecord, DeviceRecord, telemetry_table
+from controller.registry.tables import ModelVersion
+from controller.rollouts.engine import plan_rollout
+from controller.rollouts.tables import RolloutAssignmentRecord
 from controller.tokens import Role
 from tests.controller.conftest import bearer, ctx
-from tests.controller.fleet.fleet_fixtures import add_devices, add_release, fleet_of
+from tests.controller.fleet_fixtures import add_devices, add_release, fleet_of
 
 NOW_S = 1_900_000_000.0
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

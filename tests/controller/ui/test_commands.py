@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import col, select
 
 from controller.db import session_scope
-from controller.fleet_tables import RolloutCommandRecord, RolloutRecord
+from controller.rollouts.tables import RolloutCommandRecord, RolloutRecord
 from controller.tables import AuditEntry
 from controller.tokens import Role
 from tests.controller.conftest import bearer, ctx

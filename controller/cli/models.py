@@ -1,0 +1,199 @@
+"""``edgefleet model …``: the operator's commands over HTTP.
+
+``EDGEFLEET_URL`` and ``EDGEFLEET_TOKEN`` say where and as whom; ``--json`` prints the
+API's answer for scripts instead of tables.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from ..registry.schemas import VARIANT_MODES
+from .common import DEFAULT_URL, AsJson, Token, Url, console, print_json, run_client
+
+__all__ = ["model_app"]
+
+model_app = typer.Typer(help="Push, inspect, quantize and release models.", no_args_is_help=True)
+
+
+def _parse_ref(ref: str) -> tuple[str, int | None]:
+    name, _, version = ref.partition(":")
+    if version and not version.isdigit():
+        raise typer.BadParameter(f"{ref!r} is not NAME or NAME:VERSION")
+    return name, int(version) if version else None
+
+
+def _versions_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table("ver", "origin", "status", "format", "KiB", "parent", "sha256", "released")
+    for row in rows:
+        origin = row["origin"] + (f" {row['variant_mode']}" if row.get("variant_mode") else "")
+        table.add_row(
+            str(row["version"]),
+            origin,
+            row["status"],
+            row["format"],
+            f"{row['size_bytes'] / 1024:.1f}",
+            str(row.get("parent_version") or "-"),
+            row["sha256"][:12],
+            "yes" if row.get("released") else "",
+        )
+    return table
+
+
+def _print_version(row: dict[str, Any]) -> None:
+    console.print(_versions_table([row]))
+    for kind in ("inputs", "outputs"):
+        for spec in row[kind]:
+            console.print(f"{kind[:-1]:>6}: {spec['name']} {spec['datatype']} {spec['shape']}")
+    report = row.get("report")
+    if report:
+        table = Table("metric", "value", title="evaluation against parent")
+        for key, value in report.items():
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        console.print(table)
+    for reason in row.get("reasons", []):
+        console.print(f"[red]rejected:[/red] {reason}")
+    for note in row.get("notes", []):
+        console.print(f"note: {note}")
+
+
+@model_app.command("push")
+def push(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".onnx or .tflite")],
+    name: Annotated[str, typer.Option("--name", help="The model's name.")],
+    validation: Annotated[
+        Path | None, typer.Option("--validation", exists=True, dir_okay=False, help=".npz")
+    ] = None,
+    allow_signature_change: Annotated[
+        bool, typer.Option("--allow-signature-change", help="Accept a new I/O signature.")
+    ] = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Upload a model (and its validation set) as the model's next version."""
+    total = file.stat().st_size + (validation.stat().st_size if validation else 0)
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        disable=as_json,
+    )
+    with progress:
+        task = progress.add_task(f"uploading {file.name}", total=total)
+        row = run_client(
+            url,
+            token,
+            lambda c: c.push(
+                name,
+                file,
+                validation=validation,
+                allow_signature_change=allow_signature_change,
+                on_progress=lambda n: progress.advance(task, n),
+            ),
+        )
+    if as_json:
+        print_json(row)
+        return
+    console.print(f"registered {name}:{row['version']}")
+    _print_version(row)
+
+
+@model_app.command("list")
+def list_(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
+    """Every model and its latest version."""
+    rows = run_client(url, token, lambda c: c.models())
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("model", "versions", "latest", "created")
+    for row in rows:
+        table.add_row(
+            row["name"], str(row["versions"]), str(row["latest_version"]), row["created_at"]
+        )
+    console.print(table)
+
+
+@model_app.command("show")
+def show(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION")],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """A model's versions, or one version with its signature and report."""
+    name, version = _parse_ref(ref)
+    if version is None:
+        rows = run_client(url, token, lambda c: c.versions(name))
+        if as_json:
+            print_json(rows)
+        else:
+            console.print(_versions_table(rows))
+        return
+    row = run_client(url, token, lambda c: c.version(name, version))
+    if as_json:
+        print_json(row)
+    else:
+        _print_version(row)
+
+
+def _require_version(ref: str) -> tuple[str, int]:
+    name, version = _parse_ref(ref)
+    if version is None:
+        raise typer.BadParameter(f"{ref!r} needs a version: NAME:VERSION")
+    return name, version
+
+
+@model_app.command("quantize")
+def quantize(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION of the parent")],
+    mode: Annotated[str, typer.Option("--mode", help=" | ".join(VARIANT_MODES))],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Derive a variant; the quality gate accepts or rejects it (exit 1 when rejected)."""
+    if mode not in VARIANT_MODES:
+        raise typer.BadParameter(f"--mode must be one of {', '.join(VARIANT_MODES)}")
+    name, version = _require_version(ref)
+    with console.status(f"quantizing {name}:{version} ({mode})", spinner="dots"):
+        row = run_client(url, token, lambda c: c.quantize(name, version, mode))
+    if as_json:
+        print_json(row)
+    else:
+        console.print(f"variant {name}:{row['version']} is {row['status']}")
+        _print_version(row)
+    if row["status"] == "rejected":
+        raise typer.Exit(1)
+
+
+@model_app.command("release")
+def release(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION to release")],
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Also write the signed release here.")
+    ] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Sign a release of a version with the release key."""
+    name, version = _require_version(ref)
+    with console.status(f"profiling and signing {name}:{version}", spinner="dots"):
+        answer = run_client(url, token, lambda c: c.release(name, version))
+    if output is not None:
+        output.write_text(json.dumps(answer["envelope"], sort_keys=True))
+    if as_json:
+        print_json(answer)
+        return
+    console.print(f"released {name}:{version} (sha256 {answer['sha256']})")
+    if output is not None:
+        console.print(f"signed release written to {output}")

@@ -1,0 +1,188 @@
+"""``edgefleet rollout …``: start a rollout, watch its gates, and steer it."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from .common import DEFAULT_URL, AsJson, Token, Url, console, print_json, run_client
+
+__all__ = ["rollout_app"]
+
+rollout_app = typer.Typer(help="Roll a release out in waves and steer it.", no_args_is_help=True)
+
+FINAL_STATUSES = ("completed", "aborted", "superseded")
+
+
+@rollout_app.command()
+def create(
+    release: Annotated[str, typer.Argument(help="The release to roll out, NAME:VERSION.")],
+    selector: Annotated[
+        str, typer.Option(help="Label selector, e.g. site=berlin,tier!=lab (empty: all).")
+    ] = "",
+    waves: Annotated[str, typer.Option(help="Cumulative wave sizes.")] = "1,10%,50%,100%",
+    soak: Annotated[str, typer.Option(help="How long each wave is watched, e.g. 5m.")] = "5m",
+    min_reporting: Annotated[
+        str, typer.Option(help="Devices of a wave that must report to judge it (3 or 80%).")
+    ] = "1",
+    report_timeout: Annotated[
+        str, typer.Option(help="A device silent this long after its assignment has failed.")
+    ] = "30m",
+    on_failure: Annotated[str, typer.Option(help="abort or pause when a gate fails.")] = "abort",
+    require_observed: Annotated[
+        bool, typer.Option(help="Count commits that probation could not observe as failures.")
+    ] = False,
+    probation_window: Annotated[
+        str, typer.Option(help="How long each device watches the new model.")
+    ] = "5m",
+    probation_min_requests: Annotated[
+        int, typer.Option(help="Requests a device needs to judge the new model.")
+    ] = 100,
+    probation_max_extension: Annotated[
+        str,
+        typer.Option(
+            help="How long a device with too few requests waits for them before it "
+            "commits unobserved."
+        ),
+    ] = "15m",
+    probation_max_drift_psi: Annotated[
+        float, typer.Option(help="Largest input/output drift (PSI) a device accepts.")
+    ] = 0.25,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Start rolling RELEASE out, canary first."""
+    from ..rollouts.core import RolloutSpecError, parse_duration
+
+    try:
+        window_s = parse_duration(probation_window)
+        extension_s = parse_duration(probation_max_extension)
+    except RolloutSpecError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    body: dict[str, Any] = {
+        "release": release,
+        "selector": selector,
+        "waves": waves,
+        "soak": soak,
+        "min_reporting": min_reporting,
+        "report_timeout": report_timeout,
+        "on_failure": on_failure,
+        "require_observed": require_observed,
+        "probation": {
+            "window_s": window_s,
+            "min_requests": probation_min_requests,
+            "max_extension_s": extension_s,
+            "max_drift_psi": probation_max_drift_psi,
+        },
+    }
+    answer = run_client(url, token, lambda c: c.request("POST", "/api/v1/rollouts", json=body))
+    if as_json:
+        print_json(answer)
+        return
+    console.print(f"rollout [bold]{answer['id']}[/bold] of {answer['release']} created")
+    _print_status(answer)
+
+
+@rollout_app.command("list")
+def list_(
+    status: Annotated[str | None, typer.Option(help="Only rollouts in this status.")] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Rollouts, newest first."""
+    params = {"status": status} if status else {}
+    rows = run_client(url, token, lambda c: c.request("GET", "/api/v1/rollouts", params=params))
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("id", "release", "last good", "selector", "status", "wave", "updated")
+    for row in rows:
+        table.add_row(
+            row["id"],
+            row["release"],
+            row["last_good"] or "-",
+            row["selector"] or "(all)",
+            row["status"],
+            str(row["wave"] + 1),
+            row["updated_at"],
+        )
+    console.print(table)
+
+
+@rollout_app.command()
+def status(
+    rollout_id: Annotated[str, typer.Argument(help="The rollout's id (ro-…).")],
+    watch: Annotated[
+        bool, typer.Option(help="Refresh every 2 s until the rollout completes or aborts.")
+    ] = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """A rollout's waves, device outcomes, gate values and recent events."""
+    while True:
+        answer = run_client(
+            url, token, lambda c: c.request("GET", f"/api/v1/rollouts/{rollout_id}")
+        )
+        if as_json:
+            print_json(answer)
+        else:
+            _print_status(answer)
+        if not watch or answer["status"] in FINAL_STATUSES:
+            return
+        time.sleep(2.0)
+
+
+def _steer(kind: str, help_text: str) -> None:
+    def command(
+        rollout_id: Annotated[str, typer.Argument(help="The rollout's id (ro-…).")],
+        url: Url = DEFAULT_URL,
+        token: Token = None,
+        as_json: AsJson = False,
+    ) -> None:
+        answer = run_client(
+            url, token, lambda c: c.request("POST", f"/api/v1/rollouts/{rollout_id}/{kind}")
+        )
+        if as_json:
+            print_json(answer)
+        else:
+            console.print(f"{kind} queued for {rollout_id} (command {answer['command_id']})")
+
+    command.__doc__ = help_text
+    rollout_app.command(kind)(command)
+
+
+_steer("pause", "Stop assigning devices; devices already updated keep the release.")
+_steer("resume", "Go on after a pause; after failed gates this accepts the wave.")
+_steer("abort", "Stop for good and order every updated device back to the last good release.")
+_steer("promote", "Judge the current wave now, without waiting for the rest of its soak.")
+
+
+def _print_status(answer: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]{answer['id']}[/bold]  {answer['release']} (last good: "
+        f"{answer['last_good'] or 'none'})  selector: {answer['selector'] or '(all)'}  "
+        f"status: [bold]{answer['status']}[/bold]  wave {answer['wave'] + 1} of "
+        f"{len(answer['waves'])}  matching devices: {answer['matching_devices']}"
+    )
+    waves = Table("wave", "size", "target", "outcomes")
+    for wave in answer["waves"]:
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(wave["outcomes"].items())) or "-"
+        waves.add_row(str(wave["wave"] + 1), wave["size"], str(wave["target"]), outcomes)
+    console.print(waves)
+    if answer["gates"]:
+        gates = Table("gate", "value", "threshold", "passed", "note")
+        for gate in answer["gates"]:
+            value = "-" if gate["value"] is None else f"{gate['value']:.4g}"
+            threshold = "-" if gate["threshold"] is None else f"{gate['threshold']:.4g}"
+            gates.add_row(
+                gate["name"], value, threshold, "yes" if gate["passed"] else "NO", gate["note"]
+            )
+        console.print(gates)
+    for note in answer["notes"]:
+        console.print(f"  {note}")

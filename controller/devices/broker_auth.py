@@ -1,0 +1,281 @@
+"""Broker credentials and ACLs: per-device MQTT logins confined to the device's own topics.
+
+Two brokers, one rule set (ARCHITECTURE.md §3, §4). A device logs in with its id as
+username and may only
+
+- subscribe to and receive ``{prefix}/{device}/desired`` and ``{prefix}/{device}/cmd``;
+- publish ``{prefix}/{device}/state``, ``…/events`` and ``…/telemetry``.
+
+The controller's own user may do anything under ``{prefix}/#``.
+
+- **Embedded amqtt broker**: ``embedded_broker_config(settings, engine)`` returns the
+  ``amqtt.broker.Broker`` config. ``DeviceAuthPlugin`` checks logins against the
+  ``devices`` table at every connect (decommissioned devices are refused) and
+  ``DeviceTopicPlugin`` applies the rules above. amqtt publishes a client's will without
+  any topic check, and re-sends retained messages of a persistent session without a
+  receive check, so the auth plugin also refuses a device whose will topic is not its own
+  ``state`` topic or whose client id is not its device id.
+- **Mosquitto**: ``write_mosquitto_files`` exports a password file (the ``$7$`` hashes as
+  stored) and an ACL file of ``pattern`` lines with ``%u``.
+
+The controller's MQTT login is ``settings.mqtt_username``/``mqtt_password`` when set.
+Without them the embedded broker accepts the user ``edgefleet-controller`` with a random
+secret made once per process: ``controller_mqtt_credentials(settings)`` gives both to the
+controller's own client, and nothing outside the process can know the secret. No device
+may be called like that (``enrollment.RESERVED_DEVICE_ID_PREFIX``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select
+
+from protocol import Channel, ProtocolError, device_topic
+
+from ..db import make_engine
+from ..errors import ConfigError
+from ..settings import Settings
+from .credentials import hash_mqtt_password, verify_mqtt_password
+from .tables import DeviceRecord
+
+__all__ = [
+    "DEFAULT_CONTROLLER_MQTT_USERNAME",
+    "DEVICE_PUBLISHES",
+    "DEVICE_SUBSCRIBES",
+    "DeviceAuthPlugin",
+    "DeviceTopicPlugin",
+    "MosquittoExport",
+    "controller_mqtt_credentials",
+    "device_may",
+    "embedded_broker_config",
+    "mosquitto_acl",
+    "write_mosquitto_files",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONTROLLER_MQTT_USERNAME = "edgefleet-controller"
+DEVICE_SUBSCRIBES: tuple[Channel, ...] = (Channel.DESIRED, Channel.CMD)
+DEVICE_PUBLISHES: tuple[Channel, ...] = (Channel.STATE, Channel.EVENTS, Channel.TELEMETRY)
+_PLUGIN_MODULE = __name__
+
+_process_secret_lock = threading.Lock()
+_process_secret: str | None = None
+
+
+def controller_mqtt_credentials(settings: Settings) -> tuple[str, str]:
+    """(username, password) the controller's own MQTT client logs in with.
+
+    The configured ones when ``settings.mqtt_username`` is set; else the user
+    ``edgefleet-controller`` with a secret made once per process, which only the embedded
+    broker of this same process accepts.
+    """
+    if settings.mqtt_username:
+        if not settings.mqtt_password:
+            raise ConfigError("mqtt_username is set but mqtt_password is empty")
+        return settings.mqtt_username, settings.mqtt_password
+    global _process_secret
+    with _process_secret_lock:
+        if _process_secret is None:
+            _process_secret = secrets.token_urlsafe(32)
+        return DEFAULT_CONTROLLER_MQTT_USERNAME, _process_secret
+
+
+def device_may(prefix: str, device_id: str, topic: str, action: Action) -> bool:
+    """Whether device ``device_id`` may do ``action`` on ``topic`` (a filter for SUBSCRIBE).
+
+    Only exact topics match: a wildcard filter is refused even inside the device's own
+    topics, so no filter can reach another device's topic or a channel it must not read.
+    """
+    if action in (Action.SUBSCRIBE, Action.RECEIVE):
+        allowed = DEVICE_SUBSCRIBES
+    elif action == Action.PUBLISH:
+        allowed = DEVICE_PUBLISHES
+    else:
+        return False
+    try:
+        return topic in {device_topic(prefix, device_id, channel) for channel in allowed}
+    except ProtocolError:  # not a valid device id or prefix
+        return False
+
+
+def _password_text(password: Any) -> str | None:
+    if isinstance(password, bytes | bytearray):
+        try:
+            return bytes(password).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return password if isinstance(password, str) else None
+
+
+def _device_password_hash(engine: Engine, device_id: str) -> str | None:
+    with Session(engine) as session:
+        return session.exec(
+            select(DeviceRecord.mqtt_password_hash).where(
+                col(DeviceRecord.id) == device_id,
+                col(DeviceRecord.decommissioned_at).is_(None),
+            )
+        ).first()
+
+
+class DeviceAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
+    """amqtt authentication: the controller's user, or an enrolled device by its hash."""
+
+    @dataclass
+    class Config:
+        engine: Any = None
+        topic_prefix: str = ""
+        controller_username: str = DEFAULT_CONTROLLER_MQTT_USERNAME
+        controller_password_hash: str = ""
+
+    async def authenticate(self, *, session: Any) -> bool:
+        config = self.config
+        username = getattr(session, "username", None)
+        password = _password_text(getattr(session, "password", None))
+        if not username or password is None:
+            return False
+        if username == config.controller_username:
+            return verify_mqtt_password(password, config.controller_password_hash)
+        if session.client_id != username:
+            logger.info("refused MQTT login of %s: client id %r", username, session.client_id)
+            return False
+        if session.will_flag and session.will_topic != device_topic(
+            config.topic_prefix, username, Channel.STATE
+        ):
+            logger.info("refused MQTT login of %s: will on %r", username, session.will_topic)
+            return False
+        try:
+            hashed = await asyncio.to_thread(_device_password_hash, config.engine, username)
+        except (SQLAlchemyError, ValueError) as exc:
+            logger.warning(
+                "refused MQTT login of %s: cannot read the devices table: %s", username, exc
+            )
+            return False
+        return hashed is not None and verify_mqtt_password(password, hashed)
+
+
+class DeviceTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
+    """amqtt topic checks: the controller anywhere, a device only on its own topics."""
+
+    @dataclass
+    class Config:
+        topic_prefix: str = ""
+        controller_username: str = DEFAULT_CONTROLLER_MQTT_USERNAME
+
+    async def topic_filtering(
+        self, *, session: Any = None, topic: str | None = None, action: Action | None = None
+    ) -> bool:
+        username = getattr(session, "username", None)
+        if not username or not topic or action is None:
+            return False
+        if username == self.config.controller_username:
+            return True
+        return device_may(self.config.topic_prefix, username, topic, action)
+
+
+def embedded_broker_config(settings: Settings, engine: Engine) -> dict[str, Any]:
+    """The ``amqtt.broker.Broker`` config: a TCP listener on ``mqtt_host:mqtt_port`` and
+    the two plugins above. The controller's client logs in with
+    ``controller_mqtt_credentials(settings)`` (call it in the same process)."""
+    username, password = controller_mqtt_credentials(settings)
+    return {
+        "listeners": {
+            "default": {"type": "tcp", "bind": f"{settings.mqtt_host}:{settings.mqtt_port}"}
+        },
+        "plugins": {
+            f"{_PLUGIN_MODULE}.DeviceAuthPlugin": {
+                "engine": engine,
+                "topic_prefix": settings.topic_prefix,
+                "controller_username": username,
+                "controller_password_hash": hash_mqtt_password(password),
+            },
+            f"{_PLUGIN_MODULE}.DeviceTopicPlugin": {
+                "topic_prefix": settings.topic_prefix,
+                "controller_username": username,
+            },
+        },
+    }
+
+
+def mosquitto_acl(prefix: str, controller_username: str | None) -> str:
+    """A Mosquitto ACL file: each device (username = device id) on its own topics."""
+    lines = [
+        "# Written by `edgefleet devices mosquitto-config`; regenerate it, do not edit it.",
+        "# Each device logs in with its device id as username (%u).",
+    ]
+    lines += [f"pattern read {prefix}/%u/{channel.value}" for channel in DEVICE_SUBSCRIBES]
+    lines += [f"pattern write {prefix}/%u/{channel.value}" for channel in DEVICE_PUBLISHES]
+    if controller_username:
+        lines += ["", "# The controller.", f"user {controller_username}"]
+        lines.append(f"topic readwrite {prefix}/#")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class MosquittoExport:
+    devices: int
+    controller_user: str | None
+
+
+def write_mosquitto_files(settings: Settings, *, passwords: Path, acl: Path) -> MosquittoExport:
+    """Write the password file (mode 0600) and the ACL file from the database.
+
+    Run on the controller host (it reads the database directly, like ``tokens create``).
+    Enrolled devices that are not decommissioned get their stored ``$7$`` hash; the
+    controller user is added when ``mqtt_username`` and ``mqtt_password`` are set. Each
+    file is replaced atomically (Mosquitto never reads half of one) and keeps the owner of
+    the file it replaces.
+    """
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with Session(engine) as session:
+            rows = session.exec(
+                select(DeviceRecord.id, DeviceRecord.mqtt_password_hash)
+                .where(col(DeviceRecord.decommissioned_at).is_(None))
+                .order_by(col(DeviceRecord.id))
+            ).all()
+    except SQLAlchemyError as exc:
+        raise ConfigError(f"cannot read the devices from the database: {exc}") from exc
+    finally:
+        engine.dispose()
+    lines = [f"{device_id}:{hashed}" for device_id, hashed in rows]
+    controller_user = None
+    if settings.mqtt_username:
+        controller_user, password = controller_mqtt_credentials(settings)
+        lines.append(f"{controller_user}:{hash_mqtt_password(password)}")
+    _replace_file(passwords, "".join(f"{line}\n" for line in lines), mode=0o600)
+    _replace_file(acl, mosquitto_acl(settings.topic_prefix, controller_user), mode=0o644)
+    return MosquittoExport(devices=len(rows), controller_user=controller_user)
+
+
+def _replace_file(path: Path, text: str, *, mode: int) -> None:
+    """Replace ``path`` atomically; the new file keeps the owner and group of the old one,
+    so a file chown'ed to Mosquitto's user stays readable by it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.stat() if path.exists() else None
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+            os.fchown(fd, old.st_uid, old.st_gid)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

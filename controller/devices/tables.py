@@ -1,0 +1,129 @@
+"""Device tables: enrolled devices, enrollment tokens, and what devices report.
+
+Invariants:
+- a device's deployment and command sequences only grow; each is allocated under the
+  device row's lock, so two controller processes never sign the same sequence;
+- ``devices.desired_*`` is the truth about what a device should run: the broker's
+  retained copy is republished from it, never the other way round;
+- device events are stored once per (device_id, seq), telemetry windows once per
+  (device_id, model, window_start), whatever MQTT redelivers and however many
+  controllers read it;
+- enrollment tokens are stored as SHA-256 and used at most once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+from ..tables import timestamp_field
+
+__all__ = ["DeviceEventRecord", "DeviceRecord", "EnrollmentToken", "telemetry_table"]
+
+
+class EnrollmentToken(SQLModel, table=True):
+    __tablename__ = "enrollment_tokens"
+
+    id: str = Field(primary_key=True, max_length=32)
+    secret_sha256: str = Field(max_length=64)
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # The device id to give; None lets the device propose one (or get a generated one).
+    device_id: str | None = Field(default=None, max_length=64)
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    used_at: datetime | None = timestamp_field(nullable=True)
+    used_by: str | None = Field(default=None, max_length=64)
+    created_by: str = Field(max_length=128)
+    created_at: datetime = timestamp_field()
+
+
+class DeviceRecord(SQLModel, table=True):
+    __tablename__ = "devices"
+
+    id: str = Field(primary_key=True, max_length=64)
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # PBKDF2-SHA512 in Mosquitto's "$7$" format, so a password file can be exported as is.
+    mqtt_password_hash: str = Field(max_length=256)
+    # The API token the device downloads artifacts with (role "device").
+    api_token_id: str | None = Field(default=None, max_length=32)
+    enrolled_at: datetime = timestamp_field()
+    decommissioned_at: datetime | None = timestamp_field(nullable=True)
+
+    # Reported by the device (its retained state and its will).
+    online: bool = False
+    last_seen_at: datetime | None = timestamp_field(nullable=True)
+    phase: str | None = Field(default=None, max_length=64)
+    agent_version: str | None = Field(default=None, max_length=64)
+    active_model: str | None = Field(default=None, max_length=128)
+    active_version: int | None = None
+    active_sha256: str | None = Field(default=None, max_length=64)
+    previous_version: int | None = None
+    reported_sequence: int | None = None
+    reported_state: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+    # What the device should run: the last deployment signed for it.
+    next_deployment_sequence: int = 1
+    next_command_sequence: int = 1
+    desired_release_id: int | None = Field(default=None, foreign_key="releases.id")
+    desired_rollout_id: str | None = Field(default=None, max_length=32)
+    desired_rollback: bool = False
+    desired_sequence: int | None = None
+    desired_expires_at: datetime | None = timestamp_field(nullable=True)
+    desired_envelope: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The sequence last handed to the broker; below desired_sequence means "publish again".
+    published_sequence: int | None = None
+
+
+class DeviceEventRecord(SQLModel, table=True):
+    __tablename__ = "device_events"
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
+    type: str = Field(max_length=64)
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    received_at: datetime = timestamp_field()
+    deployment_sequence: int | None = None
+    model_name: str | None = Field(default=None, max_length=128)
+    version: int | None = None
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+# Telemetry is written in batches with SQLAlchemy Core, so it is a plain Table.
+telemetry_table = Table(
+    "telemetry",
+    SQLModel.metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("device_id", String(64), ForeignKey("devices.id"), nullable=False),
+    Column("model_name", String(128), nullable=False),
+    Column("version", Integer, nullable=True),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("window_s", Float, nullable=False),
+    Column("requests", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),
+    Column("nonfinite", Integer, nullable=False),
+    Column("p50_ms", Float, nullable=True),
+    Column("p95_ms", Float, nullable=True),
+    Column("p99_ms", Float, nullable=True),
+    Column("confidence_mean", Float, nullable=True),
+    Column("max_drift_psi", Float, nullable=True),
+    # Windows merged by downsampling (1 when stored as the device sent it).
+    Column("merged", Integer, nullable=False, default=1),
+    UniqueConstraint("device_id", "model_name", "window_start", name="uq_telemetry_window"),
+    Index("ix_telemetry_window_start", "window_start"),
+)

@@ -1,0 +1,136 @@
+"""Releases: sign exactly the artifact that was checked, with what devices need to check it.
+
+A release is signed with the release key over the artifact's hash and length, its I/O
+signature, golden inputs with expected outputs, a reference profile for drift and the
+variant's evaluation report. Rejected variants are never released. Releasing a version
+twice returns the first release: one version, one signed release.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from protocol import (
+    Artifact,
+    Envelope,
+    GoldenCase,
+    MalformedDocumentError,
+    ReferenceProfile,
+    Release,
+    RuntimeRequirements,
+    TensorSpec,
+)
+
+from ..context import ControllerContext
+from ..errors import ConflictError, JobError, NotFoundError
+from ..tables import utcnow
+from ..tokens import Principal
+from .models import FORMAT_EXTENSIONS, get_version, run_job
+from .tables import ModelVersion, ReleaseRecord
+
+__all__ = ["build_release", "get_release", "list_releases", "release_version"]
+
+RUNTIME_BY_FORMAT = {"onnx": "onnxruntime", "tflite": "litert"}
+
+
+def release_version(
+    session: Session, ctx: ControllerContext, *, name: str, version: int, principal: Principal
+) -> tuple[ReleaseRecord, bool]:
+    """Sign a release of ``name:version``; returns it and whether it was created now."""
+    row = get_version(session, name, version)
+    existing = session.exec(
+        select(ReleaseRecord).where(ReleaseRecord.model_version_id == row.id)
+    ).first()
+    if existing is not None:
+        return existing, False
+    if row.status == "rejected":
+        reasons = "; ".join(row.reasons) or "see its report"
+        raise ConflictError(f"{name}:{version} was rejected by the quality gate ({reasons})")
+    args = [
+        "profile",
+        "--model",
+        str(ctx.store.get(row.sha256).path),
+        "--golden-count",
+        str(ctx.settings.golden_count),
+    ]
+    if row.validation_sha256:
+        args += ["--validation", str(ctx.store.get(row.validation_sha256).path)]
+    profile = run_job(ctx, args)
+    release = build_release(row, profile, now=utcnow())
+    envelope = release.sign([ctx.signer.release_key])
+    record = ReleaseRecord(
+        model_version_id=row.id or 0,
+        model_name=name,
+        version=version,
+        sha256=row.sha256,
+        envelope=envelope.to_bytes().decode("utf-8"),
+        created_by=principal.name,
+    )
+    try:
+        # A savepoint: when another process released this version first, keep theirs.
+        with session.begin_nested():
+            session.add(record)
+    except IntegrityError:
+        winner = session.exec(
+            select(ReleaseRecord).where(ReleaseRecord.model_version_id == row.id)
+        ).one()
+        return winner, False
+    return record, True
+
+
+def build_release(row: ModelVersion, profile: dict[str, Any], *, now: datetime) -> Release:
+    """The Release document for a version and its profile (golden cases, reference)."""
+    try:
+        return Release(
+            model=row.model_name,
+            version=row.version,
+            artifact=Artifact(
+                sha256=row.sha256,
+                length=row.size_bytes,
+                format=row.format,
+                filename=f"{row.model_name}-v{row.version}{FORMAT_EXTENSIONS[row.format]}",
+            ),
+            runtime=RuntimeRequirements(
+                name=RUNTIME_BY_FORMAT[row.format],
+                opset=row.opset if row.format == "onnx" else None,
+            ),
+            inputs=[TensorSpec(**spec) for spec in row.inputs],
+            outputs=[TensorSpec(**spec) for spec in row.outputs],
+            golden=[GoldenCase.model_validate(case) for case in profile["golden"]],
+            reference_profile=(
+                ReferenceProfile.model_validate(profile["reference_profile"])
+                if profile.get("reference_profile")
+                else None
+            ),
+            evaluation=row.report,
+            created_at=now,
+            notes=f"{row.origin}" + (f" {row.variant_mode}" if row.variant_mode else ""),
+        )
+    except (ValueError, KeyError, TypeError, MalformedDocumentError) as exc:
+        raise JobError(f"the profile job's answer does not make a valid release: {exc}") from exc
+
+
+def get_release(session: Session, name: str, version: int) -> ReleaseRecord:
+    record = session.exec(
+        select(ReleaseRecord).where(
+            ReleaseRecord.model_name == name, ReleaseRecord.version == version
+        )
+    ).first()
+    if record is None:
+        raise NotFoundError(f"{name}:{version} has not been released")
+    return record
+
+
+def list_releases(session: Session, name: str | None = None) -> list[ReleaseRecord]:
+    query = select(ReleaseRecord).order_by(col(ReleaseRecord.id))
+    if name is not None:
+        query = query.where(ReleaseRecord.model_name == name)
+    return list(session.exec(query).all())
+
+
+def envelope_of(record: ReleaseRecord) -> Envelope:
+    return Envelope.from_bytes(record.envelope.encode("utf-8"))

@@ -1,0 +1,73 @@
+"""What the API accepts and returns, one family per resource."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "MODEL_NAME_PATTERN",
+    "VARIANT_MODES",
+    "ModelPublic",
+    "ModelVersionPublic",
+    "ReleasePublic",
+    "TensorSpecPublic",
+    "VariantCreate",
+]
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+VariantMode = Literal["int8-dynamic", "int8-static", "fp16", "tflite-int8-dynamic"]
+VARIANT_MODES: tuple[str, ...] = ("int8-dynamic", "int8-static", "fp16", "tflite-int8-dynamic")
+
+
+class TensorSpecPublic(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelVersionPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    model_name: str
+    version: int
+    parent_version: int | None
+    origin: str
+    variant_mode: str | None
+    status: str
+    format: str
+    sha256: str
+    size_bytes: int
+    opset: int | None
+    producer: str | None
+    inputs: list[TensorSpecPublic]
+    outputs: list[TensorSpecPublic]
+    has_validation_set: bool
+    report: dict[str, Any] | None
+    reasons: list[str]
+    notes: list[str]
+    released: bool
+    created_by: str
+    created_at: datetime
+
+
+class ModelPublic(BaseModel):
+    name: str
+    versions: int
+    latest_version: int | None
+    created_at: datetime
+
+
+class VariantCreate(BaseModel):
+    mode: VariantMode = Field(description="How to derive the variant from its parent.")
+
+
+class ReleasePublic(BaseModel):
+    model_name: str
+    version: int
+    sha256: str
+    created_by: str
+    created_at: datetime
+    envelope: dict[str, Any] = Field(description="The signed Release as a DSSE envelope.")

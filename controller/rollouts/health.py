@@ -1,0 +1,112 @@
+"""Wave health: what the telemetry of a group of devices says about a model.
+
+A sync function over an ``Engine``, meant to run in a worker thread; the rollout engine
+asks it for the devices of a wave and for the control group still on the old release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, case, func, select
+
+from ..devices.tables import telemetry_table
+from ..mqtt.telemetry import IN_CHUNK, to_utc
+from .core import FleetHealth
+
+__all__ = ["fleet_health"]
+
+_T = telemetry_table
+
+
+@dataclass
+class _HealthSums:
+    devices: int = 0
+    requests: int = 0
+    errors: int = 0
+    nonfinite: int = 0
+    p95_sum: float = 0.0
+    p95_requests: int = 0
+    confidence_sum: float = 0.0
+    confidence_requests: int = 0
+    max_drift_psi: float | None = None
+
+    def add(self, row: Any) -> None:
+        # PostgreSQL sums integers as numeric: Decimal in Python, hence the conversions.
+        self.devices += int(row.devices or 0)
+        self.requests += int(row.requests or 0)
+        self.errors += int(row.errors or 0)
+        self.nonfinite += int(row.nonfinite or 0)
+        self.p95_sum += float(row.p95_sum or 0.0)
+        self.p95_requests += int(row.p95_requests or 0)
+        self.confidence_sum += float(row.confidence_sum or 0.0)
+        self.confidence_requests += int(row.confidence_requests or 0)
+        if row.max_drift_psi is not None:
+            drift = float(row.max_drift_psi)
+            self.max_drift_psi = max(drift, self.max_drift_psi or drift)
+
+    def health(self) -> FleetHealth:
+        def ratio(part: float, whole: int) -> float | None:
+            return part / whole if whole else None
+
+        return FleetHealth(
+            devices=self.devices,
+            requests=self.requests,
+            error_rate=ratio(self.errors, self.requests),
+            nonfinite_rate=ratio(self.nonfinite, self.requests),
+            p95_ms=ratio(self.p95_sum, self.p95_requests),
+            confidence_mean=ratio(self.confidence_sum, self.confidence_requests),
+            max_drift_psi=self.max_drift_psi,
+        )
+
+
+def fleet_health(
+    engine: Engine,
+    *,
+    device_ids: Collection[str],
+    model: str,
+    version: int | None,
+    since: datetime,
+) -> FleetHealth:
+    """Model health over the windows of ``device_ids`` for ``model`` (and ``version``,
+    unless None) that started at or after ``since``.
+
+    ``devices`` counts devices with at least one window. Rates are None when there were no
+    requests. ``p95_ms`` is the request-weighted mean of the windows' p95s: an
+    approximation (the p95 of the union is not recoverable from per-window summaries), good
+    for comparing two groups measured the same way. ``confidence_mean`` is request-weighted
+    too; ``max_drift_psi`` is the largest any window saw.
+    """
+    ids = sorted(set(device_ids))
+    sums = _HealthSums()
+    if not ids:
+        return sums.health()
+    has_p95 = _T.c.p95_ms.is_not(None)
+    has_confidence = _T.c.confidence_mean.is_not(None)
+    columns = (
+        func.count(func.distinct(_T.c.device_id)).label("devices"),
+        func.sum(_T.c.requests).label("requests"),
+        func.sum(_T.c.errors).label("errors"),
+        func.sum(_T.c.nonfinite).label("nonfinite"),
+        func.sum(case((has_p95, _T.c.p95_ms * _T.c.requests))).label("p95_sum"),
+        func.sum(case((has_p95, _T.c.requests))).label("p95_requests"),
+        func.sum(case((has_confidence, _T.c.confidence_mean * _T.c.requests))).label(
+            "confidence_sum"
+        ),
+        func.sum(case((has_confidence, _T.c.requests))).label("confidence_requests"),
+        func.max(_T.c.max_drift_psi).label("max_drift_psi"),
+    )
+    with engine.connect() as connection:
+        for start in range(0, len(ids), IN_CHUNK):
+            query = select(*columns).where(
+                _T.c.device_id.in_(ids[start : start + IN_CHUNK]),
+                _T.c.model_name == model,
+                _T.c.window_start >= to_utc(since),
+            )
+            if version is not None:
+                query = query.where(_T.c.version == version)
+            sums.add(connection.execute(query).one())
+    return sums.health()

@@ -1,0 +1,83 @@
+"""The reconciler renews deployments devices have not taken yet, and only those."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from fastapi import FastAPI
+from sqlmodel import Session, select
+
+from controller.db import session_scope
+from controller.devices.desired import sign_deployment
+from controller.devices.reconciler import renew_expiring_deployments
+from controller.devices.tables import DeviceRecord
+from controller.registry.tables import ReleaseRecord
+from tests.controller.conftest import ctx
+from tests.controller.fleet_fixtures import add_devices, add_release, fleet_of
+
+NOW = datetime(2030, 3, 1, tzinfo=UTC)
+
+
+def desired(app: FastAPI, device_id: str) -> DeviceRecord:
+    with Session(ctx(app).engine) as session:
+        device = session.get(DeviceRecord, device_id)
+        assert device is not None
+        return device
+
+
+def sign(app: FastAPI, device_id: str, release: ReleaseRecord, *, at: datetime) -> int:
+    context = ctx(app)
+    with session_scope(context.engine) as session:
+        return sign_deployment(
+            session,
+            device_id=device_id,
+            release=release,
+            key=context.signer.deployment_key,
+            now=at,
+            ttl_s=context.settings.deployment_ttl_s,
+            rollout_id=None,
+        )
+
+
+def test_a_deployment_not_taken_is_signed_again_before_it_expires(app: FastAPI) -> None:
+    context = ctx(app)
+    release = add_release(context, "digits", 1)
+    [device_id] = add_devices(context.engine, 1)
+    ttl = timedelta(seconds=context.settings.deployment_ttl_s)
+    sign(app, device_id, release, at=NOW - ttl * 0.6)
+
+    renewed = renew_expiring_deployments(fleet_of(context), now=NOW)
+
+    device = desired(app, device_id)
+    assert renewed == 1
+    assert device.desired_sequence == 2
+    assert device.desired_expires_at is not None
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    assert device.desired_expires_at.replace(tzinfo=UTC) == NOW + ttl
+    assert device.desired_release_id == release.id
+
+
+def test_a_deployment_with_time_left_is_left_alone(app: FastAPI) -> None:
+    context = ctx(app)
+    release = add_release(context, "digits", 1)
+    [device_id] = add_devices(context.engine, 1)
+    sign(app, device_id, release, at=NOW - timedelta(hours=1))
+
+    assert renew_expiring_deployments(fleet_of(context), now=NOW) == 0
+    assert desired(app, device_id).desired_sequence == 1
+
+
+def test_a_deployment_the_device_accepted_is_never_renewed(app: FastAPI) -> None:
+    """A fresh sequence would make the device install the release again."""
+    context = ctx(app)
+    release = add_release(context, "digits", 1)
+    [device_id] = add_devices(context.engine, 1)
+    ttl = timedelta(seconds=context.settings.deployment_ttl_s)
+    sequence = sign(app, device_id, release, at=NOW - ttl * 0.9)
+    with session_scope(context.engine) as session:
+        device = session.exec(select(DeviceRecord).where(DeviceRecord.id == device_id)).one()
+        device.reported_sequence = sequence
+        session.add(device)
+
+    assert renew_expiring_deployments(fleet_of(context), now=NOW) == 0
+    assert desired(app, device_id).desired_sequence == sequence
