@@ -40,6 +40,8 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
+from protocol import backoff_delay_s
+
 from ..errors import (
     BrokerAuthError,
     ConfigurationError,
@@ -50,7 +52,7 @@ from ..errors import (
 from ..tls import default_tls_context
 from .outbox import OutboxQueue
 
-__all__ = ["LinkSettings", "Message", "MessageHandler", "MqttLink", "backoff_delay_s"]
+__all__ = ["LinkSettings", "Message", "MessageHandler", "MqttLink"]
 
 logger = logging.getLogger(__name__)
 
@@ -397,12 +399,6 @@ class MqttLink:
             _drop_connection(client)
         else:
             logger.info("MQTT link disconnected")
-
-
-def backoff_delay_s(attempt: int, *, initial_s: float, max_s: float, rng: random.Random) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(max, initial * 2^attempt)]."""
-    ceiling_s = min(max_s, initial_s * 2 ** min(attempt, 32))
-    return rng.uniform(0.0, ceiling_s)
 
 
 async def _deliver(on_message: MessageHandler, message: aiomqtt.Message) -> None:

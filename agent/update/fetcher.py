@@ -44,6 +44,8 @@ from typing import BinaryIO, Protocol
 
 import httpx
 
+from protocol import backoff_delay_s
+
 from ..durable import fsync_dir
 from ..errors import (
     ConfigurationError,
@@ -263,8 +265,11 @@ class HttpFetcher:
                 error = exc
             else:
                 return
-            delay_s = _JITTER.uniform(
-                0, min(limits.backoff_max_s, limits.backoff_base_s * 2 ** (attempt - 1))
+            delay_s = backoff_delay_s(
+                attempt - 1,
+                initial_s=limits.backoff_base_s,
+                max_s=limits.backoff_max_s,
+                rng=_JITTER,
             )
             if time.monotonic() + delay_s >= deadline_at:
                 # The next attempt could not finish in time; say why it failed, not when.

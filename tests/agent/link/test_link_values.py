@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from agent.errors import ConfigurationError
-from agent.link.mqtt import LinkSettings, Message, MqttLink, backoff_delay_s
+from agent.link.mqtt import LinkSettings, Message, MqttLink
 from agent.link.outbox import Outbox
+from protocol import backoff_delay_s
 
 VALID: dict[str, Any] = {"host": "broker.local", "port": 8883, "client_id": "cam-berlin-0001"}
 
