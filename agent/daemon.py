@@ -40,10 +40,10 @@ from .serving.host import ServingHost, recorder_of
 from .serving.server import BackendLoader
 from .stats.recorder import to_telemetry_window
 from .update.fetcher import Fetcher
-from .update.machine import load_journal, recover_journal
+from .update.state_files import load_journal, load_trust_state, persist_trust_state, recover_journal
 from .update.store import ModelStore
 from .update.trust import verify_command, verify_deployment
-from .update.trust_state import TrustState, load_trust_state, persist_trust_state
+from .update.trust_state import TrustState
 from .update.updater import ModelChecker, Updater, UpdaterPaths
 
 __all__ = ["AgentDaemon", "open_trust_state"]

@@ -58,6 +58,7 @@ Every failure is an ``AgentError``. Three families matter to callers:
     │   ├── TrustStateError               trust_state_unreadable
     │   ├── JournalError                  journal_unreadable
     │   ├── StoreError                    store_error
+    │   ├── LocalWriteError               local_write_failed   a full disk, the descriptor limit…
     │   └── OutboxError                   outbox_error         the on-disk outbox cannot be used
     ├── ConfigurationError                configuration        wrong settings; never retried
     │   └── BrokerAuthError               broker_auth          the broker refused the credentials
@@ -106,6 +107,7 @@ __all__ = [
     "LatencyBudgetError",
     "LengthMismatchError",
     "LocalStateError",
+    "LocalWriteError",
     "MalformedDocumentError",
     "MalformedRequestError",
     "ModelCheckError",
@@ -377,6 +379,13 @@ class StoreError(LocalStateError):
     """The model store cannot do what was asked; ``current`` is left as it was."""
 
     reason = "store_error"
+
+
+class LocalWriteError(LocalStateError):
+    """A file of the agent's own could not be written: a full disk, the descriptor limit
+    ("Too many open files"), permissions. The file keeps its old content."""
+
+    reason = "local_write_failed"
 
 
 class OutboxError(LocalStateError):

@@ -15,12 +15,11 @@ verified against the previous one with the same rules devices use before it is w
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from durable import PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, write_atomic
 from protocol import (
     Envelope,
     ProtocolError,
@@ -42,7 +41,6 @@ __all__ = [
 
 DEFAULT_TRUST_ROOT_LIFETIME = timedelta(days=365)
 TRUST_ROOT_FILE = "trust-root.json"
-_PRIVATE_FILE_MODE = 0o600
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,7 @@ class KeyStore:
             raise KeyStoreError(f"rotated trust root does not verify: {exc}") from exc
         retired = self.directory / "retired" / f"{role.value}.v{current.version}.key.pem"
         retired.parent.mkdir(exist_ok=True)
-        _write_atomic(retired, self.private_key_path(role).read_bytes(), _PRIVATE_FILE_MODE)
+        write_atomic(retired, self.private_key_path(role).read_bytes(), mode=PRIVATE_FILE_MODE)
         self._write_key_pair(role, new_key, passphrase)
         self._write_trust_root(successor.version, envelope)
         return successor
@@ -138,32 +136,12 @@ class KeyStore:
 
     def _write_key_pair(self, role: Role, key: SigningKey, passphrase: bytes) -> None:
         encrypted = key.to_encrypted_pem(passphrase)
-        _write_atomic(self.private_key_path(role), encrypted, _PRIVATE_FILE_MODE)
-        _write_atomic(self.public_key_path(role), key.public_key.to_pem(), 0o644)
+        write_atomic(self.private_key_path(role), encrypted, mode=PRIVATE_FILE_MODE)
+        write_atomic(self.public_key_path(role), key.public_key.to_pem(), mode=PUBLIC_FILE_MODE)
 
     def _write_trust_root(self, version: int, envelope: Envelope) -> None:
         data = envelope.to_bytes()
         history = self.trust_root_version_path(version)
         history.parent.mkdir(exist_ok=True)
-        _write_atomic(history, data, 0o644)
-        _write_atomic(self.trust_root_path, data, 0o644)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old file or the whole new one."""
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as temp:
-            temp.write(data)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        write_atomic(history, data, mode=PUBLIC_FILE_MODE)
+        write_atomic(self.trust_root_path, data, mode=PUBLIC_FILE_MODE)

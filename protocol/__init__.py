@@ -4,7 +4,7 @@ Pure: nothing here does I/O. Bytes come in, verified documents or a ``ProtocolEr
 come out. This namespace is the public API; the submodules are its implementation.
 """
 
-from .backoff import backoff_delay_s
+from .backoff import RandomSource, backoff_delay_s
 from .canonical import MAX_SAFE_INTEGER, canonical_json, parse_json
 from .deployment import Command, Deployment, ProbationPolicy
 from .document import Document
@@ -106,6 +106,7 @@ __all__ = [
     "ProbationPolicy",
     "ProtocolError",
     "PublicKey",
+    "RandomSource",
     "ReferenceProfile",
     "Release",
     "ReleaseRef",

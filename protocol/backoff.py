@@ -11,15 +11,22 @@ Pure: the caller passes its random source and does the waiting itself.
 
 from __future__ import annotations
 
-import random
+from typing import Protocol
 
-__all__ = ["backoff_delay_s"]
+__all__ = ["RandomSource", "backoff_delay_s"]
+
+
+class RandomSource(Protocol):
+    """Where the jitter comes from: ``random.Random`` (or ``SystemRandom``) will do."""
+
+    def uniform(self, a: float, b: float) -> float: ...
+
 
 # 2**32 times any initial delay is past every sensible maximum; no larger float is needed.
 _MAX_DOUBLINGS = 32
 
 
-def backoff_delay_s(attempt: int, *, initial_s: float, max_s: float, rng: random.Random) -> float:
+def backoff_delay_s(attempt: int, *, initial_s: float, max_s: float, rng: RandomSource) -> float:
     """Seconds to wait after failure number ``attempt`` (0 for the first)."""
     ceiling_s = min(max_s, initial_s * 2 ** min(max(attempt, 0), _MAX_DOUBLINGS))
     return rng.uniform(0.0, ceiling_s)

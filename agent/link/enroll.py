@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from durable import PUBLIC_FILE_MODE, write_atomic
 from protocol import Envelope, ProtocolError, TrustRoot, verify_initial_trust_root
 
 from ..config import AgentConfig
@@ -235,8 +234,12 @@ def persist_enrollment(data_dir: Path, device: EnrolledDevice, *, force: bool) -
     _refuse_existing(config_path, force=force)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        _replace_file(data_dir / TRUST_ROOT_FILE, device.trust_root_envelope.to_bytes(), 0o644)
-        _replace_file(config_path, render_agent_config(device).encode("utf-8"), 0o600)
+        write_atomic(
+            data_dir / TRUST_ROOT_FILE,
+            device.trust_root_envelope.to_bytes(),
+            mode=PUBLIC_FILE_MODE,
+        )
+        write_atomic(config_path, render_agent_config(device).encode("utf-8"))
     except OSError as exc:
         raise LocalStateError(f"cannot write the enrollment into {data_dir}: {exc}") from exc
     return config_path
@@ -266,22 +269,3 @@ def _refuse_existing(config_path: Path, *, force: bool) -> None:
         raise AgentConfigExistsError(
             f"{config_path} exists: this device is enrolled already (pass --force to replace it)"
         )
-
-
-def _replace_file(path: Path, data: bytes, mode: int) -> None:
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

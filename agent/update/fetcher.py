@@ -44,9 +44,9 @@ from typing import BinaryIO, Protocol
 
 import httpx
 
+from durable import fsync_dir
 from protocol import backoff_delay_s
 
-from ..durable import fsync_dir
 from ..errors import (
     ConfigurationError,
     ConnectionFailedError,

@@ -30,8 +30,8 @@ Invariants:
   that crashes the device on every boot stops being retried;
 - terminal states have no outgoing rows; a new deployment starts a new journal.
 
-Pure except ``load_journal``, ``persist_journal``, ``advance_journal`` and
-``recover_journal``, which read or write the one journal file; no asyncio.
+Pure: ``state_files`` reads and writes the one journal file (``load_journal``,
+``persist_journal``, ``advance_journal``, ``recover_journal``).
 """
 
 from __future__ import annotations
@@ -39,13 +39,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeGuard
 
 from protocol import ReleaseRef
 
-from ..durable import read_json, write_json_atomic
 from ..errors import IllegalTransitionError, JournalError, TransitionCapError
 
 __all__ = [
@@ -59,12 +57,8 @@ __all__ = [
     "Journal",
     "UpdateEvent",
     "UpdateState",
-    "advance_journal",
-    "load_journal",
     "next_state",
-    "persist_journal",
     "recover",
-    "recover_journal",
 ]
 
 MAX_TRANSITIONS_PER_DEPLOYMENT = 32
@@ -287,53 +281,6 @@ def recover(journal: Journal, *, max_transitions: int = MAX_TRANSITIONS_PER_DEPL
         # Not knowing what was interrupted, assume the switch may have happened.
         return journal._moved(UpdateState.ROLLING_BACK, "unknown_journal_state", max_transitions)
     return journal.step(UpdateEvent.CRASH_RECOVERED, max_transitions=max_transitions)
-
-
-def load_journal(path: Path) -> Journal | None:
-    """The persisted journal, or ``None`` when no update was ever journaled."""
-    try:
-        obj = read_json(path)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise JournalError(f"journal {path} is unreadable: {exc}") from exc
-    return Journal.from_json_obj(obj)
-
-
-def persist_journal(path: Path, journal: Journal) -> None:
-    """Write ``journal`` atomically and durably, before the step it names runs."""
-    write_json_atomic(path, journal.to_json_obj())
-
-
-def advance_journal(
-    path: Path, journal: Journal, event: UpdateEvent, *, reason: str | None = None
-) -> Journal:
-    """``journal.step(event)`` persisted; at the cap, persist ``give_up()`` and raise."""
-    try:
-        moved = journal.step(event, reason=reason)
-    except TransitionCapError:
-        persist_journal(path, journal.give_up())
-        raise
-    persist_journal(path, moved)
-    return moved
-
-
-def recover_journal(path: Path) -> Journal | None:
-    """At boot: load the journal, ``recover`` it and persist the result before resuming.
-
-    ``None`` when there is no journal. At the cap, ``give_up()`` is persisted and
-    ``TransitionCapError`` raised: a deployment that crashes every boot ends here.
-    """
-    journal = load_journal(path)
-    if journal is None or journal.terminal:
-        return journal
-    try:
-        recovered = recover(journal)
-    except TransitionCapError:
-        persist_journal(path, journal.give_up())
-        raise
-    persist_journal(path, recovered)
-    return recovered
 
 
 def _is_count(value: object) -> TypeGuard[int]:

@@ -19,7 +19,11 @@ Invariants:
   return to: the device then serves nothing, as before that model was activated;
 - whenever ``current`` exists it points at a complete model directory: nothing removes a
   directory that ``current`` or ``previous`` names, and ``activate`` and ``rollback``
-  only point at directories that exist.
+  only point at directories that exist;
+- the file system's refusals (a full disk, "Too many open files") surface as
+  ``LocalWriteError``, never as a raw ``OSError``; a link may then have switched without
+  its fsync, which is why the updater treats the error as a failed activation and rolls
+  back.
 
 ``activate(new)`` runs, with ``C`` the current model::
 
@@ -44,17 +48,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
-from ..durable import fsync_dir, fsync_file
-from ..errors import HashMismatchError, StoreError
+from durable import fsync_dir, fsync_file
+
+from ..errors import HashMismatchError, LocalWriteError, StoreError
 from .names import verify_safe_file_name, verify_sha256_hex
 
 __all__ = ["HASH_CHUNK_BYTES", "ModelStore"]
@@ -63,6 +70,31 @@ HASH_CHUNK_BYTES = 1024 * 1024
 _MODEL_DIR = re.compile(r"sha256-(?P<sha>[0-9a-f]{64})")
 _LINK_TARGET = re.compile(r"models/sha256-(?P<sha>[0-9a-f]{64})")
 _CURRENT, _PREVIOUS = "current", "previous"
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+@contextlib.contextmanager
+def _writing(what: str) -> Iterator[None]:
+    """The file system's refusal (a full disk, "Too many open files") as the agent's own."""
+    try:
+        yield
+    except OSError as exc:
+        raise LocalWriteError(f"model store: cannot {what}: {exc}") from exc
+
+
+def _writes(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """A method whose ``OSError`` becomes a ``LocalWriteError`` (see ``_writing``)."""
+
+    def decorate(method: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(method)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            with _writing(what):
+                return method(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 class ModelStore:
@@ -72,10 +104,11 @@ class ModelStore:
         self.root = root
         self.models_dir = root / "models"
         self.staging_dir = root / "staging"
-        for directory in (root, self.models_dir, self.staging_dir):
-            if not directory.is_dir():
-                directory.mkdir(parents=True, exist_ok=True)
-                fsync_dir(directory.parent)
+        with _writing(f"create {root}"):
+            for directory in (root, self.models_dir, self.staging_dir):
+                if not directory.is_dir():
+                    directory.mkdir(parents=True, exist_ok=True)
+                    fsync_dir(directory.parent)
 
     def model_dir(self, sha256: str) -> Path:
         return self.models_dir / f"sha256-{verify_sha256_hex(sha256)}"
@@ -93,6 +126,7 @@ class ModelStore:
     def previous_sha256(self) -> str | None:
         return self._link_sha256(_PREVIOUS)
 
+    @_writes("stage a model")
     def stage(self, sha256: str, filename: str, source_path: Path) -> Path:
         """Move a verified file into ``models/sha256-<hex>/<filename>``; return its path.
 
@@ -130,6 +164,7 @@ class ModelStore:
         fsync_dir(self.staging_dir)
         return final / filename
 
+    @_writes("activate a model")
     def activate(self, sha256: str) -> None:
         """``previous`` := ``current``; ``current`` := the staged model (see the module)."""
         target = self.model_dir(sha256)
@@ -142,6 +177,7 @@ class ModelStore:
             self._point(_PREVIOUS, old)
         self._point(_CURRENT, sha256)
 
+    @_writes("roll back")
     def rollback(self, *, from_sha256: str | None = None) -> str | None:
         """Undo the last activation: ``current`` := ``previous``, or no model at all.
 
@@ -169,6 +205,7 @@ class ModelStore:
         self._point(_CURRENT, previous)
         return previous
 
+    @_writes("collect unused models")
     def collect_garbage(self, *, keep: Iterable[str] = ()) -> list[Path]:
         """Remove models neither symlink (nor ``keep``) names, and all staging leftovers.
 

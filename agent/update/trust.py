@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -50,17 +49,12 @@ from ..errors import (
     translate_protocol_error,
 )
 from .names import verify_safe_file_name
-from .trust_state import TrustState, load_trust_state, persist_trust_state
+from .trust_state import TrustState, VerifiedCommand, VerifiedDeployment
 
 __all__ = [
     "MAX_TRUST_ROOT_STEPS",
-    "TrustState",
-    "VerifiedCommand",
-    "VerifiedDeployment",
     "adopt_trust_root",
     "adopt_trust_roots",
-    "load_trust_state",
-    "persist_trust_state",
     "verify_command",
     "verify_deployment",
 ]
@@ -70,25 +64,6 @@ MAX_TRUST_ROOT_STEPS = 32
 
 Order = TypeVar("Order", Deployment, Command)
 Signed = TypeVar("Signed", Deployment, Command, Release)
-
-
-@dataclass(frozen=True)
-class VerifiedDeployment:
-    """A deployment that passed every check, with what it was checked against."""
-
-    deployment: Deployment
-    release: Release
-    effective_time: datetime
-    trust_root: TrustRoot
-    trust_root_envelope: Envelope
-
-
-@dataclass(frozen=True)
-class VerifiedCommand:
-    command: Command
-    effective_time: datetime
-    trust_root: TrustRoot
-    trust_root_envelope: Envelope
 
 
 def verify_deployment(

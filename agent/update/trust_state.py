@@ -1,7 +1,10 @@
-"""The persisted trust facts of one device, and the one file that holds them.
+"""The trust facts of one device, and what a trust check hands back.
 
-``TrustState`` is a frozen value: every change returns a new state, and only
-``persist_trust_state`` touches the disk, atomically (``durable.write_atomic``).
+``TrustState`` is a frozen value: every change returns a new state. Pure: reading and
+writing the file that holds it is ``state_files``'s job (``load_trust_state``,
+``persist_trust_state``). ``VerifiedDeployment`` and ``VerifiedCommand`` are what
+``agent.update.trust`` returns and what a state accepts, so this module imports nothing
+of ``trust`` (no import cycle).
 
 Invariants:
 - the high-water marks only rise: ``deployment_sequence``, ``command_sequence``,
@@ -11,7 +14,7 @@ Invariants:
   ``verify_initial_trust_root`` (provisioning), later only through rotation
   (``agent.update.trust``); on load its self-signature is checked again, so a bit flip or an
   edited file is an error, not a new authority;
-- a missing or corrupt file is a ``TrustStateError``, never a silent reset: a reset
+- a corrupt persisted form is a ``TrustStateError``, never a silent reset: a reset
   would re-open every replay the marks were there to stop.
 """
 
@@ -20,14 +23,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import Any, TypeGuard
 
 import protocol
-from protocol import Envelope, TrustRoot
+from protocol import Command, Deployment, Envelope, Release, TrustRoot
 
-from ..durable import read_json, write_json_atomic
 from ..errors import (
     DuplicateCommandError,
     DuplicateDeploymentError,
@@ -37,21 +38,36 @@ from ..errors import (
     translate_protocol_error,
 )
 
-if TYPE_CHECKING:
-    # Only for annotations: agent.update.trust builds these and imports this module.
-    from .trust import VerifiedCommand, VerifiedDeployment
-
 __all__ = [
     "TIME_FLOOR_UNSET",
     "TRUST_STATE_FORMAT",
     "TrustState",
-    "load_trust_state",
-    "persist_trust_state",
+    "VerifiedCommand",
+    "VerifiedDeployment",
 ]
 
 TRUST_STATE_FORMAT = 1
 # Before any document was accepted there is no floor; the epoch is below every real time.
 TIME_FLOOR_UNSET = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class VerifiedDeployment:
+    """A deployment that passed every check, with what it was checked against."""
+
+    deployment: Deployment
+    release: Release
+    effective_time: datetime
+    trust_root: TrustRoot
+    trust_root_envelope: Envelope
+
+
+@dataclass(frozen=True)
+class VerifiedCommand:
+    command: Command
+    effective_time: datetime
+    trust_root: TrustRoot
+    trust_root_envelope: Envelope
 
 
 @dataclass(frozen=True)
@@ -188,25 +204,6 @@ class TrustState:
             time_floor=_timestamp(obj, "time_floor"),
             committed=committed,
         )
-
-
-def load_trust_state(path: Path) -> TrustState:
-    """Read the device's trust state; a missing or corrupt file is a ``TrustStateError``."""
-    try:
-        obj = read_json(path)
-    except FileNotFoundError as exc:
-        raise TrustStateError(f"no trust state at {path}: provision the device first") from exc
-    except (OSError, ValueError) as exc:
-        raise TrustStateError(f"trust state {path} is unreadable: {exc}") from exc
-    try:
-        return TrustState.from_json_obj(obj)
-    except TrustStateError as exc:
-        raise TrustStateError(f"trust state {path} is corrupt: {exc}") from exc
-
-
-def persist_trust_state(path: Path, state: TrustState) -> None:
-    """Write ``state`` atomically: a crash leaves the old state or the new one."""
-    write_json_atomic(path, state.to_json_obj())
 
 
 def _is_count(value: object) -> TypeGuard[int]:

@@ -27,21 +27,26 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from protocol import ProbationPolicy, ProtocolError, Release, ReleaseRef
+from protocol import ProbationPolicy, Release, ReleaseRef
 
 from ..clock import Clock
 from ..config import AgentConfig
-from ..durable import read_json, write_json_atomic
 from ..errors import AgentError, TransitionCapError
 from ..serving.host import ServingHost, recorder_of
 from ..serving.server import LoadedVersion
 from ..stats.probation import ProbationOutcome
 from ..stats.probation_watch import watch_probation
 from .fetcher import Fetcher
-from .machine import Journal, UpdateEvent, UpdateState, advance_journal, persist_journal
+from .machine import Journal, UpdateEvent, UpdateState
+from .state_files import (
+    advance_journal,
+    load_releases,
+    persist_journal,
+    persist_releases,
+    persist_trust_state,
+)
 from .store import ModelStore
-from .trust import VerifiedCommand, VerifiedDeployment
-from .trust_state import TrustState, persist_trust_state
+from .trust_state import TrustState, VerifiedCommand, VerifiedDeployment
 
 __all__ = ["ModelChecker", "Reporter", "Updater", "UpdaterPaths"]
 
@@ -118,7 +123,7 @@ class Updater:
         self.phase = UpdateState.IDLE.value
         paths.staging.mkdir(parents=True, exist_ok=True)
         self.serving = serving
-        self._releases: dict[str, Release] = _load_releases(paths.releases)
+        self._releases: dict[str, Release] = load_releases(paths.releases)
         # The version that served before the one on probation: the baseline, and what a
         # rollback swaps back to. Lives only in memory; after a crash the store decides.
         self._previous: LoadedVersion | None = None
@@ -305,10 +310,7 @@ class Updater:
         if candidate != in_store:
             self.store.stage(artifact.sha256, artifact.filename, candidate)
         self._releases[artifact.sha256] = release
-        write_json_atomic(
-            self.paths.releases,
-            {sha: known.to_json_obj() for sha, known in self._releases.items()},
-        )
+        persist_releases(self.paths.releases, self._releases)
 
     def _finish(self, journal: Journal) -> Journal:
         """Terminal bookkeeping, idempotent: a crash anywhere here repeats it safely."""
@@ -352,13 +354,3 @@ class Updater:
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
-
-
-def _load_releases(path: Path) -> dict[str, Release]:
-    if not path.exists():
-        return {}
-    try:
-        return {sha: Release.from_json_obj(obj) for sha, obj in read_json(path).items()}
-    except (AgentError, ProtocolError, AttributeError):
-        logger.warning("ignoring unreadable %s: it only names releases in reports", path)
-        return {}

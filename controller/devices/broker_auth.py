@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
+from durable import PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, write_atomic
 from protocol import Channel, ProtocolError, device_topic
 
 from ..db import make_engine
@@ -256,26 +255,12 @@ def write_mosquitto_files(settings: Settings, *, passwords: Path, acl: Path) -> 
     if settings.mqtt_username:
         controller_user, password = controller_mqtt_credentials(settings)
         lines.append(f"{controller_user}:{hash_mqtt_password(password)}")
-    _replace_file(passwords, "".join(f"{line}\n" for line in lines), mode=0o600)
-    _replace_file(acl, mosquitto_acl(settings.topic_prefix, controller_user), mode=0o644)
+    # Each file keeps the owner and group of the one it replaces, so a file chown'ed to
+    # Mosquitto's user stays readable by it.
+    for path, text, mode in (
+        (passwords, "".join(f"{line}\n" for line in lines), PRIVATE_FILE_MODE),
+        (acl, mosquitto_acl(settings.topic_prefix, controller_user), PUBLIC_FILE_MODE),
+    ):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, text.encode("utf-8"), mode=mode, keep_owner=True)
     return MosquittoExport(devices=len(rows), controller_user=controller_user)
-
-
-def _replace_file(path: Path, text: str, *, mode: int) -> None:
-    """Replace ``path`` atomically; the new file keeps the owner and group of the old one,
-    so a file chown'ed to Mosquitto's user stays readable by it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = path.stat() if path.exists() else None
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
-            os.fchown(fd, old.st_uid, old.st_gid)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from durable import fsync_dir
+
 from ..errors import NotFoundError
 
 __all__ = ["ArtifactStore", "StoredFile", "sha256_of_file"]
@@ -63,13 +65,5 @@ class ArtifactStore:
                 os.fsync(handle.fileno())
             os.chmod(source, 0o444)
             os.replace(source, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         return StoredFile(sha256, target.stat().st_size, target)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -15,13 +15,9 @@ from typing import Any
 import pytest
 
 from agent.errors import AgentError
-from agent.update.trust import (
-    VerifiedCommand,
-    VerifiedDeployment,
-    verify_command,
-    verify_deployment,
-)
-from agent.update.trust_state import TrustState, load_trust_state, persist_trust_state
+from agent.update.state_files import load_trust_state, persist_trust_state
+from agent.update.trust import verify_command, verify_deployment
+from agent.update.trust_state import TrustState, VerifiedCommand, VerifiedDeployment
 from protocol import Command, Envelope, Role, SigningKey
 from tests.factories import NOW, Keyring, make_deployment, make_release
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from agent.errors import BadSignatureError, TrustStateError
-from agent.update.trust_state import TrustState, load_trust_state, persist_trust_state
+from agent.errors import BadSignatureError, LocalWriteError, TrustStateError
+from agent.update.state_files import load_trust_state, persist_trust_state
+from agent.update.trust_state import TrustState
 from protocol import Role, SigningKey
 from tests.agent.conftest import Device, rotate
 from tests.factories import NOW, Keyring
@@ -110,7 +111,7 @@ def test_crash_while_persisting_keeps_the_old_state(
 
     newer = device.state().record_commit("digits", 5)
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="power cut"):
+    with pytest.raises(LocalWriteError, match="power cut"):  # the agent's own error
         persist_trust_state(device.state_path, newer)
     monkeypatch.undo()
     assert device.state_path.read_bytes() == before

@@ -21,13 +21,10 @@ from agent.update.machine import (
     Journal,
     UpdateEvent,
     UpdateState,
-    advance_journal,
-    load_journal,
     next_state,
-    persist_journal,
     recover,
-    recover_journal,
 )
+from agent.update.state_files import advance_journal, load_journal, persist_journal, recover_journal
 from protocol import ReleaseRef
 
 S, E = UpdateState, UpdateEvent

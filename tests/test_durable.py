@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from agent.durable import read_json, write_atomic, write_json_atomic
+from durable import (
+    PRIVATE_FILE_MODE,
+    PUBLIC_FILE_MODE,
+    read_json,
+    write_atomic,
+    write_json_atomic,
+)
 
 
 def test_write_atomic_replaces_the_file(tmp_path: Path) -> None:
@@ -52,3 +59,24 @@ def test_oversized_file_is_refused_before_parsing(tmp_path: Path) -> None:
 def test_missing_file_is_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_json(tmp_path / "absent.json")
+
+
+def test_the_new_file_gets_the_mode_asked_for(tmp_path: Path) -> None:
+    private, public = tmp_path / "key.pem", tmp_path / "trust-root.json"
+    write_atomic(private, b"secret")
+    write_atomic(public, b"{}", mode=PUBLIC_FILE_MODE)
+
+    assert stat.S_IMODE(private.stat().st_mode) == PRIVATE_FILE_MODE
+    assert stat.S_IMODE(public.stat().st_mode) == PUBLIC_FILE_MODE
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_keep_owner_keeps_the_owner_of_the_replaced_file(tmp_path: Path) -> None:
+    path = tmp_path / "passwords"
+    path.write_bytes(b"old")
+    os.chown(path, 4242, 4343)  # as if chown'ed to the broker's user
+
+    write_atomic(path, b"new", keep_owner=True)
+
+    assert (path.stat().st_uid, path.stat().st_gid) == (4242, 4343)
+    assert path.read_bytes() == b"new"
