@@ -1,14 +1,25 @@
-"""The controller's errors::
+"""The controller's errors, in one tree; the API answers each with the status shown.
 
-ControllerError
-├── ConfigError          settings that cannot be read or are invalid
-├── KeyStoreError        the key directory is missing, incomplete or already used
-├── NotFoundError        a model, version, release or artifact that does not exist
-├── ConflictError        a request that contradicts what is stored
-├── ModelRejectedError   an uploaded model or a variant refused, with the reason
-├── UploadTooLargeError  an upload over its size limit
-├── BadRequestError      a request that is malformed in a way the schema cannot say
-└── JobError             a converter job crashed, was killed or timed out
+::
+
+    ControllerError                    500  root of every error the controller raises
+    ├── ConfigError                    500  settings that cannot be read or are invalid
+    ├── KeyStoreError                  500  the key directory is missing, incomplete or used
+    ├── NotFoundError                  404  a model, version, release, device or artifact
+    ├── ConflictError                  409  a request that contradicts what is stored
+    ├── ModelRejectedError             422  an uploaded model or a variant refused, with why
+    ├── JobError                       422  a converter job crashed, was killed or timed out
+    ├── UploadTooLargeError            413  an upload over its size limit
+    └── BadRequestError                400  malformed in a way the schema cannot say
+        ├── SelectorError              400  a label selector or label list that does not parse
+        └── EnrollmentRefusedError     400  an enrollment token that cannot be used
+
+    RolloutSpecError (ValueError)      400  the rollout core's own error: waves, quotas,
+                                            durations, policies (``rollouts.core``)
+
+The rollout core raises a plain ``ValueError`` subclass so that it imports nothing of the
+controller; ``app.STATUS_BY_ERROR`` maps it like a ``BadRequestError``. Pydantic's
+validation errors are FastAPI's 422.
 """
 
 from __future__ import annotations
@@ -18,10 +29,12 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "ControllerError",
+    "EnrollmentRefusedError",
     "JobError",
     "KeyStoreError",
     "ModelRejectedError",
     "NotFoundError",
+    "SelectorError",
     "UploadTooLargeError",
 ]
 
@@ -64,3 +77,20 @@ class BadRequestError(ControllerError):
 
 class JobError(ControllerError):
     """A converter job crashed, was killed by a limit, or timed out."""
+
+
+class SelectorError(BadRequestError, ValueError):
+    """A selector or label list that does not parse; ``position`` is a 0-based offset."""
+
+    def __init__(self, message: str, *, text: str, position: int) -> None:
+        super().__init__(f"{message} at position {position} in {text!r}")
+        self.position = position
+
+
+class EnrollmentRefusedError(BadRequestError):
+    """The enrollment token cannot be used; the message never says why (on purpose)."""
+
+    MESSAGE = "the enrollment token is unknown, expired or already used"
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)

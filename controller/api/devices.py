@@ -16,12 +16,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from protocol import DEVICE_ID_PATTERN
 
 from ..audit import append_audit
-from ..devices.enrollment import (
-    EnrollmentRefusedError,
-    create_enrollment_token,
-    decommission_device,
-    enroll_device,
-)
+from ..devices.enrollment import create_enrollment_token, decommission_device, enroll_device
 from ..devices.inventory import (
     DeviceView,
     fleet_releases,
@@ -45,6 +40,7 @@ from ..devices.schemas import (
     TelemetryWindowPublic,
 )
 from ..devices.selectors import parse_selector
+from ..errors import EnrollmentRefusedError
 from ..tokens import Principal, Role
 from .deps import Audited, Context, DbSession, Operator, Viewer
 

@@ -38,7 +38,7 @@ from sqlmodel import Session, col, select
 
 from protocol import Envelope, ProtocolError, verify_device_id
 
-from ..errors import BadRequestError, ConflictError, NotFoundError
+from ..errors import BadRequestError, ConflictError, EnrollmentRefusedError, NotFoundError
 from ..settings import Settings
 from ..tables import ApiToken, utcnow
 from ..tokens import Role, create_token
@@ -52,7 +52,6 @@ __all__ = [
     "MAX_ENROLLMENT_TOKEN_TTL_S",
     "RESERVED_DEVICE_ID_PREFIX",
     "Enrollment",
-    "EnrollmentRefusedError",
     "create_enrollment_token",
     "decommission_device",
     "enroll_device",
@@ -62,15 +61,8 @@ __all__ = [
 ENROLLMENT_TOKEN_PREFIX = "et"  # noqa: S105 - a prefix, not a secret
 MAX_ENROLLMENT_TOKEN_TTL_S = 365 * 86400.0
 RESERVED_DEVICE_ID_PREFIX = "edgefleet-controller"
-REFUSAL = "the enrollment token is unknown, expired or already used"
+REFUSAL = EnrollmentRefusedError.MESSAGE
 _NO_SECRET_SHA256 = hashlib.sha256(b"").hexdigest()
-
-
-class EnrollmentRefusedError(BadRequestError):
-    """The enrollment token cannot be used; the message never says why (on purpose)."""
-
-    def __init__(self) -> None:
-        super().__init__(REFUSAL)
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NoReturn
 
-from ..errors import BadRequestError
+from ..errors import SelectorError
 
 __all__ = [
     "LABEL_PATTERN",
     "Operator",
     "Requirement",
     "Selector",
-    "SelectorError",
     "parse_labels",
     "parse_selector",
     "verify_labels",
@@ -41,14 +40,6 @@ LABEL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}"
 _LABEL = re.compile(LABEL_PATTERN)
 # Tokens of the grammar; a word is taken greedily, then checked as a label.
 _TOKEN = re.compile(r"(?P<op>==|!=|=|!|\(|\)|,)|(?P<word>[A-Za-z0-9._/-]+)")
-
-
-class SelectorError(BadRequestError, ValueError):
-    """A selector or label list that does not parse; ``position`` is a 0-based offset."""
-
-    def __init__(self, message: str, *, text: str, position: int) -> None:
-        super().__init__(f"{message} at position {position} in {text!r}")
-        self.position = position
 
 
 class Operator(StrEnum):

@@ -14,14 +14,9 @@ from sqlmodel import col, select
 
 from controller.db import session_scope
 from controller.devices.credentials import verify_mqtt_password
-from controller.devices.enrollment import (
-    REFUSAL,
-    EnrollmentRefusedError,
-    create_enrollment_token,
-    enroll_device,
-)
+from controller.devices.enrollment import REFUSAL, create_enrollment_token, enroll_device
 from controller.devices.tables import DeviceEventRecord, DeviceRecord, EnrollmentToken
-from controller.errors import ControllerError
+from controller.errors import ControllerError, EnrollmentRefusedError
 from controller.tables import ApiToken, AuditEntry
 from controller.tokens import Role, authenticate
 from protocol import DEVICE_ID_PATTERN, Envelope, verify_initial_trust_root

@@ -6,14 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.devices.selectors import (
-    Selector,
-    SelectorError,
-    parse_labels,
-    parse_selector,
-    verify_labels,
-)
-from controller.errors import BadRequestError
+from controller.devices.selectors import Selector, parse_labels, parse_selector, verify_labels
+from controller.errors import BadRequestError, SelectorError
 
 BERLIN_GPU = {"site": "berlin", "tier": "prod", "gpu": "a100", "region": "eu"}
 LAB = {"site": "berlin", "tier": "lab", "gpu": "a100", "region": "eu"}
