@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -13,22 +16,27 @@ router = APIRouter(tags=["health"])
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
+class Health(BaseModel):
+    status: Literal["ok", "ready", "unavailable"]
+    reason: str | None = Field(default=None, description="why not ready; absent when ready")
+
+
+@router.get("/healthz", response_model_exclude_none=True)
+def healthz() -> Health:
     """The process is alive."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/readyz")
-def readyz(ctx: Context, response: Response) -> dict[str, str]:
+@router.get("/readyz", response_model_exclude_none=True)
+def readyz(ctx: Context, response: Response) -> Health:
     """The database answers and the signing keys are loaded."""
     try:
         with ctx.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
         response.status_code = 503
-        return {"status": "unavailable", "reason": f"database: {type(exc).__name__}"}
-    return {"status": "ready"}
+        return Health(status="unavailable", reason=f"database: {type(exc).__name__}")
+    return Health(status="ready")
 
 
 @router.get("/metrics", response_class=Response)

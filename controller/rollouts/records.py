@@ -16,7 +16,6 @@ import secrets
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -30,6 +29,7 @@ from ..registry.releases import get_release
 from ..registry.tables import ReleaseRecord
 from .codec import decode_policy, encode_policy, encode_state, release_ref
 from .core import CommandKind, RolloutPolicy, RolloutState, wave_targets
+from .schemas import RolloutDetail, RolloutEventPublic, RolloutSummary, WavePublic
 from .tables import RolloutAssignmentRecord, RolloutCommandRecord, RolloutEventRecord, RolloutRecord
 
 __all__ = [
@@ -165,7 +165,7 @@ def queue_command(
     return command
 
 
-def describe_rollout(session: Session, record: RolloutRecord) -> dict[str, Any]:
+def describe_rollout(session: Session, record: RolloutRecord) -> RolloutDetail:
     """Everything an operator reads about a rollout: waves, outcomes, gates, events."""
     policy = decode_policy(record.policy)
     matching = _matching_count(session, record.selector)
@@ -185,31 +185,33 @@ def describe_rollout(session: Session, record: RolloutRecord) -> dict[str, Any]:
         .order_by(col(RolloutEventRecord.id).desc())
         .limit(50)
     ).all()
-    return {
-        **rollout_summary(session, record),
-        "policy": record.policy,
-        "matching_devices": matching,
-        "waves": [
-            {
-                "wave": index,
-                "size": str(quota),
-                "target": targets[index],
-                "outcomes": outcomes.get(index, {}),
-            }
-            for index, quota in enumerate(policy.waves)
-        ],
-        "gates": record.last_gates,
-        "judgements": record.state.get("judgements", []),
-        "notes": record.notes,
-        "pending_commands": int(pending_commands),
-        "events": [
-            {"id": e.id, "kind": e.kind, "at": e.at.isoformat(), "details": e.details}
-            for e in events
-        ],
-    }
+    return RolloutDetail.model_validate(
+        {
+            **rollout_summary(session, record).model_dump(),
+            "policy": record.policy,
+            "matching_devices": matching,
+            "waves": [
+                WavePublic(
+                    wave=index,
+                    size=str(quota),
+                    target=targets[index],
+                    outcomes=outcomes.get(index, {}),
+                )
+                for index, quota in enumerate(policy.waves)
+            ],
+            "gates": record.last_gates,
+            "judgements": record.state.get("judgements", []),
+            "notes": record.notes,
+            "pending_commands": int(pending_commands),
+            "events": [
+                RolloutEventPublic(id=e.id, kind=e.kind, at=e.at.isoformat(), details=e.details)
+                for e in events
+            ],
+        }
+    )
 
 
-def rollout_summary(session: Session, record: RolloutRecord) -> dict[str, Any]:
+def rollout_summary(session: Session, record: RolloutRecord) -> RolloutSummary:
     """``summarize_rollout`` with the rollout's release and last good release looked up."""
     release = session.get(ReleaseRecord, record.release_id)
     last_good = (
@@ -222,18 +224,18 @@ def rollout_summary(session: Session, record: RolloutRecord) -> dict[str, Any]:
 
 def summarize_rollout(
     record: RolloutRecord, release: ReleaseRecord | None, last_good: ReleaseRecord | None
-) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "release": _ref_text(release),
-        "last_good": _ref_text(last_good),
-        "selector": record.selector,
-        "status": record.status,
-        "wave": record.wave,
-        "created_by": record.created_by,
-        "created_at": _iso(record.created_at),
-        "updated_at": _iso(record.updated_at),
-    }
+) -> RolloutSummary:
+    return RolloutSummary(
+        id=record.id,
+        release=_ref_text(release),
+        last_good=_ref_text(last_good),
+        selector=record.selector,
+        status=record.status,
+        wave=record.wave,
+        created_by=record.created_by,
+        created_at=_iso(record.created_at),
+        updated_at=_iso(record.updated_at),
+    )
 
 
 def _ref_text(release: ReleaseRecord | None) -> str | None:

@@ -125,7 +125,7 @@ def model_page(
 def _rollout_context(session: ReadSession, rollout_id: str, user: DashboardUser) -> dict[str, Any]:
     with _page_errors():
         described = describe_rollout(session, get_rollout(session, rollout_id))
-    commands = commands_for(described["status"]) if user.may_operate else []
+    commands = commands_for(described.status) if user.may_operate else []
     return {
         "user": user,
         "rollout": described,

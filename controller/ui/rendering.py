@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from pydantic import BaseModel
 
 from ..rollouts.core import format_duration
 
@@ -116,4 +117,6 @@ def pretty_json(value: Any) -> str:
 
 def compact_json(value: Any) -> str:
     """JSON on one line, as plain text (autoescaped like any other value)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
     return json.dumps(value, sort_keys=True, default=str, separators=(", ", ": "))

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from sqlmodel import Session
 
 from ..devices.inventory import FleetReleaseRow, PhaseCount, fleet_phases, fleet_releases
 from ..rollouts.records import UNFINISHED_STATUSES, list_rollouts, rollout_summary
+from ..rollouts.schemas import RolloutDetail, RolloutSummary
 
 __all__ = [
     "DashboardCommand",
@@ -45,8 +45,8 @@ class FleetOverview:
     phases: list[PhaseCount]
     releases: list[FleetReleaseRow]
     without_model: int
-    active_rollouts: list[dict[str, Any]]
-    finished_rollouts: list[dict[str, Any]]
+    active_rollouts: list[RolloutSummary]
+    finished_rollouts: list[RolloutSummary]
 
     @property
     def offline(self) -> int:
@@ -58,8 +58,8 @@ def fleet_overview(session: Session, *, finished_limit: int = 20) -> FleetOvervi
     releases = fleet_releases(session)
     devices = sum(p.devices for p in phases)
     summaries = [rollout_summary(session, record) for record in list_rollouts(session)]
-    active = [s for s in summaries if s["status"] in UNFINISHED_STATUSES]
-    finished = [s for s in summaries if s["status"] not in UNFINISHED_STATUSES]
+    active = [s for s in summaries if s.status in UNFINISHED_STATUSES]
+    finished = [s for s in summaries if s.status not in UNFINISHED_STATUSES]
     return FleetOverview(
         devices=devices,
         online=sum(p.online for p in phases),
@@ -88,32 +88,29 @@ class WaveProgress:
     judged: bool | None  # None: not judged yet; else whether its gates passed
 
 
-def wave_progress(described: dict[str, Any]) -> list[WaveProgress]:
+def wave_progress(described: RolloutDetail) -> list[WaveProgress]:
     """Per-wave counts from ``describe_rollout``'s answer."""
-    verdicts = {
-        j["wave"]: bool(j["passed"] or j.get("overridden")) for j in described["judgements"]
-    }
+    verdicts = {j.wave: j.passed or j.overridden for j in described.judgements}
     rows = []
     previous_target = 0
-    for wave in described["waves"]:
-        outcomes: dict[str, int] = dict(wave["outcomes"])
+    for wave in described.waves:
+        outcomes: dict[str, int] = dict(wave.outcomes)
         rows.append(
             WaveProgress(
-                wave=wave["wave"],
-                size=wave["size"],
-                target=wave["target"],
-                share=max(0, wave["target"] - previous_target),
+                wave=wave.wave,
+                size=wave.size,
+                target=wave.target,
+                share=max(0, wave.target - previous_target),
                 assigned=sum(outcomes.values()),
                 done=sum(outcomes.get(o, 0) for o in DONE_OUTCOMES),
                 failed=sum(outcomes.get(o, 0) for o in FAILED_OUTCOMES),
                 pending=outcomes.get("pending", 0),
                 outcomes=outcomes,
-                current=wave["wave"] == described["wave"]
-                and described["status"] in UNFINISHED_STATUSES,
-                judged=verdicts.get(wave["wave"]),
+                current=wave.wave == described.wave and described.status in UNFINISHED_STATUSES,
+                judged=verdicts.get(wave.wave),
             )
         )
-        previous_target = wave["target"]
+        previous_target = wave.target
     return rows
 
 

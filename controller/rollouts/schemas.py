@@ -1,0 +1,157 @@
+"""What the rollouts API accepts and returns: one schema family per resource.
+
+``RolloutCreate`` is what an operator sends; ``RolloutSummary`` is a rollout in a list,
+``RolloutDetail`` everything an operator reads about one. Times are ISO 8601 strings as
+the database gives them back; the policy is the one stored with the rollout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol import ProbationPolicy
+
+from .core import (
+    CommandKind,
+    GateThresholds,
+    OnFailure,
+    RolloutPolicy,
+    parse_duration,
+    parse_quota,
+    parse_waves,
+)
+
+__all__ = [
+    "CommandQueued",
+    "GatePublic",
+    "GatesIn",
+    "JudgementPublic",
+    "RolloutCreate",
+    "RolloutDetail",
+    "RolloutEventPublic",
+    "RolloutPolicyPublic",
+    "RolloutSummary",
+    "WavePublic",
+]
+
+
+class GatesIn(BaseModel):
+    """Gate thresholds: the largest value each allows; null disables a gate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_failure_rate: float | None = Field(default=0.0, ge=0)
+    max_rollback_rate: float | None = Field(default=0.0, ge=0)
+    max_p95_latency_ratio: float | None = Field(default=1.5, ge=0)
+    max_error_rate: float | None = Field(default=0.01, ge=0)
+    max_nonfinite_rate: float | None = Field(default=0.0, ge=0)
+    max_confidence_drop: float | None = Field(default=0.1, ge=0)
+    max_drift_psi: float | None = Field(default=0.25, ge=0)
+    min_health_requests: int = Field(default=100, ge=0)
+
+
+class RolloutCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    release: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}:[1-9][0-9]{0,9}$")
+    selector: str = Field(default="", max_length=1024)
+    waves: str = Field(default="1,10%,50%,100%", max_length=1024)
+    soak: str = Field(default="5m", max_length=32)
+    min_reporting: str = Field(default="1", max_length=16)
+    report_timeout: str = Field(default="30m", max_length=32)
+    on_failure: OnFailure = OnFailure.ABORT
+    require_observed: bool = False
+    gates: GatesIn = GatesIn()
+    probation: ProbationPolicy = ProbationPolicy()
+
+    def policy(self) -> RolloutPolicy:
+        """The core's policy; a bad wave list, quota or duration is a ``RolloutSpecError``."""
+        return RolloutPolicy(
+            waves=parse_waves(self.waves),
+            soak_s=parse_duration(self.soak),
+            min_reporting=parse_quota(self.min_reporting),
+            report_timeout_s=parse_duration(self.report_timeout),
+            on_failure=self.on_failure,
+            require_observed=self.require_observed,
+            gates=GateThresholds(**self.gates.model_dump()),
+        )
+
+
+class CommandQueued(BaseModel):
+    rollout_id: str
+    command_id: int
+    kind: CommandKind
+
+
+class RolloutSummary(BaseModel):
+    """A rollout in a list: which release, where, how far."""
+
+    id: str
+    release: str | None = Field(description="MODEL:VERSION; null if the release is gone")
+    last_good: str | None = Field(description="what an abort orders devices back to")
+    selector: str
+    status: str
+    wave: int
+    created_by: str
+    created_at: str | None
+    updated_at: str | None
+
+
+class RolloutPolicyPublic(BaseModel):
+    """The policy as stored with the rollout (durations in seconds)."""
+
+    waves: str
+    soak_s: float
+    min_reporting: str
+    report_timeout_s: float
+    on_failure: OnFailure
+    require_observed: bool
+    gates: GatesIn
+    probation: ProbationPolicy
+
+
+class WavePublic(BaseModel):
+    wave: int
+    size: str = Field(description="as the policy says it: a count or a percentage")
+    target: int = Field(description="devices updated once this wave is done")
+    outcomes: dict[str, int] = Field(description="assigned devices by outcome")
+
+
+class GatePublic(BaseModel):
+    name: str
+    value: float | None
+    threshold: float | None
+    passed: bool
+    note: str = ""
+
+
+class JudgementPublic(BaseModel):
+    """A wave's verdict; ``overridden`` when an operator resumed past failed gates."""
+
+    wave: int
+    at_s: float
+    passed: bool
+    overridden: bool = False
+    gates: list[GatePublic]
+
+
+class RolloutEventPublic(BaseModel):
+    id: int | None
+    kind: str
+    at: str
+    details: dict[str, Any]
+
+
+class RolloutDetail(RolloutSummary):
+    """Everything an operator reads about a rollout: waves, outcomes, gates, events."""
+
+    policy: RolloutPolicyPublic
+    matching_devices: int
+    waves: list[WavePublic]
+    gates: list[GatePublic] = Field(description="the gates of the last judged wave")
+    judgements: list[JudgementPublic]
+    notes: list[str]
+    pending_commands: int
+    events: list[RolloutEventPublic] = Field(description="the latest 50, newest first")
