@@ -47,7 +47,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.serving.server import InferenceObserver, ModelServer
-from tests.model_factory import digits_mlp
+from simulator.demo_models import build_digits_model
 
 REPO = Path(__file__).resolve().parents[1]
 INPUTS = 100
@@ -216,7 +216,7 @@ def yes_no(ok: bool) -> str:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        model, npz = digits_mlp(directory)
+        model, npz = build_digits_model(directory)
         held_out = np.load(npz)["input"].astype(np.float32)
         inputs: list[Feeds] = [
             {"input": np.ascontiguousarray(held_out[i : i + 1])} for i in range(INPUTS)

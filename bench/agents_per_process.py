@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet_fanout import one_wave_scenario, raise_file_limit, work_dir_root
 
 from simulator.controller_api import ControllerApi
-from simulator.demo import ControllerProcess, port_or_free, prepare_demo_releases
+from simulator.controller_process import ControllerProcess, port_or_free
+from simulator.demo import prepare_demo_releases
 from simulator.run import run_scenario
 from tests.brokers import MosquittoServer, find_mosquitto
 

@@ -42,7 +42,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simulator.controller_api import ControllerApi
-from simulator.demo import ControllerProcess, port_or_free, prepare_demo_releases
+from simulator.controller_process import ControllerProcess, port_or_free
+from simulator.demo import prepare_demo_releases
 from simulator.run import RunResult, run_scenario
 from simulator.scenario import RolloutSpec, Scenario
 from tests.brokers import MosquittoServer, find_mosquitto

@@ -21,12 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from converters import ConversionError, make_variant
 from converters.variants import Mode
-from tests.model_factory import (
-    digits_mlp,
-    onnx_reference_models,
-    small_cnn,
-    tiny_tflite,
-)
+from simulator.demo_models import build_digits_model
+from tests.model_factory import onnx_reference_models, small_cnn, tiny_tflite
 
 ONNX_MODES: tuple[Mode, ...] = ("int8-dynamic", "int8-static", "fp16")
 REFERENCE_MODEL = "light_squeezenet"
@@ -48,7 +44,7 @@ def _random_images(path: Path, shape: tuple[int, ...], samples: int) -> Path:
 
 
 def _models(directory: Path) -> list[BenchModel]:
-    digits, digits_validation = digits_mlp(directory)
+    digits, digits_validation = build_digits_model(directory)
     cnn = small_cnn(directory)
     reference = next(p for p in onnx_reference_models() if p.stem == REFERENCE_MODEL)
     reference_npz = directory / "squeezenet-images.npz"

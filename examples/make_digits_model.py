@@ -2,7 +2,7 @@
 
 Trains a scikit-learn MLP on the digits data set that scikit-learn ships (no download),
 exports it to ONNX, and writes ``DIR/digits.onnx`` and ``DIR/digits-validation.npz``
-(held-out inputs under ``input`` and their ``labels``). Needs the ``dev`` extra.
+(held-out inputs under ``input`` and their ``labels``). Needs the ``sim`` extra.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# The same builder the tests use, so the documented model is the tested one.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.model_factory import digits_mlp
+# The same builder the demo and the tests use, so the documented model is the tested one.
+from simulator.demo_models import build_digits_model
 
 
 def main() -> int:
@@ -21,7 +20,7 @@ def main() -> int:
         return 2
     directory = Path(sys.argv[1])
     directory.mkdir(parents=True, exist_ok=True)
-    model, validation = digits_mlp(directory)
+    model, validation = build_digits_model(directory)
     print(f"wrote {model} and {validation}")
     return 0
 

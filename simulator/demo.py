@@ -15,128 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from .controller_api import ControllerApi
+from .controller_process import ControllerProcess, port_or_free
 from .demo_models import build_demo_models
 from .report import write_report
 from .run import RunResult, run_scenario
 from .scenario import load_scenario
 
-__all__ = ["DEMO_SCENARIO", "ControllerProcess", "prepare_demo_releases", "run_demo"]
+__all__ = ["DEMO_SCENARIO", "prepare_demo_releases", "run_demo"]
 
 DEMO_SCENARIO = Path(__file__).parent / "scenarios" / "demo.toml"
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_MQTT_PORT = 1883
-STARTUP_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 20.0
 MODEL = "digits"
-
-
-def port_or_free(preferred: int) -> int:
-    """``preferred`` if nothing listens there on loopback, else (or for 0) a free port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", preferred))
-            if preferred:
-                return preferred
-        except OSError:
-            pass
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class ControllerProcess:
-    """``edgefleet controller serve`` (with its embedded broker by default) in
-    ``state_dir``."""
-
-    state_dir: Path
-    http_port: int
-    mqtt_port: int
-    # "embedded", or the mqtt:// URL of a broker the controller and devices use.
-    broker: str = "embedded"
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-        passphrase_file = self.state_dir / "key-passphrase"
-        if not passphrase_file.exists():
-            passphrase_file.write_text(secrets.token_urlsafe(24))
-            passphrase_file.chmod(0o600)
-        env |= {
-            "EDGEFLEET_DATA_DIR": str(self.state_dir / "controller"),
-            "EDGEFLEET_HOST": "127.0.0.1",
-            "EDGEFLEET_PORT": str(self.http_port),
-            "EDGEFLEET_BROKER": self.broker,
-            "EDGEFLEET_MQTT_HOST": "127.0.0.1",
-            "EDGEFLEET_MQTT_PORT": str(self.mqtt_port),
-            "EDGEFLEET_KEY_PASSPHRASE": passphrase_file.read_text(),
-            "EDGEFLEET_PLAN_INTERVAL_S": "0.5",
-            "EDGEFLEET_INGEST_FLUSH_S": "0.2",
-        }
-        return env
-
-    def start(self) -> None:
-        log = (self.state_dir / "controller.log").open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "controller", "controller", "serve"],
-            env=self.env,
-            stdout=log,
-            stderr=log,
-        )
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"the controller exited with {self.process.returncode}; "
-                    f"see {self.state_dir / 'controller.log'}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.3)
-        raise RuntimeError(f"the controller did not become ready in {STARTUP_TIMEOUT_S:.0f} s")
-
-    def create_token(self, role: str) -> str:
-        result = subprocess.run(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "controller", "tokens", "create", "--role", role],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        return result.stdout.strip().splitlines()[-1]
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def run_demo(*, state_dir: Path, serve: bool, devices: int | None = None, seed: int = 7) -> int:

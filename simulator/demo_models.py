@@ -1,10 +1,14 @@
-"""The demo's sample models: a digits classifier, and a degraded copy of it.
+"""The sample models: a digits classifier, and a degraded copy of it.
 
 Both are scikit-learn MLPs on the 8x8 digits that ship with scikit-learn (nothing is
 downloaded), converted to ONNX with skl2onnx, with the same inputs and outputs. The
 degraded one is the good one with its output layer scaled down: it still ranks classes
 about as well, but its confidence collapses, which is what a bad retraining or a broken
 calibration looks like in the field. Probation on the canary catches it (confidence drop).
+
+``build_digits_model`` is the one digits builder: the demo, the tests, the benchmarks and
+``examples/make_digits_model.py`` all use it, so the documented model is the tested one.
+Training is seeded: the same scikit-learn gives the same bytes.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DemoModels", "build_demo_models"]
+__all__ = ["DemoModels", "build_demo_models", "build_digits_model"]
 
 SEED = 0
 OPSET = 17
@@ -31,13 +36,19 @@ class DemoModels:
     degraded_accuracy: float
 
 
-def build_demo_models(directory: Path) -> DemoModels:
+@dataclass(frozen=True)
+class _Trained:
+    classifier: Any  # sklearn's MLPClassifier, imported lazily
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def _train_digits_classifier() -> _Trained:
     from sklearn.datasets import load_digits
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier
 
-    directory.mkdir(parents=True, exist_ok=True)
     features, labels = load_digits(return_X_y=True)
     features = (features / 16.0).astype(np.float32)
     x_train, x_test, y_train, y_test = train_test_split(
@@ -47,18 +58,41 @@ def build_demo_models(directory: Path) -> DemoModels:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         classifier.fit(x_train, y_train)
+    return _Trained(classifier, x_test, y_test)
+
+
+def _save_validation(trained: _Trained, directory: Path) -> Path:
+    """Held-out inputs under ``input`` and their ``labels``."""
+    validation = directory / "digits-validation.npz"
+    np.savez(validation, input=trained.x_test, labels=trained.y_test.astype(np.int64))
+    return validation
+
+
+def build_digits_model(directory: Path) -> tuple[Path, Path]:
+    """``directory/digits.onnx`` (input ``input`` [N, 64]; outputs ``label`` and
+    ``probabilities``) and its held-out validation set ``digits-validation.npz``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    trained = _train_digits_classifier()
+    model = directory / "digits.onnx"
+    _save_onnx(trained.classifier, model)
+    return model, _save_validation(trained, directory)
+
+
+def build_demo_models(directory: Path) -> DemoModels:
+    directory.mkdir(parents=True, exist_ok=True)
+    trained = _train_digits_classifier()
+    classifier = trained.classifier
     good = directory / "digits.onnx"
     _save_onnx(classifier, good)
-    accuracy = float(classifier.score(x_test, y_test))
+    accuracy = float(classifier.score(trained.x_test, trained.y_test))
 
     classifier.coefs_[-1] *= DEGRADED_OUTPUT_SCALE
     classifier.intercepts_[-1] *= DEGRADED_OUTPUT_SCALE
     degraded = directory / "digits-degraded.onnx"
     _save_onnx(classifier, degraded)
-    degraded_accuracy = float(classifier.score(x_test, y_test))
+    degraded_accuracy = float(classifier.score(trained.x_test, trained.y_test))
 
-    validation = directory / "digits-validation.npz"
-    np.savez(validation, input=x_test, labels=y_test.astype(np.int64))
+    validation = _save_validation(trained, directory)
     return DemoModels(good, degraded, validation, accuracy, degraded_accuracy)
 
 

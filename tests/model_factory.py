@@ -8,7 +8,6 @@ Every builder writes into the directory it is given and returns the paths it wro
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 __all__ = [
     "broken_models",
-    "digits_mlp",
     "fp16_overflow_classifier",
     "integer_feature_classifier",
     "onnx_reference_models",
@@ -38,37 +36,6 @@ def _model(graph: onnx.GraphProto, opset: int = OPSET) -> ModelProto:
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-def digits_mlp(directory: Path) -> tuple[Path, Path]:
-    """An sklearn MLP on the 8x8 digits, as ONNX (label + probabilities), and held-out data."""
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
-    from sklearn.datasets import load_digits
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import train_test_split
-    from sklearn.neural_network import MLPClassifier
-
-    features, labels = load_digits(return_X_y=True)
-    features = (features / 16.0).astype(np.float32)
-    x_train, x_test, y_train, y_test = train_test_split(
-        features, labels, test_size=0.25, random_state=SEED, stratify=labels
-    )
-    classifier = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=SEED)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        classifier.fit(x_train, y_train)
-    model = to_onnx(
-        classifier,
-        initial_types=[("input", FloatTensorType([None, 64]))],
-        options={id(classifier): {"zipmap": False}},
-        target_opset={"": OPSET, "ai.onnx.ml": 3},
-    )
-    model_path = directory / "digits.onnx"
-    npz_path = directory / "digits-validation.npz"
-    onnx.save(model, model_path)
-    np.savez(npz_path, input=x_test, labels=y_test.astype(np.int64))
-    return model_path, npz_path
 
 
 def small_cnn(directory: Path) -> Path:

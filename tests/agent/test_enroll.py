@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from agent.config import load_config
 from controller.cli import main as controller_cli
 from protocol import SigningKey
-from tests.brokers import free_port, wait_for_port
+from simulator.controller_process import ControllerProcess
+from tests.brokers import free_port
 from tests.factories import Keyring
 
 STARTUP_TIMEOUT_S = 60.0
@@ -62,29 +63,14 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A controller with its embedded broker and a key passphrase, and an operator token."""
-    data_dir = tmp_path_factory.mktemp("controller") / "data"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-    env |= {
-        "EDGEFLEET_DATA_DIR": str(data_dir),
-        "EDGEFLEET_MQTT_PORT": str(free_port()),
-        "EDGEFLEET_KEY_PASSPHRASE": "enrollment test passphrase",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "controller", "controller", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    controller = ControllerProcess(tmp_path_factory.mktemp("controller"))
+    controller.start()
     try:
-        wait_for_port("127.0.0.1", port, STARTUP_TIMEOUT_S, alive=lambda: process.poll() is None)
-        token = run("controller", "tokens", "create", "--role", "operator", env=env)
-        assert token.returncode == 0, token.stderr
-        url = f"http://127.0.0.1:{port}"
-        yield Served(url, env | {"EDGEFLEET_URL": url, "EDGEFLEET_TOKEN": token.stdout.strip()})
+        token = controller.create_token("operator")
+        url = controller.url
+        yield Served(url, controller.env | {"EDGEFLEET_URL": url, "EDGEFLEET_TOKEN": token})
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        controller.stop()
 
 
 def agent_enroll(

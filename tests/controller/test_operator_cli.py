@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.brokers import free_port, wait_for_port
-from tests.model_factory import digits_mlp
+from simulator.controller_process import ControllerProcess
+from simulator.demo_models import build_digits_model
 
 STARTUP_TIMEOUT_S = 60.0
 
@@ -37,26 +36,17 @@ def edgefleet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A running controller and the environment an operator would have."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-    env |= {"EDGEFLEET_DATA_DIR": str(tmp_path / "data"), "EDGEFLEET_MQTT_PORT": str(free_port())}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "controller", "controller", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    controller = ControllerProcess(tmp_path / "controller")
+    controller.start()
     try:
-        wait_for_port("127.0.0.1", port, STARTUP_TIMEOUT_S, alive=lambda: process.poll() is None)
-        token = edgefleet("tokens", "create", "--role", "operator", env=env).stdout.strip()
-        yield env | {"EDGEFLEET_URL": f"http://127.0.0.1:{port}", "EDGEFLEET_TOKEN": token}
+        token = controller.create_token("operator")
+        yield controller.env | {"EDGEFLEET_URL": controller.url, "EDGEFLEET_TOKEN": token}
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        controller.stop()
 
 
 def test_push_quantize_release_fetch(served: dict[str, str], tmp_path: Path) -> None:
-    model, validation = digits_mlp(tmp_path)
+    model, validation = build_digits_model(tmp_path)
 
     pushed = edgefleet(
         "model", "push", str(model), "--name", "digits", "--validation", str(validation),

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from simulator.demo_models import build_digits_model
 from tests.model_factory import (
     broken_models,
-    digits_mlp,
     fp16_overflow_classifier,
     integer_feature_classifier,
     small_cnn,
@@ -28,7 +28,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def digits(models_dir: Path) -> tuple[Path, Path]:
     """(digits.onnx, digits-validation.npz): the sklearn MLP and its held-out samples."""
-    return digits_mlp(models_dir)
+    return build_digits_model(models_dir)
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from simulator.controller_process import ControllerProcess
 from tests.agent.e2e.models import affine_model, log1p_model
 from tests.brokers import BrokerEndpoint
 
-from .harness import Api, ControllerProcess, FleetAgent
+from .harness import Api, FleetAgent
 
 MODEL = "affine"
 # Short windows so a test takes seconds; a generous latency ratio because 20 agents, a
@@ -111,7 +112,7 @@ class Fleet:
         return f"{MODEL}:{version}"
 
     def context(self) -> str:
-        parts = [f"--- controller {c.port}\n{c.log_tail()}" for c in self.controllers]
+        parts = [f"--- controller {c.http_port}\n{c.log_tail()}" for c in self.controllers]
         parts += [f"--- {a.device_id}\n{a.log_tail(1500)}" for a in self.agents[:3]]
         return "\n".join(parts)
 
@@ -141,11 +142,12 @@ def make_fleet(
     for index in range(controllers):
         process = ControllerProcess(
             directory / f"controller-{index}",
-            broker_url=broker.url,
+            broker=broker.url,
             database_url=database_url,
             controller_id=f"c{index}",
             shared_group=shared_group,
             data_dir=data_dir,  # replicas share keys and artifacts (a shared volume)
+            settings={"EDGEFLEET_RECONCILE_INTERVAL_S": "5", "EDGEFLEET_INGEST_FLUSH_S": "0.1"},
         )
         process.start()
         processes.append(process)

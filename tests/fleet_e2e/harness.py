@@ -1,9 +1,10 @@
 """The whole system as an operator runs it: controller processes, enrolled agents, traffic.
 
-Everything is real: ``edgefleet controller serve`` and ``edgefleet-agent run`` as
-subprocesses, a Mosquitto of the test's own, SQLite or PostgreSQL, ONNX models pushed and
-released through the API, enrollment through the API and ``edgefleet-agent enroll``, and
-applications calling each agent's local inference API while models change.
+Everything is real: ``edgefleet controller serve`` (the simulator's ``ControllerProcess``)
+and ``edgefleet-agent run`` as subprocesses, a Mosquitto of the test's own, SQLite or
+PostgreSQL, ONNX models pushed and released through the API, enrollment through the API
+and ``edgefleet-agent enroll``, and applications calling each agent's local inference API
+while models change.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from tests.brokers import free_port, wait_for_port
+from tests.brokers import free_port
 
-PASSPHRASE = "fleet e2e passphrase"
-STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
 
@@ -33,84 +32,6 @@ def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     env.update(extra)
     return env
-
-
-class ControllerProcess:
-    """``edgefleet controller serve`` against an external broker, restartable and killable."""
-
-    def __init__(
-        self,
-        directory: Path,
-        *,
-        broker_url: str,
-        database_url: str = "",
-        controller_id: str = "c1",
-        shared_group: str = "",
-        data_dir: Path | None = None,
-    ) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.data_dir = data_dir or directory / "data"
-        self.port = free_port()
-        self.log = directory / "controller.log"
-        self.env = _clean_env(
-            EDGEFLEET_DATA_DIR=str(self.data_dir),
-            EDGEFLEET_DATABASE_URL=database_url,
-            EDGEFLEET_BROKER=broker_url,
-            EDGEFLEET_PORT=str(self.port),
-            EDGEFLEET_KEY_PASSPHRASE=PASSPHRASE,
-            EDGEFLEET_CONTROLLER_ID=controller_id,
-            EDGEFLEET_SHARED_SUBSCRIPTION_GROUP=shared_group,
-            EDGEFLEET_PLAN_INTERVAL_S="0.5",
-            EDGEFLEET_RECONCILE_INTERVAL_S="5",
-            EDGEFLEET_INGEST_FLUSH_S="0.1",
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "controller", "controller", "serve"],
-                env=self.env,
-                stdout=log,
-                stderr=log,
-            )
-        wait_for_port("127.0.0.1", self.port, STARTUP_TIMEOUT_S, alive=self.alive)
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=STOP_TIMEOUT_S)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def create_token(self, role: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "controller", "tokens", "create", "--role", role],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        return result.stdout.strip().splitlines()[-1]
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
 
 
 class Api:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from simulator.controller_api import ControllerApi
-from simulator.demo import ControllerProcess, port_or_free, prepare_demo_releases
+from simulator.controller_process import ControllerProcess, port_or_free
+from simulator.demo import prepare_demo_releases
 from simulator.report import write_report
 from simulator.run import RunResult, run_scenario
 from simulator.scenario import load_scenario

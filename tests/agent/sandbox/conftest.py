@@ -22,8 +22,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from agent.update.sandbox import SandboxLimits
 from protocol import Artifact, GoldenCase, Release, RuntimeRequirements, TensorData, TensorSpec
+from simulator.demo_models import build_digits_model
 from tests.factories import make_release
-from tests.model_factory import IR_VERSION, OPSET, digits_mlp, tiny_tflite
+from tests.model_factory import IR_VERSION, OPSET, tiny_tflite
 
 Array = npt.NDArray[Any]
 
@@ -114,7 +115,7 @@ class Digits:
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
     import onnxruntime as ort
 
-    path, npz = digits_mlp(tmp_path_factory.mktemp("digits"))
+    path, npz = build_digits_model(tmp_path_factory.mktemp("digits"))
     inputs = np.load(npz)["input"][:4]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     label, probabilities = session.run(None, {"input": inputs})

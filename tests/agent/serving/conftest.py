@@ -22,8 +22,9 @@ import pytest
 from agent.runtimes import datatype_of_dtype
 from agent.serving.http_api import InferenceApi
 from agent.serving.server import ModelServer
+from simulator.demo_models import build_digits_model
 from tests.agent.e2e.models import affine_model
-from tests.model_factory import digits_mlp, small_cnn, tiny_tflite
+from tests.model_factory import small_cnn, tiny_tflite
 
 Array = npt.NDArray[Any]
 
@@ -41,7 +42,7 @@ class Models:
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     directory = tmp_path_factory.mktemp("serving-models")
-    digits, npz = digits_mlp(directory)
+    digits, npz = build_digits_model(directory)
     return Models(
         digits=digits,
         digits_inputs=np.load(npz)["input"][:5],

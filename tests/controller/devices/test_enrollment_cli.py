@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from agent.config import load_config
 from controller.cli.main import app
-from tests.brokers import free_port, wait_for_port
+from simulator.controller_process import ControllerProcess
 
 STARTUP_TIMEOUT_S = 60.0
 COMMAND_TIMEOUT_S = 60.0
@@ -75,30 +75,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
     Shared by this module's tests; only the first one enrolls a device.
     """
-    data_dir = tmp_path_factory.mktemp("controller") / "data"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-    env |= {
-        "EDGEFLEET_DATA_DIR": str(data_dir),
-        "EDGEFLEET_MQTT_PORT": str(free_port()),
-        "EDGEFLEET_KEY_PASSPHRASE": "enrollment test passphrase",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "controller", "controller", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    controller = ControllerProcess(tmp_path_factory.mktemp("controller"))
+    controller.start()
     try:
-        wait_for_port("127.0.0.1", port, STARTUP_TIMEOUT_S, alive=lambda: process.poll() is None)
-        token = run("controller", "tokens", "create", "--role", "operator", env=env)
-        assert token.returncode == 0, token.stderr
-        url = f"http://127.0.0.1:{port}"
-        env |= {"EDGEFLEET_URL": url, "EDGEFLEET_TOKEN": token.stdout.strip()}
-        yield Served(url, data_dir, env)
+        token = controller.create_token("operator")
+        env = controller.env | {"EDGEFLEET_URL": controller.url, "EDGEFLEET_TOKEN": token}
+        assert controller.data_dir is not None
+        yield Served(controller.url, controller.data_dir, env)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        controller.stop()
 
 
 def printed_command(output: str) -> list[str]:

@@ -12,8 +12,9 @@ from sqlalchemy import text
 
 from controller.tokens import Role
 from protocol import Envelope, Release, verify_document
+from simulator.demo_models import build_digits_model
 from tests.controller.conftest import bearer, ctx
-from tests.model_factory import broken_models, digits_mlp, small_cnn, tiny_tflite
+from tests.model_factory import broken_models, small_cnn, tiny_tflite
 
 Models = dict[str, Path]
 
@@ -21,7 +22,7 @@ Models = dict[str, Path]
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     directory = tmp_path_factory.mktemp("models")
-    digits, validation = digits_mlp(directory)
+    digits, validation = build_digits_model(directory)
     return {
         "digits": digits,
         "digits_validation": validation,

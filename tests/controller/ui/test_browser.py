@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from simulator.controller_process import ControllerProcess
 from tests.agent.e2e.models import affine_model
-from tests.brokers import free_port
 from tests.conftest import require_service
-from tests.fleet_e2e.harness import Api, ControllerProcess
+from tests.fleet_e2e.harness import Api
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -70,8 +70,7 @@ def sync_playwright() -> Any:
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     directory = tmp_path_factory.mktemp("dashboard")
-    controller = ControllerProcess(directory / "controller", broker_url="embedded")
-    controller.env["EDGEFLEET_MQTT_PORT"] = str(free_port())
+    controller = ControllerProcess(directory / "controller")
     controller.start()
     try:
         api = Api(controller.url, controller.create_token("admin"))
