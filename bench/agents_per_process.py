@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fleet_fanout import one_wave_scenario, raise_file_limit, work_dir_root
 
-from simulator.controller_api import ControllerApi
+from apiclient import AsyncControllerClient
 from simulator.controller_process import ControllerProcess, port_or_free
 from simulator.demo import prepare_demo_releases
 from simulator.run import run_scenario
@@ -108,7 +108,7 @@ async def run(args: argparse.Namespace, state: Path) -> None:
     work_dir = work_dir_root()
     try:
         token = controller.create_token("operator")
-        api = ControllerApi(controller.url, token)
+        api = AsyncControllerClient(controller.url, token)
         releases = await prepare_demo_releases(api, state / "models")
         probe.mark("baseline")
         result = await run_scenario(

@@ -41,7 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simulator.controller_api import ControllerApi
+from apiclient import AsyncControllerClient
 from simulator.controller_process import ControllerProcess, port_or_free
 from simulator.demo import prepare_demo_releases
 from simulator.run import RunResult, run_scenario
@@ -179,10 +179,10 @@ async def run(args: argparse.Namespace, state: Path) -> None:
     controller.start()
     try:
         token = controller.create_token("operator")
-        api = ControllerApi(controller.url, token)
+        api = AsyncControllerClient(controller.url, token)
         releases = await prepare_demo_releases(api, state / "models")
         model, _, version = releases["good"].partition(":")
-        release = await api.call("GET", f"/api/v1/models/{model}/versions/{version}")
+        release = await api.request("GET", f"/api/v1/models/{model}/versions/{version}")
         work_dir = work_dir_root()
         try:
             result = await run_scenario(

@@ -15,7 +15,8 @@ from typing import Annotated
 
 import typer
 
-from .controller_api import ControllerApi
+from apiclient import AsyncControllerClient
+
 from .demo import print_summary, run_demo
 from .report import write_report
 from .run import run_scenario
@@ -98,7 +99,7 @@ async def _sim(
     report: Path,
     work_dir: Path,
 ) -> int:
-    api = ControllerApi(url, token)
+    api = AsyncControllerClient(url, token)
     try:
         result = await run_scenario(
             parsed, seed=seed, api=api, work_dir=work_dir, releases=releases

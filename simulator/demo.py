@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .controller_api import ControllerApi
+from apiclient import AsyncControllerClient
+
 from .controller_process import ControllerProcess, port_or_free
 from .demo_models import build_demo_models
 from .report import write_report
@@ -75,7 +76,7 @@ def run_demo(*, state_dir: Path, serve: bool, devices: int | None = None, seed: 
 async def _demo(
     controller: ControllerProcess, token: str, state_dir: Path, devices: int | None, seed: int
 ) -> RunResult:
-    api = ControllerApi(controller.url, token)
+    api = AsyncControllerClient(controller.url, token)
     try:
         releases = await prepare_demo_releases(api, state_dir / "models")
         scenario = load_scenario(DEMO_SCENARIO, devices=devices)
@@ -92,7 +93,7 @@ async def _demo(
         await api.close()
 
 
-async def prepare_demo_releases(api: ControllerApi, directory: Path) -> dict[str, str]:
+async def prepare_demo_releases(api: AsyncControllerClient, directory: Path) -> dict[str, str]:
     """Train, push, quantize and release the good model; push and release the degraded
     one. Returns ``{"good": "digits:N", "bad": "digits:M"}``."""
     print("training the sample digits model (scikit-learn digits, MLP -> ONNX)")

@@ -28,8 +28,8 @@ from agent.config import AgentConfig, load_config
 from agent.link.enroll import enroll
 from agent.update.fetcher import FetchLimits
 from agent.update.sandbox import SandboxLimits
+from apiclient import AsyncControllerClient
 
-from .controller_api import ControllerApi
 from .device import SimulatedDevice
 from .plan import FleetPlan, plan_fleet
 from .proxies import BrokerProxy, CorruptingArtifactServer
@@ -69,7 +69,7 @@ async def run_scenario(
     scenario: Scenario,
     *,
     seed: int,
-    api: ControllerApi,
+    api: AsyncControllerClient,
     work_dir: Path,
     releases: Mapping[str, str] | None = None,
     run_tag: str | None = None,
@@ -124,7 +124,7 @@ class _Fleet:
         self,
         scenario: Scenario,
         plan: FleetPlan,
-        api: ControllerApi,
+        api: AsyncControllerClient,
         work_dir: Path,
         recorder: Recorder,
     ) -> None:
@@ -243,7 +243,7 @@ class _Fleet:
     async def _count_devices(self, **query: Any) -> int:
         total, offset, page = 0, 0, 1000
         while True:
-            rows = await self.api.call(
+            rows = await self.api.request(
                 "GET",
                 "/api/v1/devices",
                 params={"selector": self.selector, "limit": page, "offset": offset, **query},

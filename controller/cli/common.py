@@ -16,9 +16,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from apiclient import DEFAULT_URL, ApiError, ControllerClient
+
 from ..errors import ControllerError
 from ..settings import Settings, load_settings
-from .client import DEFAULT_URL, ApiError, ControllerClient
 
 __all__ = [
     "DEFAULT_URL",

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from apiclient import ControllerClient
 from tests.brokers import free_port
 
 STOP_TIMEOUT_S = 30.0
@@ -35,36 +36,30 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 
 class Api:
-    """The controller's HTTP API as an operator's script uses it."""
+    """The controller's HTTP API as an operator's script uses it (``apiclient``), with the
+    waits a test needs."""
 
     def __init__(self, url: str, token: str) -> None:
-        self.http = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120
-        )
+        self.client = ControllerClient(url, token)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.http.request(method, path, **kwargs)
-        assert response.status_code < 300, (
-            f"{method} {path}: {response.status_code} {response.text}"
-        )
-        return response.json()
+        return self.client.request(method, path, **kwargs)
 
     def push_and_release(self, name: str, model: Path, validation: Path | None = None) -> int:
         files = {"model": (model.name, model.read_bytes())}
         if validation is not None:
             files["validation"] = (validation.name, validation.read_bytes())
         version = int(self.call("POST", f"/api/v1/models/{name}/versions", files=files)["version"])
-        self.call("POST", f"/api/v1/models/{name}/versions/{version}/release")
+        self.client.release(name, version)
         return version
 
     def rollout(self, release: str, **fields: Any) -> str:
         body = {"release": release, **fields}
-        rollout_id: str = self.call("POST", "/api/v1/rollouts", json=body)["id"]
+        rollout_id: str = self.client.create_rollout(body)["id"]
         return rollout_id
 
     def rollout_status(self, rollout_id: str) -> dict[str, Any]:
-        status: dict[str, Any] = self.call("GET", f"/api/v1/rollouts/{rollout_id}")
-        return status
+        return self.client.rollout(rollout_id)
 
     def device(self, device_id: str) -> dict[str, Any]:
         detail: dict[str, Any] = self.call("GET", f"/api/v1/devices/{device_id}")

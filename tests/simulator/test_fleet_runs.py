@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.controller_api import ControllerApi
+from apiclient import AsyncControllerClient
 from simulator.controller_process import ControllerProcess, port_or_free
 from simulator.demo import prepare_demo_releases
 from simulator.report import write_report
@@ -64,7 +64,7 @@ def sim_controller(
         token = controller.create_token("operator")
 
         async def prepare() -> dict[str, str]:
-            api = ControllerApi(controller.url, token)
+            api = AsyncControllerClient(controller.url, token)
             try:
                 return await prepare_demo_releases(api, state_dir / "models")
             finally:
@@ -83,7 +83,7 @@ def test_faults_end_in_the_planned_outcome_counts(
     scenario = load_scenario(FAULTS_SCENARIO)
 
     async def simulate() -> RunResult:
-        api = ControllerApi(url, token)
+        api = AsyncControllerClient(url, token)
         try:
             return await run_scenario(
                 scenario, seed=5, api=api, work_dir=tmp_path / "fleet", releases=releases

@@ -1,7 +1,4 @@
-"""A small HTTP client for the controller's API, used by the operator CLI.
-
-Transport errors and error answers become one ``ApiError`` with the server's reason.
-"""
+"""``ControllerClient``: the API from a command line or a script, one call at a time."""
 
 from __future__ import annotations
 
@@ -11,22 +8,15 @@ from typing import IO, Any
 
 import httpx
 
-from ..errors import ControllerError
+from ._errors import answer_of, unreachable
 
-__all__ = ["DEFAULT_URL", "ApiError", "ControllerClient"]
+__all__ = ["DEFAULT_URL", "ControllerClient"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+CONNECT_TIMEOUT_S = 30.0
 # Quantization and release jobs run while the request waits.
 JOB_TIMEOUT_S = 1800.0
 UPLOAD_CHUNK_BYTES = 256 * 1024
-
-
-class ApiError(ControllerError):
-    """The controller refused a call, or could not be reached."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _ProgressReader:
@@ -48,7 +38,7 @@ class ControllerClient:
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers=headers,
-            timeout=httpx.Timeout(30.0, read=JOB_TIMEOUT_S),
+            timeout=httpx.Timeout(CONNECT_TIMEOUT_S, read=JOB_TIMEOUT_S),
         )
 
     def close(self) -> None:
@@ -56,30 +46,22 @@ class ControllerClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call ``path`` and return the decoded JSON answer, or raise ``ApiError``."""
-        return self._call(method, path, **kwargs)
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise ApiError(f"cannot reach the controller at {self._http.base_url}: {exc}") from exc
-        if response.is_error:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise ApiError(f"{response.status_code}: {detail}", response.status_code)
-        return response.json()
+            raise unreachable(self._http.base_url, exc) from exc
+        return answer_of(response)
 
     def push(
         self,
         name: str,
         model: Path,
         *,
-        validation: Path | None,
-        allow_signature_change: bool,
+        validation: Path | None = None,
+        allow_signature_change: bool = False,
         on_progress: Callable[[int], None] = lambda _n: None,
     ) -> dict[str, Any]:
+        """Upload a model (and its validation set), streamed from disk; the new version."""
         with model.open("rb") as model_handle:
             files: dict[str, Any] = {
                 "model": (model.name, _ProgressReader(model_handle, on_progress))
@@ -92,7 +74,7 @@ class ControllerClient:
                         _ProgressReader(validation_handle, on_progress),
                     )
                 data = {"allow_signature_change": "true" if allow_signature_change else "false"}
-                answer: dict[str, Any] = self._call(
+                answer: dict[str, Any] = self.request(
                     "POST", f"/api/v1/models/{name}/versions", files=files, data=data
                 )
                 return answer
@@ -101,25 +83,33 @@ class ControllerClient:
                     validation_handle.close()
 
     def models(self) -> list[dict[str, Any]]:
-        answer: list[dict[str, Any]] = self._call("GET", "/api/v1/models")
+        answer: list[dict[str, Any]] = self.request("GET", "/api/v1/models")
         return answer
 
     def versions(self, name: str) -> list[dict[str, Any]]:
-        answer: list[dict[str, Any]] = self._call("GET", f"/api/v1/models/{name}/versions")
+        answer: list[dict[str, Any]] = self.request("GET", f"/api/v1/models/{name}/versions")
         return answer
 
     def version(self, name: str, version: int) -> dict[str, Any]:
-        answer: dict[str, Any] = self._call("GET", f"/api/v1/models/{name}/versions/{version}")
+        answer: dict[str, Any] = self.request("GET", f"/api/v1/models/{name}/versions/{version}")
         return answer
 
     def quantize(self, name: str, version: int, mode: str) -> dict[str, Any]:
-        answer: dict[str, Any] = self._call(
+        answer: dict[str, Any] = self.request(
             "POST", f"/api/v1/models/{name}/versions/{version}/variants", json={"mode": mode}
         )
         return answer
 
     def release(self, name: str, version: int) -> dict[str, Any]:
-        answer: dict[str, Any] = self._call(
+        answer: dict[str, Any] = self.request(
             "POST", f"/api/v1/models/{name}/versions/{version}/release"
         )
+        return answer
+
+    def create_rollout(self, body: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("POST", "/api/v1/rollouts", json=body)
+        return answer
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("GET", f"/api/v1/rollouts/{rollout_id}")
         return answer
