@@ -48,8 +48,9 @@ from urllib.parse import unquote
 import h11
 import numpy as np
 
+from tensors import OIP_DATATYPES, Array, numpy_dtype_of, reported_datatype
+
 from .. import __version__
-from ..runtimes import OIP_DATATYPES, Array, datatype_of_dtype, numpy_dtype_of
 from .server import (
     InferenceError,
     InferenceFailedError,
@@ -213,7 +214,7 @@ def encode_infer_response(
     document["outputs"] = [
         {
             "name": name,
-            "datatype": datatype_of_dtype(outputs[name].dtype),
+            "datatype": reported_datatype(outputs[name].dtype),
             "shape": list(outputs[name].shape),
             "data": outputs[name].ravel().tolist(),
         }

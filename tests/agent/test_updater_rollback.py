@@ -21,13 +21,13 @@ import pytest
 from agent.clock import SystemClock
 from agent.config import AgentConfig
 from agent.durable import write_json_atomic
-from agent.runtimes import RuntimeOptions
 from agent.serving.host import ServingHost
 from agent.update.machine import MAX_TRANSITIONS_PER_DEPLOYMENT, Journal, UpdateState, load_journal
 from agent.update.store import ModelStore
 from agent.update.trust_state import TrustState
 from agent.update.updater import Updater, UpdaterPaths
 from protocol import Artifact, Release, TensorSpec
+from tensors import RuntimeOptions
 from tests.agent.e2e.models import affine_model
 from tests.factories import Keyring, make_release
 

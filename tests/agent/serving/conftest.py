@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from agent.runtimes import datatype_of_dtype
 from agent.serving.http_api import InferenceApi
 from agent.serving.server import ModelServer
+from tensors import reported_datatype
 from tests.agent.e2e.models import affine_model
 from tests.model_factory import digits_mlp, small_cnn, tiny_tflite
 
@@ -118,7 +118,7 @@ def tensor_json(name: str, array: Array) -> dict[str, Any]:
     return {
         "name": name,
         "shape": list(array.shape),
-        "datatype": datatype_of_dtype(array.dtype),
+        "datatype": reported_datatype(array.dtype),
         "data": array.ravel().tolist(),
     }
 
