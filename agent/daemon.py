@@ -38,7 +38,7 @@ from .link.outbox import Outbox, OutboxQueue
 from .link.reporting import LinkReporter, offline_state
 from .serving.host import ServingHost, recorder_of
 from .serving.server import BackendLoader
-from .stats.recorder import to_telemetry_window
+from .stats.telemetry import to_telemetry_window
 from .update.fetcher import Fetcher
 from .update.machine import load_journal, recover_journal
 from .update.store import ModelStore
