@@ -22,7 +22,7 @@ Invariants:
 - inputs are never cast or reshaped: a value of the wrong datatype or shape is refused
   with a message that names the input, what was given and what the model takes.
 
-Errors (all ``AgentError``)::
+Errors (all ``AgentError``, defined in ``agent.errors``)::
 
     InferenceError                 inference_error
     ├── ModelNotReadyError         model_not_ready        no version is serving (HTTP 503)
@@ -64,40 +64,22 @@ from tensors import (
 
 from ..backends import load_backend
 from ..errors import (
-    InferenceError,
     InferenceFailedError,
     InferenceRequestError,
-    InputDataError,
     InputDatatypeError,
     InputNameError,
     InputShapeError,
-    MalformedRequestError,
     ModelLoadError,
     ModelNotReadyError,
-    OutputNameError,
-    RequestTooLargeError,
-    UnknownModelError,
 )
 
 __all__ = [
     "WARMUP_RUNS",
     "BackendLoader",
-    "InferenceError",
-    "InferenceFailedError",
     "InferenceObserver",
-    "InferenceRequestError",
-    "InputDataError",
-    "InputDatatypeError",
-    "InputNameError",
-    "InputShapeError",
     "LoadedVersion",
-    "MalformedRequestError",
-    "ModelNotReadyError",
     "ModelServer",
     "ModelSignature",
-    "OutputNameError",
-    "RequestTooLargeError",
-    "UnknownModelError",
     "file_version",
 ]
 
