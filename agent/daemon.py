@@ -21,6 +21,7 @@ from typing import Any
 
 from protocol import Channel, TelemetryBatch, device_topic
 
+from .backends import load_backend, runtime_options
 from .clock import Clock, SystemClock
 from .config import AgentConfig
 from .errors import (
@@ -35,10 +36,9 @@ from .errors import (
 from .link.mqtt import LinkSettings, Message, MqttLink
 from .link.outbox import Outbox, OutboxQueue
 from .link.reporting import LinkReporter, offline_state
-from .runtimes import RuntimeOptions, load_backend
 from .serving.host import ServingHost, recorder_of
 from .serving.server import BackendLoader
-from .stats.recorder import to_telemetry_window
+from .stats.telemetry import to_telemetry_window
 from .update.fetcher import Fetcher
 from .update.state_files import load_journal, load_trust_state, persist_trust_state, recover_journal
 from .update.store import ModelStore
@@ -116,7 +116,7 @@ class AgentDaemon:
             snapshot=self._snapshot,
         )
         self.serving = ServingHost(
-            options=RuntimeOptions(
+            options=runtime_options(
                 providers=tuple(config.execution_providers),
                 intra_op_threads=config.inference_threads,
             ),

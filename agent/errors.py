@@ -75,7 +75,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import protocol
+# protocol's errors module, not its namespace: the pure OIP codec (agent.serving.codec)
+# imports this module, and the namespace also holds protocol.backoff's randomness.
+from protocol import errors as protocol_errors
 
 __all__ = [
     "AgentError",
@@ -428,17 +430,19 @@ class HttpStatusError(TransportError):
 
 
 # Most specific first: the first matching protocol class wins.
-_PROTOCOL_TRANSLATIONS: tuple[tuple[type[protocol.ProtocolError], type[RefusalError]], ...] = (
-    (protocol.PayloadTypeError, WrongPayloadTypeError),
-    (protocol.MalformedDocumentError, MalformedDocumentError),
-    (protocol.SignatureError, BadSignatureError),
-    (protocol.RotationError, TrustRootRotationError),
+_PROTOCOL_TRANSLATIONS: tuple[
+    tuple[type[protocol_errors.ProtocolError], type[RefusalError]], ...
+] = (
+    (protocol_errors.PayloadTypeError, WrongPayloadTypeError),
+    (protocol_errors.MalformedDocumentError, MalformedDocumentError),
+    (protocol_errors.SignatureError, BadSignatureError),
+    (protocol_errors.RotationError, TrustRootRotationError),
     # A trust root whose key bytes are unreadable cannot verify anything.
-    (protocol.KeyFormatError, MalformedDocumentError),
+    (protocol_errors.KeyFormatError, MalformedDocumentError),
 )
 
 
-def translate_protocol_error(exc: protocol.ProtocolError, *, what: str) -> RefusalError:
+def translate_protocol_error(exc: protocol_errors.ProtocolError, *, what: str) -> RefusalError:
     """The agent refusal for a protocol error; raise it ``from exc``.
 
     ``what`` names the document in the message ("deployment", "release in deployment 7").

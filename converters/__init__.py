@@ -1,8 +1,10 @@
 """edgefleet's model converters: inspect, quantize, evaluate and profile models.
 
-The controller runs this package as a subprocess job and reads JSON from its stdout; it
-imports nothing of ours (import-linter checks it), so a crash here never takes the API
-down. The functions below are the same operations without the process around them.
+The controller runs this package as a subprocess job and reads JSON from its stdout, so a
+crash here never takes the API down. Of ours it imports only ``protocol`` and ``tensors``
+(import-linter checks it): datatypes, runtime backends and the profile rules are those
+``tensors`` shares with the agent. The functions below are the same operations without
+the process around them.
 
 Contract of ``python -m converters <command> ...``
 ===================================================
@@ -82,11 +84,9 @@ from .gate import GateDecision, GatePolicy, judge
 from .inspection import ModelInfo, detect_format, inspect_model, open_model
 from .onnx_checks import DEFAULT_MAX_TENSOR_BYTES
 from .profile import TOLERANCES, profile_model
-from .tensors import DATATYPE_BYTES, TensorSpec
 from .variants import MODES, VariantResult, make_variant
 
 __all__ = [
-    "DATATYPE_BYTES",
     "DEFAULT_MAX_TENSOR_BYTES",
     "MODES",
     "TOLERANCES",
@@ -102,7 +102,6 @@ __all__ = [
     "MissingDependencyError",
     "ModelInfo",
     "SignatureMismatchError",
-    "TensorSpec",
     "TensorTooLargeError",
     "UnsupportedDatatypeError",
     "UnsupportedFormatError",

@@ -19,11 +19,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tensors import Array, TensorSpec
+
 from .errors import BadValidationSetError, SignatureMismatchError
 from .inspection import LoadedModel, open_model
 from .onnx_checks import DEFAULT_MAX_TENSOR_BYTES
-from .runners import InferenceRunner
-from .tensors import Array, TensorSpec
+from .runners import ModelRunner
 from .validation import (
     ValidationSet,
     batch_size_of,
@@ -72,7 +73,7 @@ class EvaluationReport:
         }
 
 
-def verify_same_signature(parent: InferenceRunner, candidate: InferenceRunner) -> None:
+def verify_same_signature(parent: ModelRunner, candidate: ModelRunner) -> None:
     """The candidate must take and give the same named tensors of the same datatypes and rank."""
     for what, theirs, ours in (
         ("inputs", parent.inputs, candidate.inputs),
@@ -104,14 +105,14 @@ def _concat(parts: list[dict[str, Array]]) -> dict[str, Array]:
     }
 
 
-def _timed(runner: InferenceRunner, batch: Mapping[str, Array]) -> tuple[dict[str, Array], float]:
+def _timed(runner: ModelRunner, batch: Mapping[str, Array]) -> tuple[dict[str, Array], float]:
     started = time.perf_counter()  # monotonic, and fine-grained enough for one batch
     outputs = runner.run(batch)
     return outputs, (time.perf_counter() - started) * 1000.0
 
 
 def run_interleaved(
-    parent: InferenceRunner, candidate: InferenceRunner, data: ValidationSet
+    parent: ModelRunner, candidate: ModelRunner, data: ValidationSet
 ) -> tuple[dict[str, Array], dict[str, Array], float, float, int]:
     """Outputs of both models on every batch, and their median per-batch latency in ms."""
     fixed = batch_size_of(parent.inputs)

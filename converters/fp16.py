@@ -33,7 +33,7 @@ from onnx import ModelProto, TensorProto, ValueInfoProto
 
 from .errors import ConversionFailedError, MalformedModelError
 from .onnx_quantize import fp32_op_types_onnx, staged_output
-from .runners import OnnxRuntimeRunner
+from .runners import open_onnx_runner
 from .validation import ValidationSet, batch_size_of, iter_batches
 
 __all__ = ["FP16_DIVERGENCE", "MAX_FP16_ATTEMPTS", "Fp16Outcome", "convert_fp16"]
@@ -159,10 +159,10 @@ def first_diverging_op(
     names = [name for _, name in order]
     with tempfile.TemporaryDirectory(prefix="edgefleet-fp16-") as scratch:
         folder = Path(scratch)
-        reference = OnnxRuntimeRunner(
+        reference = open_onnx_runner(
             _with_outputs(parent, names, folder / "parent.onnx"), optimize=False
         )
-        probe = OnnxRuntimeRunner(
+        probe = open_onnx_runner(
             _with_outputs(candidate, names, folder / "candidate.onnx"), optimize=False
         )
         batch = next(iter_batches(data.inputs, batch_size_of(reference.inputs)))

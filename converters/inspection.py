@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tensors import ModelFormat, TensorSpec
+
 from .errors import MalformedModelError, UnsupportedFormatError
 from .onnx_checks import DEFAULT_MAX_TENSOR_BYTES, verify_onnx_model
-from .runners import InferenceRunner, LiteRtRunner, OnnxRuntimeRunner
-from .tensors import TensorSpec
+from .runners import ModelRunner, open_litert_runner, open_onnx_runner
 
 __all__ = [
     "LoadedModel",
@@ -30,7 +31,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ModelFormat = Literal["onnx", "tflite"]
 TFLITE_IDENTIFIER = b"TFL3"
 # The first byte of an ONNX file is the key of a ModelProto field: ir_version (1),
 # producer_name (2), producer_version (3), domain (4), model_version (5), doc_string (6),
@@ -70,7 +70,7 @@ class LoadedModel:
 
     path: Path
     info: ModelInfo
-    runner: InferenceRunner
+    runner: ModelRunner
     precision: Literal["fp32", "fp16", "int8"]
 
 
@@ -109,14 +109,14 @@ def open_model(path: Path, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) 
     model_format = detect_format(head)
     if model_format == "onnx":
         proto, opset = verify_onnx_model(path, max_tensor_bytes=max_tensor_bytes)
-        onnx_runner = OnnxRuntimeRunner(path)
+        onnx_runner = open_onnx_runner(path)
         producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
         info = ModelInfo(
             "onnx", opset, onnx_runner.inputs, onnx_runner.outputs, size, sha256, producer or None
         )
         precision = _onnx_precision(proto)
         return LoadedModel(path, info, onnx_runner, precision)
-    tflite_runner = LiteRtRunner(path, max_tensor_bytes=max_tensor_bytes)
+    tflite_runner = open_litert_runner(path, max_tensor_bytes=max_tensor_bytes)
     info = ModelInfo(
         "tflite",
         None,

@@ -21,13 +21,14 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import GraphProto, ModelProto, TensorProto, helper
 
+from tensors import declared_bytes
+
 from .errors import (
     ExternalDataEscapeError,
     FutureOpsetError,
     MalformedModelError,
     TensorTooLargeError,
 )
-from .tensors import declared_bytes
 
 __all__ = [
     "DEFAULT_MAX_TENSOR_BYTES",

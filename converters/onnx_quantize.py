@@ -19,8 +19,9 @@ from typing import Any
 import onnx
 from onnx import ModelProto
 
+from tensors import Array
+
 from .errors import ConversionFailedError
-from .tensors import Array
 from .validation import ValidationSet, batch_size_of, iter_batches
 
 __all__ = [

@@ -3,27 +3,30 @@
 Golden cases are what a device runs before it activates the exact same artifact: inputs
 taken from the validation set (or seeded random inputs built from the input spec), and
 the outputs this process computed for exactly those inputs, batch for batch. The reference
-profile describes what inputs and outputs looked like, for the agent's drift checks.
+profile describes what inputs and outputs looked like, for the agent's drift checks; its
+histograms and its classifier choice follow ``tensors.profile``, the rules the agent
+applies to live requests.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import BadValidationSetError
+from tensors import Array, TensorSpec, are_class_probabilities, datatype_of_numpy, histogram
+
+from .errors import BadValidationSetError, UnsupportedDatatypeError
 from .evaluate import validation_or_generated
 from .inspection import LoadedModel, open_model
 from .onnx_checks import DEFAULT_MAX_TENSOR_BYTES
-from .tensors import Array, TensorSpec, encode_tensor
 from .validation import batch_size_of, iter_batches
 
-__all__ = ["HISTOGRAM_BINS", "TOLERANCES", "histogram", "probability_output", "profile_model"]
+__all__ = ["TOLERANCES", "encode_tensor", "probability_output", "profile_model"]
 
-HISTOGRAM_BINS = 10
 # (atol, rtol) by the precision the model computes in. The device re-runs the very same
 # artifact, possibly on another CPU: only kernel choice (SIMD width, FMA, summation
 # order, threads) differs. FP32 accumulations then differ by a few ulps of the largest
@@ -36,38 +39,33 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     "fp16": (1e-2, 1e-2),
     "int8": (3e-2, 3e-2),
 }
-_PROBABILITY_SLACK = 1e-3
 
 
-def histogram(values: Array) -> dict[str, list[float]] | None:
-    """Equal-width bins over the finite values; ``None`` when there is none."""
-    finite = np.asarray(values, dtype=np.float64).ravel()
-    finite = finite[np.isfinite(finite)]
-    if finite.size == 0:
-        return None
-    low, high = float(finite.min()), float(finite.max())
-    edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
-    if not np.all(np.diff(edges) > 0):
-        # A constant (or nearly constant) tensor: bins one unit wide around it.
-        edges = np.linspace(low - 0.5, low + 0.5, HISTOGRAM_BINS + 1)
-    counts, _ = np.histogram(np.clip(finite, edges[0], edges[-1]), bins=edges)
+def encode_tensor(name: str, array: Array) -> dict[str, Any]:
+    """A concrete tensor as ``{name, datatype, shape, data}`` with base64 little-endian data.
+
+    The datatype is an OIP one and ``data`` holds exactly the bytes datatype and shape
+    need, as ``protocol.TensorData`` requires.
+    """
+    datatype = datatype_of_numpy(array.dtype)
+    if datatype is None:
+        raise UnsupportedDatatypeError(
+            f"tensor {name!r} has dtype {array.dtype.name}, which has no OIP datatype"
+        )
+    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
     return {
-        "bin_edges": [float(edge) for edge in edges],
-        "fractions": [float(count) / finite.size for count in counts],
+        "name": name,
+        "datatype": datatype,
+        "shape": [int(dim) for dim in array.shape],
+        "data": base64.b64encode(little.tobytes()).decode("ascii"),
     }
 
 
 def probability_output(specs: Sequence[TensorSpec], outputs: Mapping[str, Array]) -> str | None:
-    """The first output that looks like class probabilities: 2-D, in [0, 1], rows sum to 1."""
+    """The first float output that holds class probabilities (``tensors.profile``'s rule)."""
     for spec in specs:
         array = outputs.get(spec.name)
-        if array is None or not spec.is_float or array.ndim != 2 or array.shape[1] < 2:
-            continue
-        values = np.asarray(array, dtype=np.float64)
-        if not np.all(np.isfinite(values)):
-            continue
-        in_range = values.min() >= -_PROBABILITY_SLACK and values.max() <= 1 + _PROBABILITY_SLACK
-        if in_range and np.allclose(values.sum(axis=1), 1.0, atol=_PROBABILITY_SLACK):
+        if array is not None and spec.is_float and are_class_probabilities(array):
             return spec.name
     return None
 

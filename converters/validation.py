@@ -16,8 +16,9 @@ from typing import Literal
 
 import numpy as np
 
+from tensors import Array, TensorSpec
+
 from .errors import BadValidationSetError
-from .tensors import Array, TensorSpec
 
 __all__ = [
     "GENERATED_SAMPLES",

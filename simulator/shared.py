@@ -25,18 +25,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.backends import load_backend
 from agent.link.outbox import DEFAULT_MAX_MESSAGES, OutboxMessage
-from agent.runtimes import (
-    Array,
-    InferenceBackend,
-    ModelFormat,
-    RuntimeOptions,
-    TensorSignature,
-    load_backend,
-)
 from agent.update.fetcher import Fetcher
 from agent.update.sandbox import SandboxLimits, check_model
 from protocol import Release
+from tensors import Array, InferenceBackend, ModelFormat, RuntimeOptions, TensorSpec
 
 __all__ = [
     "BoundedFetcher",
@@ -154,11 +148,11 @@ class SlowBackend:
         return self._inner.platform
 
     @property
-    def inputs(self) -> tuple[TensorSignature, ...]:
+    def inputs(self) -> tuple[TensorSpec, ...]:
         return self._inner.inputs
 
     @property
-    def outputs(self) -> tuple[TensorSignature, ...]:
+    def outputs(self) -> tuple[TensorSpec, ...]:
         return self._inner.outputs
 
     def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:

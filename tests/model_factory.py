@@ -17,6 +17,7 @@ from onnx import ModelProto, TensorProto, helper, numpy_helper
 __all__ = [
     "broken_models",
     "fp16_overflow_classifier",
+    "identity_model",
     "integer_feature_classifier",
     "onnx_reference_models",
     "small_cnn",
@@ -193,6 +194,18 @@ def fp16_overflow_classifier(directory: Path) -> tuple[Path, Path]:
     onnx.save(_model(graph), model_path)
     np.savez(npz_path, input=readings, labels=logits.argmax(axis=1).astype(np.int64))
     return model_path, npz_path
+
+
+def identity_model(path: Path, elem_type: int) -> Path:
+    """``y = Identity(x)`` on an [N, 3] tensor of ONNX element type ``elem_type``."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", elem_type, ["N", 3])],
+        [helper.make_tensor_value_info("y", elem_type, ["N", 3])],
+    )
+    onnx.save(_model(graph), path)
+    return path
 
 
 def integer_feature_classifier(directory: Path) -> Path:

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 from protocol import Release
+from tensors import RuntimeOptions
 
-from ..runtimes import RuntimeOptions, load_backend
+from ..backends import load_backend
 from ..stats.recorder import StatsRecorder
 from .http_api import InferenceApi
 from .server import BackendLoader, LoadedVersion, ModelServer

@@ -25,10 +25,8 @@ Invariants:
   route, 400 for bodies that are not the protocol's JSON or do not fit the model, 413
   for bodies over ``max_body_bytes`` (refused from ``Content-Length`` before reading),
   405 for a wrong method; 503 while no version serves, 500 when the runtime fails;
-- JSON ``data`` is never cast silently: integers outside the datatype's range, fractions
-  for integer types and numbers for ``BOOL`` are refused. Outputs are written with
-  ``tolist``, which round-trips FP32/FP64 exactly; a non-finite output is written as
-  ``NaN``/``Infinity``, as Python's json does (JavaScript's ``JSON.parse`` refuses those).
+- bodies are decoded and encoded by the pure codec, ``agent.serving.codec``: JSON data
+  is never cast silently, outputs round-trip exactly.
 """
 
 from __future__ import annotations
@@ -37,44 +35,27 @@ import asyncio
 import contextlib
 import http
 import ipaddress
-import json
 import logging
-import math
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import h11
-import numpy as np
 
 from .. import __version__
-from ..runtimes import OIP_DATATYPES, Array, datatype_of_dtype, numpy_dtype_of
-from .server import (
-    InferenceError,
-    InferenceFailedError,
-    InferenceRequestError,
-    InputDataError,
-    InputDatatypeError,
-    InputNameError,
-    LoadedVersion,
-    MalformedRequestError,
-    ModelNotReadyError,
-    ModelServer,
-    OutputNameError,
-    RequestTooLargeError,
-    UnknownModelError,
+from ..errors import InferenceError, OutputNameError, RequestTooLargeError
+from .codec import (
+    Reply,
+    decode_infer_request,
+    encode_infer_response,
+    encode_json,
+    encode_model_metadata,
+    error_reply,
+    status_of,
 )
+from .server import LoadedVersion, ModelServer
 
-__all__ = [
-    "DEFAULT_HOST",
-    "DEFAULT_PORT",
-    "MAX_BODY_BYTES",
-    "InferenceApi",
-    "decode_infer_request",
-    "decode_tensor",
-    "encode_infer_response",
-]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_BODY_BYTES", "InferenceApi"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,135 +72,8 @@ DEFAULT_WORKERS = 4
 INLINE_MAX_LATENCY_S = 0.001
 INLINE_MAX_BODY_BYTES = 64 * 1024
 
-_STATUS_OF_ERROR: tuple[tuple[type[InferenceError], int], ...] = (
-    (UnknownModelError, 404),
-    (ModelNotReadyError, 503),
-    (RequestTooLargeError, 413),
-    (InferenceRequestError, 400),
-    (InferenceFailedError, 500),
-)
 _JSON_HEADERS = ((b"content-type", b"application/json"),)
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
-
-
-class Reply(NamedTuple):
-    status: int
-    body: bytes
-    allow: bytes = b""  # the methods a 405 names
-
-
-def _json(document: object) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()
-
-
-def _error(status: int, message: str, *, allow: bytes = b"") -> Reply:
-    return Reply(status, _json({"error": message}), allow)
-
-
-def _status_of(exc: InferenceError) -> int:
-    return next((status for kind, status in _STATUS_OF_ERROR if isinstance(exc, kind)), 500)
-
-
-def decode_tensor(name: str, datatype: str, shape: list[int], data: list[Any]) -> Array:
-    """One JSON tensor as a numpy array of ``datatype`` and ``shape``; never a silent cast."""
-    dtype = numpy_dtype_of(datatype)
-    try:
-        array = np.asarray(data)
-    except (ValueError, TypeError) as exc:  # ragged nesting
-        raise InputDataError(f"input {name!r}: data is not a regular list of numbers") from exc
-    count = math.prod(shape)
-    if array.size != count:
-        raise InputDataError(
-            f"input {name!r} has {array.size} values, its shape {shape} needs {count}"
-        )
-    kind = array.dtype.kind
-    if array.size == 0:
-        array = np.empty(0, dtype)
-    elif dtype.kind == "b":
-        if kind != "b":
-            raise InputDataError(f"input {name!r} is BOOL: data must be true or false")
-    elif dtype.kind in "iu":
-        if kind not in "iu":
-            raise InputDataError(f"input {name!r} is {datatype}: data must be integers")
-        if array.dtype != dtype:
-            info = np.iinfo(dtype)
-            low, high = int(array.min()), int(array.max())
-            if low < info.min or high > info.max:
-                raise InputDataError(
-                    f"input {name!r} is {datatype}: data from {low} to {high} is out of "
-                    f"its range [{info.min}, {info.max}]"
-                )
-    elif kind not in "iuf":
-        raise InputDataError(f"input {name!r} is {datatype}: data must be numbers")
-    return array.astype(dtype, copy=False).reshape(shape)
-
-
-def decode_infer_request(body: bytes) -> tuple[dict[str, Array], list[str] | None, str | None]:
-    """An infer request's body as (inputs, requested output names or None, id or None)."""
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedRequestError(f"the body is not JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise MalformedRequestError("the body must be a JSON object with an 'inputs' list")
-    request_id = document.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise MalformedRequestError("'id' must be a string")
-    tensors = document.get("inputs")
-    if not isinstance(tensors, list) or not tensors:
-        raise MalformedRequestError("'inputs' must be a non-empty list of tensors")
-    feeds: dict[str, Array] = {}
-    for tensor in tensors:
-        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
-            raise MalformedRequestError("every input must be an object with a 'name' string")
-        name: str = tensor["name"]
-        if name in feeds:
-            raise InputNameError(f"input {name!r} is given twice")
-        parameters = tensor.get("parameters")
-        if isinstance(parameters, dict) and "binary_data_size" in parameters:
-            raise MalformedRequestError("binary tensor data is not supported: send 'data'")
-        shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
-        if not isinstance(shape, list) or not all(type(dim) is int and dim >= 0 for dim in shape):
-            raise MalformedRequestError(
-                f"input {name!r}: 'shape' must be a list of non-negative integers"
-            )
-        if datatype not in OIP_DATATYPES:
-            raise InputDatatypeError(
-                f"input {name!r}: datatype {datatype!r} is not one of {sorted(OIP_DATATYPES)}"
-            )
-        if not isinstance(data, list):
-            raise MalformedRequestError(f"input {name!r}: 'data' must be a list")
-        feeds[name] = decode_tensor(name, datatype, shape, data)
-    requested = document.get("outputs")
-    if requested is None:
-        return feeds, None, request_id
-    if not isinstance(requested, list) or not all(
-        isinstance(output, dict) and isinstance(output.get("name"), str) for output in requested
-    ):
-        raise MalformedRequestError("'outputs' must be a list of objects with a 'name' string")
-    return feeds, [output["name"] for output in requested], request_id
-
-
-def encode_infer_response(
-    loaded: LoadedVersion,
-    outputs: Mapping[str, Array],
-    requested: list[str] | None,
-    request_id: str | None,
-) -> bytes:
-    names = list(outputs) if requested is None else requested
-    document: dict[str, Any] = {"model_name": loaded.name, "model_version": loaded.version}
-    if request_id is not None:
-        document["id"] = request_id
-    document["outputs"] = [
-        {
-            "name": name,
-            "datatype": datatype_of_dtype(outputs[name].dtype),
-            "shape": list(outputs[name].shape),
-            "data": outputs[name].ravel().tolist(),
-        }
-        for name in names
-    ]
-    return _json(document)
 
 
 def _infer(loaded: LoadedVersion, body: bytes) -> Reply:
@@ -235,26 +89,9 @@ def _infer(loaded: LoadedVersion, body: bytes) -> Reply:
                 )
         outputs = loaded.infer(feeds)
     except InferenceError as exc:
-        return _error(_status_of(exc), str(exc))
-    return Reply(200, encode_infer_response(loaded, outputs, requested, request_id))
-
-
-def _model_metadata(loaded: LoadedVersion) -> bytes:
-    signature = loaded.signature
-    return _json(
-        {
-            "name": loaded.name,
-            "versions": [loaded.version],
-            "platform": loaded.platform,
-            "inputs": [
-                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
-                for s in signature.inputs
-            ],
-            "outputs": [
-                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
-                for s in signature.outputs
-            ],
-        }
+        return error_reply(status_of(exc), str(exc))
+    return Reply(
+        200, encode_infer_response(loaded.name, loaded.version, outputs, requested, request_id)
     )
 
 
@@ -343,10 +180,12 @@ class InferenceApi:
                     break
                 except h11.RemoteProtocolError as exc:
                     status = exc.error_status_hint
-                    await self._send(conn, writer, _error(status, f"bad HTTP: {exc}"), close=True)
+                    await self._send(
+                        conn, writer, error_reply(status, f"bad HTTP: {exc}"), close=True
+                    )
                     break
                 except RequestTooLargeError as exc:
-                    await self._send(conn, writer, _error(413, str(exc)), close=True)
+                    await self._send(conn, writer, error_reply(413, str(exc)), close=True)
                     break
                 if received is None:
                     break
@@ -357,7 +196,7 @@ class InferenceApi:
                 except Exception:
                     # A bug in the agent, not the client's fault: answer, and keep serving.
                     logger.exception("the inference API failed on %r", request.target)
-                    reply = _error(500, "internal error")
+                    reply = error_reply(500, "internal error")
                 try:
                     await self._send(conn, writer, reply, close=self._stopping)
                 finally:
@@ -427,21 +266,21 @@ class InferenceApi:
     async def _route(self, method: bytes, target: bytes, body: bytes) -> Reply:
         parts = target.split(b"?", 1)[0].decode("ascii", "replace").strip("/").split("/")
         if parts[0] != "v2":
-            return _error(404, f"no route {target.decode('ascii', 'replace')}")
+            return error_reply(404, f"no route {target.decode('ascii', 'replace')}")
         rest = parts[1:]
         if rest == [] or rest[0] == "health":
             if method != b"GET":
-                return _error(405, "use GET", allow=b"GET")
+                return error_reply(405, "use GET", allow=b"GET")
             if rest == []:
-                return Reply(200, _json({"name": "edgefleet-agent", "version": __version__}))
+                return Reply(200, encode_json({"name": "edgefleet-agent", "version": __version__}))
             if rest == ["health", "live"]:
-                return Reply(200, _json({"live": True}))
+                return Reply(200, encode_json({"live": True}))
             if rest == ["health", "ready"]:
                 ready = self.ready
-                return Reply(200 if ready else 503, _json({"ready": ready}))
+                return Reply(200 if ready else 503, encode_json({"ready": ready}))
         elif rest[0] == "models" and len(rest) >= 2:
             return await self._route_model(method, [unquote(part) for part in rest[1:]], body)
-        return _error(404, f"no route {target.decode('ascii', 'replace')}")
+        return error_reply(404, f"no route {target.decode('ascii', 'replace')}")
 
     async def _route_model(self, method: bytes, parts: list[str], body: bytes) -> Reply:
         name, rest = parts[0], parts[1:]
@@ -449,25 +288,37 @@ class InferenceApi:
         if len(rest) >= 2 and rest[0] == "versions":
             version, rest = rest[1], rest[2:]
         if len(rest) > 1 or (rest and rest[0] not in ("ready", "infer")):
-            return _error(404, f"no route for model {name!r}: {'/'.join(rest)}")
+            return error_reply(404, f"no route for model {name!r}: {'/'.join(rest)}")
         action = rest[0] if rest else "metadata"
         wanted = b"POST" if action == "infer" else b"GET"
         if method != wanted:
-            return _error(405, f"use {wanted.decode()} for {action}", allow=wanted)
+            return error_reply(405, f"use {wanted.decode()} for {action}", allow=wanted)
         server = self._servers.get(name)
         if server is None:
-            return _error(404, f"unknown model {name!r}; this agent serves {sorted(self._servers)}")
+            return error_reply(
+                404, f"unknown model {name!r}; this agent serves {sorted(self._servers)}"
+            )
         loaded = server.current
         if loaded is None:
-            return _error(503, f"model {name!r} has no version serving")
+            return error_reply(503, f"model {name!r} has no version serving")
         if version is not None and version != loaded.version:
-            return _error(
+            return error_reply(
                 404, f"model {name!r} version {version!r} is not serving ({loaded.version} is)"
             )
         if action == "ready":
-            return Reply(200, _json({"name": name, "ready": True}))
+            return Reply(200, encode_json({"name": name, "ready": True}))
         if action == "metadata":
-            return Reply(200, _model_metadata(loaded))
+            signature = loaded.signature
+            return Reply(
+                200,
+                encode_model_metadata(
+                    loaded.name,
+                    loaded.version,
+                    loaded.platform,
+                    signature.inputs,
+                    signature.outputs,
+                ),
+            )
         if loaded.warm_latency_s <= INLINE_MAX_LATENCY_S and len(body) <= INLINE_MAX_BODY_BYTES:
             return _infer(loaded, body)
         loop = asyncio.get_running_loop()

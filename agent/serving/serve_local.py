@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tensors import ModelFormat, RuntimeOptions
+
 from ..errors import AgentError
-from ..runtimes import ModelFormat, RuntimeOptions
 from .http_api import DEFAULT_HOST, DEFAULT_PORT, InferenceApi
 from .server import ModelServer, file_version
 

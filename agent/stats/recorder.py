@@ -27,30 +27,20 @@ Invariants:
   rows and drift counts are the same integers; the confidence sum differs by rounding.
 - Windows are contiguous: a closed window ends where the next one starts.
 
-Latency percentiles (``_percentile_ms``): with ``n`` latencies in buckets, the rank is
-``q * n``; the bucket where the cumulative count reaches the rank is interpolated
-linearly between its lower and upper bound, and those bounds are first narrowed to the
-smallest and largest latency observed (so a constant latency gives itself back and the
-overflow bucket above the last bound ends at the maximum). The error is at most one bucket
-width: ``LATENCY_BOUNDS_MS`` are 10 per decade, 0.05 ms to 10 s (each 26 % above the last).
+Figures come from the modules that own their rules: latency buckets and percentiles
+from ``agent.stats.latency``; which output holds class probabilities, and per-row
+confidence and class, from ``agent.stats.classes``; histogram bins, how live values are
+counted into a reference's bins, and PSI from ``tensors.profile``, the rules the converter
+used to write the reference profile.
 
-Classifiers: an output is taken as class probabilities when the reference profile has a
-``class_distribution`` of ``K`` classes and the output is 2-D float of width ``K``; without
-that hint, when it is 2-D float, at least 2 wide, finite, in [0, 1] and each row sums to 1
-within ``PROBABILITY_SLACK``. The choice is made once, on the first request (in recording
-order) whose outputs are all finite; requests before it are not classified. Per row: top-1
-confidence is the row's maximum, the class its argmax; rows with a NaN or an infinity are
-left out.
+The classifier is chosen once, on the first request (in recording order) whose outputs
+are all finite; requests before it are not classified.
 
-Drift (``population_stability_index``): for each tensor the reference profile has a
-histogram of, the finite values of the live tensor, flattened, are counted in the
-reference's bins (values outside the edges go to the edge bins, as the converter counted
-them). With live fractions ``a_i = c_i / N`` and reference fractions ``e_i`` (normalised
-to sum to 1), both floored at ``PSI_EPSILON`` so empty bins stay finite::
+Drift: for each tensor the reference profile has a histogram of, the finite values of the
+live tensor, flattened, are counted in the reference's bins (``tensors.profile``), and a
+PSI against the reference's fractions is computed when a window is read.
 
-    PSI = sum_i (a_i - e_i) * ln(a_i / e_i)
-
-It is reported only from ``MIN_DRIFT_VALUES`` values on: with 10 bins, PSI of a sample
+A PSI is reported only from ``MIN_DRIFT_VALUES`` values on: with 10 bins, PSI of a sample
 from the reference itself is about ``9 / N`` (chi-square with 9 degrees of freedom over
 ``N``), so at ``N = 200`` a same-distribution window exceeds 0.25 with probability ~1e-7,
 while at 50 values it would about one time in five. That holds for independent values;
@@ -63,53 +53,40 @@ from __future__ import annotations
 
 import math
 import threading
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 import protocol
+from tensors import ReferenceBins, population_stability_index
+
+from .classes import Classifier, find_classifier
+from .columns import Arrays, Column, columns_of
+from .latency import LATENCY_BOUNDS_MS, latency_bucket_counts, percentile_ms
 
 __all__ = [
-    "LATENCY_BOUNDS_MS",
     "MAX_PENDING_REQUEST_BYTES",
     "MIN_DRIFT_VALUES",
-    "MIN_WINDOW_S",
     "PENDING_REQUESTS",
-    "PROBABILITY_SLACK",
-    "PSI_EPSILON",
     "WINDOW_S",
     "InferenceObserver",
     "StatsRecorder",
     "WindowStats",
-    "population_stability_index",
-    "to_telemetry_window",
 ]
 
 WINDOW_S = 10.0
-# 0.05 ms * 10**(k/10), k = 0..54, rounded to 4 significant digits: 0.05 ms .. 12.56 s.
-LATENCY_BOUNDS_MS: tuple[float, ...] = tuple(
-    float(f"{0.05 * 10 ** (k / 10):.4g}") for k in range(55)
-)
 MIN_DRIFT_VALUES = 200
-PSI_EPSILON = 1e-4
-PROBABILITY_SLACK = 1e-2
-# A window closed at the instant it opened still needs a positive length on the wire.
-MIN_WINDOW_S = 1e-3
 # Enough requests per batch that numpy's fixed cost per call is spread thin.
 PENDING_REQUESTS = 256
 MAX_PENDING_REQUEST_BYTES = 16 * 1024
 
 _Counts = npt.NDArray[np.int64]
-_BOUNDS_MS = np.asarray(LATENCY_BOUNDS_MS, dtype=np.float64)
-_Arrays = Mapping[str, np.ndarray]
 # A request waiting to be measured: latency (s), error, outputs, copies of drift inputs.
-_Pending = tuple[float, bool, _Arrays | None, dict[str, np.ndarray] | None]
+_Pending = tuple[float, bool, Arrays | None, dict[str, np.ndarray] | None]
 
 
 class InferenceObserver(Protocol):
@@ -159,56 +136,6 @@ class WindowStats:
         return self.nonfinite_outputs / self.requests if self.requests else 0.0
 
 
-def population_stability_index(
-    live_counts: Sequence[int] | _Counts, reference_fractions: Sequence[float]
-) -> float:
-    """PSI of live bin counts against reference fractions (formula in the module doc)."""
-    live = np.asarray(live_counts, dtype=np.float64)
-    expected = np.asarray(reference_fractions, dtype=np.float64)
-    if live.shape != expected.shape:
-        raise ValueError(f"{live.size} live bins against {expected.size} reference bins")
-    live_total, expected_total = float(live.sum()), float(expected.sum())
-    if live_total <= 0 or expected_total <= 0:
-        raise ValueError("PSI needs values on both sides")
-    a = np.maximum(live / live_total, PSI_EPSILON)
-    e = np.maximum(expected / expected_total, PSI_EPSILON)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-@dataclass(frozen=True)
-class _DriftBins:
-    """One reference histogram, ready for ``searchsorted``."""
-
-    inner_edges: npt.NDArray[np.float64]
-    fractions: tuple[float, ...]
-
-    @classmethod
-    def of(cls, histogram: protocol.Histogram) -> _DriftBins:
-        return cls(
-            inner_edges=np.asarray(histogram.bin_edges[1:-1], dtype=np.float64),
-            fractions=tuple(histogram.fractions),
-        )
-
-    def count(self, values: np.ndarray) -> _Counts | None:
-        """Bin counts of the finite ones of ``values`` (numbers, flattened)."""
-        if values.dtype.kind == "f":
-            finite = np.isfinite(values)
-            if not finite.all():
-                values = values[finite]
-        if values.size == 0:
-            return None
-        # Bin i holds [edge_i, edge_i+1), the last one also its right edge; values below
-        # the first inner edge land in bin 0, values from the last one on in the last bin.
-        index = self.inner_edges.searchsorted(values, side="right")
-        return np.bincount(index, minlength=len(self.fractions))
-
-
-@dataclass(frozen=True)
-class _Classifier:
-    name: str
-    width: int
-
-
 class _Accumulator:
     """Mutable sums of one span of time; only touched with the recorder's lock held."""
 
@@ -226,8 +153,7 @@ class _Accumulator:
         self.drift: dict[str, _Counts] = {}
 
     def add_latencies(self, latencies_ms: npt.NDArray[np.float64]) -> None:
-        buckets = _BOUNDS_MS.searchsorted(latencies_ms, side="left")
-        self.latency_counts += np.bincount(buckets, minlength=self.latency_counts.size)
+        self.latency_counts += latency_bucket_counts(latencies_ms)
         self.latency_min_ms = min(self.latency_min_ms, float(latencies_ms.min()))
         self.latency_max_ms = max(self.latency_max_ms, float(latencies_ms.max()))
 
@@ -245,7 +171,7 @@ class _Accumulator:
         for name, counts in other.drift.items():
             self.drift[name] = _add_counts(self.drift.get(name), counts)
 
-    def snapshot(self, *, end_s: float, drift_bins: Mapping[str, _DriftBins]) -> WindowStats:
+    def snapshot(self, *, end_s: float, drift_bins: Mapping[str, ReferenceBins]) -> WindowStats:
         psi = {
             name: population_stability_index(counts, drift_bins[name].fractions)
             for name, counts in sorted(self.drift.items())
@@ -277,20 +203,9 @@ class _Accumulator:
         )
 
     def _percentile_ms(self, latency_counts: list[int], q: float) -> float | None:
-        total = sum(latency_counts)
-        if total == 0:
-            return None
-        rank = q * total
-        below = 0
-        for index, count in enumerate(latency_counts):
-            if count and below + count >= rank:
-                lower = LATENCY_BOUNDS_MS[index - 1] if index else 0.0
-                upper = LATENCY_BOUNDS_MS[index] if index < len(LATENCY_BOUNDS_MS) else math.inf
-                lower = max(lower, self.latency_min_ms)
-                upper = min(upper, self.latency_max_ms)
-                return lower + (upper - lower) * max(rank - below, 0.0) / count
-            below += count
-        return self.latency_max_ms  # pragma: no cover - the loop always reaches the rank
+        return percentile_ms(
+            latency_counts, q, min_ms=self.latency_min_ms, max_ms=self.latency_max_ms
+        )
 
 
 def _add_counts(total: _Counts | None, counts: _Counts) -> _Counts:
@@ -334,7 +249,7 @@ class StatsRecorder:
             if reference is not None and reference.class_distribution
             else None
         )
-        self._classifier: _Classifier | None = None
+        self._classifier: Classifier | None = None
         self._classifier_decided = False
         self._total = _Accumulator(now_s)
         self._current = _Accumulator(now_s)
@@ -419,7 +334,7 @@ class StatsRecorder:
         acc.errors += sum(map(bool, errors))
         acc.add_latencies(latencies_ms)
 
-        columns = _columns(outputs)
+        columns = columns_of(outputs)
         nonfinite: set[int] = set()
         for tensor in columns.values():
             nonfinite |= tensor.nonfinite_owners()
@@ -439,221 +354,33 @@ class StatsRecorder:
             if (output := columns.get(name)) is not None:
                 self._add_drift(acc, name, bins, output)
         if self._input_bins:
-            input_columns = _columns(inputs)
+            input_columns = columns_of(inputs)
             for name, bins in self._input_bins.items():
                 if (given := input_columns.get(name)) is not None:
                     self._add_drift(acc, name, bins, given)
 
     @staticmethod
-    def _add_drift(acc: _Accumulator, name: str, bins: _DriftBins, column: _Column) -> None:
+    def _add_drift(acc: _Accumulator, name: str, bins: ReferenceBins, column: Column) -> None:
         values = column.values()
         counts = None if values is None else bins.count(values)
         if counts is not None:
             acc.drift[name] = _add_counts(acc.drift.get(name), counts)
 
-    def _decide_classifier(self, outputs: Sequence[_Arrays | None], nonfinite: set[int]) -> int:
+    def _decide_classifier(self, outputs: Sequence[Arrays | None], nonfinite: set[int]) -> int:
         """Decide on the first finite request of the batch; the index classifying starts at."""
         for index, mapping in enumerate(outputs):
             if mapping and index not in nonfinite:
-                decided, chosen = _find_classifier(mapping, self._classes_hint)
+                decided, chosen = find_classifier(mapping, self._classes_hint)
                 if decided:
                     self._classifier, self._classifier_decided = chosen, True
                     return index
         return len(outputs)
 
 
-def _drift_bins_of(histograms: Mapping[str, protocol.Histogram]) -> dict[str, _DriftBins]:
+def _drift_bins_of(histograms: Mapping[str, protocol.Histogram]) -> dict[str, ReferenceBins]:
     # A histogram without mass (all fractions 0) is schema-valid but has no PSI.
     return {
-        name: _DriftBins.of(histogram)
+        name: ReferenceBins.of(histogram.bin_edges, histogram.fractions)
         for name, histogram in histograms.items()
         if math.fsum(histogram.fractions) > 0
     }
-
-
-def _columns(mappings: Sequence[_Arrays | None]) -> dict[str, _Column]:
-    """The arrays of a batch by tensor name; ``owners`` index ``mappings``."""
-    present = [mapping for mapping in mappings if mapping]
-    if len(present) == len(mappings):
-        owners = list(range(len(mappings)))
-    else:
-        owners = [index for index, mapping in enumerate(mappings) if mapping]
-    if not present:
-        return {}
-    names = list(present[0])
-    # Usually every request has the same outputs: one list per name, no per-array lookups.
-    if sum(map(len, present)) == len(names) * len(present):
-        try:
-            return {name: _Column(owners, [m[name] for m in present]) for name in names}
-        except KeyError:
-            pass  # as many names, but not the same ones
-    by_name: dict[str, tuple[list[int], list[np.ndarray]]] = {}
-    for index, mapping in zip(owners, present, strict=True):
-        for name, array in mapping.items():
-            column = by_name.get(name)
-            if column is None:
-                by_name[name] = column = ([], [])
-            column[0].append(index)
-            column[1].append(array)
-    return {name: _Column(*column) for name, column in by_name.items()}
-
-
-class _Column:
-    """One tensor name across a batch: the requests that had it, their arrays, and the
-    arrays stacked along axis 0 into one, so each figure is one numpy pass.
-
-    ``stacked`` is ``None`` when they do not stack: 0-d arrays, different trailing
-    shapes, or a dtype that is not a number (numbers always promote to a common dtype).
-    Then each figure falls back to the arrays one by one.
-    """
-
-    __slots__ = ("_stacked", "_unstacked", "arrays", "dtypes", "owners")
-
-    def __init__(self, owners: list[int], arrays: list[np.ndarray]) -> None:
-        self.owners = owners
-        self.arrays = arrays
-        self.dtypes = {array.dtype for array in arrays}
-        self._stacked: np.ndarray | None = None
-        self._unstacked = True  # stacked on first use: a column of labels never is
-
-    @property
-    def stacked(self) -> np.ndarray | None:
-        if self._unstacked:
-            self._unstacked = False
-            self._stacked = _stack(self.arrays, self.dtypes)
-        return self._stacked
-
-    def nonfinite_owners(self) -> set[int]:
-        """The owners whose array holds a NaN or an infinity."""
-        if not any(dtype.kind in "fc" for dtype in self.dtypes):
-            return set()
-        stacked = self.stacked
-        if stacked is None:
-            return {
-                owner
-                for owner, array in zip(self.owners, self.arrays, strict=True)
-                if array.dtype.kind in "fc" and not np.isfinite(array).all()
-            }
-        # Not via the sum: inf - inf and overflow would raise numpy warnings.
-        finite = np.isfinite(stacked)
-        if finite.all():
-            return set()
-        # Element j of the stack belongs to the first array whose end is past j.
-        ends = np.cumsum([array.size for array in self.arrays])
-        hits = np.unique(ends.searchsorted(np.flatnonzero(~finite), side="right"))
-        return {self.owners[hit] for hit in hits.tolist()}
-
-    def classified(self, start: int, width: int) -> tuple[int, float, _Counts] | None:
-        """Rows, summed top-1 confidence and counts per class, from owner ``start`` on."""
-        skip = bisect_left(self.owners, start)
-        stacked = self.stacked
-        if (
-            stacked is not None
-            and stacked.ndim == 2
-            and stacked.shape[1] == width
-            and stacked.dtype.kind in "biuf"
-        ):
-            if skip:
-                stacked = stacked[sum(array.shape[0] for array in self.arrays[:skip]) :]
-            return _classify(stacked, width)
-        fitting = [
-            array
-            for array in self.arrays[skip:]
-            if array.ndim == 2 and array.shape[1] == width and array.dtype.kind in "biuf"
-        ]
-        if not fitting:
-            return None
-        return _classify(np.concatenate(fitting, axis=0), width)
-
-    def values(self) -> np.ndarray | None:
-        """Every number of the column, flattened (strings and the like left out)."""
-        stacked = self.stacked
-        if stacked is not None and stacked.dtype.kind in "biuf":
-            return stacked.ravel()
-        numeric = [array for array in self.arrays if array.dtype.kind in "biuf"]
-        return np.concatenate(numeric, axis=None) if numeric else None
-
-
-def _find_classifier(outputs: _Arrays, classes_hint: int | None) -> tuple[bool, _Classifier | None]:
-    """Whether these outputs can tell, and which one holds class probabilities."""
-    candidates = [
-        (name, array)
-        for name, array in outputs.items()
-        if array.ndim == 2 and array.dtype.kind == "f"
-    ]
-    if any(array.shape[0] == 0 for _, array in candidates):
-        return False, None  # an empty batch says nothing about the values
-    if classes_hint is not None:
-        for name, array in candidates:
-            if array.shape[1] == classes_hint:
-                return True, _Classifier(name, classes_hint)
-    for name, array in candidates:
-        if array.shape[1] < 2:
-            continue
-        values = array.astype(np.float64, copy=False)
-        in_range = values.min() >= -PROBABILITY_SLACK and values.max() <= 1 + PROBABILITY_SLACK
-        if in_range and np.allclose(values.sum(axis=1), 1.0, rtol=0, atol=PROBABILITY_SLACK):
-            return True, _Classifier(name, int(array.shape[1]))
-    return True, None
-
-
-def _stack(arrays: list[np.ndarray], dtypes: set[np.dtype[Any]]) -> np.ndarray | None:
-    if not all(dtype.kind in "biufc" for dtype in dtypes):
-        return None
-    if len(arrays) == 1:
-        return arrays[0]
-    try:
-        return np.concatenate(arrays, axis=0)
-    except ValueError:  # 0-d arrays or different trailing shapes
-        return None
-
-
-def _classify(scores: np.ndarray, width: int) -> tuple[int, float, _Counts] | None:
-    """Rows, summed top-1 confidence and counts per class of the finite rows of ``scores``."""
-    if scores.dtype.kind == "f":
-        # Only rows that are entirely finite have a meaningful maximum and argmax.
-        finite_rows = np.isfinite(scores).all(axis=1)
-        if not finite_rows.all():
-            scores = scores[finite_rows]
-    if scores.shape[0] == 0:
-        return None
-    tops = scores.argmax(axis=1)
-    confidence = np.take_along_axis(scores, tops[:, np.newaxis], axis=1).sum(dtype=np.float64)
-    return int(scores.shape[0]), float(confidence), np.bincount(tops, minlength=width)
-
-
-def to_telemetry_window(
-    stats: WindowStats,
-    *,
-    model: str,
-    release: protocol.ReleaseRef | None,
-    window_start: datetime,
-) -> protocol.TelemetryWindow:
-    """The window as the protocol reports it; ``window_start`` is its wall-clock start.
-
-    Kept within the schema: the confidence is clipped to [0, 1] (a width-matched output
-    that is not quite a probability) and a zero-length window gets ``MIN_WINDOW_S``.
-    """
-    latency = None
-    if stats.p50_ms is not None and stats.p95_ms is not None and stats.p99_ms is not None:
-        latency = protocol.LatencySummary(
-            p50_ms=stats.p50_ms,
-            p95_ms=stats.p95_ms,
-            p99_ms=stats.p99_ms,
-            bounds_ms=list(stats.latency_bounds_ms),
-            counts=list(stats.latency_counts),
-        )
-    confidence = stats.top1_confidence_mean
-    return protocol.TelemetryWindow(
-        model=model,
-        release=release,
-        window_start=window_start,
-        window_s=max(stats.window_s, MIN_WINDOW_S),
-        requests=stats.requests,
-        errors=min(stats.errors, stats.requests),
-        nonfinite_outputs=stats.nonfinite_outputs,
-        latency=latency,
-        top1_confidence_mean=None if confidence is None else min(max(confidence, 0.0), 1.0),
-        class_counts=None if stats.class_counts is None else list(stats.class_counts),
-        drift_psi={name: psi for name, psi in stats.drift_psi.items() if math.isfinite(psi)},
-    )

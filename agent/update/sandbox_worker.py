@@ -28,8 +28,11 @@ from typing import Any
 
 import numpy as np
 
+import tensors
 from protocol import GoldenCase, TensorData, TensorSpec
+from tensors import Array, InferenceBackend, numpy_dtype_of
 
+from ..backends import load_backend
 from ..errors import (
     GoldenMismatchError,
     LatencyBudgetError,
@@ -38,7 +41,6 @@ from ..errors import (
     SandboxKilledError,
     SignatureMismatchError,
 )
-from ..runtime_loading import Array, LoadedModel, TensorSignature, load_model, numpy_dtype_of
 
 __all__ = ["EXIT_REFUSED", "MAX_JOB_BYTES", "main", "run_check"]
 
@@ -55,7 +57,7 @@ def run_check(job: Mapping[str, Any]) -> dict[str, Any]:
     golden = [GoldenCase.model_validate(case) for case in job["golden"]]
     budget_ms: float | None = job["latency_budget_ms"]
 
-    model = load_model(Path(job["model_path"]), job["format"])
+    model = load_backend(Path(job["model_path"]), job["format"])
     verify_signature("input", inputs, model.inputs)
     verify_signature("output", outputs, model.outputs)
     for index, case in enumerate(golden):
@@ -99,7 +101,7 @@ def _compatible(declared: Sequence[int], actual: Sequence[int]) -> bool:
 
 
 def verify_signature(
-    kind: str, declared: Sequence[TensorSpec], actual: Sequence[TensorSignature]
+    kind: str, declared: Sequence[TensorSpec], actual: Sequence[tensors.TensorSpec]
 ) -> None:
     """The model's ``kind``s (inputs or outputs) are the release's, by name, type and shape."""
     declared_names = sorted(spec.name for spec in declared)
@@ -187,7 +189,7 @@ def verify_golden_outputs(
 
 
 def measure_latency_ms(
-    model: LoadedModel, feeds: Mapping[str, Array], *, warmup_runs: int, timed_runs: int
+    model: InferenceBackend, feeds: Mapping[str, Array], *, warmup_runs: int, timed_runs: int
 ) -> list[float]:
     for _ in range(warmup_runs):
         model.run(feeds)

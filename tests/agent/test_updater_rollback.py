@@ -20,7 +20,6 @@ import pytest
 
 from agent.clock import SystemClock
 from agent.config import AgentConfig
-from agent.runtimes import RuntimeOptions
 from agent.serving.host import ServingHost
 from agent.update.machine import MAX_TRANSITIONS_PER_DEPLOYMENT, Journal, UpdateState
 from agent.update.state_files import load_journal
@@ -29,6 +28,7 @@ from agent.update.trust_state import TrustState
 from agent.update.updater import Updater, UpdaterPaths
 from durable import write_json_atomic
 from protocol import Artifact, Release, TensorSpec
+from tensors import RuntimeOptions
 from tests.agent.e2e.models import affine_model
 from tests.factories import Keyring, make_release
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,14 @@ from converters import (
     ConversionError,
     ExternalDataEscapeError,
     MalformedModelError,
+    MissingDependencyError,
     TensorTooLargeError,
+    UnsupportedDatatypeError,
     UnsupportedFormatError,
     detect_format,
     inspect_model,
 )
-from tests.model_factory import IR_VERSION, OPSET, onnx_reference_models
+from tests.model_factory import IR_VERSION, OPSET, identity_model, onnx_reference_models
 
 # Every entry of tests.model_factory.broken_models and the refusal it must meet.
 BROKEN_KINDS = {
@@ -160,3 +163,19 @@ def test_format_comes_from_the_first_bytes(head: bytes, expected: str) -> None:
 def test_other_files_are_unsupported(head: bytes) -> None:
     with pytest.raises(UnsupportedFormatError):
         detect_format(head)
+
+
+def test_a_string_tensor_is_an_unsupported_datatype(tmp_path: Path) -> None:
+    path = identity_model(tmp_path / "strings.onnx", TensorProto.STRING)
+    with pytest.raises(UnsupportedDatatypeError, match=r"'x' is of type tensor\(string\)") as info:
+        inspect_model(path)
+    assert info.value.kind == "unsupported_datatype"
+
+
+def test_a_tflite_model_without_litert_is_a_missing_dependency(
+    tflite_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'edgefleet\[tflite\]'"):
+        inspect_model(tflite_model)

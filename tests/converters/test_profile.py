@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 
 from converters import TOLERANCES, profile_model
-from converters.profile import histogram
 from protocol import GoldenCase, ReferenceProfile
+from tensors.profile import histogram
 from tests.model_factory import onnx_reference_models
 
 NUMPY_OF = {"FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32}

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.runtimes import Array, RuntimeOptions, TensorSignature
 from agent.update.sandbox import SandboxLimits
 from protocol import Release
 from protocol.release import Artifact
 from simulator import shared
 from simulator.shared import SharedBackends, SharedModelCheck, Shortcuts, SlowBackend
+from tensors import Array, RuntimeOptions, TensorSpec
 from tests.factories import make_release
 from tests.model_factory import small_cnn
 
@@ -39,12 +39,12 @@ class FakeBackend:
         return "onnxruntime"
 
     @property
-    def inputs(self) -> tuple[TensorSignature, ...]:
-        return (TensorSignature("x", "FP32", (-1, 4)),)
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return (TensorSpec("x", "FP32", (-1, 4)),)
 
     @property
-    def outputs(self) -> tuple[TensorSignature, ...]:
-        return (TensorSignature("y", "FP32", (-1, 2)),)
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return (TensorSpec("y", "FP32", (-1, 2)),)
 
     def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         self.runs.append(feeds)

@@ -19,10 +19,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from agent.runtimes import datatype_of_dtype
 from agent.serving.http_api import InferenceApi
 from agent.serving.server import ModelServer
 from simulator.demo_models import build_digits_model
+from tensors import reported_datatype
 from tests.agent.e2e.models import affine_model
 from tests.model_factory import small_cnn, tiny_tflite
 
@@ -119,7 +119,7 @@ def tensor_json(name: str, array: Array) -> dict[str, Any]:
     return {
         "name": name,
         "shape": list(array.shape),
-        "datatype": datatype_of_dtype(array.dtype),
+        "datatype": reported_datatype(array.dtype),
         "data": array.ravel().tolist(),
     }
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.serving.http_api import decode_tensor
-from agent.serving.server import InputDataError
+from agent.errors import InputDataError
+from agent.serving.codec import decode_tensor
 from tests.agent.serving.conftest import Models, RunningApi, loaded_server
 
 GOOD: dict[str, Any] = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.errors import ModelLoadError
-from agent.serving.server import (
+from agent.errors import (
     InferenceFailedError,
     InferenceRequestError,
     InputDatatypeError,
     InputNameError,
     InputShapeError,
+    ModelLoadError,
     ModelNotReadyError,
-    ModelServer,
 )
+from agent.serving.server import ModelServer
 from agent.stats.recorder import StatsRecorder
 from tests.agent.serving.conftest import Models, RecordingObserver
 

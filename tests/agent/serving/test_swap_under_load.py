@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from agent.runtimes import TensorSignature
 from agent.serving.server import LoadedVersion, ModelServer
+from tensors import TensorSpec
 from tests.agent.serving.conftest import Array, Models, RunningApi, tensor_json
 
 CLIENTS = 3
@@ -149,8 +149,8 @@ class GatedBackend:
 
     runtime = "gated"
     platform = "onnxruntime"
-    inputs = (TensorSignature("x", "FP32", (-1, 4)),)
-    outputs = (TensorSignature("y", "FP32", (-1, 4)),)
+    inputs = (TensorSpec("x", "FP32", (-1, 4)),)
+    outputs = (TensorSpec("y", "FP32", (-1, 4)),)
 
     def __init__(self, bias: float) -> None:
         self.bias = bias

@@ -11,13 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.stats.recorder import (
-    LATENCY_BOUNDS_MS,
-    MIN_DRIFT_VALUES,
-    StatsRecorder,
-    population_stability_index,
-)
+from agent.stats.latency import LATENCY_BOUNDS_MS
+from agent.stats.recorder import MIN_DRIFT_VALUES, StatsRecorder
 from protocol import Histogram, ReferenceProfile
+from tensors.profile import population_stability_index
 from tests.agent.stats.profiles import record_all, softmax
 
 # Consecutive bounds are 10**0.1 apart: the bucket above is at most this much wider.

@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from agent.stats.latency import LATENCY_BOUNDS_MS
 from agent.stats.probation import (
     MIN_DRIFT_REQUESTS,
     ProbationJudge,
@@ -19,7 +20,7 @@ from agent.stats.probation import (
     ProbationReason,
     ProbationVerdict,
 )
-from agent.stats.recorder import LATENCY_BOUNDS_MS, StatsRecorder, WindowStats
+from agent.stats.recorder import StatsRecorder, WindowStats
 from protocol import ProbationPolicy, ReferenceProfile
 from tests.agent.stats.profiles import record_all, softmax
 

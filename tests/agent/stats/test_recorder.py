@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from agent.stats.recorder import LATENCY_BOUNDS_MS, MIN_WINDOW_S, StatsRecorder, to_telemetry_window
+from agent.stats.latency import LATENCY_BOUNDS_MS
+from agent.stats.recorder import StatsRecorder
+from agent.stats.telemetry import MIN_WINDOW_S, to_telemetry_window
 from protocol import ReferenceProfile, ReleaseRef, TelemetryWindow
 from tests.agent.stats.profiles import record_all, roll_while_recording
 

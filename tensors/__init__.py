@@ -1,0 +1,85 @@
+"""edgefleet's tensors: the datatype table, the runtime backends and the profile rules.
+
+One home for what the agent, the converters and the simulator all need to agree on
+(ARCHITECTURE.md §2): how an Open Inference Protocol datatype is spelled in numpy, ONNX
+Runtime and LiteRT (``datatypes``, ``spec``); how a model file is loaded and run
+(``backend``, ``onnx_backend``, ``litert_backend``, ``loading``); and how outputs are
+profiled (``profile``: histogram bins, which output holds class probabilities, PSI).
+
+It imports ``protocol`` and numpy, and the runtimes lazily; it does no I/O beyond reading
+the model file it is handed. ``datatypes``, ``spec`` and ``profile`` are pure. Errors are
+``TensorsError`` leaves (``errors``); callers translate them into their own at their
+boundary. This namespace is the public API; the submodules are its implementation.
+"""
+
+from .backend import CPU_PROVIDER, Array, InferenceBackend, ModelFormat, RuntimeOptions
+from .datatypes import (
+    DATATYPE_BYTES,
+    FLOAT_DATATYPES,
+    OIP_DATATYPES,
+    Datatype,
+    datatype_of_numpy,
+    datatype_of_ort,
+    numpy_dtype_of,
+    ort_type_of,
+    reported_datatype,
+)
+from .errors import (
+    InvalidOptionsError,
+    ModelRefusedError,
+    RunFailedError,
+    RuntimeMissingError,
+    TensorsError,
+    TensorTooLargeError,
+    UnsupportedDatatypeError,
+)
+from .litert_backend import LiteRtBackend, load_interpreter_class
+from .loading import load_backend
+from .onnx_backend import OnnxBackend
+from .profile import (
+    HISTOGRAM_BINS,
+    PROBABILITY_SLACK,
+    PSI_EPSILON,
+    ReferenceBins,
+    are_class_probabilities,
+    histogram,
+    population_stability_index,
+)
+from .spec import TensorSpec, declared_bytes
+
+__all__ = [
+    "CPU_PROVIDER",
+    "DATATYPE_BYTES",
+    "FLOAT_DATATYPES",
+    "HISTOGRAM_BINS",
+    "OIP_DATATYPES",
+    "PROBABILITY_SLACK",
+    "PSI_EPSILON",
+    "Array",
+    "Datatype",
+    "InferenceBackend",
+    "InvalidOptionsError",
+    "LiteRtBackend",
+    "ModelFormat",
+    "ModelRefusedError",
+    "OnnxBackend",
+    "ReferenceBins",
+    "RunFailedError",
+    "RuntimeMissingError",
+    "RuntimeOptions",
+    "TensorSpec",
+    "TensorTooLargeError",
+    "TensorsError",
+    "UnsupportedDatatypeError",
+    "are_class_probabilities",
+    "datatype_of_numpy",
+    "datatype_of_ort",
+    "declared_bytes",
+    "histogram",
+    "load_backend",
+    "load_interpreter_class",
+    "numpy_dtype_of",
+    "ort_type_of",
+    "population_stability_index",
+    "reported_datatype",
+]
