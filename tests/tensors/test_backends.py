@@ -28,35 +28,8 @@ from tensors import (
     TensorTooLargeError,
     load_backend,
 )
-from tests.tensors.conftest import Array, Models
-
-
-def bare_onnx(path: Path, feeds: dict[str, Array], *, optimize: bool = True) -> dict[str, Array]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [output.name for output in session.get_outputs()]
-    return dict(zip(names, session.run(None, feeds), strict=True))
-
-
-def bare_litert(path: Path, x: Array) -> Array:
-    interpreter = Interpreter(model_path=str(path), num_threads=1)
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], list(x.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], x)
-    interpreter.invoke()
-    return np.array(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
-
-
-def assert_same(actual: dict[str, Array], expected: dict[str, Array]) -> None:
-    assert actual.keys() == expected.keys()
-    for name, value in expected.items():
-        assert actual[name].dtype == value.dtype, name
-        assert actual[name].shape == value.shape, name
-        assert np.array_equal(actual[name], value), name
+from tests.bare_runtimes import assert_same, bare_litert, bare_onnx
+from tests.tensors.conftest import Models
 
 
 @pytest.mark.parametrize("batch", [1, 5])

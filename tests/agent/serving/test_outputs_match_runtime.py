@@ -8,44 +8,16 @@ shortest decimal of its double, which reads back to the same float.
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from ai_edge_litert.interpreter import Interpreter
 
 from tests.agent.serving.conftest import (
-    Array,
     Models,
     RunningApi,
     loaded_server,
     outputs_of,
     tensor_json,
 )
-
-
-def bare_onnx(path: object, feeds: dict[str, Array]) -> dict[str, Array]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [output.name for output in session.get_outputs()]
-    return dict(zip(names, session.run(None, feeds), strict=True))
-
-
-def bare_litert(path: object, x: Array) -> Array:
-    interpreter = Interpreter(model_path=str(path), num_threads=1)
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], list(x.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], x)
-    interpreter.invoke()
-    return np.array(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
-
-
-def assert_same(actual: dict[str, Array], expected: dict[str, Array]) -> None:
-    assert actual.keys() == expected.keys()
-    for name, value in expected.items():
-        assert actual[name].dtype == value.dtype, name
-        assert actual[name].shape == value.shape, name
-        assert np.array_equal(actual[name], value), name
+from tests.bare_runtimes import assert_same, bare_litert, bare_onnx
 
 
 @pytest.mark.parametrize("batch", [1, 5])
