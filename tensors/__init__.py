@@ -34,7 +34,7 @@ from .errors import (
     UnsupportedDatatypeError,
 )
 from .litert_backend import LiteRtBackend, load_interpreter_class
-from .loading import load_backend
+from .loading import installed_runtimes, load_backend
 from .onnx_backend import OnnxBackend
 from .profile import (
     HISTOGRAM_BINS,
@@ -76,6 +76,7 @@ __all__ = [
     "datatype_of_ort",
     "declared_bytes",
     "histogram",
+    "installed_runtimes",
     "load_backend",
     "load_interpreter_class",
     "numpy_dtype_of",

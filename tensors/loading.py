@@ -1,7 +1,10 @@
-"""``load_backend``: a model file as an ``InferenceBackend``, by model format."""
+"""``load_backend``: a model file as an ``InferenceBackend``, by model format; and which
+runtimes this process could load at all (devices report it in their state)."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from pathlib import Path
 
 from .backend import InferenceBackend, ModelFormat, RuntimeOptions
@@ -9,7 +12,14 @@ from .errors import RuntimeMissingError
 from .litert_backend import LiteRtBackend
 from .onnx_backend import OnnxBackend
 
-__all__ = ["load_backend"]
+__all__ = ["installed_runtimes", "load_backend"]
+
+# Reported name -> the module that provides it.
+_RUNTIME_MODULES = {
+    "onnxruntime": "onnxruntime",
+    "litert": "ai_edge_litert",
+    "tflite_runtime": "tflite_runtime",
+}
 
 
 def load_backend(
@@ -22,3 +32,11 @@ def load_backend(
     if model_format == "tflite":
         return LiteRtBackend(path, options)
     raise RuntimeMissingError(f"no runtime for the model format {model_format!r}")
+
+
+@functools.cache
+def installed_runtimes() -> tuple[str, ...]:
+    """Runtimes this process can load; looked up once (a search of sys.path each)."""
+    return tuple(
+        name for name, module in _RUNTIME_MODULES.items() if importlib.util.find_spec(module)
+    )

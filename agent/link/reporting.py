@@ -7,12 +7,11 @@ persisted in the outbox, so they never repeat on this device.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from protocol import Channel, Event, ReleaseRef, State, device_topic
+from tensors import installed_runtimes
 
 from .. import __version__
 from ..clock import Clock
@@ -20,22 +19,9 @@ from ..update.machine import Journal
 from .mqtt import Message
 from .outbox import OutboxQueue
 
-__all__ = ["LinkReporter", "installed_runtimes", "offline_state"]
+__all__ = ["LinkReporter", "offline_state"]
 
 EVENT_SEQUENCE = "events"
-_RUNTIME_MODULES = {
-    "onnxruntime": "onnxruntime",
-    "litert": "ai_edge_litert",
-    "tflite_runtime": "tflite_runtime",
-}
-
-
-@functools.cache
-def installed_runtimes() -> tuple[str, ...]:
-    """Runtimes this process can load; looked up once (a search of sys.path each)."""
-    return tuple(
-        name for name, module in _RUNTIME_MODULES.items() if importlib.util.find_spec(module)
-    )
 
 
 def offline_state(device_id: str) -> State:
