@@ -1,0 +1,84 @@
+"""A cancellation during an acknowledgement wait is never swallowed: a stopped link
+returns instead of looping on (``asyncio.wait_for`` on Python 3.11 could swallow a
+cancellation that arrived as the acknowledgement did)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.link.mqtt import MqttLink
+from agent.link.outbox import Outbox
+from mqttlink import Message, MqttConnection, wait_acknowledged
+from tests.agent.link.conftest import LinkRunner, fast_settings
+from tests.agent.link.device_topics import DeviceTopics
+from tests.brokers import BrokerEndpoint
+from tests.mqtt_client import TestClient
+from tests.mqttlink.conftest import WAIT_S, settings_for, silent_broker
+from tests.mqttlink.test_connection import run
+from tests.tcp_proxy import TcpProxy
+
+ProxyTo = Callable[[BrokerEndpoint], TcpProxy]
+
+
+def test_a_cancellation_arriving_with_the_acknowledgement_is_not_swallowed() -> None:
+    async def scenario() -> bool:
+        acknowledgement = asyncio.get_running_loop().create_future()
+        waiter = asyncio.create_task(
+            wait_acknowledged(acknowledgement, timeout_s=WAIT_S, what="PUBACK for a/b")
+        )
+        await asyncio.sleep(0)  # the waiter now awaits the acknowledgement
+        acknowledgement.set_result(None)
+        waiter.cancel()  # in the same turn of the loop as the PUBACK
+        await asyncio.wait([waiter])
+        return waiter.cancelled()
+
+    assert run(scenario())
+
+
+def test_cancelling_a_publish_that_awaits_its_puback_cancels_it() -> None:
+    async def scenario() -> bool:
+        async with silent_broker(connack=True) as silent:
+            connection = MqttConnection(settings_for(silent, "cancel-test", ack_timeout_s=WAIT_S))
+            await connection.connect()
+            publishing = asyncio.create_task(connection.publish(Message("a/b", b"x", qos=1)))
+            await asyncio.sleep(0)
+            publishing.cancel()
+            await asyncio.wait([publishing])
+            connection.drop()
+            return publishing.cancelled()
+
+    assert run(scenario())
+
+
+def test_the_link_stops_while_a_puback_is_awaited_and_keeps_the_message(
+    mosquitto: BrokerEndpoint, proxy_to: ProxyTo, topic_prefix: str, tmp_path: Path
+) -> None:
+    device = DeviceTopics(topic_prefix)
+    proxy = proxy_to(mosquitto)
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    # A PUBACK wait that ends only by its timeout would outlast the bounded stop below.
+    link = MqttLink(
+        fast_settings(proxy.endpoint, ack_timeout_s=3 * WAIT_S),
+        outbox=outbox,
+        will=device.will,
+        birth=device.birth,
+        subscriptions=[],
+    )
+    runner = LinkRunner(link).start()
+    try:
+        with TestClient(mosquitto) as observer:
+            observer.subscribe(device.state)
+            assert observer.receive().payload == device.birth.payload
+        proxy.black_hole = True
+        runner.publish(device.event(1))
+        proxy.wait_for_swallowed()  # the PUBLISH is gone: the drainer awaits its PUBACK
+        proxy.black_hole = False  # let the will and the DISCONNECT through
+
+        runner.stop(timeout_s=WAIT_S)
+
+        assert runner.error is None
+        assert [message.payload for message in outbox.peek(10)] == [device.event(1).payload]
+    finally:
+        outbox.close()
