@@ -1,6 +1,8 @@
 """The one MQTT adapter of edgefleet, over aiomqtt and paho, hiding both.
 
-It imports only ``protocol`` of ours (an import-linter contract checks it).
+The agent's link and the controller's bridge are built on it; nothing else of ours
+imports paho or aiomqtt (an import-linter contract checks it). It imports only
+``protocol`` of ours.
 
 - ``settings``: ``SessionSettings``, ``Message``, ``MqttVersion``, topic checks — frozen
   dataclasses that validate themselves;

@@ -1,16 +1,21 @@
-"""A cancellation during an acknowledgement wait is never swallowed: a stopped link
-returns instead of looping on (``asyncio.wait_for`` on Python 3.11 could swallow a
+"""A cancellation during an acknowledgement wait is never swallowed: a stopped link or
+bridge returns instead of looping on (``asyncio.wait_for`` on Python 3.11 could swallow a
 cancellation that arrived as the acknowledgement did)."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from agent.link.mqtt import MqttLink
 from agent.link.outbox import Outbox
+from controller.db import make_engine
+from controller.mqtt.bridge import MqttBridge
+from controller.settings import load_settings
 from mqttlink import Message, MqttConnection, wait_acknowledged
+from protocol import Channel, device_topic
 from tests.agent.link.conftest import LinkRunner, fast_settings
 from tests.agent.link.device_topics import DeviceTopics
 from tests.brokers import BrokerEndpoint
@@ -82,3 +87,39 @@ def test_the_link_stops_while_a_puback_is_awaited_and_keeps_the_message(
         assert [message.payload for message in outbox.peek(10)] == [device.event(1).payload]
     finally:
         outbox.close()
+
+
+def test_the_bridge_stops_while_a_puback_is_awaited(
+    mosquitto: BrokerEndpoint, proxy_to: ProxyTo, topic_prefix: str, tmp_path: Path
+) -> None:
+    proxy = proxy_to(mosquitto)
+    settings = load_settings(
+        environ={},
+        overrides={
+            "data_dir": tmp_path / "data",
+            "broker": proxy.endpoint.url,
+            "topic_prefix": topic_prefix,
+            "controller_id": f"test-{uuid.uuid4().hex[:8]}",
+        },
+    )
+    engine = make_engine(f"sqlite:///{tmp_path / 'controller.db'}")
+    bridge = MqttBridge(settings=settings, engine=engine)
+    topic = device_topic(topic_prefix, "dev-1", Channel.DESIRED)
+
+    async def scenario() -> tuple[bool, bool]:
+        running = asyncio.create_task(bridge.run())
+        while not bridge.connected:
+            assert not running.done(), running
+            await asyncio.sleep(0.01)
+        proxy.black_hole = True
+        publishing = asyncio.create_task(bridge.publish(topic, b"deployment", retain=True))
+        await asyncio.to_thread(proxy.wait_for_swallowed)
+        publishing.cancel()
+        running.cancel()
+        await asyncio.wait([publishing, running])
+        return publishing.cancelled(), running.cancelled()
+
+    try:
+        assert run(scenario()) == (True, True)
+    finally:
+        engine.dispose()
