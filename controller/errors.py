@@ -2,6 +2,7 @@
 
 ControllerError
 ├── ConfigError          settings that cannot be read or are invalid
+│   └── BrokerAuthError  the MQTT broker refused the controller's credentials
 ├── KeyStoreError        the key directory is missing, incomplete or already used
 ├── NotFoundError        a model, version, release or artifact that does not exist
 ├── ConflictError        a request that contradicts what is stored
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadRequestError",
+    "BrokerAuthError",
     "ConfigError",
     "ConflictError",
     "ControllerError",
@@ -32,6 +34,11 @@ class ControllerError(Exception):
 
 class ConfigError(ControllerError):
     """Settings that cannot be read or are invalid."""
+
+
+class BrokerAuthError(ConfigError):
+    """The MQTT broker refused the controller's credentials: retrying cannot help, an
+    operator must fix ``mqtt_username``/``mqtt_password`` (or the broker's users)."""
 
 
 class KeyStoreError(ControllerError):

@@ -21,7 +21,12 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(ctx: Context, response: Response) -> dict[str, str]:
-    """The database answers and the signing keys are loaded."""
+    """The database answers, the signing keys are loaded, and the fleet loops have not
+    stopped for good (they do when the MQTT broker refuses the controller's credentials)."""
+    not_ready_reason = ctx.fleet_status.not_ready_reason
+    if not_ready_reason is not None:
+        response.status_code = 503
+        return {"status": "unavailable", "reason": not_ready_reason}
     try:
         with ctx.engine.connect() as connection:
             connection.execute(text("SELECT 1"))

@@ -20,14 +20,17 @@ Invariants:
   the queue holds ``QUEUE_BATCHES`` batches, acknowledgements wait, so the broker stops
   sending after its in-flight window instead of the controller's memory growing;
 - one bad message never breaks the bridge: it is dropped and counted by reason;
-- every wait for the broker has a timeout (mqttlink's, under ``asyncio.timeout``); a
-  failed session is retried with jittered backoff;
+- every wait for the broker has a timeout (mqttlink's, under ``asyncio.timeout``); a lost
+  connection is retried with jittered backoff, but refused credentials end ``run()`` with
+  ``BrokerAuthError`` at once: retrying cannot help (``docs/operations.md`` says what the
+  controller does then);
 - a batch whose write fails is logged and retried with jittered backoff, never dropped
   silently; after ``DATA_ERROR_ATTEMPTS`` refusals of its data (not of the connection) it
   is split, and a single report the database still refuses is logged with its content
   and counted;
 - acknowledged reports not yet written are lost if the process dies (the broker has
-  forgotten them): at most the queue. Cancelling ``run()`` writes them before it returns.
+  forgotten them): at most the queue. Cancelling ``run()`` writes them before it returns,
+  and so does ``BrokerAuthError``.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from protocol import (
 )
 from protocol.topics import verify_prefix
 
-from ..errors import ConfigError, ControllerError
+from ..errors import BrokerAuthError, ConfigError, ControllerError
 from ..settings import Settings
 from .ingest import Dropped, QueuedReport, WrittenReports, decode_report, write_reports
 from .metrics import BridgeMetrics
@@ -210,15 +213,25 @@ class MqttBridge:
 
     async def run(self) -> None:
         """Connect, subscribe, read and store, reconnecting with jittered backoff, until
-        cancelled; then write what is queued (for at most ``FINAL_FLUSH_TIMEOUT_S``)."""
+        cancelled; then write what is queued (for at most ``FINAL_FLUSH_TIMEOUT_S``).
+
+        Raises ``BrokerAuthError``, after writing the queue, when the broker refuses the
+        controller's credentials: the same credentials would be refused again.
+        """
         writer = asyncio.create_task(self._write_forever(), name="mqtt-bridge-writer")
         try:
             await mqttlink.keep_connected(
                 self._session,
                 backoff=self._backoff,
-                retry=lambda _exc: True,
+                retry=lambda exc: not isinstance(exc, mqttlink.CredentialsRefusedError),
                 on_retry=self._log_retry,
             )
+        except mqttlink.CredentialsRefusedError as exc:
+            user = self._session_settings.username
+            raise BrokerAuthError(
+                f"the MQTT broker refused the controller's credentials (username {user!r}; "
+                f"set mqtt_username and mqtt_password): {exc}"
+            ) from exc
         finally:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)

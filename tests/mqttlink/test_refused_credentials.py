@@ -1,8 +1,9 @@
 """A refused password is a credentials error at once, and nobody retries it: not mqttlink,
-not the agent's link. On Mosquitto and on amqtt."""
+not the agent's link, not the controller's bridge. On Mosquitto and on amqtt."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,11 @@ import pytest
 from agent.errors import BrokerAuthError as AgentBrokerAuthError
 from agent.link.mqtt import MqttLink
 from agent.link.outbox import Outbox
+from controller.db import make_engine
+from controller.errors import BrokerAuthError as ControllerBrokerAuthError
+from controller.migrate import upgrade_database
+from controller.mqtt.bridge import MqttBridge
+from controller.settings import load_settings
 from mqttlink import CredentialsRefusedError, MqttConnection
 from tests.agent.link.conftest import LinkRunner, fast_settings
 from tests.agent.link.device_topics import DeviceTopics
@@ -65,3 +71,30 @@ def test_the_link_raises_broker_auth_error_after_one_attempt(
         if not runner.done.is_set():
             runner.stop()
         outbox.close()
+
+
+def test_the_bridge_raises_broker_auth_error_after_one_attempt(
+    password_broker: BrokerEndpoint, proxy_to: ProxyTo, topic_prefix: str, tmp_path: Path
+) -> None:
+    proxy = proxy_to(password_broker)
+    settings = load_settings(
+        environ={},
+        overrides={
+            "data_dir": tmp_path / "data",
+            "broker": proxy.endpoint.url,
+            "topic_prefix": topic_prefix,
+            "controller_id": f"test-{uuid.uuid4().hex[:8]}",
+            "mqtt_username": USER,
+            "mqtt_password": "wrong",
+        },
+    )
+    engine = make_engine(f"sqlite:///{tmp_path / 'controller.db'}")
+    upgrade_database(engine)
+    bridge = MqttBridge(settings=settings, engine=engine)
+
+    try:
+        with pytest.raises(ControllerBrokerAuthError, match="refused the controller's credentials"):
+            run(bridge.run())
+        assert proxy.connections == 1
+    finally:
+        engine.dispose()
