@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefleet-installed
-PACKAGES := protocol durable apiclient tensors agent controller converters simulator
+PACKAGES := protocol durable apiclient tensors mqttlink agent controller converters simulator
 POSTGRES_TEST_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
 .PHONY: test demo lint typecheck imports pytest mosquitto chromium venv format clean

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
@@ -12,7 +12,16 @@ from .registry.jobs import JobLimits
 from .settings import Settings
 from .signing import Signer
 
-__all__ = ["ControllerContext"]
+__all__ = ["ControllerContext", "FleetStatus"]
+
+
+@dataclass
+class FleetStatus:
+    """What the fleet service tells the readiness probe. Written by the service only."""
+
+    # Set when the fleet loops stopped for a reason retrying cannot fix (the broker
+    # refused the controller's credentials); /readyz then answers 503 with it.
+    not_ready_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,7 @@ class ControllerContext:
     metrics: Metrics
     # Reads that need no write lock: GET requests, /metrics, the dashboard, broker auth.
     read_engine: Engine
+    fleet_status: FleetStatus = field(default_factory=FleetStatus)
 
     @property
     def job_limits(self) -> JobLimits:

@@ -4,12 +4,14 @@
 
     ControllerError                    500  root of every error the controller raises
     ├── ConfigError                    500  settings that cannot be read or are invalid
+    │   └── BrokerAuthError            500  the MQTT broker refused the controller's login
     ├── KeyStoreError                  500  the key directory is missing, incomplete or used
     ├── NotFoundError                  404  a model, version, release, device or artifact
     ├── ConflictError                  409  a request that contradicts what is stored
     ├── ModelRejectedError             422  an uploaded model or a variant refused, with why
     ├── JobError                       422  a converter job crashed, was killed or timed out
     ├── UploadTooLargeError            413  an upload over its size limit
+    ├── BridgeError                    500  the MQTT bridge cannot publish now
     └── BadRequestError                400  malformed in a way the schema cannot say
         ├── SelectorError              400  a label selector or label list that does not parse
         └── EnrollmentRefusedError     400  an enrollment token that cannot be used
@@ -19,13 +21,16 @@
 
 The rollout core raises a plain ``ValueError`` subclass so that it imports nothing of the
 controller; ``app.STATUS_BY_ERROR`` maps it like a ``BadRequestError``. Pydantic's
-validation errors are FastAPI's 422.
+validation errors are FastAPI's 422. ``BrokerAuthError`` stops the fleet service and
+``edgefleet controller serve`` (exit 4); ``BridgeError`` is the rollout loop's to retry.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "BadRequestError",
+    "BridgeError",
+    "BrokerAuthError",
     "ConfigError",
     "ConflictError",
     "ControllerError",
@@ -45,6 +50,11 @@ class ControllerError(Exception):
 
 class ConfigError(ControllerError):
     """Settings that cannot be read or are invalid."""
+
+
+class BrokerAuthError(ConfigError):
+    """The MQTT broker refused the controller's credentials: retrying cannot help, an
+    operator must fix ``mqtt_username``/``mqtt_password`` (or the broker's users)."""
 
 
 class KeyStoreError(ControllerError):
@@ -73,6 +83,10 @@ class UploadTooLargeError(ControllerError):
 
 class BadRequestError(ControllerError):
     """A malformed request the schema cannot express (multipart parts, for example)."""
+
+
+class BridgeError(ControllerError):
+    """The bridge cannot publish now: not connected, or no acknowledgement in time."""
 
 
 class JobError(ControllerError):

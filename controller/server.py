@@ -4,6 +4,11 @@ Startup builds the app (migrations, keys) and, with ``--broker embedded``, binds
 amqtt broker; any failure there exits with ``EXIT_STARTUP_FAILURE`` and one clear line.
 Run serves HTTP with uvicorn, whose signal handlers only set a flag on SIGTERM/SIGINT.
 Shutdown lets uvicorn finish requests in flight (with a timeout), then stops the broker.
+
+When the MQTT broker refuses the controller's credentials the fleet service stops (see
+``service``); serve then shuts down the same graceful way and exits with
+``EXIT_BROKER_AUTH``: an operator must fix the credentials, and a supervisor restarting
+the process shows the failure rather than a controller that serves without devices.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import signal
 import socket
@@ -22,15 +28,16 @@ import uvicorn
 from .app import create_app
 from .context import ControllerContext
 from .devices.broker_auth import controller_mqtt_credentials, embedded_broker_config
-from .errors import ConfigError, ControllerError
+from .errors import BrokerAuthError, ConfigError, ControllerError
 from .settings import Settings
 
-__all__ = ["EXIT_STARTUP_FAILURE", "serve"]
+__all__ = ["EXIT_BROKER_AUTH", "EXIT_STARTUP_FAILURE", "serve"]
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_STARTUP_FAILURE = 3
+EXIT_BROKER_AUTH = 4  # as the agent's: the broker refused the credentials
 GRACEFUL_SHUTDOWN_S = 30
 FLEET_STOP_TIMEOUT_S = 10
 
@@ -58,6 +65,7 @@ async def _run(settings: Settings, app: Any) -> int:
             update={"mqtt_username": username, "mqtt_password": password}
         )
     fleet_task = None
+    refused: BrokerAuthError | None = None
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -68,18 +76,38 @@ async def _run(settings: Settings, app: Any) -> int:
     server = _Server(config)
     try:
         fleet_task = _start_fleet(settings, app) if settings.fleet_enabled else None
+        if fleet_task is not None:
+            fleet_task.add_done_callback(functools.partial(_exit_if_refused, server))
         await server.serve()
     finally:
         if fleet_task is not None:
             fleet_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(fleet_task, FLEET_STOP_TIMEOUT_S)
+                try:
+                    await asyncio.wait_for(fleet_task, FLEET_STOP_TIMEOUT_S)
+                except BrokerAuthError as exc:
+                    refused = exc
             logger.info("fleet loops stopped")
         if broker is not None:
             with contextlib.suppress(Exception):
                 await broker.shutdown()
             logger.info("embedded MQTT broker stopped")
+    if refused is not None:
+        logger.error(
+            "exiting with code %d: the MQTT broker refused the controller's credentials; "
+            "fix EDGEFLEET_MQTT_USERNAME and EDGEFLEET_MQTT_PASSWORD (or the broker's users) "
+            "and start again",
+            EXIT_BROKER_AUTH,
+        )
+        return EXIT_BROKER_AUTH
     return EXIT_OK if server.started else EXIT_STARTUP_FAILURE
+
+
+def _exit_if_refused(server: uvicorn.Server, fleet_task: asyncio.Task[None]) -> None:
+    """Shut the HTTP server down (gracefully) when the fleet stopped on refused
+    credentials; any other end of the fleet task is seen at shutdown, as before."""
+    if not fleet_task.cancelled() and isinstance(fleet_task.exception(), BrokerAuthError):
+        server.should_exit = True
 
 
 def _start_fleet(settings: Settings, app: Any) -> asyncio.Task[None]:
@@ -91,7 +119,7 @@ def _start_fleet(settings: Settings, app: Any) -> asyncio.Task[None]:
     fleet = FleetContext(
         settings=settings, engine=ctx.engine, deployment_key=ctx.signer.deployment_key
     )
-    service = FleetService(fleet, ctx.metrics.registry)
+    service = FleetService(fleet, ctx.metrics.registry, status=ctx.fleet_status)
     logger.info("fleet loops started (MQTT %s)", settings.broker_url)
     return asyncio.create_task(service.run(), name="fleet")
 

@@ -5,6 +5,12 @@ bridge), run (loops until cancelled), stop (cancel, wait). Each loop's iteration
 guarded: an error is logged with its traceback and the loop goes on after its interval,
 so one bad rollout or a database hiccup never stops the fleet.
 
+One error does stop it: the broker refusing the controller's credentials
+(``BrokerAuthError``). Every loop stops then, since no rollout could reach a device (and
+devices that cannot report would count as failed); the service logs it once, marks
+itself not ready (``FleetStatus``, read by ``/readyz``) and raises it, and ``serve``
+exits with ``EXIT_BROKER_AUTH``.
+
 Invariants:
 - publishing follows the database: a desired state is published after the transaction
   that signed it committed, and marked published only after the broker acknowledged it;
@@ -23,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from prometheus_client import CollectorRegistry
 
+from .context import FleetStatus
 from .db import session_scope
 from .devices.desired import (
     DesiredMessage,
@@ -31,7 +38,8 @@ from .devices.desired import (
     unpublished_messages,
 )
 from .devices.reconciler import renew_expiring_deployments
-from .mqtt.bridge import BridgeError, MqttBridge, check_bridge_settings
+from .errors import BridgeError, BrokerAuthError
+from .mqtt.bridge import MqttBridge, check_bridge_settings
 from .mqtt.telemetry import downsample_telemetry, prune_telemetry
 from .rollouts.engine import FleetContext, active_rollout_ids, plan_rollout
 from .rollouts.webhooks import deliver_webhooks
@@ -45,9 +53,16 @@ WEBHOOK_INTERVAL_S = 2.0
 
 
 class FleetService:
-    def __init__(self, fleet: FleetContext, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        fleet: FleetContext,
+        registry: CollectorRegistry | None = None,
+        *,
+        status: FleetStatus | None = None,
+    ) -> None:
         check_bridge_settings(fleet.settings)
         self.fleet = fleet
+        self.status = status or FleetStatus()
         self.bridge = MqttBridge(
             settings=fleet.settings,
             engine=fleet.engine,
@@ -57,6 +72,16 @@ class FleetService:
         self._publish_wanted = asyncio.Event()
 
     async def run(self) -> None:
+        """Run every loop until cancelled; raises ``BrokerAuthError`` (see above)."""
+        try:
+            await self._run_loops()
+        except* BrokerAuthError as refused:
+            error = refused.exceptions[0]
+            self.status.not_ready_reason = "mqtt: the broker refused the controller's credentials"
+            logger.error("%s; the fleet loops (ingest, rollouts, publishing) stopped", error)
+            raise error  # noqa: B904 - the group only wraps it
+
+    async def _run_loops(self) -> None:
         settings = self.fleet.settings
         async with httpx.AsyncClient() as http, asyncio.TaskGroup() as group:
             group.create_task(self.bridge.run(), name="mqtt-bridge")

@@ -4,7 +4,7 @@ Pure: nothing here does I/O. Bytes come in, verified documents or a ``ProtocolEr
 come out. This namespace is the public API; the submodules are its implementation.
 """
 
-from .backoff import RandomSource, backoff_delay_s
+from .backoff import UniformSource, backoff_delay_s
 from .canonical import MAX_SAFE_INTEGER, canonical_json, parse_json
 from .deployment import Command, Deployment, ProbationPolicy
 from .document import Document
@@ -106,7 +106,6 @@ __all__ = [
     "ProbationPolicy",
     "ProtocolError",
     "PublicKey",
-    "RandomSource",
     "ReferenceProfile",
     "Release",
     "ReleaseRef",
@@ -126,6 +125,7 @@ __all__ = [
     "ThresholdNotMetError",
     "TopicError",
     "TrustRoot",
+    "UniformSource",
     "backoff_delay_s",
     "canonical_json",
     "device_topic",

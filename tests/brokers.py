@@ -116,14 +116,17 @@ class MosquittoServer:
 
 
 @contextlib.contextmanager
-def run_embedded_amqtt() -> Iterator[BrokerEndpoint]:
-    """Run the controller's embedded amqtt broker on its own event loop in a thread."""
+def run_embedded_amqtt(plugins: dict[str, Any] | None = None) -> Iterator[BrokerEndpoint]:
+    """Run the controller's embedded amqtt broker on its own event loop in a thread;
+    ``plugins`` replaces the default, which lets anyone in."""
     from controller.mqtt.embedded_broker import EmbeddedBroker
 
     port = free_port()
+    if plugins is None:
+        plugins = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
     config = {
         "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        "plugins": plugins,
     }
     loop = asyncio.new_event_loop()
     started = threading.Event()

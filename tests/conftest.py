@@ -12,13 +12,14 @@ import pwd
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.brokers import BrokerEndpoint, MosquittoServer, find_mosquitto, run_embedded_amqtt
 from tests.factories import keyring
+from tests.tcp_proxy import TcpProxy
 
 __all__ = ["keyring"]
 
@@ -135,3 +136,18 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(base_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def proxy_to() -> Iterator[Callable[[BrokerEndpoint], TcpProxy]]:
+    """Start TCP proxies in front of brokers; each is shut down after the test."""
+    proxies: list[TcpProxy] = []
+
+    def start(target: BrokerEndpoint) -> TcpProxy:
+        proxy = TcpProxy(target).__enter__()
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        proxy.__exit__(None, None, None)

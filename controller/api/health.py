@@ -29,7 +29,12 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model_exclude_none=True)
 def readyz(ctx: Context, response: Response) -> Health:
-    """The database answers and the signing keys are loaded."""
+    """The database answers, the signing keys are loaded, and the fleet loops have not
+    stopped for good (they do when the MQTT broker refuses the controller's credentials)."""
+    not_ready_reason = ctx.fleet_status.not_ready_reason
+    if not_ready_reason is not None:
+        response.status_code = 503
+        return Health(status="unavailable", reason=not_ready_reason)
     try:
         with ctx.engine.connect() as connection:
             connection.execute(text("SELECT 1"))

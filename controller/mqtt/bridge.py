@@ -1,11 +1,10 @@
 """The controller's MQTT client: reads what devices report, publishes desired state.
 
-One adapter over aiomqtt (and paho beneath it). paho's message callback only decodes the
-message into a report and appends it to the bridge's queue; a writer task stores the
-queue in batches of ``ingest_batch_size`` reports, or whatever arrived within
-``ingest_flush_s`` of the first, through ``ingest.write_reports`` in a worker thread.
-Two reaches into paho, for the ingest rate (``docs/benchmarks.md``): its message callback
-is ours rather than aiomqtt's, and it reads a plain TCP socket through a buffer.
+Built on ``mqttlink``, in its fast ingest mode for the ingest rate (``docs/benchmarks.md``):
+the message callback only decodes the message into a report and appends it to the
+bridge's queue; a writer task stores the queue in batches of ``ingest_batch_size``
+reports, or whatever arrived within ``ingest_flush_s`` of the first, through
+``ingest.write_reports`` in a worker thread.
 
 Invariants:
 - one persistent session per controller (``settings.mqtt_client_id``; MQTT 3.1.1 with
@@ -21,11 +20,17 @@ Invariants:
   the queue holds ``QUEUE_BATCHES`` batches, acknowledgements wait, so the broker stops
   sending after its in-flight window instead of the controller's memory growing;
 - one bad message never breaks the bridge: it is dropped and counted by reason;
-- a batch whose write fails is logged and retried with backoff, never dropped silently;
-  after ``DATA_ERROR_ATTEMPTS`` refusals of its data (not of the connection) it is split,
-  and a single report the database still refuses is logged with its content and counted;
+- every wait for the broker has a timeout (mqttlink's, under ``asyncio.timeout``); a lost
+  connection is retried with jittered backoff, but refused credentials end ``run()`` with
+  ``BrokerAuthError`` at once: retrying cannot help (``docs/operations.md`` says what the
+  controller does then);
+- a batch whose write fails is logged and retried with jittered backoff, never dropped
+  silently; after ``DATA_ERROR_ATTEMPTS`` refusals of its data (not of the connection) it
+  is split, and a single report the database still refuses is logged with its content
+  and counted;
 - acknowledged reports not yet written are lost if the process dies (the broker has
-  forgotten them): at most the queue. Cancelling ``run()`` writes them before it returns.
+  forgotten them): at most the queue. Cancelling ``run()`` writes them before it returns,
+  and so does ``BrokerAuthError``.
 """
 
 from __future__ import annotations
@@ -35,34 +40,36 @@ import contextlib
 import logging
 import math
 import random
-import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import urlsplit
 
-import aiomqtt
-import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
-from protocol import Channel, Event, State, TelemetryBatch, TopicError, subscription_filter
+import mqttlink
+from protocol import (
+    Channel,
+    Event,
+    State,
+    TelemetryBatch,
+    TopicError,
+    backoff_delay_s,
+    subscription_filter,
+)
 from protocol.topics import verify_prefix
 
-from ..errors import ConfigError, ControllerError
+from ..errors import BridgeError, BrokerAuthError, ConfigError
 from ..settings import Settings
 from .ingest import Dropped, QueuedReport, WrittenReports, decode_report, write_reports
 from .metrics import BridgeMetrics
 from .telemetry import telemetry_rows
 
-__all__ = ["BridgeError", "MqttBridge", "check_bridge_settings"]
+__all__ = ["MqttBridge", "check_bridge_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +83,7 @@ QUEUE_BATCHES = 4
 DATA_ERROR_ATTEMPTS = 3
 FINAL_FLUSH_TIMEOUT_S = 10.0
 DROP_LOG_INTERVAL_S = 60.0
-SOCKET_READ_BYTES = 256 * 1024
 _CHANNEL_OF = {State: Channel.STATE, Event: Channel.EVENTS, TelemetryBatch: Channel.TELEMETRY}
-
-
-class BridgeError(ControllerError):
-    """The bridge cannot publish now: not connected, or no acknowledgement in time."""
 
 
 def check_bridge_settings(settings: Settings) -> None:
@@ -93,11 +95,39 @@ def check_bridge_settings(settings: Settings) -> None:
             "$share/… filter there was seen receiving a retained message of another topic). "
             "Set broker to mqtt://host:port, or leave shared_subscription_group empty."
         )
-    _broker_address(settings.broker_url)
+    _session_settings(settings, tls_context=None)
     try:
         verify_prefix(settings.topic_prefix)
         _subscriptions(settings)
     except TopicError as exc:
+        raise ConfigError(f"invalid MQTT settings: {exc}") from exc
+
+
+def _session_settings(
+    settings: Settings, *, tls_context: ssl.SSLContext | None
+) -> mqttlink.SessionSettings:
+    host, port, _tls = _broker_address(settings.broker_url)
+    v5 = bool(settings.shared_subscription_group)
+    username = settings.mqtt_username or None
+    try:
+        return mqttlink.SessionSettings(
+            host=host,
+            port=port,
+            client_id=settings.mqtt_client_id,
+            username=username,
+            # A password alone was never sent (aiomqtt sends none without a username).
+            password=(settings.mqtt_password or None) if username else None,
+            keepalive_s=KEEPALIVE_S,
+            tls_context=tls_context,
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+            ack_timeout_s=ACK_TIMEOUT_S,
+            backoff_initial_s=BACKOFF_INITIAL_S,
+            backoff_max_s=BACKOFF_MAX_S,
+            version=mqttlink.MqttVersion.V5 if v5 else mqttlink.MqttVersion.V311,
+            clean_session=False,
+            session_expiry_s=SESSION_EXPIRY_S if v5 else None,
+        )
+    except mqttlink.SettingsError as exc:
         raise ConfigError(f"invalid MQTT settings: {exc}") from exc
 
 
@@ -141,21 +171,24 @@ class MqttBridge:
         self._on_connected = on_connected
         self.metrics = BridgeMetrics(registry or CollectorRegistry())
         self._host, self._port, tls = _broker_address(settings.broker_url)
-        self._tls_context = ssl.create_default_context() if tls else None
-        self._v5 = bool(settings.shared_subscription_group)
+        self._session_settings = _session_settings(
+            settings, tls_context=ssl.create_default_context() if tls else None
+        )
         self._subscriptions = _subscriptions(settings)
         self._batch_size = settings.ingest_batch_size
         self._queue_limit = QUEUE_BATCHES * settings.ingest_batch_size
-        # (received_at_s, report); appended by paho's callback, taken by the writer.
+        # (received_at_s, report); appended by the message callback, taken by the writer.
         self._queue: deque[tuple[float, QueuedReport]] = deque()
-        self._owed_acks: deque[tuple[paho.Client, int, int]] = deque()
+        self._owed_acks: deque[mqttlink.Ack] = deque()
         self._wakeup = asyncio.Event()
         self._writing: list[tuple[float, QueuedReport]] = []
-        self._client: aiomqtt.Client | None = None
-        self._paho: paho.Client | None = None  # the current connection's, from its connect
+        self._connection: mqttlink.MqttConnection | None = None
         self._connected = False
         self._drop_logged_at: dict[str, float] = {}
         self._rng = random.Random()  # noqa: S311 - jitter, not a secret
+        self._backoff = mqttlink.Backoff(
+            initial_s=BACKOFF_INITIAL_S, max_s=BACKOFF_MAX_S, rng=self._rng
+        )
 
     @property
     def connected(self) -> bool:
@@ -164,121 +197,91 @@ class MqttBridge:
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         """Publish at QoS 1 and wait for the broker's PUBACK; raises ``BridgeError``."""
-        client = self._client
-        if client is None or not self._connected:
+        connection = self._connection
+        if connection is None or not self._connected:
             raise BridgeError(f"not connected to the broker: cannot publish to {topic}")
         try:
-            await asyncio.wait_for(
-                client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf),
-                ACK_TIMEOUT_S,
-            )
-        except TimeoutError as exc:
+            await connection.publish(mqttlink.Message(topic, payload, qos=1, retain=retain))
+        except mqttlink.LinkTimeoutError as exc:
             raise BridgeError(f"no PUBACK for {topic} within {ACK_TIMEOUT_S} s") from exc
-        except aiomqtt.MqttError as exc:
+        except mqttlink.MqttLinkError as exc:
             raise BridgeError(f"cannot publish to {topic}: {exc}") from exc
 
     async def run(self) -> None:
         """Connect, subscribe, read and store, reconnecting with jittered backoff, until
-        cancelled; then write what is queued (for at most ``FINAL_FLUSH_TIMEOUT_S``)."""
+        cancelled; then write what is queued (for at most ``FINAL_FLUSH_TIMEOUT_S``).
+
+        Raises ``BrokerAuthError``, after writing the queue, when the broker refuses the
+        controller's credentials: the same credentials would be refused again.
+        """
         writer = asyncio.create_task(self._write_forever(), name="mqtt-bridge-writer")
-        failures = 0
         try:
-            while True:
-                started_s = time.monotonic()
-                try:
-                    await self._session()
-                except (aiomqtt.MqttError, BridgeError, OSError) as exc:
-                    reason = str(exc) or type(exc).__name__
-                except Exception as exc:
-                    logger.exception("MQTT bridge session failed")
-                    reason = f"{type(exc).__name__}: {exc}"
-                else:  # pragma: no cover - a session only ends by an error
-                    reason = "the message stream ended"
-                if time.monotonic() - started_s >= BACKOFF_MAX_S:
-                    failures = 0  # only a connection that held resets the backoff
-                delay_s = self._rng.uniform(0, min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2**failures))
-                failures = min(failures + 1, 32)
-                logger.warning(
-                    "MQTT bridge to %s:%d down (%s); retrying in %.2f s",
-                    self._host,
-                    self._port,
-                    reason,
-                    delay_s,
-                )
-                await asyncio.sleep(delay_s)
+            await mqttlink.keep_connected(
+                self._session,
+                backoff=self._backoff,
+                retry=lambda exc: not isinstance(exc, mqttlink.CredentialsRefusedError),
+                on_retry=self._log_retry,
+            )
+        except mqttlink.CredentialsRefusedError as exc:
+            user = self._session_settings.username
+            raise BrokerAuthError(
+                f"the MQTT broker refused the controller's credentials (username {user!r}; "
+                f"set mqtt_username and mqtt_password): {exc}"
+            ) from exc
         finally:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
             await self._final_flush()
 
+    def _log_retry(self, exc: Exception, delay_s: float) -> None:
+        if isinstance(exc, mqttlink.MqttLinkError | BridgeError | OSError):
+            reason = str(exc) or type(exc).__name__
+        else:
+            logger.error("MQTT bridge session failed", exc_info=exc)
+            reason = f"{type(exc).__name__}: {exc}"
+        logger.warning(
+            "MQTT bridge to %s:%d down (%s); retrying in %.2f s",
+            self._host,
+            self._port,
+            reason,
+            delay_s,
+        )
+
     # -- one connection ------------------------------------------------------------------
 
     async def _session(self) -> None:
-        client = self._new_client()
-        # Acknowledgements owed on a dead connection are void; those of this one count
-        # from its first message, which may arrive before __aenter__ returns.
+        # Decode in the message callback and acknowledge ourselves, once the report is
+        # queued: no per-message object, task and queue hop of aiomqtt's iterator (a third
+        # of the ingest rate), and the acknowledgements give back-pressure.
+        connection = mqttlink.MqttConnection(
+            self._session_settings, fast_ingest=mqttlink.FastIngest(self._on_message)
+        )
+        # Acknowledgements owed on a dead connection are void (they release nothing);
+        # those of this one count from its first message, which may arrive before
+        # connect() returns.
         self._owed_acks.clear()
-        self._paho = client._client
-        await client.__aenter__()
+        await connection.connect()
+        self._backoff.connected()
         announce: asyncio.Task[None] | None = None
         try:
-            _buffer_socket(client)
-            codes: Sequence[int | ReasonCode] = await asyncio.wait_for(
-                client.subscribe(self._subscriptions, timeout=math.inf), ACK_TIMEOUT_S
-            )
-            for (topic_filter, _qos), code in zip(self._subscriptions, codes, strict=False):
-                if _is_failure(code):
-                    logger.error(
-                        "the broker refused the subscription to %s (%s)", topic_filter, code
-                    )
-            self._client, self._connected = client, True
+            refused = await connection.subscribe(self._subscriptions)
+            for topic_filter, reason in refused.items():
+                logger.error("the broker refused the subscription to %s (%s)", topic_filter, reason)
+            self._connection, self._connected = connection, True
             self.metrics.connected.set(1)
             self.metrics.connects.inc()
             logger.info("MQTT bridge connected to %s:%d", self._host, self._port)
             if self._on_connected is not None:
                 announce = asyncio.create_task(self._announce(), name="mqtt-bridge-connected")
-            # Reports arrive through paho's callback; this only waits for the connection
-            # to end (aiomqtt raises MqttError then).
-            async for _message in client.messages:  # pragma: no cover - never yields
-                pass
-            raise BridgeError("the broker's message stream ended")
-        except TimeoutError as exc:
-            raise BridgeError(f"no SUBACK within {ACK_TIMEOUT_S} s") from exc
+            # Reports arrive through the message callback; this only waits for the
+            # connection to end.
+            await connection.wait_lost()
         finally:
-            self._connected, self._client, self._paho = False, None, None
+            self._connected, self._connection = False, None
             self.metrics.connected.set(0)
             if announce is not None:
                 announce.cancel()
-            await self._disconnect(client)
-
-    def _new_client(self) -> aiomqtt.Client:
-        settings = self._settings
-        properties = None
-        if self._v5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = SESSION_EXPIRY_S
-        client = aiomqtt.Client(
-            self._host,
-            self._port,
-            username=settings.mqtt_username or None,
-            password=settings.mqtt_password or None,
-            identifier=settings.mqtt_client_id,
-            protocol=aiomqtt.ProtocolVersion.V5 if self._v5 else aiomqtt.ProtocolVersion.V311,
-            clean_session=None if self._v5 else False,
-            clean_start=False if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
-            properties=properties,
-            keepalive=KEEPALIVE_S,
-            timeout=CONNECT_TIMEOUT_S,
-            tls_context=self._tls_context,
-        )
-        inner = client._client
-        inner.connect_timeout = CONNECT_TIMEOUT_S
-        # Decode in paho's callback and acknowledge ourselves, once the report is queued:
-        # no per-message object, task and queue hop of aiomqtt's iterator (a third of the
-        # ingest rate), and the acknowledgements give back-pressure.
-        inner.manual_ack_set(True)
-        inner.on_message = self._on_message
-        return client
+            await self._disconnect(connection)
 
     async def _announce(self) -> None:
         assert self._on_connected is not None
@@ -287,26 +290,26 @@ class MqttBridge:
         except Exception:
             logger.exception("on_connected failed; the bridge carries on")
 
-    async def _disconnect(self, client: aiomqtt.Client) -> None:
+    async def _disconnect(self, connection: mqttlink.MqttConnection) -> None:
         try:
-            await asyncio.wait_for(client.__aexit__(None, None, None), CONNECT_TIMEOUT_S)
-        except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
+            await connection.disconnect()
+        except mqttlink.MqttLinkError as exc:
             logger.debug("MQTT bridge did not disconnect cleanly: %s", exc)
+            connection.drop()
 
-    # -- receiving (paho's thread is the event loop's: aiomqtt drives paho from it) ------
+    # -- receiving (on the event loop's thread: mqttlink's fast ingest mode) --------------
 
-    def _on_message(self, client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+    def _on_message(self, topic: str, payload: bytes, ack: mqttlink.Ack | None) -> None:
         try:
-            self._accept(message.topic, message.payload)
+            self._accept(topic, payload)
         except Exception:
-            # An exception here would reach paho's read loop and cut the connection.
             logger.exception("a message could not be handled; dropping it")
-        if message.qos > 0:
+        if ack is not None:
             if self._owed_acks or len(self._queue) >= self._queue_limit:
-                self._owed_acks.append((client, message.mid, message.qos))
+                self._owed_acks.append(ack)
                 self.metrics.held_acks.inc()
             else:
-                client.ack(message.mid, message.qos)
+                ack.release()
 
     def _accept(self, topic: str, payload: bytes | bytearray) -> None:
         report = decode_report(self._settings.topic_prefix, topic, payload)
@@ -340,9 +343,7 @@ class MqttBridge:
         if len(self._queue) >= self._queue_limit:
             return
         while self._owed_acks:
-            client, mid, qos = self._owed_acks.popleft()
-            if client is self._paho:
-                client.ack(mid, qos)
+            self._owed_acks.popleft().release()
 
     # -- writing -------------------------------------------------------------------------
 
@@ -362,7 +363,8 @@ class MqttBridge:
         while len(queue) < self._batch_size and (left_s := deadline - loop.time()) > 0:
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), left_s)
+                async with asyncio.timeout(left_s):
+                    await self._wakeup.wait()
         batch = [queue.popleft() for _ in range(min(self._batch_size, len(queue)))]
         self.metrics.queued.set(len(queue))
         self._release_acks()
@@ -384,7 +386,9 @@ class MqttBridge:
             except Exception:
                 attempt += 1
                 self.metrics.write_failures.inc()
-                delay_s = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2 ** min(attempt, 16))
+                delay_s = backoff_delay_s(
+                    attempt, initial_s=BACKOFF_INITIAL_S, max_s=BACKOFF_MAX_S, rng=self._rng
+                )
                 logger.exception(
                     "writing %d reports failed (attempt %d); retrying in %.1f s",
                     len(batch),
@@ -423,51 +427,8 @@ class MqttBridge:
         try:
             for start in range(0, len(left), self._batch_size):
                 chunk = left[start : start + self._batch_size]
-                written = await asyncio.wait_for(
-                    asyncio.to_thread(self._write, chunk), FINAL_FLUSH_TIMEOUT_S
-                )
+                async with asyncio.timeout(FINAL_FLUSH_TIMEOUT_S):
+                    written = await asyncio.to_thread(self._write, chunk)
                 self.metrics.count_written(written)
         except Exception:
             logger.exception("could not write %d reports before stopping", len(left))
-
-
-class _BufferedSocket:
-    """A plain socket read in large chunks: paho reads each packet with three or four
-    ``recv`` calls (one byte of header, its length byte by byte, then the rest), which
-    costs as much as the rest of its work. ``pending()`` is what aiomqtt's reader asks
-    of TLS sockets, so it keeps reading while bytes wait here."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._buffer = b""
-        self._position = 0
-
-    def recv(self, size: int) -> bytes:
-        if self._position >= len(self._buffer):
-            data = self._sock.recv(SOCKET_READ_BYTES)  # BlockingIOError: nothing waits
-            if not data:
-                return data
-            self._buffer, self._position = data, 0
-        start = self._position
-        self._position = start + size
-        return self._buffer[start : self._position]
-
-    def pending(self) -> int:
-        return max(len(self._buffer) - self._position, 0)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-def _buffer_socket(client: aiomqtt.Client) -> None:
-    """Read through ``_BufferedSocket`` when paho holds a plain TCP socket (TLS sockets
-    buffer already). Swapped between two callbacks of the event loop, so nothing paho
-    has read or not read is lost: the buffer starts empty."""
-    inner = client._client
-    sock = getattr(inner, "_sock", None)
-    if type(sock) is socket.socket:
-        inner._sock = _BufferedSocket(sock)
-
-
-def _is_failure(code: int | ReasonCode) -> bool:
-    return code.is_failure if isinstance(code, ReasonCode) else code >= 0x80

@@ -1,6 +1,7 @@
 """The embedded MQTT broker: amqtt, with two of its 0.12 behaviours corrected.
 
-Imported only when the controller runs its own broker (amqtt is heavy to import).
+Imported only when the controller runs its own broker (amqtt is heavy to import). The
+corrections use amqtt's private names only through ``_amqtt_compat``.
 
 1. When a client with a persistent session reconnects, amqtt offers it the retained
    messages of *every* topic filter any client has subscribed to, not only its own, and
@@ -19,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from amqtt.broker import Broker
+from ._amqtt_compat import CompatBroker
 
 __all__ = ["EmbeddedBroker"]
 
@@ -34,17 +35,10 @@ class _SnapshotDict(dict[str, Any]):
         return list(super().items())
 
 
-class EmbeddedBroker(Broker):  # type: ignore[misc]
-    def __init__(self, config: dict[str, Any], **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        # amqtt has no type information; set through setattr to keep mypy out of it.
-        setattr(self, "_subscriptions", _SnapshotDict(getattr(self, "_subscriptions")))  # noqa: B009, B010
+class EmbeddedBroker(CompatBroker):
+    def wrap_subscriptions(self, table: dict[str, Any]) -> dict[str, Any]:
+        return _SnapshotDict(table)
 
-    async def _publish_retained_messages_for_subscription(
-        self, subscription: tuple[str, int], session: Any
-    ) -> None:
-        topic_filter = subscription[0]
-        holders: list[tuple[Any, int]] = getattr(self, "_subscriptions").get(topic_filter, [])  # noqa: B009
-        if not any(holder.client_id == session.client_id for holder, _ in holders):
-            return
-        await super()._publish_retained_messages_for_subscription(subscription, session)
+    def offers_retained_messages(self, topic_filter: str, session: Any) -> bool:
+        holders = self.subscription_holders(topic_filter)
+        return any(holder.client_id == session.client_id for holder, _ in holders)

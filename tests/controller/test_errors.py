@@ -28,8 +28,6 @@ def _all_subclasses(cls: type[Exception]) -> list[type[Exception]]:
 
 
 ERRORS = [ControllerError, *_all_subclasses(ControllerError)]
-# Errors the API never answers with: they stop a start or the bridge, not a request.
-NOT_HTTP = {"ControllerError", "ConfigError", "KeyStoreError", "BridgeError"}
 
 
 def status_of(cls: type[Exception]) -> int:
@@ -40,7 +38,7 @@ def test_every_controller_error_lives_in_errors_and_is_exported() -> None:
     homeless = [
         f"{cls.__module__}.{cls.__name__}"
         for cls in ERRORS
-        if cls.__name__ not in NOT_HTTP and cls.__module__ != "controller.errors"
+        if cls.__module__ != "controller.errors"
     ]
 
     assert homeless == []
@@ -55,8 +53,6 @@ def test_every_error_is_drawn_in_the_tree_with_the_status_the_api_answers(
 ) -> None:
     drawn = re.search(rf"{cls.__name__}(?: \(\w+\))?\s+(\d{{3}})\b", errors.__doc__ or "")
 
-    if cls.__name__ in NOT_HTTP - {"ControllerError", "ConfigError", "KeyStoreError"}:
-        return  # drawn where it is raised (the bridge)
     assert drawn is not None, cls.__name__
     assert int(drawn.group(1)) == status_of(cls)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.brokers import BrokerEndpoint, free_port, wait_for_port
+from tests.brokers import BrokerEndpoint, MosquittoServer, free_port, wait_for_port
 from tests.mqtt_client import TestClient
 
 STARTUP_TIMEOUT_S = 60.0
@@ -35,7 +35,14 @@ class RunningController:
         return f"http://127.0.0.1:{self.http_port}"
 
 
-def start_controller(data_dir: Path, mqtt_port: int) -> RunningController:
+def start_controller(
+    data_dir: Path,
+    mqtt_port: int,
+    *,
+    broker: str = "embedded",
+    mqtt_user: str = MQTT_USER,
+    mqtt_password: str = MQTT_PASSWORD,
+) -> RunningController:
     http_port = free_port()
     process = subprocess.Popen(
         [
@@ -50,11 +57,13 @@ def start_controller(data_dir: Path, mqtt_port: int) -> RunningController:
             str(mqtt_port),
             "--data-dir",
             str(data_dir),
+            "--broker",
+            broker,
         ],
         env={
             **{k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")},
-            "EDGEFLEET_MQTT_USERNAME": MQTT_USER,
-            "EDGEFLEET_MQTT_PASSWORD": MQTT_PASSWORD,
+            "EDGEFLEET_MQTT_USERNAME": mqtt_user,
+            "EDGEFLEET_MQTT_PASSWORD": mqtt_password,
         },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -129,3 +138,21 @@ def test_taken_mqtt_port_is_a_clear_startup_error(tmp_path: Path) -> None:
     assert running.process.returncode == 3, output
     assert f"MQTT port 127.0.0.1:{taken} is taken" in output
     assert time.monotonic() - started < STARTUP_TIMEOUT_S
+
+
+def test_refused_broker_credentials_exit_with_exit_broker_auth(
+    password_mosquitto: tuple[MosquittoServer, str, str], tmp_path: Path
+) -> None:
+    server, user, _password = password_mosquitto
+    running = start_controller(
+        tmp_path / "data",
+        free_port(),
+        broker=server.endpoint.url,
+        mqtt_user=user,
+        mqtt_password="wrong password",
+    )
+    output, _ = running.process.communicate(timeout=STARTUP_TIMEOUT_S)
+
+    assert running.process.returncode == 4, output  # EXIT_BROKER_AUTH
+    assert "refused the controller's credentials" in output
+    assert "fix EDGEFLEET_MQTT_USERNAME and EDGEFLEET_MQTT_PASSWORD" in output

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+import mqttlink
 from agent.errors import ConfigurationError
-from agent.link.mqtt import LinkSettings, Message, MqttLink
+from agent.link.mqtt import LinkSettings, Message, MqttLink, translate_mqtt_error
 from agent.link.outbox import Outbox
 from protocol import backoff_delay_s
 
@@ -132,3 +133,21 @@ def test_backoff_draws_anywhere_from_zero_to_the_ceiling() -> None:
     assert all(0.0 <= delay_s <= 4.0 for delay_s in delays_s)
     assert min(delays_s) < 0.5
     assert max(delays_s) > 3.5
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (mqttlink.CredentialsRefusedError("bad password", code=5), "broker_auth"),
+        (mqttlink.ConfigurationRefusedError("bad client id", code=2), "configuration"),
+        (mqttlink.SettingsError("bad topic"), "configuration"),
+        (mqttlink.LinkTimeoutError("no PUBACK for a/b within 10 s"), "transport_timeout"),
+        (mqttlink.ConnectionFailedError("connection reset"), "connection_failed"),
+    ],
+)
+def test_mqttlink_errors_become_the_agents_reason_codes(
+    error: mqttlink.MqttLinkError, reason: str
+) -> None:
+    translated = translate_mqtt_error(error)
+
+    assert (translated.reason, str(translated)) == (reason, str(error))

@@ -19,10 +19,11 @@ import pytest
 
 from agent.errors import BrokerAuthError
 from agent.link.outbox import Outbox
-from tests.agent.link.conftest import WAIT_S, LinkRunner, TcpProxy
+from tests.agent.link.conftest import WAIT_S, LinkRunner
 from tests.agent.link.device_topics import DeviceTopics
 from tests.brokers import BrokerEndpoint, MosquittoServer, free_port
 from tests.mqtt_client import TestClient
+from tests.tcp_proxy import TcpProxy
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # "Prompt": a stop that hung until a timeout ran out would take WAIT_S; the bound is loose

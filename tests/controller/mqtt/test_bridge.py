@@ -18,9 +18,9 @@ from sqlmodel import Session
 
 from controller.db import make_engine
 from controller.devices.tables import DeviceEventRecord, DeviceRecord, telemetry_table
-from controller.errors import ConfigError
+from controller.errors import BridgeError, ConfigError
 from controller.migrate import upgrade_database
-from controller.mqtt.bridge import BridgeError, MqttBridge, check_bridge_settings
+from controller.mqtt.bridge import MqttBridge, check_bridge_settings
 from controller.settings import Settings, load_settings
 from protocol import Channel, State, device_topic
 from tests.brokers import BrokerEndpoint, MosquittoServer
