@@ -196,9 +196,9 @@ class AgentDaemon:
             for task in tasks:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.gather(*tasks, return_exceptions=True), self.config.shutdown_timeout_s
-                )
+                # asyncio.timeout, not wait_for, which can lose a cancellation on 3.11.
+                async with asyncio.timeout(self.config.shutdown_timeout_s):
+                    await asyncio.gather(*tasks, return_exceptions=True)
             if self.config.inference_api:
                 await self.serving.api.stop()
             self.outbox.close()

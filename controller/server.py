@@ -84,7 +84,8 @@ async def _run(settings: Settings, app: Any) -> int:
             fleet_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 try:
-                    await asyncio.wait_for(fleet_task, FLEET_STOP_TIMEOUT_S)
+                    async with asyncio.timeout(FLEET_STOP_TIMEOUT_S):
+                        await fleet_task
                 except BrokerAuthError as exc:
                     refused = exc
             logger.info("fleet loops stopped")

@@ -173,7 +173,9 @@ async def _run_worker(job: bytes, limits: SandboxLimits, what: str) -> tuple[int
         env=_child_environment(),
     )
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(job), timeout=limits.wall_s)
+        # asyncio.timeout, not wait_for, which can lose a cancellation on Python 3.11.
+        async with asyncio.timeout(limits.wall_s):
+            stdout, stderr = await process.communicate(job)
     except TimeoutError as exc:
         _kill_group(process.pid)
         await process.wait()
