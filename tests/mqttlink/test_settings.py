@@ -12,23 +12,30 @@ from mqttlink import Message, MqttVersion, SessionSettings, SettingsError, verif
 VALID: dict[str, Any] = {"host": "broker.local", "port": 8883, "client_id": "controller-1"}
 
 
+# What every MQTT session refuses; the agent's LinkSettings refuses the same (its tests
+# use this table too).
+BAD_SETTINGS: list[dict[str, Any]] = [
+    {"host": ""},
+    {"host": "broker local"},
+    {"port": 0},
+    {"port": 65_536},
+    {"client_id": ""},
+    {"client_id": "cam\x00"},
+    {"password": "secret"},  # a password without a username
+    {"keepalive_s": 0},
+    {"connect_timeout_s": 0.0},
+    {"ack_timeout_s": -1.0},
+    {"ack_timeout_s": float("nan")},
+    {"backoff_initial_s": 0.0},
+    {"backoff_initial_s": 5.0, "backoff_max_s": 1.0},
+    {"backoff_max_s": float("inf")},
+]
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"host": ""},
-        {"host": "broker local"},
-        {"port": 0},
-        {"port": 65_536},
-        {"client_id": ""},
-        {"client_id": "cam\x00"},
-        {"password": "secret"},  # a password without a username
-        {"keepalive_s": 0},
-        {"connect_timeout_s": 0.0},
-        {"ack_timeout_s": -1.0},
-        {"ack_timeout_s": float("nan")},
-        {"backoff_initial_s": 0.0},
-        {"backoff_initial_s": 5.0, "backoff_max_s": 1.0},
-        {"backoff_max_s": float("inf")},
+        *BAD_SETTINGS,
         {"version": "5"},
         {"session_expiry_s": 3600},  # 3.1.1 has no session expiry
         {"version": MqttVersion.V5, "session_expiry_s": -1},

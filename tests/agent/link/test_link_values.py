@@ -14,29 +14,12 @@ from agent.errors import ConfigurationError
 from agent.link.mqtt import LinkSettings, Message, MqttLink, translate_mqtt_error
 from agent.link.outbox import Outbox
 from protocol import backoff_delay_s
+from tests.mqttlink.test_settings import BAD_SETTINGS
 
 VALID: dict[str, Any] = {"host": "broker.local", "port": 8883, "client_id": "cam-berlin-0001"}
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        {"host": ""},
-        {"host": "broker local"},
-        {"port": 0},
-        {"port": 65_536},
-        {"client_id": ""},
-        {"client_id": "cam\x00"},
-        {"password": "secret"},  # a password without a username
-        {"keepalive_s": 0},
-        {"connect_timeout_s": 0.0},
-        {"ack_timeout_s": -1.0},
-        {"ack_timeout_s": float("nan")},
-        {"backoff_initial_s": 0.0},
-        {"backoff_initial_s": 5.0, "backoff_max_s": 1.0},
-        {"backoff_max_s": float("inf")},
-    ],
-)
+@pytest.mark.parametrize("overrides", BAD_SETTINGS)
 def test_bad_link_settings_are_a_configuration_error(overrides: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         LinkSettings(**{**VALID, **overrides})
