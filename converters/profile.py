@@ -139,7 +139,10 @@ def profile_model(
         )
     return {
         "golden": golden,
-        "reference_profile": _reference_profile(runner.inputs, inputs, runner.outputs, outputs),
+        "reference_profile": {
+            "source": data.source,
+            **_reference_profile(runner.inputs, inputs, runner.outputs, outputs),
+        },
         "golden_source": data.source,
     }
 

@@ -108,8 +108,15 @@ class Histogram(Model):
 
 
 class ReferenceProfile(Model):
-    """What the model's inputs and outputs looked like on the validation set."""
+    """What the model's inputs and outputs looked like on the validation set.
 
+    ``source`` says where the profiled inputs came from: ``"validation"`` (the version's
+    validation set) or ``"generated"`` (seeded synthetic inputs, when the version has
+    none). A generated profile describes noise, not the application's data: it must never
+    drive a drift judgement.
+    """
+
+    source: Literal["validation", "generated"] | None = None
     inputs: dict[TensorName, Histogram] = {}
     outputs: dict[TensorName, Histogram] = {}
     top1_confidence_mean: float | None = None
