@@ -196,8 +196,10 @@ async def _serve(config: AgentConfig) -> int:
         wall_s=config.sandbox_wall_s,
     )
 
-    async def check(path: Path, release: Release, budget_ms: float | None) -> object:
-        return await check_model(path, release, latency_budget_ms=budget_ms, limits=limits)
+    async def check(path: Path, bundle: Path, release: Release, budget_ms: float | None) -> object:
+        return await check_model(
+            path, release, check_bundle=bundle, latency_budget_ms=budget_ms, limits=limits
+        )
 
     try:
         daemon = AgentDaemon(

@@ -16,6 +16,7 @@ Every failure is an ``AgentError``. Three families matter to callers:
     │   ├── BadSignatureError             bad_signature        the role's signatures do not hold
     │   │   ├── WrongPayloadTypeError     wrong_payload_type   an envelope of another document type
     │   │   └── MalformedDocumentError    malformed_document   not even a parseable document
+    │   │       └── UnsupportedSchemaError  unsupported_schema  a schema_version it does not read
     │   ├── WrongDeviceError              wrong_device
     │   ├── ReplayedDeploymentError       replayed_deployment  sequence below the highest accepted
     │   │   └── DuplicateDeploymentError  duplicate_deployment the accepted one, redelivered
@@ -37,6 +38,7 @@ Every failure is an ``AgentError``. Three families matter to callers:
     │       ├── ModelLoadError            model_load_failed
     │       ├── SignatureMismatchError    io_signature_mismatch
     │       ├── GoldenMismatchError       golden_mismatch
+    │       ├── CheckBundleError          check_bundle_invalid the signed check bundle does not read
     │       ├── NonFiniteOutputError      nonfinite_output
     │       ├── LatencyBudgetError        latency_budget_exceeded
     │       └── SandboxKilledError        sandbox_killed       crashed, hit a limit or timed out
@@ -84,6 +86,7 @@ __all__ = [
     "ArtifactError",
     "BadSignatureError",
     "BrokerAuthError",
+    "CheckBundleError",
     "ConfigurationError",
     "ConnectionFailedError",
     "DowngradeError",
@@ -133,6 +136,7 @@ __all__ = [
     "TrustStateError",
     "UnknownModelError",
     "UnsafeFileNameError",
+    "UnsupportedSchemaError",
     "WrongDeviceError",
     "WrongPayloadTypeError",
     "translate_protocol_error",
@@ -168,6 +172,12 @@ class MalformedDocumentError(BadSignatureError):
     """Bytes that are not a well-formed envelope or document: nothing to verify."""
 
     reason = "malformed_document"
+
+
+class UnsupportedSchemaError(MalformedDocumentError):
+    """A document of a format version this agent does not read (newer, or retired)."""
+
+    reason = "unsupported_schema"
 
 
 class WrongDeviceError(RefusalError):
@@ -273,6 +283,12 @@ class SignatureMismatchError(ModelCheckError):
 
 class GoldenMismatchError(ModelCheckError):
     reason = "golden_mismatch"
+
+
+class CheckBundleError(ModelCheckError):
+    """The release's check bundle (hash verified) does not read as one: nothing to check with."""
+
+    reason = "check_bundle_invalid"
 
 
 class NonFiniteOutputError(ModelCheckError):
@@ -434,6 +450,7 @@ _PROTOCOL_TRANSLATIONS: tuple[
     tuple[type[protocol_errors.ProtocolError], type[RefusalError]], ...
 ] = (
     (protocol_errors.PayloadTypeError, WrongPayloadTypeError),
+    (protocol_errors.UnsupportedSchemaError, UnsupportedSchemaError),
     (protocol_errors.MalformedDocumentError, MalformedDocumentError),
     (protocol_errors.SignatureError, BadSignatureError),
     (protocol_errors.RotationError, TrustRootRotationError),

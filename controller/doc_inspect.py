@@ -110,7 +110,8 @@ def _facts(document: Document) -> list[str]:
             f"model {document.model} version {document.version}",
             f"artifact {artifact.filename} ({artifact.format}), {artifact.length} bytes, "
             f"sha256 {artifact.sha256}",
-            f"{len(document.golden)} golden cases",
+            f"check bundle {document.check_bundle.length} bytes, "
+            f"sha256 {document.check_bundle.sha256}",
         ]
     if isinstance(document, Deployment):
         release = Release.from_unverified_envelope(document.release_envelope())

@@ -53,13 +53,13 @@ FP32, FP64) and a list of ints with -1 for a dynamic or symbolic dimension.
     single-threaded, both models warmed up and interleaved in this process. Metrics that
     cannot be measured are null.
 
-``profile --model M [--validation VAL.npz] [--golden-count 4]``
-    -> ``{"golden": [{"inputs": [TENSOR], "expected_outputs": [TENSOR], "atol", "rtol"}],
-    "reference_profile": {"inputs": {name: HIST}, "outputs": {name: HIST},
-    "top1_confidence_mean": float|null, "class_distribution": [float]|null},
-    "golden_source": "validation"|"generated"}`` where TENSOR is a TENSOR_SPEC with
-    concrete dims plus ``"data"`` (base64 of little-endian row-major bytes) and HIST is
-    ``{"bin_edges": [n+1 increasing floats], "fractions": [n floats summing to 1]}``.
+``profile --model M [--validation VAL.npz] [--golden-count 4] --bundle-out B.npz``
+    Writes the check bundle (``tensors.check_bundle``: golden cases and the reference
+    profile) to B.npz -> ``{"golden_cases": int, "golden_source":
+    "validation"|"generated", "reference_profile": {"source": "validation"|"generated",
+    "inputs": {name: HIST}, "outputs": {name: HIST}, "top1_confidence_mean": float|null,
+    "class_distribution": [float]|null}}`` where HIST is ``{"bin_edges": [n+1 increasing
+    floats], "fractions": [n floats summing to 1]}``.
 
 Validation sets (``.npz``, loaded without pickles): one array per model input under its
 name, first axis = samples; optionally ``labels`` (integer class indices) for accuracy,
@@ -83,11 +83,12 @@ from .evaluate import EvaluationReport, evaluate
 from .gate import GateDecision, GatePolicy, judge
 from .inspection import ModelInfo, detect_format, inspect_model, open_model
 from .onnx_checks import DEFAULT_MAX_TENSOR_BYTES
-from .profile import TOLERANCES, profile_model
+from .profile import MAX_GOLDEN_BYTES, TOLERANCES, Profile, profile_model
 from .variants import MODES, VariantResult, make_variant
 
 __all__ = [
     "DEFAULT_MAX_TENSOR_BYTES",
+    "MAX_GOLDEN_BYTES",
     "MODES",
     "TOLERANCES",
     "BadValidationSetError",
@@ -101,6 +102,7 @@ __all__ = [
     "MalformedModelError",
     "MissingDependencyError",
     "ModelInfo",
+    "Profile",
     "SignatureMismatchError",
     "TensorTooLargeError",
     "UnsupportedDatatypeError",

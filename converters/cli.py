@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tensors import write_check_bundle
+
 from .errors import ConversionError
 from .evaluate import evaluate
 from .gate import DEFAULT_MAX_ACCURACY_DROP_POINTS, DEFAULT_MIN_TOP1_AGREEMENT, GatePolicy
@@ -73,13 +75,16 @@ def _run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_profile(args: argparse.Namespace) -> dict[str, Any]:
-    return profile_model(
+    profile = profile_model(
         args.model,
         args.validation,
         golden_count=args.golden_count,
         seed=args.seed,
         max_tensor_bytes=args.max_tensor_bytes,
     )
+    with args.bundle_out.open("wb") as handle:
+        write_check_bundle(profile.bundle, handle)
+    return profile.summary()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--model", required=True, type=Path)
     profile.add_argument("--validation", type=Path)
     profile.add_argument("--golden-count", type=int, default=4)
+    profile.add_argument(
+        "--bundle-out", required=True, type=Path, help="where to write the check bundle (.npz)"
+    )
     profile.set_defaults(run=_run_profile)
     return parser
 

@@ -1,23 +1,37 @@
-"""Golden cases and a reference profile for a release, computed by running the model here.
+"""A release's check bundle, computed by running the model here.
 
 Golden cases are what a device runs before it activates the exact same artifact: inputs
 taken from the validation set (or seeded random inputs built from the input spec), and
 the outputs this process computed for exactly those inputs, batch for batch. The reference
 profile describes what inputs and outputs looked like, for the agent's drift checks; its
 histograms and its classifier choice follow ``tensors.profile``, the rules the agent
-applies to live requests.
+applies to live requests, and its ``source`` says whether it describes validation data or
+synthetic inputs. Both travel in a ``tensors.check_bundle`` file, never in the release.
+
+Golden cases stay few and spread over the data: at most ``golden_count``, and no more
+than fit in ``MAX_GOLDEN_BYTES`` (a 1x3x224x224 FP32 image is 588 KiB), so a device's
+download and check stay small for image models too.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tensors import Array, TensorSpec, are_class_probabilities, datatype_of_numpy, histogram
+from protocol import ReferenceProfile
+from tensors import (
+    Array,
+    CheckBundle,
+    GoldenCase,
+    TensorSpec,
+    are_class_probabilities,
+    datatype_of_numpy,
+    histogram,
+)
 
 from .errors import BadValidationSetError, UnsupportedDatatypeError
 from .evaluate import validation_or_generated
@@ -25,7 +39,10 @@ from .inspection import LoadedModel, open_model
 from .onnx_checks import DEFAULT_MAX_TENSOR_BYTES
 from .validation import batch_size_of, iter_batches
 
-__all__ = ["TOLERANCES", "encode_tensor", "probability_output", "profile_model"]
+__all__ = ["MAX_GOLDEN_BYTES", "TOLERANCES", "Profile", "probability_output", "profile_model"]
+
+# What all golden cases together may weigh (inputs and expected outputs).
+MAX_GOLDEN_BYTES = 16 * 1024 * 1024
 
 # (atol, rtol) by the precision the model computes in. The device re-runs the very same
 # artifact, possibly on another CPU: only kernel choice (SIMD width, FMA, summation
@@ -41,24 +58,28 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 }
 
 
-def encode_tensor(name: str, array: Array) -> dict[str, Any]:
-    """A concrete tensor as ``{name, datatype, shape, data}`` with base64 little-endian data.
+@dataclass(frozen=True)
+class Profile:
+    """The check bundle of a model and where its golden inputs came from."""
 
-    The datatype is an OIP one and ``data`` holds exactly the bytes datatype and shape
-    need, as ``protocol.TensorData`` requires.
-    """
-    datatype = datatype_of_numpy(array.dtype)
-    if datatype is None:
+    bundle: CheckBundle
+    golden_source: str
+
+    def summary(self) -> dict[str, Any]:
+        profile = self.bundle.reference_profile
+        return {
+            "golden_cases": len(self.bundle.golden),
+            "golden_source": self.golden_source,
+            "reference_profile": None if profile is None else profile.model_dump(mode="json"),
+        }
+
+
+def _verify_oip(name: str, array: Array) -> Array:
+    if datatype_of_numpy(array.dtype) is None:
         raise UnsupportedDatatypeError(
             f"tensor {name!r} has dtype {array.dtype.name}, which has no OIP datatype"
         )
-    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    return {
-        "name": name,
-        "datatype": datatype,
-        "shape": [int(dim) for dim in array.shape],
-        "data": base64.b64encode(little.tobytes()).decode("ascii"),
-    }
+    return array
 
 
 def probability_output(specs: Sequence[TensorSpec], outputs: Mapping[str, Array]) -> str | None:
@@ -73,6 +94,7 @@ def probability_output(specs: Sequence[TensorSpec], outputs: Mapping[str, Array]
 def _golden_starts(
     loaded: LoadedModel, outputs: Mapping[str, Array], case_size: int, count: int
 ) -> list[int]:
+    """Up to ``count`` batch starts, spread evenly, preferring clear top-1 answers."""
     samples = int(next(iter(outputs.values())).shape[0])
     starts = list(range(0, samples - case_size + 1, case_size))
     scores = next(
@@ -105,7 +127,7 @@ def profile_model(
     golden_count: int = 4,
     seed: int = 0,
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
-) -> dict[str, Any]:
+) -> Profile:
     """Golden cases, the reference profile, and where the golden inputs came from."""
     if golden_count < 0:
         raise BadValidationSetError(f"golden count must be >= 0, got {golden_count}")
@@ -122,29 +144,30 @@ def profile_model(
     evaluated = int(next(iter(outputs.values())).shape[0])
     inputs = {name: array[:evaluated] for name, array in data.inputs.items()}
     case_size = fixed or 1
+    case_bytes = sum(a[:case_size].nbytes for a in (*inputs.values(), *outputs.values()))
+    count = min(golden_count, max(1, MAX_GOLDEN_BYTES // max(case_bytes, 1)))
     atol, rtol = TOLERANCES[loaded.precision]
     golden = []
-    for start in _golden_starts(loaded, outputs, case_size, golden_count):
+    for start in _golden_starts(loaded, outputs, case_size, count):
         case_inputs = {name: array[start : start + case_size] for name, array in inputs.items()}
         expected = runner.run(case_inputs)
         golden.append(
-            {
-                "inputs": [encode_tensor(s.name, case_inputs[s.name]) for s in runner.inputs],
-                "expected_outputs": [
-                    encode_tensor(s.name, expected[s.name]) for s in runner.outputs
-                ],
-                "atol": atol,
-                "rtol": rtol,
-            }
+            GoldenCase(
+                inputs={s.name: _verify_oip(s.name, case_inputs[s.name]) for s in runner.inputs},
+                expected_outputs={
+                    s.name: _verify_oip(s.name, expected[s.name]) for s in runner.outputs
+                },
+                atol=atol,
+                rtol=rtol,
+            )
         )
-    return {
-        "golden": golden,
-        "reference_profile": {
+    reference = ReferenceProfile.model_validate(
+        {
             "source": data.source,
             **_reference_profile(runner.inputs, inputs, runner.outputs, outputs),
-        },
-        "golden_source": data.source,
-    }
+        }
+    )
+    return Profile(CheckBundle(tuple(golden), reference), data.source)
 
 
 def _reference_profile(

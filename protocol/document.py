@@ -4,7 +4,8 @@ Invariants:
 - every document has a ``schema_version`` and a distinct DSSE ``PAYLOAD_TYPE``;
 - fields this version does not know are kept (``extra="allow"``) and written back out,
   so a relay or an older reader never strips what a newer writer added;
-- a document of a newer major ``schema_version`` than this code supports is refused
+- a document of a ``schema_version`` this code does not read (newer, or retired like
+  version 1 releases with inline golden cases) is refused with ``UnsupportedSchemaError``
   rather than half-understood;
 - documents are immutable once parsed.
 """
@@ -19,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .canonical import canonical_json, parse_json
 from .dsse import MAX_ENVELOPE_BYTES, Envelope, sign_envelope
-from .errors import MalformedDocumentError, PayloadTypeError
+from .errors import MalformedDocumentError, PayloadTypeError, UnsupportedSchemaError
 from .keys import SigningKey
 from .topics import DEVICE_ID_PATTERN
 
@@ -43,17 +44,23 @@ class Document(Model):
 
     PAYLOAD_TYPE: ClassVar[str]
     SCHEMA_VERSION: ClassVar[int] = 1
+    MIN_SCHEMA_VERSION: ClassVar[int] = 1
 
     schema_version: int = 1
 
     @field_validator("schema_version")
     @classmethod
     def _supported_schema(cls, value: int) -> int:
-        if not 1 <= value <= cls.SCHEMA_VERSION:
-            raise ValueError(
-                f"schema_version {value} is not supported (this code reads 1..{cls.SCHEMA_VERSION})"
-            )
+        if not cls.MIN_SCHEMA_VERSION <= value <= cls.SCHEMA_VERSION:
+            raise ValueError(cls._unsupported(value))
         return value
+
+    @classmethod
+    def _unsupported(cls, value: object) -> str:
+        return (
+            f"{cls.__name__} schema_version {value} is not supported "
+            f"(this code reads {cls.MIN_SCHEMA_VERSION}..{cls.SCHEMA_VERSION})"
+        )
 
     def to_json_obj(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -77,6 +84,9 @@ class Document(Model):
 
     @classmethod
     def from_json_obj(cls, obj: Any) -> Self:
+        version = obj.get("schema_version", 1) if isinstance(obj, dict) else None
+        if type(version) is int and not cls.MIN_SCHEMA_VERSION <= version <= cls.SCHEMA_VERSION:
+            raise UnsupportedSchemaError(cls._unsupported(version))
         try:
             return cls.model_validate(obj)
         except ValidationError as exc:

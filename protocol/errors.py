@@ -5,6 +5,7 @@ need "refuse and report" catch the root, callers that react differently catch a 
 
     ProtocolError
     ├── MalformedDocumentError   bytes that are not a well-formed envelope or document
+    │   └── UnsupportedSchemaError   a schema_version this code does not read
     ├── PayloadTypeError         an envelope of another document type (type confusion)
     ├── SignatureError           the signatures do not meet the role's threshold
     │   ├── BadSignatureError        a role key's signature does not verify
@@ -32,6 +33,7 @@ __all__ = [
     "SignatureError",
     "ThresholdNotMetError",
     "TopicError",
+    "UnsupportedSchemaError",
 ]
 
 
@@ -41,6 +43,10 @@ class ProtocolError(Exception):
 
 class MalformedDocumentError(ProtocolError):
     """The bytes are not a well-formed envelope or document of the expected schema."""
+
+
+class UnsupportedSchemaError(MalformedDocumentError):
+    """A document of a ``schema_version`` outside what this code reads (newer or retired)."""
 
 
 class PayloadTypeError(ProtocolError):

@@ -1,15 +1,15 @@
 """A release: exactly which model file may run, and how a device checks it first.
 
-Invariants: the artifact is named by SHA-256 and byte length, and its file name is a
-plain name that cannot escape a directory; golden tensors hold exactly as many bytes as
-their datatype and shape require; histograms have one more edge than bins.
+Invariants: the artifact and its check bundle (golden cases and reference profile, a
+separate ``.npz`` file, see ``tensors.check_bundle``) are each named by SHA-256 and byte
+length, so the signed document stays small whatever the model weighs; the artifact's file
+name is a plain name that cannot escape a directory; histograms have one more edge than
+bins. Schema version 2 moved the golden cases out of the document: this code refuses
+version 1 releases (``UnsupportedSchemaError``) rather than run them unchecked.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import math
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, Field, model_validator
@@ -18,14 +18,15 @@ from .document import Document, Model, Name, Sha256Hex
 
 __all__ = [
     "DATATYPE_BYTES",
+    "MAX_CHECK_BUNDLE_BYTES",
+    "MAX_RELEASE_ENVELOPE_BYTES",
     "Artifact",
-    "GoldenCase",
+    "CheckBundleRef",
     "Histogram",
     "ReferenceProfile",
     "Release",
     "ReleaseRef",
     "RuntimeRequirements",
-    "TensorData",
     "TensorSpec",
 ]
 
@@ -57,41 +58,6 @@ class TensorSpec(Model):
     name: TensorName
     datatype: Datatype
     shape: list[Annotated[int, Field(ge=-1)]]
-
-
-class TensorData(Model):
-    """A concrete tensor; ``data`` is base64 of its little-endian row-major bytes."""
-
-    name: TensorName
-    datatype: Datatype
-    shape: list[Annotated[int, Field(ge=0)]]
-    data: str
-
-    @model_validator(mode="after")
-    def _size_matches(self) -> TensorData:
-        expected = math.prod(self.shape) * DATATYPE_BYTES[self.datatype]
-        actual = len(self.raw_bytes())
-        if actual != expected:
-            raise ValueError(
-                f"tensor {self.name}: {actual} bytes, "
-                f"but {self.datatype}{self.shape} needs {expected}"
-            )
-        return self
-
-    def raw_bytes(self) -> bytes:
-        try:
-            return base64.b64decode(self.data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"tensor {self.name}: data is not base64") from exc
-
-
-class GoldenCase(Model):
-    """Inputs the device runs before activation and the outputs it must reproduce."""
-
-    inputs: list[TensorData] = Field(min_length=1)
-    expected_outputs: list[TensorData] = Field(min_length=1)
-    atol: float = Field(default=1e-4, ge=0)
-    rtol: float = Field(default=1e-3, ge=0)
 
 
 class Histogram(Model):
@@ -136,6 +102,23 @@ class RuntimeRequirements(Model):
     opset: int | None = Field(default=None, ge=1)
 
 
+# Golden cases are a few inputs of the model: even 224x224 images with 4 cases are a few
+# MB. The cap bounds what a device downloads and parses before its check.
+MAX_CHECK_BUNDLE_BYTES = 256 * 1024 * 1024
+# A signed release is a manifest, not a payload: whatever the model weighs it stays this
+# small, so a deployment that carries it stays under 16 KiB (docs/protocol.md). Signers
+# refuse to sign more; verifiers accept up to the DSSE limit, to read what older tools
+# signed and refuse it for what it is.
+MAX_RELEASE_ENVELOPE_BYTES = 8 * 1024
+
+
+class CheckBundleRef(Model):
+    """The release's check bundle (``tensors.check_bundle``), by content."""
+
+    sha256: Sha256Hex
+    length: int = Field(ge=1, le=MAX_CHECK_BUNDLE_BYTES)
+
+
 class ReleaseRef(Model):
     """A short reference to a release, as devices report it."""
 
@@ -146,6 +129,10 @@ class ReleaseRef(Model):
 
 class Release(Document):
     PAYLOAD_TYPE: ClassVar[str] = "application/vnd.edgefleet.release+json"
+    SCHEMA_VERSION: ClassVar[int] = 2
+    MIN_SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
 
     model: Name
     version: int = Field(ge=1)
@@ -153,8 +140,7 @@ class Release(Document):
     runtime: RuntimeRequirements
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
-    golden: list[GoldenCase] = []
-    reference_profile: ReferenceProfile | None = None
+    check_bundle: CheckBundleRef
     evaluation: dict[str, Any] | None = None
     created_at: AwareDatetime
     notes: str = ""

@@ -4,7 +4,7 @@ On real hardware each device checks a new model in its own sandbox subprocess an
 its own runtime session. A thousand simulated devices on two cores cannot, so:
 
 - ``SharedModelCheck`` runs the real sandboxed check (``agent.update.sandbox.check_model``) once
-  per artifact hash and gives every device the same verdict, failure included. The check
+  per artifact and check bundle and gives every device the same verdict, failure included. The check
   still happens only after that device's own download was verified against the signed
   hash, so a device with a corrupted download never reaches it;
 - ``SharedBackends`` loads one runtime session per stored artifact and lets every device
@@ -78,21 +78,27 @@ class SharedModelCheck:
 
     def __init__(self, limits: SandboxLimits) -> None:
         self._limits = limits
-        self._verdicts: dict[tuple[str, float | None], asyncio.Future[object]] = {}
+        self._verdicts: dict[tuple[str, str, float | None], asyncio.Future[object]] = {}
         self.checks_run = 0
 
-    async def __call__(self, path: Path, release: Release, budget_ms: float | None) -> object:
-        key = (release.artifact.sha256, budget_ms)
+    async def __call__(
+        self, path: Path, bundle: Path, release: Release, budget_ms: float | None
+    ) -> object:
+        key = (release.artifact.sha256, release.check_bundle.sha256, budget_ms)
         verdict = self._verdicts.get(key)
         if verdict is None:
-            verdict = asyncio.ensure_future(self._check(path, release, budget_ms))
+            verdict = asyncio.ensure_future(self._check(path, bundle, release, budget_ms))
             self._verdicts[key] = verdict
         # shield: one device's cancellation (a simulated crash) must not cancel the others'.
         return await asyncio.shield(verdict)
 
-    async def _check(self, path: Path, release: Release, budget_ms: float | None) -> object:
+    async def _check(
+        self, path: Path, bundle: Path, release: Release, budget_ms: float | None
+    ) -> object:
         self.checks_run += 1
-        return await check_model(path, release, latency_budget_ms=budget_ms, limits=self._limits)
+        return await check_model(
+            path, release, check_bundle=bundle, latency_budget_ms=budget_ms, limits=self._limits
+        )
 
 
 class SharedBackends:

@@ -4,15 +4,23 @@ One home for what the agent, the converters and the simulator all need to agree 
 (ARCHITECTURE.md §2): how an Open Inference Protocol datatype is spelled in numpy, ONNX
 Runtime and LiteRT (``datatypes``, ``spec``); how a model file is loaded and run
 (``backend``, ``onnx_backend``, ``litert_backend``, ``loading``); and how outputs are
-profiled (``profile``: histogram bins, which output holds class probabilities, PSI).
+profiled (``profile``: histogram bins, which output holds class probabilities, PSI); and
+how a release's golden cases and reference profile travel (``check_bundle``, an ``.npz``).
 
 It imports ``protocol`` and numpy, and the runtimes lazily; it does no I/O beyond reading
-the model file it is handed. ``datatypes``, ``spec`` and ``profile`` are pure. Errors are
+the model or bundle file it is handed. ``datatypes``, ``spec`` and ``profile`` are pure. Errors are
 ``TensorsError`` leaves (``errors``); callers translate them into their own at their
 boundary. This namespace is the public API; the submodules are its implementation.
 """
 
 from .backend import CPU_PROVIDER, Array, InferenceBackend, ModelFormat, RuntimeOptions
+from .check_bundle import (
+    CheckBundle,
+    GoldenCase,
+    read_check_bundle,
+    read_reference_profile,
+    write_check_bundle,
+)
 from .datatypes import (
     DATATYPE_BYTES,
     FLOAT_DATATYPES,
@@ -25,6 +33,7 @@ from .datatypes import (
     reported_datatype,
 )
 from .errors import (
+    CheckBundleError,
     InvalidOptionsError,
     ModelRefusedError,
     RunFailedError,
@@ -56,7 +65,10 @@ __all__ = [
     "PROBABILITY_SLACK",
     "PSI_EPSILON",
     "Array",
+    "CheckBundle",
+    "CheckBundleError",
     "Datatype",
+    "GoldenCase",
     "InferenceBackend",
     "InvalidOptionsError",
     "LiteRtBackend",
@@ -82,5 +94,8 @@ __all__ = [
     "numpy_dtype_of",
     "ort_type_of",
     "population_stability_index",
+    "read_check_bundle",
+    "read_reference_profile",
     "reported_datatype",
+    "write_check_bundle",
 ]

@@ -12,12 +12,14 @@ package's errors at their boundary (the agent into ``ModelLoadError``, converter
     ├── RunFailedError            the runtime failed to run the model
     ├── UnsupportedDatatypeError  a datatype with no Open Inference Protocol name
     ├── TensorTooLargeError       a declared tensor above the byte limit; nothing allocated
-    └── InvalidOptionsError       runtime options that cannot work (no provider, < 0 threads)
+    ├── InvalidOptionsError       runtime options that cannot work (no provider, < 0 threads)
+    └── CheckBundleError          a check bundle that does not read or breaks its format
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CheckBundleError",
     "InvalidOptionsError",
     "ModelRefusedError",
     "RunFailedError",
@@ -58,3 +60,7 @@ class TensorTooLargeError(TensorsError):
 
 class InvalidOptionsError(TensorsError):
     """Runtime options that no runtime could honour."""
+
+
+class CheckBundleError(TensorsError):
+    """A check bundle (golden cases, reference profile) that does not read as one."""

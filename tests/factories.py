@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -12,20 +11,20 @@ import pytest
 
 from protocol import (
     Artifact,
+    CheckBundleRef,
     Deployment,
     Envelope,
-    GoldenCase,
     Release,
     Role,
     RuntimeRequirements,
     SigningKey,
-    TensorData,
     TensorSpec,
     TrustRoot,
 )
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 ARTIFACT_BYTES = b"not really a model, but bytes with a hash"
+BUNDLE_BYTES = b"not really a check bundle either"
 
 
 @dataclass
@@ -68,12 +67,9 @@ def make_release(**overrides: Any) -> Release:
         "runtime": RuntimeRequirements(name="onnxruntime", opset=17),
         "inputs": [TensorSpec(name="x", datatype="FP32", shape=[-1, 4])],
         "outputs": [TensorSpec(name="y", datatype="FP32", shape=[-1, 2])],
-        "golden": [
-            GoldenCase(
-                inputs=[tensor("x", [1, 4], [0.0, 1.0, 2.0, 3.0])],
-                expected_outputs=[tensor("y", [1, 2], [0.25, 0.75])],
-            )
-        ],
+        "check_bundle": CheckBundleRef(
+            sha256=hashlib.sha256(BUNDLE_BYTES).hexdigest(), length=len(BUNDLE_BYTES)
+        ),
         "created_at": NOW,
     }
     fields.update(overrides)
@@ -90,15 +86,6 @@ def make_deployment(release_envelope: Envelope, **overrides: Any) -> Deployment:
     }
     fields.update(overrides)
     return Deployment(**fields)
-
-
-def tensor(name: str, shape: list[int], values: list[float]) -> TensorData:
-    import struct
-
-    raw = struct.pack(f"<{len(values)}f", *values)
-    return TensorData(
-        name=name, datatype="FP32", shape=shape, data=base64.b64encode(raw).decode("ascii")
-    )
 
 
 @pytest.fixture

@@ -13,7 +13,12 @@ import re
 
 from ..errors import StoreError, UnsafeFileNameError
 
-__all__ = ["MAX_FILE_NAME_CHARS", "verify_safe_file_name", "verify_sha256_hex"]
+__all__ = [
+    "MAX_FILE_NAME_CHARS",
+    "check_bundle_name",
+    "verify_safe_file_name",
+    "verify_sha256_hex",
+]
 
 MAX_FILE_NAME_CHARS = 128
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -44,3 +49,8 @@ def verify_sha256_hex(digest: str) -> str:
     if not _SHA256_HEX.fullmatch(digest):
         raise StoreError(f"{digest!r} is not a lowercase hex SHA-256")
     return digest
+
+
+def check_bundle_name(sha256: str) -> str:
+    """The file name of a check bundle inside its model's store directory."""
+    return f"check-bundle-{verify_sha256_hex(sha256)}.npz"

@@ -34,6 +34,7 @@ from typing import Any, TypeGuard
 import protocol
 
 from ..errors import (
+    CheckBundleError,
     ConfigurationError,
     GoldenMismatchError,
     LatencyBudgetError,
@@ -89,6 +90,7 @@ _REFUSALS: dict[str, type[ModelCheckError]] = {
     cls.reason: cls
     for cls in (
         ModelCheckError,
+        CheckBundleError,
         ModelLoadError,
         SignatureMismatchError,
         GoldenMismatchError,
@@ -132,17 +134,22 @@ async def check_model(
     model_path: Path,
     release: protocol.Release,
     *,
+    check_bundle: Path,
     latency_budget_ms: float | None,
     limits: SandboxLimits,
     timed_runs: int = TIMED_RUNS,
 ) -> SandboxReport:
-    """Load and test ``model_path`` in a limited child process; raise a ``ModelCheckError``."""
+    """Load and test ``model_path`` in a limited child process; raise a ``ModelCheckError``.
+
+    ``check_bundle`` is the release's check bundle, already verified against the hash
+    the release signs: the child runs its golden cases.
+    """
     job = {
         "model_path": os.fspath(model_path.resolve()),
         "format": release.artifact.format,
         "inputs": [spec.model_dump(mode="json") for spec in release.inputs],
         "outputs": [spec.model_dump(mode="json") for spec in release.outputs],
-        "golden": [case.model_dump(mode="json") for case in release.golden],
+        "check_bundle_path": os.fspath(check_bundle.resolve()),
         "latency_budget_ms": latency_budget_ms,
         "warmup_runs": WARMUP_RUNS,
         "timed_runs": timed_runs,

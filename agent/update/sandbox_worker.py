@@ -10,7 +10,8 @@ Invariants:
 - the answer goes to the stdout the parent gave it, while file descriptor 1 is pointed at
   stderr before any runtime loads: native code that prints cannot corrupt the answer;
 - the model's actual inputs and outputs are checked against the release's signature
-  before any golden input is fed to it;
+  before any golden input is fed to it; golden cases come from the release's check
+  bundle (``tensors.read_check_bundle``, no pickles), whose hash the parent verified;
 - every output of every run it judges is finite, and every golden output is within
   ``atol + rtol * |expected|`` of the expected value (``numpy.allclose``).
 """
@@ -29,11 +30,12 @@ from typing import Any
 import numpy as np
 
 import tensors
-from protocol import GoldenCase, TensorData, TensorSpec
-from tensors import Array, InferenceBackend, numpy_dtype_of
+from protocol import TensorSpec
+from tensors import Array, CheckBundle, GoldenCase, InferenceBackend, numpy_dtype_of
 
 from ..backends import load_backend
 from ..errors import (
+    CheckBundleError,
     GoldenMismatchError,
     LatencyBudgetError,
     ModelCheckError,
@@ -45,8 +47,8 @@ from ..errors import (
 __all__ = ["EXIT_REFUSED", "MAX_JOB_BYTES", "main", "run_check"]
 
 EXIT_REFUSED = 3
-# Golden tensors travel in the job; a release envelope is at most 4 MiB, base64 included.
-MAX_JOB_BYTES = 16 * 1024 * 1024
+# The job names files; only the release's I/O signature travels in it.
+MAX_JOB_BYTES = 1024 * 1024
 _FLOAT_KINDS = frozenset("fc")
 
 
@@ -54,7 +56,7 @@ def run_check(job: Mapping[str, Any]) -> dict[str, Any]:
     """Load the model, check its signature, golden cases and latency; return the report."""
     inputs = [TensorSpec.model_validate(spec) for spec in job["inputs"]]
     outputs = [TensorSpec.model_validate(spec) for spec in job["outputs"]]
-    golden = [GoldenCase.model_validate(case) for case in job["golden"]]
+    golden = load_check_bundle(Path(job["check_bundle_path"])).golden
     budget_ms: float | None = job["latency_budget_ms"]
 
     model = load_backend(Path(job["model_path"]), job["format"])
@@ -120,29 +122,31 @@ def verify_signature(
             )
 
 
-def decode_tensor(tensor: TensorData) -> Array:
-    """A tensor's little-endian bytes as a native numpy array of its shape."""
-    dtype = numpy_dtype_of(tensor.datatype)
-    little = np.frombuffer(tensor.raw_bytes(), dtype=dtype.newbyteorder("<"))
-    return little.astype(dtype).reshape(tensor.shape)
+def load_check_bundle(path: Path) -> CheckBundle:
+    try:
+        return tensors.read_check_bundle(path)
+    except tensors.CheckBundleError as exc:
+        raise CheckBundleError(f"the check bundle does not read: {exc}") from exc
+    except OSError as exc:
+        raise CheckBundleError(f"the check bundle {path.name} cannot be read: {exc}") from exc
 
 
 def golden_feeds(index: int, case: GoldenCase, inputs: Sequence[TensorSpec]) -> dict[str, Array]:
-    given = sorted(tensor.name for tensor in case.inputs)
+    given = sorted(case.inputs)
     declared = sorted(spec.name for spec in inputs)
     if given != declared:
         raise SignatureMismatchError(
             f"golden case {index} gives inputs {given}, the release declares {declared}"
         )
-    specs = {spec.name: spec for spec in inputs}
-    for tensor in case.inputs:
-        spec = specs[tensor.name]
-        if tensor.datatype != spec.datatype or not _compatible(spec.shape, tensor.shape):
+    for spec in inputs:
+        array = case.inputs[spec.name]
+        datatype = tensors.datatype_of_numpy(array.dtype)
+        if datatype != spec.datatype or not _compatible(spec.shape, array.shape):
             raise SignatureMismatchError(
-                f"golden case {index}: input {tensor.name!r} is {tensor.datatype}{tensor.shape}, "
+                f"golden case {index}: input {spec.name!r} is {datatype}{list(array.shape)}, "
                 f"the release declares {spec.datatype}{spec.shape}"
             )
-    return {tensor.name: decode_tensor(tensor) for tensor in case.inputs}
+    return dict(case.inputs)
 
 
 def verify_finite(where: str, outputs: Mapping[str, Array]) -> None:
@@ -163,18 +167,18 @@ def verify_golden_outputs(
 ) -> None:
     verify_finite(where, actual)
     specs = {spec.name: spec for spec in outputs}
-    for tensor in case.expected_outputs:
-        spec = specs.get(tensor.name)
-        if spec is None or tensor.datatype != spec.datatype:
+    for name, expected in case.expected_outputs.items():
+        spec = specs.get(name)
+        datatype = tensors.datatype_of_numpy(expected.dtype)
+        if spec is None or datatype != spec.datatype:
             raise SignatureMismatchError(
-                f"{where}: expected output {tensor.name!r} ({tensor.datatype}) is not "
+                f"{where}: expected output {name!r} ({datatype}) is not "
                 "an output the release declares"
             )
-        expected = decode_tensor(tensor)
-        value = actual[tensor.name]
+        value = actual[name]
         if value.shape != expected.shape:
             raise GoldenMismatchError(
-                f"{where}: output {tensor.name!r} has shape {list(value.shape)}, "
+                f"{where}: output {name!r} has shape {list(value.shape)}, "
                 f"expected {list(expected.shape)}"
             )
         got, want = value.astype(np.float64), expected.astype(np.float64)
@@ -182,7 +186,7 @@ def verify_golden_outputs(
             error = np.abs(got - want)
             worst = np.unravel_index(int(np.argmax(error)), error.shape)
             raise GoldenMismatchError(
-                f"{where}: output {tensor.name!r} is off by up to {float(error[worst]):.6g} "
+                f"{where}: output {name!r} is off by up to {float(error[worst]):.6g} "
                 f"at {[int(i) for i in worst]} (got {float(got[worst]):.6g}, expected "
                 f"{float(want[worst]):.6g}; atol {case.atol:g}, rtol {case.rtol:g})"
             )

@@ -2,16 +2,20 @@
 
 Layout under ``root``::
 
-    models/sha256-<hex>/<filename>   one verified artifact per directory
+    models/sha256-<hex>/<filename>   one verified artifact per directory, with the
+        check-bundle-<hex2>.npz          check bundles of the releases that shipped it
     staging/                         downloads in progress, directories being built, trash
     current  -> models/sha256-<hex>  what serves (absent: nothing serves)
     previous -> models/sha256-<hex>  what ``rollback`` returns to
 
 Invariants:
-- a ``models/sha256-<hex>`` directory exists only complete, holding one file whose bytes
-  hash to ``<hex>``: ``stage`` builds it in ``staging/``, hashes and fsyncs the file and
-  the directory, then publishes it with one ``rename``; ``collect_garbage`` unpublishes
-  with one ``rename`` into ``staging/`` before deleting anything;
+- a ``models/sha256-<hex>`` directory exists only complete, holding one artifact whose
+  bytes hash to ``<hex>``: ``stage`` builds it in ``staging/``, hashes and fsyncs the file
+  and the directory, then publishes it with one ``rename``; ``collect_garbage``
+  unpublishes with one ``rename`` into ``staging/`` before deleting anything;
+- a check bundle in a model directory is named by its own hash and its bytes hash to it:
+  ``stage_check_bundle`` hashes and fsyncs it in ``staging/`` and renames it in, so it is
+  there whole or not at all; it leaves with its model;
 - ``current`` and ``previous`` are only ever replaced by ``os.replace`` of a freshly made
   temporary symlink, followed by an fsync of ``root``: each is at every instant either
   its old target or its new one. ``current`` is removed (one ``unlink``, then an fsync
@@ -62,7 +66,7 @@ from typing import ParamSpec, TypeVar
 from durable import fsync_dir, fsync_file
 
 from ..errors import HashMismatchError, LocalWriteError, StoreError
-from .names import verify_safe_file_name, verify_sha256_hex
+from .names import check_bundle_name, verify_safe_file_name, verify_sha256_hex
 
 __all__ = ["HASH_CHUNK_BYTES", "ModelStore"]
 
@@ -163,6 +167,37 @@ class ModelStore:
         fsync_dir(self.models_dir)
         fsync_dir(self.staging_dir)
         return final / filename
+
+    @_writes("stage a check bundle")
+    def stage_check_bundle(self, model_sha256: str, bundle_sha256: str, source_path: Path) -> Path:
+        """Move a verified check bundle into its (staged) model's directory; return its path.
+
+        Idempotent, like ``stage``: a bundle already there wins and ``source_path`` is
+        discarded. The bytes are hashed once more before the rename that publishes them.
+        """
+        final = self.model_dir(model_sha256) / check_bundle_name(bundle_sha256)
+        if not final.parent.is_dir():
+            raise StoreError(f"model {model_sha256[:12]} is not staged: no place for its bundle")
+        if final.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                if not final.samefile(source_path):
+                    source_path.unlink()
+            return final
+        building = self.staging_dir / f".bundle-{secrets.token_hex(8)}"
+        try:
+            _move(source_path, building)
+            building.chmod(0o444)
+            digest = _sha256_of(building)
+            if digest != bundle_sha256:
+                raise HashMismatchError(f"check bundle hashes to {digest}, not {bundle_sha256}")
+            fsync_file(building)
+            os.rename(building, final)
+        except BaseException:
+            building.unlink(missing_ok=True)
+            raise
+        fsync_dir(final.parent)
+        fsync_dir(self.staging_dir)
+        return final
 
     @_writes("activate a model")
     def activate(self, sha256: str) -> None:

@@ -38,6 +38,7 @@ from ..stats.probation import ProbationOutcome
 from ..stats.probation_watch import watch_probation
 from .fetcher import Fetcher
 from .machine import Journal, UpdateEvent, UpdateState
+from .names import check_bundle_name
 from .state_files import (
     advance_journal,
     load_releases,
@@ -59,8 +60,9 @@ FINAL_EVENT_TYPES = {
 }
 
 
-# (model file, release, latency budget in ms) -> report; raises a ModelCheckError.
-ModelChecker = Callable[[Path, Release, float | None], Awaitable[object]]
+# (model file, check bundle file, release, latency budget in ms) -> report; raises a
+# ModelCheckError. Both files were verified against the release's hashes first.
+ModelChecker = Callable[[Path, Path, Release, float | None], Awaitable[object]]
 
 
 class Reporter(Protocol):
@@ -288,29 +290,48 @@ class Updater:
         return loaded.path.parent == self.store.model_dir(sha256)
 
     async def _fetch(self, release: Release) -> None:
-        artifact = release.artifact
-        if self.store.model_dir(artifact.sha256).exists():
-            return  # already in the store (a rollback to a kept model): nothing to fetch
+        """Download the artifact and its check bundle, each capped and hash-checked."""
+        artifact, bundle = release.artifact, release.check_bundle
         headers = {}
         if self.config.controller_token:
             headers["Authorization"] = f"Bearer {self.config.controller_token}"
-        await self.fetcher.download(
-            self.config.artifact_url(artifact.sha256),
-            self._download_path(artifact.sha256),
-            expected_length=artifact.length,
-            expected_sha256=artifact.sha256,
-            headers=headers,
-        )
+        if not self.store.model_dir(artifact.sha256).exists():
+            # Not in the store yet (a rollback to a kept model needs no download).
+            await self.fetcher.download(
+                self.config.artifact_url(artifact.sha256),
+                self._download_path(artifact.sha256),
+                expected_length=artifact.length,
+                expected_sha256=artifact.sha256,
+                headers=headers,
+            )
+        if not self._stored_bundle(release).exists():
+            await self.fetcher.download(
+                self.config.artifact_url(bundle.sha256),
+                self._download_path(bundle.sha256),
+                expected_length=bundle.length,
+                expected_sha256=bundle.sha256,
+                headers=headers,
+            )
 
     async def _verify_and_stage(self, release: Release, latency_budget_ms: float | None) -> None:
-        artifact = release.artifact
+        artifact, bundle = release.artifact, release.check_bundle
         in_store = self.store.model_dir(artifact.sha256) / artifact.filename
         candidate = in_store if in_store.exists() else self._download_path(artifact.sha256)
-        await self.check_model(candidate, release, latency_budget_ms)
+        stored_bundle = self._stored_bundle(release)
+        bundle_file = (
+            stored_bundle if stored_bundle.exists() else self._download_path(bundle.sha256)
+        )
+        await self.check_model(candidate, bundle_file, release, latency_budget_ms)
         if candidate != in_store:
             self.store.stage(artifact.sha256, artifact.filename, candidate)
+        if bundle_file != stored_bundle:
+            self.store.stage_check_bundle(artifact.sha256, bundle.sha256, bundle_file)
         self._releases[artifact.sha256] = release
         persist_releases(self.paths.releases, self._releases)
+
+    def _stored_bundle(self, release: Release) -> Path:
+        directory = self.store.model_dir(release.artifact.sha256)
+        return directory / check_bundle_name(release.check_bundle.sha256)
 
     def _finish(self, journal: Journal) -> Journal:
         """Terminal bookkeeping, idempotent: a crash anywhere here repeats it safely."""

@@ -1,25 +1,31 @@
 """Releases: sign exactly the artifact that was checked, with what devices need to check it.
 
 A release is signed with the release key over the artifact's hash and length, its I/O
-signature, golden inputs with expected outputs, a reference profile for drift and the
-variant's evaluation report. Rejected variants are never released. Releasing a version
-twice returns the first release: one version, one signed release.
+signature, the hash and length of its check bundle (golden inputs with expected outputs
+and the reference profile for drift, a content-addressed ``.npz`` in the artifact store
+that the profile job wrote) and the variant's evaluation report. Rejected variants are
+never released. Releasing a version twice returns the first release: one version, one
+signed release. A release stays under ``MAX_RELEASE_ENVELOPE_BYTES`` whatever the model
+weighs; one that would not (thousands of tensors, a huge report) is refused with a 409
+and nothing is recorded.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from datetime import datetime
-from typing import Any
+from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from protocol import (
+    MAX_RELEASE_ENVELOPE_BYTES,
     Artifact,
+    CheckBundleRef,
     Envelope,
-    GoldenCase,
     MalformedDocumentError,
-    ReferenceProfile,
     Release,
     RuntimeRequirements,
     TensorSpec,
@@ -29,6 +35,7 @@ from ..context import ControllerContext
 from ..errors import ConflictError, JobError, NotFoundError
 from ..tables import utcnow
 from ..tokens import Principal
+from .artifact_store import StoredFile
 from .models import FORMAT_EXTENSIONS, get_version, run_job
 from .tables import ModelVersion, ReleaseRecord
 
@@ -50,18 +57,15 @@ def release_version(
     if row.status == "rejected":
         reasons = "; ".join(row.reasons) or "see its report"
         raise ConflictError(f"{name}:{version} was rejected by the quality gate ({reasons})")
-    args = [
-        "profile",
-        "--model",
-        str(ctx.store.get(row.sha256).path),
-        "--golden-count",
-        str(ctx.settings.golden_count),
-    ]
-    if row.validation_sha256:
-        args += ["--validation", str(ctx.store.get(row.validation_sha256).path)]
-    profile = run_job(ctx, args)
-    release = build_release(row, profile, now=utcnow())
+    bundle = _profile(ctx, row)
+    release = build_release(row, bundle, now=utcnow())
     envelope = release.sign([ctx.signer.release_key])
+    if len(envelope.to_bytes()) > MAX_RELEASE_ENVELOPE_BYTES:
+        raise ConflictError(
+            f"the signed release of {name}:{version} would be {len(envelope.to_bytes())} "
+            f"bytes, more than {MAX_RELEASE_ENVELOPE_BYTES}: the model declares too many "
+            "inputs and outputs, or its evaluation report is too large"
+        )
     record = ReleaseRecord(
         model_version_id=row.id or 0,
         model_name=name,
@@ -82,8 +86,33 @@ def release_version(
     return record, True
 
 
-def build_release(row: ModelVersion, profile: dict[str, Any], *, now: datetime) -> Release:
-    """The Release document for a version and its profile (golden cases, reference)."""
+def _profile(ctx: ControllerContext, row: ModelVersion) -> StoredFile:
+    """Run the profile job and keep the check bundle it wrote, content-addressed."""
+    ctx.settings.work_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=ctx.settings.work_dir, prefix="profile-"))
+    try:
+        bundle = work / "check-bundle.npz"
+        args = [
+            "profile",
+            "--model",
+            str(ctx.store.get(row.sha256).path),
+            "--golden-count",
+            str(ctx.settings.golden_count),
+            "--bundle-out",
+            str(bundle),
+        ]
+        if row.validation_sha256:
+            args += ["--validation", str(ctx.store.get(row.validation_sha256).path)]
+        run_job(ctx, args)
+        if not bundle.is_file() or bundle.stat().st_size == 0:
+            raise JobError("the profile job wrote no check bundle")
+        return ctx.store.put(bundle)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def build_release(row: ModelVersion, bundle: StoredFile, *, now: datetime) -> Release:
+    """The Release document for a version and its stored check bundle."""
     try:
         return Release(
             model=row.model_name,
@@ -100,18 +129,13 @@ def build_release(row: ModelVersion, profile: dict[str, Any], *, now: datetime) 
             ),
             inputs=[TensorSpec(**spec) for spec in row.inputs],
             outputs=[TensorSpec(**spec) for spec in row.outputs],
-            golden=[GoldenCase.model_validate(case) for case in profile["golden"]],
-            reference_profile=(
-                ReferenceProfile.model_validate(profile["reference_profile"])
-                if profile.get("reference_profile")
-                else None
-            ),
+            check_bundle=CheckBundleRef(sha256=bundle.sha256, length=bundle.size_bytes),
             evaluation=row.report,
             created_at=now,
             notes=f"{row.origin}" + (f" {row.variant_mode}" if row.variant_mode else ""),
         )
     except (ValueError, KeyError, TypeError, MalformedDocumentError) as exc:
-        raise JobError(f"the profile job's answer does not make a valid release: {exc}") from exc
+        raise JobError(f"the version and its check bundle make no valid release: {exc}") from exc
 
 
 def get_release(session: Session, name: str, version: int) -> ReleaseRecord:

@@ -75,7 +75,9 @@ class NoFetcher:
         raise AssertionError("a rollback downloads nothing")
 
 
-async def no_check(model: Path, release: Release, latency_budget_ms: float | None) -> None:
+async def no_check(
+    model: Path, bundle: Path, release: Release, latency_budget_ms: float | None
+) -> None:
     raise AssertionError("a rollback checks no model")
 
 

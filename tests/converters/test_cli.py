@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tensors import read_check_bundle
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXIT_OK = 0
 EXIT_REFUSED = 3
@@ -108,7 +110,7 @@ def test_quantizer_chatter_never_reaches_stdout(tflite_model: Path, tmp_path: Pa
 
 
 def test_evaluate_and_profile_print_their_objects(
-    digits_model: Path, digits_validation: Path
+    digits_model: Path, digits_validation: Path, tmp_path: Path
 ) -> None:
     code, report, _ = converters(
         "evaluate", "--parent", digits_model, "--candidate", digits_model,
@@ -116,13 +118,16 @@ def test_evaluate_and_profile_print_their_objects(
     )  # fmt: skip
     assert code == EXIT_OK
     assert report["top1_agreement"] == 1.0
+    bundle = tmp_path / "bundle.npz"
     code, profile, _ = converters(
         "profile", "--model", digits_model, "--validation", digits_validation,
-        "--golden-count", "2",
+        "--golden-count", "2", "--bundle-out", bundle,
     )  # fmt: skip
     assert code == EXIT_OK
-    assert len(profile["golden"]) == 2
+    assert profile["golden_cases"] == 2
     assert profile["golden_source"] == "validation"
+    assert profile["reference_profile"]["source"] == "validation"
+    assert len(read_check_bundle(bundle.read_bytes()).golden) == 2
 
 
 def test_usage_errors_are_neither_success_nor_refusal() -> None:

@@ -1,64 +1,63 @@
-"""``profile``: golden cases a re-run reproduces, and a reference profile that validates."""
+"""``profile``: golden cases a re-run reproduces, and a reference profile that validates.
+
+Each profile goes through the bundle file format first, as devices receive it.
+"""
 
 from __future__ import annotations
 
-import base64
+import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from converters import TOLERANCES, profile_model
-from protocol import GoldenCase, ReferenceProfile
+from converters import MAX_GOLDEN_BYTES, TOLERANCES, profile_model
+from tensors import CheckBundle, GoldenCase, read_check_bundle, write_check_bundle
 from tensors.profile import histogram
 from tests.model_factory import onnx_reference_models
 
-NUMPY_OF = {"FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32}
+
+def bundle_of(model: Path, validation: Path | None = None, **options: int) -> CheckBundle:
+    buffer = io.BytesIO()
+    write_check_bundle(profile_model(model, validation, **options).bundle, buffer)
+    return read_check_bundle(buffer.getvalue())
 
 
-def decode(tensor: dict[str, Any]) -> np.ndarray:
-    raw = base64.b64decode(tensor["data"])
-    dtype = np.dtype(NUMPY_OF[tensor["datatype"]]).newbyteorder("<")
-    return np.frombuffer(raw, dtype=dtype).reshape(tensor["shape"])
-
-
-def rerun_onnx(model: Path, case: dict[str, Any]) -> dict[str, np.ndarray]:
+def rerun_onnx(model: Path, case: GoldenCase) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    feeds = {t["name"]: decode(t) for t in case["inputs"]}
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, feeds), strict=True))
+    return dict(zip(names, session.run(None, dict(case.inputs)), strict=True))
 
 
-def assert_reproduced(case: dict[str, Any], actual: dict[str, np.ndarray]) -> None:
-    for expected in case["expected_outputs"]:
-        np.testing.assert_allclose(
-            actual[expected["name"]], decode(expected), atol=case["atol"], rtol=case["rtol"]
-        )
+def assert_reproduced(case: GoldenCase, actual: dict[str, np.ndarray]) -> None:
+    for name, expected in case.expected_outputs.items():
+        np.testing.assert_allclose(actual[name], expected, atol=case.atol, rtol=case.rtol)
 
 
 def test_digits_golden_cases_are_reproduced_by_a_fresh_session(
     digits_model: Path, digits_validation: Path
 ) -> None:
     result = profile_model(digits_model, digits_validation, golden_count=4)
-    assert result["golden_source"] == "validation"
-    assert len(result["golden"]) == 4
+    assert result.golden_source == "validation"
+    bundle = bundle_of(digits_model, digits_validation, golden_count=4)
+    assert len(bundle.golden) == 4
     held_out = np.load(digits_validation)["input"]
-    for case in result["golden"]:
-        GoldenCase.model_validate(case)
-        (tensor,) = case["inputs"]
-        assert tensor["shape"] == [1, 64]
-        assert any(np.array_equal(decode(tensor)[0], row) for row in held_out)
-        assert (case["atol"], case["rtol"]) == TOLERANCES["fp32"]
+    for case in bundle.golden:
+        tensor = case.inputs["input"]
+        assert tensor.shape == (1, 64)
+        assert any(np.array_equal(tensor[0], row) for row in held_out)
+        assert (case.atol, case.rtol) == TOLERANCES["fp32"]
         assert_reproduced(case, rerun_onnx(digits_model, case))
 
 
 def test_digits_reference_profile_describes_a_classifier(
     digits_model: Path, digits_validation: Path
 ) -> None:
-    profile = profile_model(digits_model, digits_validation)["reference_profile"]
-    ReferenceProfile.model_validate(profile)
+    reference = bundle_of(digits_model, digits_validation).reference_profile
+    assert reference is not None
+    assert reference.source == "validation"
+    profile = reference.model_dump(mode="json")
     assert set(profile["inputs"]) == {"input"}
     assert set(profile["outputs"]) == {"label", "probabilities"}
     for hist in [*profile["inputs"].values(), *profile["outputs"].values()]:
@@ -72,19 +71,25 @@ def test_digits_reference_profile_describes_a_classifier(
 
 def test_without_validation_set_golden_inputs_are_generated_and_recorded(cnn_model: Path) -> None:
     result = profile_model(cnn_model, golden_count=2, seed=1)
-    assert result["golden_source"] == "generated"
-    assert len(result["golden"]) == 2
-    for case in result["golden"]:
-        assert case["inputs"][0]["shape"] == [1, 1, 8, 8]
+    assert result.golden_source == "generated"
+    assert len(result.bundle.golden) == 2
+    for case in result.bundle.golden:
+        (image,) = case.inputs.values()
+        assert image.shape == (1, 1, 8, 8)
         assert_reproduced(case, rerun_onnx(cnn_model, case))
-    profile = result["reference_profile"]
-    assert profile["inputs"] == {}  # image input: no tabular histogram
-    assert profile["class_distribution"] is not None
+    profile = result.bundle.reference_profile
+    assert profile is not None
+    assert profile.source == "generated"  # never to drive a drift judgement
+    assert profile.inputs == {}  # image input: no tabular histogram
+    assert profile.class_distribution is not None
 
 
 def test_same_seed_gives_the_same_golden_data(cnn_model: Path) -> None:
-    assert profile_model(cnn_model, seed=4) == profile_model(cnn_model, seed=4)
-    assert profile_model(cnn_model, seed=4) != profile_model(cnn_model, seed=5)
+    def first_input(seed: int) -> np.ndarray:
+        return next(iter(profile_model(cnn_model, seed=seed).bundle.golden[0].inputs.values()))
+
+    np.testing.assert_array_equal(first_input(4), first_input(4))
+    assert not np.array_equal(first_input(4), first_input(5))
 
 
 def test_int8_variant_gets_wider_tolerances(
@@ -94,21 +99,20 @@ def test_int8_variant_gets_wider_tolerances(
 
     variant = tmp_path / "digits-int8.onnx"
     make_variant("int8-dynamic", digits_model, variant, digits_validation)
-    result = profile_model(variant, digits_validation, golden_count=1)
-    assert (result["golden"][0]["atol"], result["golden"][0]["rtol"]) == TOLERANCES["int8"]
+    (case,) = profile_model(variant, digits_validation, golden_count=1).bundle.golden
+    assert (case.atol, case.rtol) == TOLERANCES["int8"]
 
 
 def test_tflite_golden_cases_are_reproduced_by_litert(tflite_model: Path) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    result = profile_model(tflite_model, golden_count=3)
-    assert len(result["golden"]) == 3
+    bundle = bundle_of(tflite_model, golden_count=3)
+    assert len(bundle.golden) == 3
     interpreter = Interpreter(model_path=str(tflite_model))
     interpreter.allocate_tensors()
-    for case in result["golden"]:
-        interpreter.set_tensor(
-            interpreter.get_input_details()[0]["index"], decode(case["inputs"][0])
-        )
+    for case in bundle.golden:
+        (x,) = case.inputs.values()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
         interpreter.invoke()
         output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
         assert_reproduced(case, {"probabilities": output})
@@ -116,10 +120,22 @@ def test_tflite_golden_cases_are_reproduced_by_litert(tflite_model: Path) -> Non
 
 def test_a_fixed_batch_reference_model_profiles_single_images() -> None:
     squeezenet = next(p for p in onnx_reference_models() if p.stem == "light_squeezenet")
-    result = profile_model(squeezenet, golden_count=1)
-    (case,) = result["golden"]
-    assert case["inputs"][0]["shape"] == [1, 3, 224, 224]
+    (case,) = bundle_of(squeezenet, golden_count=1).golden
+    (image,) = case.inputs.values()
+    assert image.shape == (1, 3, 224, 224)
     assert_reproduced(case, rerun_onnx(squeezenet, case))
+
+
+def test_golden_cases_of_big_inputs_stay_within_their_byte_budget(cnn_model: Path) -> None:
+    # 64 cases of a 1x1x8x8 input fit easily; the budget only bites for big inputs.
+    assert len(profile_model(cnn_model, golden_count=64).bundle.golden) == 64
+    squeezenet = next(p for p in onnx_reference_models() if p.stem == "light_squeezenet")
+    golden = profile_model(squeezenet, golden_count=64).bundle.golden
+    weight = sum(
+        a.nbytes for c in golden for a in (*c.inputs.values(), *c.expected_outputs.values())
+    )
+    assert 1 <= len(golden) < 64
+    assert weight <= MAX_GOLDEN_BYTES
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import pytest
 
 from protocol import (
     DOCUMENT_TYPES,
+    MAX_CHECK_BUNDLE_BYTES,
     Command,
     Deployment,
     Envelope,
@@ -21,6 +22,7 @@ from protocol import (
     State,
     TelemetryBatch,
     TrustRoot,
+    UnsupportedSchemaError,
     verify_document,
 )
 from tests.factories import NOW, Keyring, make_deployment, make_release
@@ -33,7 +35,7 @@ def test_every_document_has_a_distinct_payload_type() -> None:
 
 
 def test_every_document_carries_a_schema_version() -> None:
-    assert json.loads(make_release().to_payload())["schema_version"] == 1
+    assert json.loads(make_release().to_payload())["schema_version"] == 2
 
 
 def test_unknown_fields_survive_a_round_trip() -> None:
@@ -52,12 +54,6 @@ def test_signed_document_with_unknown_fields_verifies(keyring: Keyring) -> None:
     envelope = Release.from_json_obj(obj).sign(keyring.keys[Role.RELEASE])
     verified = verify_document(envelope, Release, keyring.trust_root())
     assert verified.model_extra == {"added_by_v2": True}
-
-
-def test_newer_schema_version_is_refused() -> None:
-    obj = make_release().to_json_obj() | {"schema_version": 2}
-    with pytest.raises(MalformedDocumentError, match="schema_version 2"):
-        Release.from_json_obj(obj)
 
 
 @pytest.mark.parametrize(
@@ -87,10 +83,26 @@ def test_artifact_with_impossible_identity_is_refused(field: str, value: Any) ->
         Release.from_json_obj(obj)
 
 
-def test_golden_tensor_whose_bytes_do_not_match_its_shape_is_refused() -> None:
+@pytest.mark.parametrize("version", [1, 3])
+def test_release_of_a_schema_version_this_code_does_not_read_is_refused(version: int) -> None:
+    # Version 1 carried golden cases inline; a device must not run it without its check.
     obj = make_release().to_json_obj()
-    obj["golden"][0]["inputs"][0]["shape"] = [1, 5]  # the data holds 4 floats
-    with pytest.raises(MalformedDocumentError, match="bytes"):
+    obj["schema_version"] = version
+    with pytest.raises(UnsupportedSchemaError, match=f"schema_version {version} is not supported"):
+        Release.from_json_obj(obj)
+
+
+def test_release_without_a_check_bundle_is_refused() -> None:
+    obj = make_release().to_json_obj()
+    del obj["check_bundle"]
+    with pytest.raises(MalformedDocumentError, match="check_bundle"):
+        Release.from_json_obj(obj)
+
+
+def test_check_bundle_above_its_cap_is_refused() -> None:
+    obj = make_release().to_json_obj()
+    obj["check_bundle"]["length"] = MAX_CHECK_BUNDLE_BYTES + 1
+    with pytest.raises(MalformedDocumentError, match=r"check_bundle\.length"):
         Release.from_json_obj(obj)
 
 

@@ -126,7 +126,7 @@ def test_signature_under_a_role_key_id_but_by_another_key_is_refused(keyring: Ke
 
 
 def test_signed_but_malformed_payload_is_refused_after_signature_check(keyring: Keyring) -> None:
-    payload = b'{"model": "digits"}'
+    payload = b'{"model": "digits", "schema_version": 2}'
     key = keyring.keys[Role.RELEASE][0]
     signature = Signature(key.key_id, key.sign(pae(Release.PAYLOAD_TYPE, payload)))
     envelope = Envelope(Release.PAYLOAD_TYPE, payload, (signature,))

@@ -167,6 +167,9 @@ def test_loader_slows_the_shared_backend_for_a_slow_device(model: Path, tmp_path
 # -- SharedModelCheck -------------------------------------------------------------------------
 
 
+BUNDLE = Path("/bundles/check-bundle.npz")
+
+
 def release(sha256: str) -> Release:
     return make_release(
         artifact=Artifact(sha256=sha256, length=10, format="onnx", filename="model.onnx")
@@ -182,7 +185,9 @@ class CountingCheck:
     calls: list[str] = field(default_factory=list)
     go: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def __call__(self, path: Path, release: Release, budget_ms: float | None) -> object:
+    async def __call__(
+        self, path: Path, bundle: Path, release: Release, budget_ms: float | None
+    ) -> object:
         self.calls.append(release.artifact.sha256)
         await self.go.wait()
         if self.error is not None:
@@ -202,13 +207,13 @@ def test_concurrent_callers_share_one_check(monkeypatch: pytest.MonkeyPatch) -> 
         fake = CountingCheck(verdict=object())
         check = checker(monkeypatch, fake)
         callers = [
-            asyncio.create_task(check(Path(f"/dev-{i}/model.onnx"), release(SHA_A), 50.0))
+            asyncio.create_task(check(Path(f"/dev-{i}/model.onnx"), BUNDLE, release(SHA_A), 50.0))
             for i in range(5)
         ]
         await asyncio.sleep(0)
         fake.go.set()
         verdicts = await asyncio.gather(*callers)
-        verdicts.append(await check(Path("/late/model.onnx"), release(SHA_A), 50.0))
+        verdicts.append(await check(Path("/late/model.onnx"), BUNDLE, release(SHA_A), 50.0))
         return verdicts, fake
 
     verdicts, fake = asyncio.run(scenario())
@@ -224,14 +229,14 @@ def test_concurrent_callers_share_a_failure(monkeypatch: pytest.MonkeyPatch) -> 
         fake = CountingCheck(error=failure)
         check = checker(monkeypatch, fake)
         callers = [
-            asyncio.create_task(check(Path(f"/dev-{i}/model.onnx"), release(SHA_A), None))
+            asyncio.create_task(check(Path(f"/dev-{i}/model.onnx"), BUNDLE, release(SHA_A), None))
             for i in range(3)
         ]
         await asyncio.sleep(0)
         fake.go.set()
         outcomes = list(await asyncio.gather(*callers, return_exceptions=True))
         try:
-            await check(Path("/late/model.onnx"), release(SHA_A), None)
+            await check(Path("/late/model.onnx"), BUNDLE, release(SHA_A), None)
         except RuntimeError as exc:
             outcomes.append(exc)
         return outcomes, fake
@@ -256,8 +261,8 @@ def test_other_artifact_or_budget_is_checked_again(
         fake = CountingCheck()
         fake.go.set()
         check = checker(monkeypatch, fake)
-        await check(Path("/a/model.onnx"), release(first[0]), first[1])
-        await check(Path("/b/model.onnx"), release(second[0]), second[1])
+        await check(Path("/a/model.onnx"), BUNDLE, release(first[0]), first[1])
+        await check(Path("/b/model.onnx"), BUNDLE, release(second[0]), second[1])
         return fake
 
     assert len(asyncio.run(scenario()).calls) == 2
@@ -269,8 +274,8 @@ def test_one_callers_cancellation_does_not_cancel_the_others(
     async def scenario() -> tuple[object, CountingCheck]:
         fake = CountingCheck()
         check = checker(monkeypatch, fake)
-        crashed = asyncio.create_task(check(Path("/a/model.onnx"), release(SHA_A), None))
-        survivor = asyncio.create_task(check(Path("/b/model.onnx"), release(SHA_A), None))
+        crashed = asyncio.create_task(check(Path("/a/model.onnx"), BUNDLE, release(SHA_A), None))
+        survivor = asyncio.create_task(check(Path("/b/model.onnx"), BUNDLE, release(SHA_A), None))
         await asyncio.sleep(0)
         crashed.cancel()  # a simulated kill of the first device
         await asyncio.sleep(0)

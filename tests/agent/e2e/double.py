@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,13 +26,16 @@ from protocol import (
     Envelope,
     Event,
     ProbationPolicy,
+    ReferenceProfile,
     Release,
     Role,
     State,
     device_topic,
     parse_device_topic,
 )
+from tensors import GoldenCase
 from tests.brokers import BrokerEndpoint
+from tests.check_bundles import bundle_bytes, ref_of
 from tests.factories import Keyring, make_release
 from tests.mqtt_client import TestClient
 
@@ -41,16 +44,23 @@ WAIT_S = 60.0
 
 @dataclass
 class ArtifactServer:
-    """Serves artifacts by SHA-256, with Range; ``mode`` makes it misbehave."""
+    """Serves artifacts by SHA-256, with Range; ``mode`` makes model downloads misbehave.
+
+    Check bundles (added with ``bundle=True``) are always served as they are: the modes
+    test how the agent fetches a model, and a bundle is fetched the same way after it.
+    """
 
     blobs: dict[str, bytes] = field(default_factory=dict)
     mode: str = "normal"  # normal | tampered | oversize | cut_once | trickle
     requests: list[dict[str, str]] = field(default_factory=list)
+    bundles: set[str] = field(default_factory=set)
     _cut_done: bool = False
 
-    def add(self, data: bytes) -> str:
+    def add(self, data: bytes, *, bundle: bool = False) -> str:
         digest = hashlib.sha256(data).hexdigest()
         self.blobs[digest] = data
+        if bundle:
+            self.bundles.add(digest)
         return digest
 
     @contextmanager
@@ -79,18 +89,19 @@ class ArtifactServer:
                 if data is None:
                     self.send_error(404)
                     return
-                double._serve(self, data)
+                double._serve(self, data, as_is=digest in double.bundles)
 
         return Handler
 
-    def _serve(self, handler: BaseHTTPRequestHandler, data: bytes) -> None:
+    def _serve(self, handler: BaseHTTPRequestHandler, data: bytes, *, as_is: bool) -> None:
+        mode = "normal" if as_is else self.mode
         start = 0
         ranged = handler.headers.get("Range", "")
-        if ranged.startswith("bytes=") and self.mode != "oversize":
+        if ranged.startswith("bytes=") and mode != "oversize":
             start = int(ranged.removeprefix("bytes=").split("-")[0])
-        if self.mode == "tampered":
+        if mode == "tampered":
             data = bytes(b ^ 0x01 for b in data[:16]) + data[16:]
-        if self.mode == "oversize":
+        if mode == "oversize":
             data = data + b"\0" * 4096
         body = data[start:]
         handler.send_response(206 if start else 200)
@@ -99,13 +110,13 @@ class ArtifactServer:
         if start:
             handler.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         handler.end_headers()
-        if self.mode == "cut_once" and not self._cut_done:
+        if mode == "cut_once" and not self._cut_done:
             self._cut_done = True
             handler.wfile.write(body[: len(body) // 3])
             handler.wfile.flush()
             handler.close_connection = True
             return
-        if self.mode == "trickle":
+        if mode == "trickle":
             for i in range(len(body)):
                 handler.wfile.write(body[i : i + 1])
                 handler.wfile.flush()
@@ -154,7 +165,15 @@ class ControllerDouble:
 
     # Signing on demand ------------------------------------------------------------
 
-    def release_for(self, model_file: Path, **overrides: Any) -> Release:
+    def release_for(
+        self,
+        model_file: Path,
+        *,
+        golden: Sequence[GoldenCase] = (),
+        reference_profile: ReferenceProfile | None = None,
+        **overrides: Any,
+    ) -> Release:
+        """A release of ``model_file``; it and its check bundle are served as artifacts."""
         data = model_file.read_bytes()
         digest = self.artifacts.add(data)
         artifact = Artifact(
@@ -163,7 +182,9 @@ class ControllerDouble:
             format="tflite" if model_file.suffix == ".tflite" else "onnx",
             filename=model_file.name,
         )
-        return make_release(artifact=artifact, **overrides)
+        bundle = bundle_bytes(golden, reference_profile)
+        self.artifacts.add(bundle, bundle=True)
+        return make_release(artifact=artifact, check_bundle=ref_of(bundle), **overrides)
 
     def deployment(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from protocol import GoldenCase, Release, TensorData, TensorSpec
+from protocol import Release, TensorSpec
+from tensors import GoldenCase
 from tests.agent.e2e.double import ControllerDouble
 
 OPSET = 17
@@ -90,16 +90,6 @@ def slow_model(path: Path) -> Path:
     return _save(graph, path)
 
 
-def _tensor(name: str, array: np.ndarray[Any, Any]) -> TensorData:
-    array = np.ascontiguousarray(array, dtype="<f4")
-    return TensorData(
-        name=name,
-        datatype="FP32",
-        shape=list(array.shape),
-        data=base64.b64encode(array.tobytes()).decode("ascii"),
-    )
-
-
 def release_of(
     double: ControllerDouble,
     model: Path,
@@ -119,6 +109,6 @@ def release_of(
         version=version,
         inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, WIDTH])],
         outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, WIDTH])],
-        golden=[GoldenCase(inputs=[_tensor("x", x)], expected_outputs=[_tensor("y", expected)])],
+        golden=[GoldenCase(inputs={"x": x}, expected_outputs={"y": expected.astype(np.float32)})],
         **overrides,
     )

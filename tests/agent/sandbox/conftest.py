@@ -1,13 +1,13 @@
 """Real models for the sandboxed check, and releases that describe them.
 
-Golden outputs are computed with the runtime itself, here in the test, then encoded as
-the release carries them: base64 of little-endian bytes. Hand-made ONNX models cover
-what a trained model would not do on demand: NaN, slowness, endless loops, memory hogs.
+Golden outputs are computed with the runtime itself, here in the test, then written to a
+check bundle beside the model, named by its hash, as the release names it. Hand-made ONNX
+models cover what a trained model would not do on demand: NaN, slowness, endless loops,
+memory hogs.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,8 +21,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.update.sandbox import SandboxLimits
-from protocol import Artifact, GoldenCase, Release, RuntimeRequirements, TensorData, TensorSpec
+from protocol import Artifact, ReferenceProfile, Release, RuntimeRequirements, TensorSpec
 from simulator.demo_models import build_digits_model
+from tensors import GoldenCase
+from tests.check_bundles import write_bundle
 from tests.factories import make_release
 from tests.model_factory import IR_VERSION, OPSET, tiny_tflite
 
@@ -30,17 +32,6 @@ Array = npt.NDArray[Any]
 
 # Generous enough for onnxruntime and a small model; each test that tests a limit sets its own.
 LIMITS = SandboxLimits(memory_bytes=1 << 30, cpu_s=30, wall_s=60.0)
-_DATATYPES = {"float32": "FP32", "int64": "INT64", "bool": "BOOL"}
-
-
-def tensor_data(name: str, array: Array) -> TensorData:
-    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    return TensorData(
-        name=name,
-        datatype=_DATATYPES[array.dtype.name],
-        shape=list(array.shape),
-        data=base64.b64encode(little.tobytes()).decode("ascii"),
-    )
 
 
 def release_for(
@@ -49,8 +40,10 @@ def release_for(
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
     golden: Sequence[GoldenCase] = (),
+    reference_profile: ReferenceProfile | None = None,
     model_format: str = "onnx",
 ) -> Release:
+    """A release of ``model_path`` with a check bundle written beside it (``bundle_of``)."""
     data = model_path.read_bytes()
     return make_release(
         artifact=Artifact(
@@ -62,7 +55,7 @@ def release_for(
         runtime=RuntimeRequirements(name="onnxruntime" if model_format == "onnx" else "litert"),
         inputs=list(inputs),
         outputs=list(outputs),
-        golden=list(golden),
+        check_bundle=write_bundle(model_path.parent, golden, reference_profile),
     )
 
 
@@ -89,13 +82,11 @@ class Digits:
 
     def golden(self, probabilities: Array | None = None) -> GoldenCase:
         return GoldenCase(
-            inputs=[tensor_data("input", self.inputs)],
-            expected_outputs=[
-                tensor_data("label", self.label),
-                tensor_data(
-                    "probabilities", self.probabilities if probabilities is None else probabilities
-                ),
-            ],
+            inputs={"input": self.inputs},
+            expected_outputs={
+                "label": self.label,
+                "probabilities": self.probabilities if probabilities is None else probabilities,
+            },
         )
 
     def release(self, **overrides: Any) -> Release:
@@ -138,11 +129,7 @@ def tflite_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Rele
         model_format="tflite",
         inputs=[TensorSpec(name="input", datatype="FP32", shape=[-1, 64])],
         outputs=[TensorSpec(name="probabilities", datatype="FP32", shape=[-1, 10])],
-        golden=[
-            GoldenCase(
-                inputs=[tensor_data("input", x)], expected_outputs=[tensor_data("probabilities", y)]
-            )
-        ],
+        golden=[GoldenCase(inputs={"input": x}, expected_outputs={"probabilities": y})],
     )
     return path, release
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from agent.errors import (
+    CheckBundleError,
     GoldenMismatchError,
     LatencyBudgetError,
     ModelCheckError,
@@ -26,7 +27,8 @@ from agent.errors import (
     SignatureMismatchError,
 )
 from agent.update.sandbox import SandboxLimits, SandboxReport, check_model
-from protocol import GoldenCase, Release, TensorSpec
+from protocol import Release, TensorSpec
+from tensors import GoldenCase
 from tests.agent.sandbox.conftest import (
     LIMITS,
     Digits,
@@ -34,8 +36,8 @@ from tests.agent.sandbox.conftest import (
     matmul_loop_model,
     memory_hog_model,
     release_for,
-    tensor_data,
 )
+from tests.check_bundles import written_bundle
 
 XY: dict[str, Any] = {
     "inputs": [TensorSpec(name="x", datatype="FP32", shape=[1, 4])],
@@ -56,7 +58,14 @@ def check(
     **kwargs: Any,
 ) -> SandboxReport:
     return asyncio.run(
-        check_model(path, release, latency_budget_ms=budget_ms, limits=limits, **kwargs)
+        check_model(
+            path,
+            release,
+            check_bundle=written_bundle(release.check_bundle),
+            latency_budget_ms=budget_ms,
+            limits=limits,
+            **kwargs,
+        )
     )
 
 
@@ -134,8 +143,7 @@ def test_missing_output_in_the_release_is_a_signature_mismatch(digits: Digits) -
 
 def test_golden_input_that_does_not_fit_the_signature_is_refused(digits: Digits) -> None:
     case = GoldenCase(
-        inputs=[tensor_data("input", digits.inputs[:, :32])],
-        expected_outputs=[tensor_data("label", digits.label)],
+        inputs={"input": digits.inputs[:, :32]}, expected_outputs={"label": digits.label}
     )
 
     with pytest.raises(
@@ -147,9 +155,7 @@ def test_golden_input_that_does_not_fit_the_signature_is_refused(digits: Digits)
 def test_nan_output_is_refused(tmp_path: Path) -> None:
     path = log_model(tmp_path)
     x = np.array([[-1.0, 0.0, 1.0, 2.0]], dtype=np.float32)
-    case = GoldenCase(
-        inputs=[tensor_data("x", x)], expected_outputs=[tensor_data("y", np.zeros_like(x))]
-    )
+    case = GoldenCase(inputs={"x": x}, expected_outputs={"y": np.zeros_like(x)})
 
     with pytest.raises(
         NonFiniteOutputError, match=r"'y' has 2 non-finite values of 4 \(1 NaN, 1 inf"
@@ -196,8 +202,8 @@ def test_memory_hog_is_stopped_by_the_memory_limit(tmp_path: Path, digits: Digit
     path = memory_hog_model(tmp_path)
     shape = np.array([16384, 16384], dtype=np.int64)  # 1 GiB of float32 ones
     case = GoldenCase(
-        inputs=[tensor_data("shape", shape)],
-        expected_outputs=[tensor_data("total", np.array(2.0**28, dtype=np.float32))],
+        inputs={"shape": shape},
+        expected_outputs={"total": np.array(2.0**28, dtype=np.float32)},
     )
     release = release_for(
         path,
@@ -248,8 +254,15 @@ def test_cancelled_check_leaves_no_child_behind(
     monkeypatch.setattr(asyncio, "create_subprocess_exec", recording_exec)
 
     async def cancel_soon() -> None:
+        release = release_for(path, **LOOP_IO)
         task = asyncio.create_task(
-            check_model(path, release_for(path, **LOOP_IO), latency_budget_ms=None, limits=LIMITS)
+            check_model(
+                path,
+                release,
+                check_bundle=written_bundle(release.check_bundle),
+                latency_budget_ms=None,
+                limits=LIMITS,
+            )
         )
         await asyncio.sleep(0.5)
         task.cancel()
@@ -262,3 +275,17 @@ def test_cancelled_check_leaves_no_child_behind(
     assert process.returncode == -signal.SIGKILL
     with pytest.raises(ProcessLookupError):
         os.killpg(process.pid, 0)
+
+
+def test_unreadable_check_bundle_is_refused_with_its_reason(tmp_path: Path, digits: Digits) -> None:
+    release = digits.release()
+    garbage = tmp_path / "bundle.npz"
+    garbage.write_bytes(b"PK\x03\x04 not a zip at all")
+
+    with pytest.raises(CheckBundleError, match="check bundle does not read") as info:
+        asyncio.run(
+            check_model(
+                digits.path, release, check_bundle=garbage, latency_budget_ms=None, limits=LIMITS
+            )
+        )
+    assert info.value.reason == "check_bundle_invalid"

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from controller.tokens import Role
 from protocol import Envelope, Release, verify_document
 from simulator.demo_models import build_digits_model
+from tensors import read_check_bundle
 from tests.controller.conftest import bearer, ctx
 from tests.model_factory import broken_models, small_cnn, tiny_tflite
 
@@ -156,8 +157,11 @@ def test_quantize_then_release_signs_exactly_the_checked_artifact(
     release = verify_document(envelope, Release, ctx(app).signer.trust_root)
     assert release.artifact.sha256 == variant["sha256"]
     assert release.artifact.length == variant["size_bytes"]
-    assert release.golden
-    assert release.reference_profile is not None
+    bundle = read_check_bundle(ctx(app).store.get(release.check_bundle.sha256).path)
+    assert release.check_bundle.length == ctx(app).store.get(release.check_bundle.sha256).size_bytes
+    assert len(bundle.golden) == ctx(app).settings.golden_count
+    assert bundle.reference_profile is not None
+    assert bundle.reference_profile.source == "validation"
     assert release.evaluation == variant["report"]
 
     again = client.post("/api/v1/models/digits/versions/2/release", headers=operator)
