@@ -24,13 +24,14 @@ from agent.errors import (
     TrustRootExpiredError,
     TrustRootRotationError,
     UnsafeFileNameError,
+    UnsupportedSchemaError,
     WrongDeviceError,
     WrongPayloadTypeError,
 )
 from agent.update.trust import adopt_trust_root, adopt_trust_roots, verify_deployment
 from protocol import Envelope, Release, Role, SigningKey
 from tests.agent.conftest import DEVICE_ID, Device, rotate
-from tests.factories import NOW, make_release
+from tests.factories import NOW, make_deployment, make_release
 
 
 def test_valid_deployment_is_accepted_and_raises_the_marks(device: Device) -> None:
@@ -148,6 +149,22 @@ def test_tampered_deployment_payload_is_refused(device: Device) -> None:
 def test_release_envelope_presented_as_deployment_is_refused(device: Device) -> None:
     release = make_release().sign(device.keyring.keys[Role.RELEASE])
     device.refuse(release.to_bytes(), WrongPayloadTypeError)
+
+
+def test_version_1_release_with_inline_golden_cases_is_refused_as_unsupported(
+    device: Device,
+) -> None:
+    # Signed by the real release key, but of the retired format: never run unchecked.
+    old = make_release().to_json_obj() | {"schema_version": 1}
+    del old["check_bundle"]
+    old["golden"] = [{"inputs": [], "expected_outputs": []}]
+    signed = protocol.sign_envelope(
+        Release.PAYLOAD_TYPE, protocol.canonical_json(old), device.keyring.keys[Role.RELEASE]
+    )
+    deployment = make_deployment(signed).sign(device.keyring.keys[Role.DEPLOYMENT])
+    info = device.refuse(deployment.to_bytes(), UnsupportedSchemaError)
+    assert "schema_version 1 is not supported" in str(info.value)
+    assert UnsupportedSchemaError.reason == "unsupported_schema"
 
 
 def test_command_presented_as_deployment_is_refused(device: Device) -> None:

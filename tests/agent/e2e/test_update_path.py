@@ -17,6 +17,7 @@ from tests.agent.e2e.agent_process import AgentProcess
 from tests.agent.e2e.conftest import DEVICE, deploy, sequence_of
 from tests.agent.e2e.double import ControllerDouble
 from tests.agent.e2e.models import affine_model, nan_model, release_of, slow_model
+from tests.check_bundles import ref_of
 
 
 def serving(agent: AgentProcess) -> str | None:
@@ -184,6 +185,42 @@ def test_bad_download_fails_and_keeps_the_current_model(
     failed_with(double, sequence_of(deploy(double, release)), reason)
     assert_serving(agent, base)
     assert list((agent.data_dir / "staging").iterdir()) == []
+
+
+def test_check_bundle_is_kept_beside_the_committed_model(
+    double: ControllerDouble, agent: AgentProcess, base: Release, models_dir: Path
+) -> None:
+    release = release_of(double, affine_model(models_dir / "b.onnx", 2.0), version=2)
+    final = double.wait_for_final(DEVICE, sequence_of(deploy(double, release)))
+    assert final.type == "committed", double.event_summary()
+    model_dir = agent.current_model_dir()
+    assert model_dir is not None
+    bundle = model_dir / f"check-bundle-{release.check_bundle.sha256}.npz"
+    assert hashlib.sha256(bundle.read_bytes()).hexdigest() == release.check_bundle.sha256
+
+
+def test_tampered_check_bundle_fails_and_keeps_the_current_model(
+    double: ControllerDouble, agent: AgentProcess, base: Release, models_dir: Path
+) -> None:
+    release = release_of(double, affine_model(models_dir / "b.onnx", 2.0), version=2)
+    digest = release.check_bundle.sha256
+    genuine = double.artifacts.blobs[digest]
+    double.artifacts.blobs[digest] = bytes(b ^ 0x01 for b in genuine[:16]) + genuine[16:]
+    failed_with(double, sequence_of(deploy(double, release)), "hash_mismatch")
+    assert_serving(agent, base)
+    assert list((agent.data_dir / "staging").iterdir()) == []
+
+
+def test_check_bundle_that_does_not_read_fails_the_check(
+    double: ControllerDouble, agent: AgentProcess, base: Release, models_dir: Path
+) -> None:
+    # Correctly hashed and signed, but not a bundle: refused by the sandboxed check.
+    garbage = b"PK\x03\x04" + bytes(200)
+    double.artifacts.add(garbage, bundle=True)
+    release = release_of(double, affine_model(models_dir / "b.onnx", 2.0), version=2)
+    release = release.model_copy(update={"check_bundle": ref_of(garbage)})
+    failed_with(double, sequence_of(deploy(double, release)), "check_bundle_invalid")
+    assert_serving(agent, base)
 
 
 def test_cut_download_resumes_with_range_and_commits(
