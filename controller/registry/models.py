@@ -93,6 +93,7 @@ def register_upload(
             input_names=[spec["name"] for spec in info["inputs"]],
             output_names=[spec["name"] for spec in info["outputs"]],
             max_uncompressed_bytes=ctx.settings.max_validation_bytes * 8,
+            input_shapes={spec["name"]: spec["shape"] for spec in info["inputs"]},
         )
     model = _lock_model(session, name)
     latest = _latest_version(session, name)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from protocol import (
     CheckBundleRef,
     Envelope,
     MalformedDocumentError,
+    ProtocolError,
     Release,
     RuntimeRequirements,
     TensorSpec,
@@ -35,7 +38,7 @@ from ..context import ControllerContext
 from ..errors import ConflictError, JobError, NotFoundError
 from ..tables import utcnow
 from ..tokens import Principal
-from .artifact_store import StoredFile
+from .artifact_store import StoredFile, sha256_of_file
 from .models import FORMAT_EXTENSIONS, get_version, run_job
 from .tables import ModelVersion, ReleaseRecord
 
@@ -57,15 +60,10 @@ def release_version(
     if row.status == "rejected":
         reasons = "; ".join(row.reasons) or "see its report"
         raise ConflictError(f"{name}:{version} was rejected by the quality gate ({reasons})")
-    bundle = _profile(ctx, row)
-    release = build_release(row, bundle, now=utcnow())
-    envelope = release.sign([ctx.signer.release_key])
-    if len(envelope.to_bytes()) > MAX_RELEASE_ENVELOPE_BYTES:
-        raise ConflictError(
-            f"the signed release of {name}:{version} would be {len(envelope.to_bytes())} "
-            f"bytes, more than {MAX_RELEASE_ENVELOPE_BYTES}: the model declares too many "
-            "inputs and outputs, or its evaluation report is too large"
-        )
+    with _profiled(ctx, row) as bundle:
+        release = build_release(row, bundle, now=utcnow())
+        envelope = _sign(ctx, release)
+        ctx.store.put(bundle.path)  # only a release that will be recorded keeps its bundle
     record = ReleaseRecord(
         model_version_id=row.id or 0,
         model_name=name,
@@ -86,8 +84,25 @@ def release_version(
     return record, True
 
 
-def _profile(ctx: ControllerContext, row: ModelVersion) -> StoredFile:
-    """Run the profile job and keep the check bundle it wrote, content-addressed."""
+def _sign(ctx: ControllerContext, release: Release) -> Envelope:
+    what = f"{release.model}:{release.version}"
+    try:
+        envelope = release.sign([ctx.signer.release_key])
+    except ProtocolError as exc:
+        raise ConflictError(f"the release of {what} cannot be signed: {exc}") from exc
+    size = len(envelope.to_bytes())
+    if size > MAX_RELEASE_ENVELOPE_BYTES:
+        raise ConflictError(
+            f"the signed release of {what} would be {size} bytes, more than "
+            f"{MAX_RELEASE_ENVELOPE_BYTES}: the model declares too many inputs and outputs, "
+            "or its evaluation report is too large"
+        )
+    return envelope
+
+
+@contextmanager
+def _profiled(ctx: ControllerContext, row: ModelVersion) -> Iterator[StoredFile]:
+    """Run the profile job; yield the check bundle it wrote (in a work dir, not stored)."""
     ctx.settings.work_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=ctx.settings.work_dir, prefix="profile-"))
     try:
@@ -106,13 +121,13 @@ def _profile(ctx: ControllerContext, row: ModelVersion) -> StoredFile:
         run_job(ctx, args)
         if not bundle.is_file() or bundle.stat().st_size == 0:
             raise JobError("the profile job wrote no check bundle")
-        return ctx.store.put(bundle)
+        yield StoredFile(sha256_of_file(bundle), bundle.stat().st_size, bundle)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def build_release(row: ModelVersion, bundle: StoredFile, *, now: datetime) -> Release:
-    """The Release document for a version and its stored check bundle."""
+    """The Release document for a version and its check bundle."""
     try:
         return Release(
             model=row.model_name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ def check_validation_set(
     input_names: list[str],
     output_names: list[str],
     max_uncompressed_bytes: int,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> ValidationSetSummary:
     try:
         archive = zipfile.ZipFile(path)
@@ -65,9 +67,28 @@ def check_validation_set(
     samples = next(iter(counts.values()))
     if samples == 0:
         raise _refuse("no samples")
+    for name, declared in (input_shapes or {}).items():
+        _verify_sample_shape(name, arrays[name][1], declared)
     if LABELS in arrays and arrays[LABELS][0][1:] not in ("i1", "i2", "i4", "i8", "u1", "u2"):
         raise _refuse(f"labels must be integer class indices, not {arrays[LABELS][0]}")
     return ValidationSetSummary(samples, arrays, LABELS in arrays)
+
+
+def _verify_sample_shape(name: str, shape: tuple[int, ...], declared: Sequence[int]) -> None:
+    """One sample of input ``name`` must fit the model's shape past the batch axis.
+
+    Caught here, at push time, rather than minutes later in a variant or release job.
+    """
+    sample, wanted = shape[1:], list(declared)[1:]
+    fits = len(sample) == len(wanted) and all(
+        want in (-1, got) for got, want in zip(sample, wanted, strict=True)
+    )
+    if not fits:
+        shown = [("N" if dim == -1 else dim) for dim in wanted]
+        raise _refuse(
+            f"input {name!r}: samples of shape {list(sample)}, the model takes {shown} "
+            "past the first axis"
+        )
 
 
 def _read_header(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> tuple[str, tuple[int, ...]]:
