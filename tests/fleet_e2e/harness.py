@@ -9,6 +9,7 @@ while models change.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -87,7 +88,11 @@ class Api:
 
 @dataclass
 class Traffic:
-    """An application calling one agent's local API with inputs like the reference data."""
+    """An application calling one agent's local API.
+
+    By default with 4-float rows like the affine models' reference data; with ``bodies``
+    (pre-encoded JSON requests, e.g. camera frames) it sends those in turn.
+    """
 
     url: str
     model: str
@@ -95,15 +100,26 @@ class Traffic:
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     interval_s: float = 0.05
+    bodies: list[bytes] = field(default_factory=list)
+
+    def _next_body(self, rng: np.random.Generator, turn: int) -> bytes:
+        if self.bodies:
+            return self.bodies[turn % len(self.bodies)]
+        row = rng.standard_normal(4).astype(np.float32).tolist()
+        body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": row}]}
+        return json.dumps(body).encode()
 
     def run(self) -> None:
         rng = np.random.default_rng(abs(hash(self.url)) % 2**32)
+        headers = {"Content-Type": "application/json"}
+        url = f"{self.url}/v2/models/{self.model}/infer"
         with httpx.Client(timeout=30) as client:
+            turn = 0
             while not self.stop.is_set():
-                row = rng.standard_normal(4).astype(np.float32).tolist()
-                body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": row}]}
+                body = self._next_body(rng, turn)
+                turn += 1
                 try:
-                    response = client.post(f"{self.url}/v2/models/{self.model}/infer", json=body)
+                    response = client.post(url, content=body, headers=headers)
                 except httpx.HTTPError:
                     time.sleep(0.2)  # the agent is not serving yet, or restarting
                     continue
@@ -185,8 +201,15 @@ class FleetAgent:
                 self.process.kill()
                 self.process.wait()
 
-    def start_traffic(self, model: str) -> Traffic:
-        self.traffic = Traffic(f"http://127.0.0.1:{self.inference_port}", model)
+    def start_traffic(
+        self, model: str, *, bodies: list[bytes] | None = None, interval_s: float = 0.05
+    ) -> Traffic:
+        self.traffic = Traffic(
+            f"http://127.0.0.1:{self.inference_port}",
+            model,
+            interval_s=interval_s,
+            bodies=bodies or [],
+        )
         self._traffic_thread = threading.Thread(target=self.traffic.run, daemon=True)
         self._traffic_thread.start()
         return self.traffic
