@@ -7,9 +7,9 @@ STAMP := $(VENV)/.edgefleet-installed
 PACKAGES := protocol durable apiclient tensors mqttlink agent controller converters simulator
 POSTGRES_TEST_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: test demo lint typecheck imports pytest mosquitto chromium venv format clean
+.PHONY: test demo lint typecheck imports pytest device-matrix mosquitto chromium venv format clean
 
-test: lint typecheck imports pytest
+test: lint typecheck imports pytest device-matrix
 
 # The whole system on this machine: controller, embedded broker, SQLite, 50 simulated
 # devices, two rollouts; then the dashboard until Ctrl-C.
@@ -23,6 +23,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
 	@touch $@
+
+# A device's install beside the development one: the agent extra, numpy < 2 and
+# tflite-runtime, no ai_edge_litert and no server package; edgefleet itself as a built
+# wheel, not editable, as a device gets it. tests/device runs there on TFLite models that
+# tests/device/make_models.py builds in the main venv (a device has no converter).
+DEVICE_VENV ?= .venv-device
+DEVICE_STAMP := $(DEVICE_VENV)/.edgefleet-deps
+DEVICE_MODELS := $(DEVICE_VENV)/models
+
+$(DEVICE_STAMP): pyproject.toml
+	@test -x $(DEVICE_VENV)/bin/python || $(PYTHON) -m venv $(DEVICE_VENV)
+	$(DEVICE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEVICE_VENV)/bin/python -m pip install --quiet '.[agent]' 'numpy<2' \
+	  'tflite-runtime>=2.14,<2.15' 'pytest>=8' 'pytest-timeout>=2'
+	@touch $@
+
+device-matrix: $(STAMP) $(DEVICE_STAMP)
+	$(DEVICE_VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall .
+	@rm -rf build
+	rm -rf $(DEVICE_MODELS) && $(BIN)/python -m tests.device.make_models $(DEVICE_MODELS)
+	EDGEFLEET_DEVICE_MODELS=$(abspath $(DEVICE_MODELS)) \
+	  $(DEVICE_VENV)/bin/pytest -c tests/device/pytest.ini tests/device
 
 # Tests start their own Mosquitto; make sure the binary exists.
 mosquitto:
@@ -74,4 +96,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(DEVICE_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

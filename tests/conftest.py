@@ -23,6 +23,9 @@ from tests.tcp_proxy import TcpProxy
 
 __all__ = ["keyring"]
 
+# tests/device runs in the agent-only venv, by `make device-matrix` (see its pytest.ini).
+collect_ignore = ["device"]
+
 POSTGRES_URL_ENV = "EDGEFLEET_TEST_POSTGRES_URL"
 PASSWD_TIMEOUT_S = 10.0
 
