@@ -79,7 +79,11 @@ class TelemetryWindow(Document):
     latency: LatencySummary | None = None
     top1_confidence_mean: float | None = Field(default=None, ge=0, le=1)
     class_counts: list[Annotated[int, Field(ge=0)]] | None = None
+    # PSI per tensor (inputs and outputs) against the release's reference profile.
     drift_psi: dict[str, float] = {}
+    # The worst output's PSI, only for a window with enough requests to judge it
+    # (docs/protocol.md §11); input drift is the data's and never gates a rollout.
+    output_drift_psi: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _errors_within_requests(self) -> TelemetryWindow:

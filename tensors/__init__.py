@@ -47,6 +47,7 @@ from .loading import installed_runtimes, load_backend
 from .onnx_backend import OnnxBackend
 from .profile import (
     HISTOGRAM_BINS,
+    MIN_DRIFT_REQUESTS,
     PROBABILITY_SLACK,
     PSI_EPSILON,
     ReferenceBins,
@@ -61,6 +62,7 @@ __all__ = [
     "DATATYPE_BYTES",
     "FLOAT_DATATYPES",
     "HISTOGRAM_BINS",
+    "MIN_DRIFT_REQUESTS",
     "OIP_DATATYPES",
     "PROBABILITY_SLACK",
     "PSI_EPSILON",

@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 __all__ = [
     "HISTOGRAM_BINS",
+    "MIN_DRIFT_REQUESTS",
     "PROBABILITY_SLACK",
     "PSI_EPSILON",
     "ReferenceBins",
@@ -46,6 +47,11 @@ Counts = npt.NDArray[np.int64]
 
 HISTOGRAM_BINS = 10
 PSI_EPSILON = 1e-4
+# Requests a model must have served before a drift figure (PSI) is judged, on the device
+# and by the controller alike. The values of one request are not independent samples (the
+# features of one row, the pixels of one image): PSI over a few dozen requests is noise (a
+# good first model was once rolled back at PSI 0.30 over about 50 requests).
+MIN_DRIFT_REQUESTS = 200
 # FP16 has a 1e-3 epsilon: a softmax computed in FP16 (an FP16 variant, or a device that
 # computes FP16 natively) gives rows that sum to 1 only within about 1e-2. A tighter
 # slack would make the same model a classifier in FP32 and not in FP16.

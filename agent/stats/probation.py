@@ -15,16 +15,20 @@ Rules, with ``n = max(policy.min_requests, 1)``:
   committed, not even unobserved at the end of an extension. (With a non-zero
   ``max_nonfinite_rate`` this is strict on purpose: one bad answer among the first few
   is a rate above the limit, and a rollback costs less than a broken model kept.)
-- The other absolute checks (error rate, drift PSI) are judged as soon as the candidate
-  has ``n`` requests, at any time: a failing model is rolled back before its window
-  ends, while a few errors or a small sample are no verdict.
-- Drift needs more: it is judged only from ``max(n, MIN_DRIFT_REQUESTS)`` requests on.
-  PSI over a few dozen requests is noise (a good first model was rolled back at PSI 0.30
-  over about 50 requests): the values of one request are not independent samples (the
-  features of one row, the pixels of one image), so the statistics' ``MIN_DRIFT_VALUES``
-  alone does not make a sample. Below that, drift is not judged, never a rollback:
-  ``numbers["drift_judged"]`` is 0 and the verdict's message says so. (It is measured
-  all the same: ``numbers`` holds the PSI.)
+- The error rate is judged as soon as the candidate has ``n`` requests, at any time: a
+  failing model is rolled back before its window ends, while a few errors are no verdict.
+- Drift is the model's, not the data's. Input drift is never judged: the previous model
+  sees the same inputs, so it says nothing about the release (it is measured and
+  reported, for alerts). Output drift against the release's reference profile is judged
+  *relative to the baseline's* output drift against its own reference, on the same live
+  traffic: when the world moves, both models' outputs move from their references and the
+  excess stays small; a broken model's outputs move alone. It needs a baseline with
+  output drift figures (else not judged, with a note: no way to tell the data's drift from
+  the model's), a reference profile of validation data on both sides (the recorder
+  measures none against a synthetic one), and ``max(n, MIN_DRIFT_REQUESTS)`` requests on
+  both sides (``tensors.MIN_DRIFT_REQUESTS``, the controller's minimum too): the values
+  of one request are not independent samples. Not judged is never a rollback:
+  ``numbers["drift_judged"]`` is 0 and the verdict's message says why.
 - Relative checks (p95 latency over the baseline's p95, drop of mean top-1 confidence
   from the baseline's) also need a baseline with ``n`` requests and the figure on both
   sides (a classifier on both sides; a baseline p95 above 0). Without one they are
@@ -32,7 +36,7 @@ Rules, with ``n = max(policy.min_requests, 1)``:
 - Checks run in this order, and the first that trips is the verdict's ``reason``:
   ``nonfinite_rate``, ``error_rate``, ``p95_latency_ratio``, ``confidence_drop``,
   ``drift`` — from a broken model, to a failing one, a slower one, a less confident one,
-  to one whose data looks different (which may be the world's doing, not the model's).
+  to one whose answers moved away from what it was validated to give.
   ``numbers`` holds every value measured, tripped or not, with the thresholds.
 - Nothing tripped: before ``policy.window_s`` -> ``CONTINUE``; from ``window_s`` on with
   ``n`` requests -> ``COMMIT``; with fewer the window is extended (``CONTINUE``) until
@@ -47,19 +51,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from protocol import ProbationPolicy
+from tensors import MIN_DRIFT_REQUESTS
 
 from .recorder import WindowStats
 
 __all__ = [
-    "MIN_DRIFT_REQUESTS",
     "ProbationJudge",
     "ProbationOutcome",
     "ProbationReason",
     "ProbationVerdict",
 ]
-
-# Requests the candidate needs before its drift (PSI) is judged; see the module doc.
-MIN_DRIFT_REQUESTS = 200
 
 
 class ProbationOutcome(StrEnum):
@@ -172,17 +173,27 @@ class ProbationJudge:
     def _judged(self, candidate: WindowStats) -> bool:
         return candidate.requests >= self.min_requests
 
-    def _drift_judged(self, candidate: WindowStats) -> bool:
-        return candidate.requests >= self.min_drift_requests
-
     def _drift_note(self, candidate: WindowStats) -> str:
-        if not candidate.drift_psi or self._drift_judged(candidate):
+        if not candidate.output_drift_psi:
             return ""
-        psi = max(candidate.drift_psi.values())
-        return (
-            f"; drift not judged: PSI {psi:.3g} over {candidate.requests} requests, "
-            f"fewer than {self.min_drift_requests}"
-        )
+        why = self._why_drift_not_judged(candidate)
+        if why is None:
+            return ""
+        psi = max(candidate.output_drift_psi.values())
+        return f"; output drift not judged (PSI {psi:.3g}): {why}"
+
+    def _why_drift_not_judged(self, candidate: WindowStats) -> str | None:
+        baseline = self.baseline
+        if candidate.requests < self.min_drift_requests:
+            return f"{candidate.requests} requests, fewer than {self.min_drift_requests}"
+        if baseline is None or not baseline.output_drift_psi:
+            return "no baseline drift on this device to tell the data's drift from the model's"
+        if baseline.requests < self.min_drift_requests:
+            return (
+                f"the baseline served {baseline.requests} requests, "
+                f"fewer than {self.min_drift_requests}"
+            )
+        return None
 
     def _usable_baseline(self, numbers: dict[str, float]) -> WindowStats | None:
         baseline = self.baseline
@@ -266,22 +277,26 @@ class ProbationJudge:
     def _drift(
         self, candidate: WindowStats, baseline: WindowStats | None, numbers: dict[str, float]
     ) -> _Trip | None:
-        if not candidate.drift_psi:
-            return None
         for name, psi in candidate.drift_psi.items():
             numbers[f"drift_psi.{name}"] = psi
-        worst = max(candidate.drift_psi, key=lambda name: candidate.drift_psi[name])
-        psi, limit = candidate.drift_psi[worst], self.policy.max_drift_psi
-        judged = self._drift_judged(candidate)
-        numbers.update(
-            drift_psi=psi,
-            max_drift_psi=limit,
-            min_drift_requests=float(self.min_drift_requests),
-            drift_judged=1.0 if judged else 0.0,
-        )
-        if judged and psi > limit:
+        numbers["min_drift_requests"] = float(self.min_drift_requests)
+        numbers["drift_judged"] = 0.0
+        if not candidate.output_drift_psi:
+            return None
+        outputs = candidate.output_drift_psi
+        worst = max(outputs, key=lambda name: outputs[name])
+        psi, limit = outputs[worst], self.policy.max_drift_psi
+        numbers.update(drift_psi=psi, max_drift_psi=limit)
+        if self._why_drift_not_judged(candidate) is not None or self.baseline is None:
+            return None
+        before = max(self.baseline.output_drift_psi.values())
+        excess = psi - before
+        numbers.update(baseline_drift_psi=before, drift_excess=excess, drift_judged=1.0)
+        if excess > limit:
             return _Trip(
                 ProbationReason.DRIFT,
-                f"{worst!r} drifted from the reference profile (PSI {psi:.3g} > max {limit:g})",
+                f"output {worst!r} drifted from the reference profile (PSI {psi:.3g}) "
+                f"{excess:.3g} more than the previous model's outputs from theirs "
+                f"(PSI {before:.3g}; max excess {limit:g})",
             )
         return None

@@ -38,15 +38,19 @@ are all finite; requests before it are not classified.
 
 Drift: for each tensor the reference profile has a histogram of, the finite values of the
 live tensor, flattened, are counted in the reference's bins (``tensors.profile``), and a
-PSI against the reference's fractions is computed when a window is read.
+PSI against the reference's fractions is computed when a window is read. Only a profile of
+the version's validation data counts (``source == "validation"``): one profiled from
+seeded synthetic inputs describes noise, and drift against it is not measured at all.
+``drift_psi`` holds inputs and outputs; ``output_drift_psi`` the outputs alone, the only
+drift that says something about the model rather than the data it is given.
 
 A PSI is reported only from ``MIN_DRIFT_VALUES`` values on: with 10 bins, PSI of a sample
 from the reference itself is about ``9 / N`` (chi-square with 9 degrees of freedom over
 ``N``), so at ``N = 200`` a same-distribution window exceeds 0.25 with probability ~1e-7,
 while at 50 values it would about one time in five. That holds for independent values;
 the values of one request are not (the features of one row, the pixels of one image),
-so a PSI is reported early and probation judges it only from
-``agent.stats.probation.MIN_DRIFT_REQUESTS`` requests on.
+so a PSI is reported early and judged only from ``tensors.MIN_DRIFT_REQUESTS`` requests
+on.
 """
 
 from __future__ import annotations
@@ -126,6 +130,7 @@ class WindowStats:
     top1_confidence_mean: float | None = None
     class_counts: tuple[int, ...] | None = None
     drift_psi: dict[str, float] = field(default_factory=dict)
+    output_drift_psi: dict[str, float] = field(default_factory=dict)
 
     @property
     def error_rate(self) -> float:
@@ -171,7 +176,13 @@ class _Accumulator:
         for name, counts in other.drift.items():
             self.drift[name] = _add_counts(self.drift.get(name), counts)
 
-    def snapshot(self, *, end_s: float, drift_bins: Mapping[str, ReferenceBins]) -> WindowStats:
+    def snapshot(
+        self,
+        *,
+        end_s: float,
+        drift_bins: Mapping[str, ReferenceBins],
+        output_names: frozenset[str] = frozenset(),
+    ) -> WindowStats:
         psi = {
             name: population_stability_index(counts, drift_bins[name].fractions)
             for name, counts in sorted(self.drift.items())
@@ -200,6 +211,7 @@ class _Accumulator:
                 else None
             ),
             drift_psi=psi,
+            output_drift_psi={name: v for name, v in psi.items() if name in output_names},
         )
 
     def _percentile_ms(self, latency_counts: list[int], q: float) -> float | None:
@@ -237,8 +249,10 @@ class StatsRecorder:
         self._last_s = now_s
         self._lock = threading.Lock()
         self._pending: deque[_Pending] = deque()
-        input_bins = _drift_bins_of(reference.inputs if reference else {})
-        self._output_bins = _drift_bins_of(reference.outputs if reference else {})
+        # A profile of synthetic inputs (or of unknown origin) never drives a judgement.
+        judged = reference if reference is not None and reference.source == "validation" else None
+        input_bins = _drift_bins_of(judged.inputs if judged else {})
+        self._output_bins = _drift_bins_of(judged.outputs if judged else {})
         # One PSI per name; an output shadows an input of the same name.
         self._input_bins = {
             name: bins for name, bins in input_bins.items() if name not in self._output_bins
@@ -302,7 +316,9 @@ class StatsRecorder:
             self._total.add(current)
             self._current = _Accumulator(end_s)
             self._last_s = max(self._last_s, end_s)
-        return current.snapshot(end_s=end_s, drift_bins=self._drift_bins)
+        return current.snapshot(
+            end_s=end_s, drift_bins=self._drift_bins, output_names=frozenset(self._output_bins)
+        )
 
     def cumulative(self, now_s: float | None = None) -> WindowStats:
         """Everything since creation: the closed windows plus the current one.
@@ -315,7 +331,9 @@ class StatsRecorder:
             total.add(self._total)
             total.add(self._current)
             end_s = self._last_s if now_s is None else max(now_s, self._last_s)
-        return total.snapshot(end_s=end_s, drift_bins=self._drift_bins)
+        return total.snapshot(
+            end_s=end_s, drift_bins=self._drift_bins, output_names=frozenset(self._output_bins)
+        )
 
     def _measure_pending(self) -> None:
         """Measure every pending request into the current window; the lock is held."""

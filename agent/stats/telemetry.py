@@ -3,7 +3,8 @@
 Invariant: whatever a window holds, the result is within the schema: the confidence is
 clipped to [0, 1] (a width-matched output that is not quite a probability), errors never
 exceed requests, a zero-length window gets ``MIN_WINDOW_S`` and non-finite PSI values
-are left out.
+are left out. ``output_drift_psi`` (the worst output's PSI, the only drift a rollout gate
+may weigh) is set only for a window of at least ``tensors.MIN_DRIFT_REQUESTS`` requests.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from datetime import datetime
 
 import protocol
+from tensors import MIN_DRIFT_REQUESTS
 
 from .recorder import WindowStats
 
@@ -43,6 +45,8 @@ def to_telemetry_window(
             counts=list(stats.latency_counts),
         )
     confidence = stats.top1_confidence_mean
+    outputs = [psi for psi in stats.output_drift_psi.values() if math.isfinite(psi)]
+    judged = outputs and stats.requests >= MIN_DRIFT_REQUESTS
     return protocol.TelemetryWindow(
         model=model,
         release=release,
@@ -55,4 +59,5 @@ def to_telemetry_window(
         top1_confidence_mean=None if confidence is None else min(max(confidence, 0.0), 1.0),
         class_counts=None if stats.class_counts is None else list(stats.class_counts),
         drift_psi={name: psi for name, psi in stats.drift_psi.items() if math.isfinite(psi)},
+        output_drift_psi=max(outputs) if judged else None,
     )

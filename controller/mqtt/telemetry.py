@@ -127,7 +127,9 @@ def telemetry_rows(batches: Sequence[TelemetryBatch]) -> list[TelemetryRow]:
     for batch in batches:
         for window in batch.windows:
             latency = window.latency
-            drift = [v for v in window.drift_psi.values() if math.isfinite(v)]
+            # Output drift of a window the device could judge (enough requests, a reference
+            # of validation data): input drift is the data's, and never gates a rollout.
+            drift = window.output_drift_psi
             rows.append(
                 {
                     "device_id": batch.device_id,
@@ -142,7 +144,7 @@ def telemetry_rows(batches: Sequence[TelemetryBatch]) -> list[TelemetryRow]:
                     "p95_ms": _finite(latency.p95_ms) if latency else None,
                     "p99_ms": _finite(latency.p99_ms) if latency else None,
                     "confidence_mean": window.top1_confidence_mean,
-                    "max_drift_psi": max(drift) if drift else None,
+                    "max_drift_psi": drift if drift is not None and math.isfinite(drift) else None,
                     "merged": 1,
                 }
             )

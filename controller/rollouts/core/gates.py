@@ -10,10 +10,19 @@ Invariants:
 - commits that probation reported as unobserved are counted apart; with
   ``require_observed`` they count as failures, otherwise as passes;
 - model-health gates read the devices updated by the rollout (``new``) and the devices of
-  the same selector still on the previous release (``control``). Error rate, non-finite
-  rate and drift are absolute limits (the control's figure is shown beside them); the p95
+  the same selector still on the previous release (``control``). Error rate and
+  non-finite rate are absolute limits (the control's figure is shown beside them); the p95
   latency ratio and the confidence drop compare with the control and are skipped, saying
-  so, when it has too little data; all are skipped when ``new`` has too little.
+  so, when it has too little data; all are skipped when ``new`` has too little;
+- drift is the model's, never the data's. Devices report only *output* drift to gates
+  (``TelemetryWindow.output_drift_psi``), only for windows of at least
+  ``tensors.MIN_DRIFT_REQUESTS`` requests (the devices' own minimum) against a reference
+  profile of validation data. Input drift is a property of the data: the previous release
+  sees the same inputs, so it never fails a wave. The ``drift_psi`` gate weighs the new
+  release's output drift *in excess of the control group's*, each against its own
+  release's reference: when the world moves, both move and the excess stays small; a
+  broken release moves alone. Without a control figure there is nothing to tell the
+  data's drift from the release's, and the gate is skipped with a note saying so.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from protocol import ReleaseRef
+from tensors.profile import MIN_DRIFT_REQUESTS
 
 from .waves import GateResult, GateThresholds, RolloutSpecError
 
@@ -229,7 +239,7 @@ def _health_gates(
         "error_rate": (new.error_rate, _control_figure(control, "error_rate")),
         "nonfinite_rate": (new.nonfinite_rate, _control_figure(control, "nonfinite_rate")),
         **_relative(new, control, minimum),
-        "drift_psi": (new.max_drift_psi, _control_figure(control, "max_drift_psi")),
+        "drift_psi": _drift_excess(new, control),
     }
     return [
         _gate(name, measured[name][0], limit, measured[name][1]) for name, limit in limits.items()
@@ -260,6 +270,25 @@ def _relative(
             f"mean confidence {new.confidence_mean}, control {control.confidence_mean}",
         ),
     }
+
+
+def _drift_excess(new: FleetHealth, control: FleetHealth | None) -> tuple[float | None, str]:
+    """Output drift of the new release over the control group's (see the module doc)."""
+    if new.max_drift_psi is None:
+        return None, (
+            f"skipped: no output drift judged on updated devices (windows of at least "
+            f"{MIN_DRIFT_REQUESTS} requests against a reference profile of validation data)"
+        )
+    if control is None or control.max_drift_psi is None:
+        return None, (
+            "skipped: no control group data to tell the data's drift from the release's "
+            f"(output PSI {new.max_drift_psi:.3g}); input drift is never the release's"
+        )
+    excess = new.max_drift_psi - control.max_drift_psi
+    return excess, (
+        f"output PSI {new.max_drift_psi:.3g}, control {control.max_drift_psi:.3g}: "
+        f"excess {excess:.3g}"
+    )
 
 
 def _gate(name: str, value: float | None, threshold: float | None, note: str) -> GateResult:

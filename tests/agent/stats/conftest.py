@@ -21,6 +21,7 @@ def tabular_reference(rng: np.random.Generator) -> ReferenceProfile:
     probs = softmax(rng.normal(size=(5000, 3)))
     counts = np.bincount(probs.argmax(axis=1), minlength=3)
     return ReferenceProfile(
+        source="validation",
         inputs={"x": histogram_of(x)},
         outputs={"probs": histogram_of(probs)},
         top1_confidence_mean=float(probs.max(axis=1).mean()),

@@ -107,6 +107,7 @@ def now_and_then_huge(rng: np.random.Generator) -> Request:
 @pytest.fixture
 def reference(rng: np.random.Generator) -> ReferenceProfile:
     return ReferenceProfile(
+        source="validation",
         inputs={"x": histogram_of(rng.normal(size=(2000, 4)))},
         outputs={"probs": histogram_of(probabilities(rng, 2000))},
         class_distribution=[0.3, 0.3, 0.4],

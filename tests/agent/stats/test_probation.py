@@ -14,7 +14,6 @@ import pytest
 
 from agent.stats.latency import LATENCY_BOUNDS_MS
 from agent.stats.probation import (
-    MIN_DRIFT_REQUESTS,
     ProbationJudge,
     ProbationOutcome,
     ProbationReason,
@@ -22,6 +21,7 @@ from agent.stats.probation import (
 )
 from agent.stats.recorder import StatsRecorder, WindowStats
 from protocol import ProbationPolicy, ReferenceProfile
+from tensors import MIN_DRIFT_REQUESTS
 from tests.agent.stats.profiles import record_all, softmax
 
 POLICY_WINDOW_S = 300.0
@@ -43,7 +43,10 @@ def stats(
     p95_ms: float | None = 2.0,
     confidence: float | None = 0.9,
     drift: dict[str, float] | None = None,
+    input_drift: dict[str, float] | None = None,
 ) -> WindowStats:
+    """``drift`` is output drift by output name; ``input_drift`` by input name."""
+    outputs = {"x": 0.05} if drift is None else drift
     return WindowStats(
         window_start_s=0.0,
         window_s=POLICY_WINDOW_S,
@@ -58,7 +61,8 @@ def stats(
         classified_rows=requests if confidence is not None else 0,
         top1_confidence_mean=confidence,
         class_counts=(requests,) if confidence is not None else None,
-        drift_psi={"x": 0.05} if drift is None else drift,
+        drift_psi={**(input_drift or {}), **outputs},
+        output_drift_psi=outputs,
     )
 
 
@@ -130,9 +134,16 @@ def test_healthy_model_commits_at_window_end_and_not_before(
         (stats(p95_ms=50.0, confidence=0.1), COMMIT, None),
         (stats(p95_ms=50.0, confidence=0.1, errors=5), ROLLBACK, ProbationReason.ERROR_RATE),
         (stats(nonfinite=1), ROLLBACK, ProbationReason.NONFINITE_RATE),
-        (stats(drift={"x": 1.0}), ROLLBACK, ProbationReason.DRIFT),
+        # No baseline's outputs on the same traffic: the data's drift and the model's are
+        # indistinguishable, so output drift is not judged (and said so).
+        (stats(drift={"x": 1.0}), COMMIT, None),
     ],
-    ids=["slow_unsure_commits", "errors_still_judged", "nonfinite_still_judged", "drift_judged"],
+    ids=[
+        "slow_unsure_commits",
+        "errors_still_judged",
+        "nonfinite_still_judged",
+        "drift_not_judged",
+    ],
 )
 def test_without_a_usable_baseline_only_absolute_thresholds_are_judged(
     baseline: WindowStats | None,
@@ -236,8 +247,9 @@ def test_nan_with_fewer_than_min_requests_rolls_back_and_is_never_committed(
         (stats(p95_ms=3.0 + 1e-9), DEFAULTS, ROLLBACK),
         (stats(confidence=0.5), ProbationPolicy(max_confidence_drop=0.4), COMMIT),
         (stats(confidence=0.5 - 1e-9), ProbationPolicy(max_confidence_drop=0.4), ROLLBACK),
-        (stats(drift={"x": 0.25}), DEFAULTS, COMMIT),
-        (stats(drift={"x": 0.25 + 1e-9}), DEFAULTS, ROLLBACK),
+        # The baseline's output PSI is 0.05: the limit is on the excess over it.
+        (stats(drift={"x": 0.30}), DEFAULTS, COMMIT),
+        (stats(drift={"x": 0.30 + 1e-9}), DEFAULTS, ROLLBACK),
     ],
     ids=[
         "error_rate_at",
@@ -418,12 +430,12 @@ JUST_SHORT = MIN_DRIFT_REQUESTS - 1
         (JUST_SHORT, 0.30, FEW_REQUESTS, END, COMMIT, False),
         (JUST_SHORT, 50.0, FEW_REQUESTS, EARLY, CONTINUE, False),
         (50, 0.30, DEFAULTS, DEADLINE_S, UNOBSERVED, False),
-        (MIN_DRIFT_REQUESTS, 0.30, FEW_REQUESTS, EARLY, ROLLBACK, True),
-        (MIN_DRIFT_REQUESTS, 0.25, FEW_REQUESTS, END, COMMIT, True),
-        (5000, 0.30, FEW_REQUESTS, END, ROLLBACK, True),
+        (MIN_DRIFT_REQUESTS, 0.40, FEW_REQUESTS, EARLY, ROLLBACK, True),
+        (MIN_DRIFT_REQUESTS, 0.30, FEW_REQUESTS, END, COMMIT, True),
+        (5000, 0.40, FEW_REQUESTS, END, ROLLBACK, True),
         # A policy asking for more requests than the drift minimum: its minimum counts.
-        (499, 0.30, MANY_REQUESTS, END, CONTINUE, False),
-        (500, 0.30, MANY_REQUESTS, EARLY, ROLLBACK, True),
+        (499, 0.40, MANY_REQUESTS, END, CONTINUE, False),
+        (500, 0.40, MANY_REQUESTS, EARLY, ROLLBACK, True),
     ],
     ids=[
         "few_requests_early",
@@ -455,7 +467,7 @@ def test_drift_is_judged_only_from_the_minimum_number_of_requests(
     assert verdict.numbers["drift_psi"] == psi  # measured and reported either way
     assert verdict.numbers["drift_judged"] == float(judged)
     assert verdict.numbers["min_drift_requests"] == max(MIN_DRIFT_REQUESTS, policy.min_requests)
-    assert ("drift not judged" in verdict.message) == (not judged)
+    assert ("output drift not judged" in verdict.message) == (not judged)
 
 
 def test_drift_not_judged_is_said_with_its_numbers() -> None:
@@ -463,7 +475,7 @@ def test_drift_not_judged_is_said_with_its_numbers() -> None:
 
     assert verdict.message == (
         "commit: 50 requests in 300 s, no threshold tripped; "
-        f"drift not judged: PSI 0.3 over 50 requests, fewer than {MIN_DRIFT_REQUESTS}"
+        f"output drift not judged (PSI 0.3): 50 requests, fewer than {MIN_DRIFT_REQUESTS}"
     )
 
 
@@ -472,29 +484,84 @@ def test_without_a_drift_measurement_nothing_is_said_about_drift() -> None:
 
     assert verdict.outcome is COMMIT
     assert "drift" not in verdict.message
-    assert not any(key.startswith("drift") for key in verdict.numbers)
+    assert verdict.numbers["drift_judged"] == 0.0
+    assert "drift_psi" not in verdict.numbers
 
 
-def test_recorded_drift_over_a_few_dozen_requests_is_no_verdict(
+def shifted_traffic(
+    recorder: StatsRecorder, rng: np.random.Generator, count: int, *, outputs_shift: float
+) -> None:
+    """Rows far from the reference's inputs; outputs moved by ``outputs_shift`` logits."""
+    for _ in range(count):
+        x = rng.normal(loc=1.5, size=(1, 4)).astype(np.float32)
+        logits = rng.normal(size=(1, 3))
+        logits[0, 0] += outputs_shift
+        recorder.record(
+            latency_s=0.002, inputs={"x": x}, outputs={"probs": softmax(logits)}, error=False
+        )
+
+
+def test_input_drift_alone_never_rolls_back(
+    rng: np.random.Generator, tabular_reference: ReferenceProfile
+) -> None:
+    # Both models see the same shifted inputs: the data moved, not the release.
+    baseline = StatsRecorder(reference=tabular_reference, now_s=0.0)
+    candidate = StatsRecorder(reference=tabular_reference, now_s=0.0)
+    shifted_traffic(baseline, rng, 2 * MIN_DRIFT_REQUESTS, outputs_shift=0.0)
+    shifted_traffic(candidate, rng, 2 * MIN_DRIFT_REQUESTS, outputs_shift=0.0)
+
+    verdict = ProbationJudge(FEW_REQUESTS, baseline.cumulative()).judge(
+        candidate.cumulative(), elapsed_s=END
+    )
+
+    assert verdict.numbers["drift_psi.x"] > 4 * FEW_REQUESTS.max_drift_psi  # inputs moved
+    assert verdict.numbers["drift_judged"] == 1.0
+    assert verdict.outcome is COMMIT
+
+
+def test_output_drift_beyond_the_baseline_on_the_same_traffic_rolls_back(
+    rng: np.random.Generator, tabular_reference: ReferenceProfile
+) -> None:
+    baseline = StatsRecorder(reference=tabular_reference, now_s=0.0)
+    candidate = StatsRecorder(reference=tabular_reference, now_s=0.0)
+    shifted_traffic(baseline, rng, 2 * MIN_DRIFT_REQUESTS, outputs_shift=0.0)
+    shifted_traffic(candidate, rng, 2 * MIN_DRIFT_REQUESTS, outputs_shift=6.0)
+
+    verdict = ProbationJudge(FEW_REQUESTS, baseline.cumulative()).judge(
+        candidate.cumulative(), elapsed_s=END
+    )
+
+    assert (verdict.outcome, verdict.reason) == (ROLLBACK, ProbationReason.DRIFT)
+    assert verdict.numbers["drift_excess"] > FEW_REQUESTS.max_drift_psi
+
+
+def test_output_drift_of_a_first_model_is_not_judged_and_said_so(
     rng: np.random.Generator, tabular_reference: ReferenceProfile
 ) -> None:
     candidate = StatsRecorder(reference=tabular_reference, now_s=0.0)
+    shifted_traffic(candidate, rng, 2 * MIN_DRIFT_REQUESTS, outputs_shift=6.0)
 
-    def send_shifted_rows(count: int) -> None:
-        for _ in range(count):
-            x = rng.normal(loc=1.5, size=(1, 4)).astype(np.float32)
-            probs = softmax(rng.normal(size=(1, 3)))
-            candidate.record(
-                latency_s=0.002, inputs={"x": x}, outputs={"probs": probs}, error=False
-            )
+    verdict = ProbationJudge(FEW_REQUESTS, None).judge(candidate.cumulative(), elapsed_s=END)
 
-    first_model = ProbationJudge(FEW_REQUESTS, None)
-    send_shifted_rows(50)  # 200 input values: enough for the recorder to report a PSI
-    few = first_model.judge(candidate.cumulative(), elapsed_s=END)
-    send_shifted_rows(MIN_DRIFT_REQUESTS - 50)
-    enough = first_model.judge(candidate.cumulative(), elapsed_s=END)
+    assert verdict.outcome is COMMIT
+    assert verdict.numbers["drift_judged"] == 0.0
+    assert "no baseline drift on this device" in verdict.message
 
-    assert few.outcome is COMMIT
-    assert few.numbers["drift_psi"] > FEW_REQUESTS.max_drift_psi
-    assert few.numbers["drift_judged"] == 0.0
-    assert (enough.outcome, enough.reason) == (ROLLBACK, ProbationReason.DRIFT)
+
+def test_generated_profile_never_judges_drift(
+    rng: np.random.Generator, tabular_reference: ReferenceProfile
+) -> None:
+    # The same histograms, but profiled from seeded synthetic inputs: they describe noise.
+    synthetic = tabular_reference.model_copy(update={"source": "generated"})
+    baseline = StatsRecorder(reference=synthetic, now_s=0.0)
+    candidate = StatsRecorder(reference=synthetic, now_s=0.0)
+    shifted_traffic(baseline, rng, 2 * MIN_DRIFT_REQUESTS, outputs_shift=0.0)
+    shifted_traffic(candidate, rng, 2 * MIN_DRIFT_REQUESTS, outputs_shift=6.0)
+
+    verdict = ProbationJudge(FEW_REQUESTS, baseline.cumulative()).judge(
+        candidate.cumulative(), elapsed_s=END
+    )
+
+    assert candidate.cumulative().drift_psi == {}
+    assert verdict.outcome is COMMIT
+    assert verdict.numbers["drift_judged"] == 0.0

@@ -12,6 +12,7 @@ from agent.stats.latency import LATENCY_BOUNDS_MS
 from agent.stats.recorder import StatsRecorder
 from agent.stats.telemetry import MIN_WINDOW_S, to_telemetry_window
 from protocol import ReferenceProfile, ReleaseRef, TelemetryWindow
+from tensors import MIN_DRIFT_REQUESTS
 from tests.agent.stats.profiles import record_all, roll_while_recording
 
 WINDOW_START = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -172,6 +173,22 @@ def test_telemetry_window_validates_and_round_trips(tabular_reference: Reference
     assert (window.requests, window.errors, window.class_counts) == (121, 1, [0, 120, 0])
     assert window.top1_confidence_mean == pytest.approx(0.7)
     assert set(window.drift_psi) == {"x", "probs"}
+    assert window.output_drift_psi is None  # 121 requests: too few to judge
+
+
+def test_output_drift_reaches_the_wire_only_from_the_minimum_requests(
+    tabular_reference: ReferenceProfile,
+) -> None:
+    recorder = StatsRecorder(reference=tabular_reference, now_s=0.0)
+    inputs = {"x": np.full((1, 4), 9.0, dtype=np.float32)}  # far from the reference inputs
+    record_all(recorder, [0.001] * MIN_DRIFT_REQUESTS, inputs=inputs, outputs={"probs": PROBS})
+    stats = recorder.roll(10.0)
+    assert stats is not None
+
+    window = to_telemetry_window(stats, model="digits", release=RELEASE, window_start=WINDOW_START)
+
+    assert window.output_drift_psi == pytest.approx(stats.output_drift_psi["probs"])
+    assert window.drift_psi["x"] > window.output_drift_psi  # input drift: reported, not gated
 
 
 def test_empty_window_has_no_latency_or_classifier_figures() -> None:

@@ -62,6 +62,7 @@ def window(start: datetime, **fields: Any) -> TelemetryWindow:
         "latency": LatencySummary(p50_ms=1.0, p95_ms=2.0, p99_ms=3.0),
         "top1_confidence_mean": 0.9,
         "drift_psi": {"x": 0.05, "y": 0.2},
+        "output_drift_psi": 0.2,
     }
     values.update(fields)
     return TelemetryWindow(**values)
@@ -102,6 +103,17 @@ def test_a_window_row_holds_what_the_device_measured(engine: Engine) -> None:
     assert to_utc(row["window_start"]) == T0
 
 
+def test_input_drift_alone_is_never_stored_as_the_gate_drift(engine: Engine) -> None:
+    # A window too small to judge, or whose only drift is the inputs': no gate figure.
+    add_devices(engine, "dev-1")
+    write_telemetry(
+        engine, [batch("dev-1", window(T0, drift_psi={"x": 6.2}, output_drift_psi=None))]
+    )
+
+    (row,) = stored(engine)
+    assert row["max_drift_psi"] is None
+
+
 def test_windows_of_unknown_devices_are_skipped(engine: Engine) -> None:
     add_devices(engine, "dev-1")
 
@@ -136,6 +148,7 @@ def test_fleet_health_weights_p95_and_confidence_by_requests(engine: Engine) -> 
                     latency=LatencySummary(p50_ms=1, p95_ms=6.0, p99_ms=9),
                     top1_confidence_mean=0.5,
                     drift_psi={"x": 0.7},
+                    output_drift_psi=0.7,
                 ),
             ),
         ],

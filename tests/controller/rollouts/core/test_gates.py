@@ -175,14 +175,14 @@ NO_CONTROL = "skipped: no control group data"
             replace(HEALTHY, p95_ms=100.0),
             None,
             [],
-            ["p95_latency_ratio", "confidence_drop"],
+            ["p95_latency_ratio", "confidence_drop", "drift_psi"],
             NO_CONTROL,
         ),
         (
             replace(HEALTHY, p95_ms=100.0),
             FleetHealth(),
             [],
-            ["p95_latency_ratio", "confidence_drop"],
+            ["p95_latency_ratio", "confidence_drop", "drift_psi"],
             NO_CONTROL,
         ),
         (
@@ -196,8 +196,18 @@ NO_CONTROL = "skipped: no control group data"
             replace(HEALTHY, nonfinite_rate=0.5),
             None,
             ["nonfinite_rate"],
-            ["p95_latency_ratio", "confidence_drop"],
+            ["p95_latency_ratio", "confidence_drop", "drift_psi"],
             NO_CONTROL,
+        ),
+        # The world moved: both groups' outputs drifted from their references alike.
+        (replace(HEALTHY, max_drift_psi=3.0), replace(HEALTHY, max_drift_psi=2.9), [], [], ""),
+        # A first release's output drift, with nobody on a previous release to compare.
+        (
+            replace(HEALTHY, max_drift_psi=6.2),
+            None,
+            [],
+            ["p95_latency_ratio", "confidence_drop", "drift_psi"],
+            "skipped: no control group data",
         ),
         (
             replace(HEALTHY, requests=50, nonfinite_rate=0.5),
@@ -233,6 +243,8 @@ NO_CONTROL = "skipped: no control group data"
         "control_group_without_devices",
         "control_group_with_too_few_requests",
         "absolute_gates_need_no_control",
+        "drift_shared_with_the_control_passes",
+        "drift_without_a_control_is_skipped_with_a_note",
         "too_few_requests_on_new_release",
         "no_telemetry_at_all",
         "not_a_classifier",
