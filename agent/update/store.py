@@ -72,6 +72,7 @@ __all__ = ["HASH_CHUNK_BYTES", "ModelStore"]
 
 HASH_CHUNK_BYTES = 1024 * 1024
 _MODEL_DIR = re.compile(r"sha256-(?P<sha>[0-9a-f]{64})")
+_BUNDLE_FILE = re.compile(r"check-bundle-[0-9a-f]{64}\.npz")
 _LINK_TARGET = re.compile(r"models/sha256-(?P<sha>[0-9a-f]{64})")
 _CURRENT, _PREVIOUS = "current", "previous"
 _P = ParamSpec("_P")
@@ -168,6 +169,21 @@ class ModelStore:
         fsync_dir(self.staging_dir)
         return final / filename
 
+    def artifact_path(self, sha256: str) -> Path | None:
+        """The stored artifact of ``sha256`` under whatever name it was staged, or ``None``.
+
+        The same bytes may come back in another release under another file name: the
+        content, not the name, identifies a stored model.
+        """
+        directory = self.model_dir(sha256)
+        try:
+            names = [e.name for e in directory.iterdir() if not _BUNDLE_FILE.fullmatch(e.name)]
+        except FileNotFoundError:
+            return None
+        if len(names) != 1:
+            raise StoreError(f"{directory.name} holds {len(names)} artifacts, not one")
+        return directory / names[0]
+
     @_writes("stage a check bundle")
     def stage_check_bundle(self, model_sha256: str, bundle_sha256: str, source_path: Path) -> Path:
         """Move a verified check bundle into its (staged) model's directory; return its path.
@@ -201,12 +217,20 @@ class ModelStore:
 
     @_writes("activate a model")
     def activate(self, sha256: str) -> None:
-        """``previous`` := ``current``; ``current`` := the staged model (see the module)."""
+        """``previous`` := ``current``; ``current`` := the staged model (see the module).
+
+        Activating what is current already makes it ``previous`` too: a rollback of that
+        deployment keeps it serving.
+        """
         target = self.model_dir(sha256)
         if not target.is_dir():
             raise StoreError(f"model {sha256[:12]} is not staged")
         old = self.current_sha256()
         if old == sha256:
+            # The same bytes deployed again (as another release): what serves now is also
+            # what a rollback must return to, never "no model".
+            if self.previous_sha256() != old:
+                self._point(_PREVIOUS, old)
             return
         if old is not None and self.previous_sha256() != old:
             self._point(_PREVIOUS, old)
@@ -306,9 +330,10 @@ class ModelStore:
         return directory
 
     def _already_staged(self, final: Path, filename: str, source_path: Path) -> Path:
-        stored = final / filename
-        if not stored.is_file():
-            raise StoreError(f"{final.name} is stored under another file name than {filename}")
+        # The same bytes, perhaps under another name: the stored name stays.
+        stored = self.artifact_path(final.name.removeprefix("sha256-"))
+        if stored is None:
+            raise StoreError(f"{final.name} vanished while staging {filename}")
         with contextlib.suppress(FileNotFoundError):
             if not stored.samefile(source_path):
                 source_path.unlink()

@@ -31,7 +31,7 @@ from protocol import ProbationPolicy, Release, ReleaseRef
 
 from ..clock import Clock
 from ..config import AgentConfig
-from ..errors import AgentError, TransitionCapError
+from ..errors import AgentError, StoreError, TransitionCapError
 from ..serving.host import ServingHost, recorder_of
 from ..serving.server import LoadedVersion
 from ..stats.probation import ProbationOutcome
@@ -144,7 +144,9 @@ class Updater:
         release = self.full_release_of(current)
         if current is None or release is None:
             return
-        path = self.store.model_dir(current) / release.artifact.filename
+        path = self.store.artifact_path(current)
+        if path is None:
+            return
         try:
             loaded = await asyncio.to_thread(self.serving.load, path, release)
         except AgentError as exc:
@@ -233,7 +235,9 @@ class Updater:
     async def _activate(self, release: Release) -> None:
         """Load and warm the new model first, then switch the store, then serving."""
         artifact = release.artifact
-        path = self.store.model_dir(artifact.sha256) / artifact.filename
+        path = self.store.artifact_path(artifact.sha256)
+        if path is None:
+            raise StoreError(f"{release.ref()} is not in the store: nothing to activate")
         loaded = await asyncio.to_thread(self.serving.load, path, release)
         self.store.activate(artifact.sha256)
         self._previous = self.serving.serve(loaded)
@@ -315,8 +319,8 @@ class Updater:
 
     async def _verify_and_stage(self, release: Release, latency_budget_ms: float | None) -> None:
         artifact, bundle = release.artifact, release.check_bundle
-        in_store = self.store.model_dir(artifact.sha256) / artifact.filename
-        candidate = in_store if in_store.exists() else self._download_path(artifact.sha256)
+        in_store = self.store.artifact_path(artifact.sha256)
+        candidate = in_store or self._download_path(artifact.sha256)
         stored_bundle = self._stored_bundle(release)
         bundle_file = (
             stored_bundle if stored_bundle.exists() else self._download_path(bundle.sha256)

@@ -92,11 +92,32 @@ def test_staging_the_same_model_twice_is_idempotent(store: ModelStore) -> None:
     assert_every_model_dir_is_complete(store)
 
 
-def test_same_bytes_under_another_file_name_are_refused(store: ModelStore) -> None:
+def test_same_bytes_released_again_under_another_file_name_keep_the_stored_file(
+    store: ModelStore,
+) -> None:
+    # Version 2 of a model can be the very bytes of version 1 (re-pushed, re-released):
+    # content addresses the model, so the stored file serves for both.
     staged(store, b"model v1")
     sha, source = write_artifact(store.root.parent, b"model v1")
-    with pytest.raises(StoreError):
-        store.stage(sha, "other.onnx", source)
+
+    again = store.stage(sha, "other.onnx", source)
+
+    assert again == store.artifact_path(sha) == store.model_dir(sha) / "model.onnx"
+    assert [p.name for p in store.model_dir(sha).iterdir()] == ["model.onnx"]
+    assert not source.exists()
+
+
+def test_rollback_of_the_same_bytes_deployed_again_keeps_them_serving(
+    store: ModelStore,
+) -> None:
+    # The device's first model, then a new release of the very same bytes that fails its
+    # probation: the model that served before must still serve.
+    sha = staged(store, b"model v1")
+    store.activate(sha)
+    store.activate(sha)
+
+    assert store.rollback(from_sha256=sha) == sha
+    assert store.current_sha256() == sha
 
 
 @pytest.mark.parametrize(
@@ -134,12 +155,17 @@ def test_activate_keeps_the_previous_model(store: ModelStore) -> None:
     assert (store.root / "current").is_symlink()
 
 
-def test_activating_the_current_model_changes_nothing(store: ModelStore) -> None:
+def test_activating_the_current_model_again_makes_it_what_a_rollback_keeps(
+    store: ModelStore,
+) -> None:
+    # A deployment of the bytes that already serve: if it fails, they must go on serving
+    # (before, the rollback went to the model before them, or to no model at all).
     first, second = staged(store, b"v1"), staged(store, b"v2")
     store.activate(first)
     store.activate(second)
     store.activate(second)
-    assert (store.current_sha256(), store.previous_sha256()) == (second, first)
+    assert (store.current_sha256(), store.previous_sha256()) == (second, second)
+    assert store.rollback(from_sha256=second) == second
 
 
 def test_activating_an_unstaged_model_is_refused(store: ModelStore) -> None:
