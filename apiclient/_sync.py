@@ -94,9 +94,14 @@ class ControllerClient:
         answer: dict[str, Any] = self.request("GET", f"/api/v1/models/{name}/versions/{version}")
         return answer
 
-    def quantize(self, name: str, version: int, mode: str) -> dict[str, Any]:
+    def quantize(
+        self, name: str, version: int, mode: str, *, max_latency_ratio: float | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"mode": mode}
+        if max_latency_ratio is not None:
+            body["max_latency_ratio"] = max_latency_ratio
         answer: dict[str, Any] = self.request(
-            "POST", f"/api/v1/models/{name}/versions/{version}/variants", json={"mode": mode}
+            "POST", f"/api/v1/models/{name}/versions/{version}/variants", json=body
         )
         return answer
 

@@ -50,6 +50,8 @@ class Settings(BaseModel):
     # The quality gate for variants.
     max_accuracy_drop_points: float = Field(default=1.0, ge=0)
     min_top1_agreement: float = Field(default=0.99, ge=0, le=1)
+    # A variant slower than this times its parent on the controller's CPU is rejected.
+    max_latency_ratio: float = Field(default=1.10, gt=0)
     golden_count: int = Field(default=4, ge=1, le=64)
 
     # The fleet: what enrolled devices are told, and how the controller reaches the broker.

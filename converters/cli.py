@@ -24,7 +24,12 @@ from tensors import write_check_bundle
 
 from .errors import ConversionError
 from .evaluate import evaluate
-from .gate import DEFAULT_MAX_ACCURACY_DROP_POINTS, DEFAULT_MIN_TOP1_AGREEMENT, GatePolicy
+from .gate import (
+    DEFAULT_MAX_ACCURACY_DROP_POINTS,
+    DEFAULT_MAX_LATENCY_RATIO,
+    DEFAULT_MIN_TOP1_AGREEMENT,
+    GatePolicy,
+)
 from .inspection import inspect_model
 from .onnx_checks import DEFAULT_MAX_TENSOR_BYTES
 from .profile import profile_model
@@ -49,6 +54,7 @@ def _run_variant(args: argparse.Namespace) -> dict[str, Any]:
     policy = GatePolicy(
         max_accuracy_drop_points=args.max_accuracy_drop_points,
         min_top1_agreement=args.min_top1_agreement,
+        max_latency_ratio=args.max_latency_ratio if args.max_latency_ratio > 0 else None,
         max_abs_error=args.max_abs_error,
     )
     result = make_variant(
@@ -113,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     variant.add_argument("--min-top1-agreement", type=float, default=DEFAULT_MIN_TOP1_AGREEMENT)
     variant.add_argument("--max-abs-error", type=float)
+    variant.add_argument(
+        "--max-latency-ratio",
+        type=float,
+        default=DEFAULT_MAX_LATENCY_RATIO,
+        help="reject a variant slower than this times its parent (0: do not gate latency)",
+    )
     variant.set_defaults(run=_run_variant)
 
     evaluation = commands.add_parser("evaluate", parents=[common], help="compare two models")

@@ -4,11 +4,17 @@ Invariants: the parent passes every ``inspect`` check before any converter reads
 variant is written via a temporary file and, once written, always loads (a variant that
 does not load is a ``ConversionFailedError`` and is removed); a variant that loads but
 fails the gate is still written and reported as rejected, with one reason per threshold.
+An ONNX parent that builds its weights at run time is converted from a copy with those
+weights folded into initializers (``onnx_fold``); the variant is still evaluated against
+the parent itself.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +33,7 @@ from .fp16 import convert_fp16
 from .gate import GateDecision, GatePolicy, judge
 from .inspection import LoadedModel, open_model
 from .onnx_checks import DEFAULT_MAX_TENSOR_BYTES
+from .onnx_fold import builds_weights_at_run_time, fold_constants
 from .onnx_quantize import fp32_op_types_onnx, quantize_int8_dynamic, quantize_int8_static
 from .tflite_quantize import fp32_op_types_tflite, quantize_tflite_int8_dynamic
 
@@ -115,21 +122,23 @@ def make_variant(
         return decision.accepted
 
     fp32_op_types: list[str]
-    if mode == "fp16":
-        outcome = convert_fp16(parent, output, data, assess)
-        notes.extend(outcome.notes)
-        fp32_op_types = outcome.fp32_op_types
-    else:
+    with _convertible(parent, mode, output.parent, notes) as source:
+        if mode == "fp16":
+            outcome = convert_fp16(source, output, data, assess)
+            notes.extend(outcome.notes)
+            fp32_op_types = outcome.fp32_op_types
+            final = last[-1]
+            return VariantResult(mode, final.decision, final.report, notes, fp32_op_types)
         if mode == "int8-dynamic":
-            quantize_int8_dynamic(parent, output)
+            quantize_int8_dynamic(source, output)
         elif mode == "int8-static":
-            used = quantize_int8_static(parent, output, data, parent_model.runner.inputs)
+            used = quantize_int8_static(source, output, data, parent_model.runner.inputs)
             notes.append(
                 f"calibrated on the first {used} validation samples, which the evaluation "
                 "also uses: hold out a separate set for an unbiased accuracy"
             )
         else:
-            quantize_tflite_int8_dynamic(parent, output)
+            quantize_tflite_int8_dynamic(source, output)
         try:
             assess(output)
         except (MalformedModelError, SignatureMismatchError) as exc:
@@ -142,3 +151,21 @@ def make_variant(
         )
     final = last[-1]
     return VariantResult(mode, final.decision, final.report, notes, fp32_op_types)
+
+
+@contextmanager
+def _convertible(parent: Path, mode: str, work: Path, notes: list[str]) -> Iterator[Path]:
+    """``parent``, or a copy with run-time-built weights folded (ONNX), while converting."""
+    if _MODE_FORMAT[mode] != "onnx" or not builds_weights_at_run_time(
+        onnx.load(parent, load_external_data=False)
+    ):
+        yield parent
+        return
+    with tempfile.TemporaryDirectory(dir=work, prefix=".fold-") as directory:
+        folded = Path(directory) / "folded.onnx"
+        removed = fold_constants(parent, folded)
+        notes.append(
+            f"the parent builds its weights at run time: converted from a copy with them "
+            f"folded into initializers ({removed} nodes fewer)"
+        )
+        yield folded

@@ -138,7 +138,15 @@ def post_variant(
     caller: Operator,
 ) -> ModelVersionPublic:
     """Derive a quantized variant; it is recorded ``accepted`` or ``rejected`` by the gate."""
-    row = create_variant(session, ctx, name=name, version=version, mode=body.mode, principal=caller)
+    row = create_variant(
+        session,
+        ctx,
+        name=name,
+        version=version,
+        mode=body.mode,
+        principal=caller,
+        max_latency_ratio=body.max_latency_ratio,
+    )
     request.state.audit = {
         "target": f"{name}:{row.version}",
         "parent": f"{name}:{version}",

@@ -156,6 +156,14 @@ def _require_version(ref: str) -> tuple[str, int]:
 def quantize(
     ref: Annotated[str, typer.Argument(help="NAME:VERSION of the parent")],
     mode: Annotated[str, typer.Option("--mode", help=" | ".join(VARIANT_MODES))],
+    max_latency_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--max-latency-ratio",
+            help="reject the variant when slower than this times its parent "
+            "(default: the controller's setting, 1.10)",
+        ),
+    ] = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
@@ -165,7 +173,11 @@ def quantize(
         raise typer.BadParameter(f"--mode must be one of {', '.join(VARIANT_MODES)}")
     name, version = _require_version(ref)
     with console.status(f"quantizing {name}:{version} ({mode})", spinner="dots"):
-        row = run_client(url, token, lambda c: c.quantize(name, version, mode))
+        row = run_client(
+            url,
+            token,
+            lambda c: c.quantize(name, version, mode, max_latency_ratio=max_latency_ratio),
+        )
     if as_json:
         print_json(row)
     else:

@@ -125,8 +125,12 @@ def create_variant(
     version: int,
     mode: str,
     principal: Principal,
+    max_latency_ratio: float | None = None,
 ) -> ModelVersion:
-    """Derive a variant of ``name:version`` with ``mode``; record it accepted or rejected."""
+    """Derive a variant of ``name:version`` with ``mode``; record it accepted or rejected.
+
+    ``max_latency_ratio`` overrides the controller's setting for this variant.
+    """
     parent = get_version(session, name, version)
     parent_file = ctx.store.get(parent.sha256)
     work = Path(tempfile.mkdtemp(dir=_work_dir(ctx), prefix="variant-"))
@@ -144,6 +148,8 @@ def create_variant(
             str(ctx.settings.max_accuracy_drop_points),
             "--min-top1-agreement",
             str(ctx.settings.min_top1_agreement),
+            "--max-latency-ratio",
+            str(max_latency_ratio or ctx.settings.max_latency_ratio),
         ]
         if parent.validation_sha256:
             args += ["--validation", str(ctx.store.get(parent.validation_sha256).path)]

@@ -62,6 +62,13 @@ class ModelPublic(BaseModel):
 
 class VariantCreate(BaseModel):
     mode: VariantMode = Field(description="How to derive the variant from its parent.")
+    max_latency_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        description="Reject the variant when it is slower than this times its parent on the "
+        "controller's CPU (default: the controller's EDGEFLEET_MAX_LATENCY_RATIO, 1.10).",
+    )
 
 
 class ReleasePublic(BaseModel):

@@ -26,6 +26,8 @@ BASE = EvaluationReport(
     reference="labels",
 )
 
+SLOW_CNN = {"latency_ms_parent": 6.77, "latency_ms_candidate": 27.7, "latency_ratio": 4.09}
+
 
 @pytest.mark.parametrize(
     ("changes", "policy", "reason"),
@@ -38,6 +40,14 @@ BASE = EvaluationReport(
         ({}, GatePolicy(max_abs_error=0.001), "max abs error 0.01"),
         ({}, GatePolicy(max_abs_error=0.1), None),
         ({"nonfinite_outputs": 3}, GatePolicy(), "3 output values are NaN"),
+        # A "smaller" CNN 4x slower than its parent (dynamic INT8 convolutions) is worse.
+        (SLOW_CNN, GatePolicy(), "27.7 ms per batch is 4.09x the parent's 6.77 ms"),
+        ({"latency_ms_candidate": 1.1, "latency_ratio": 1.1}, GatePolicy(), None),
+        ({"latency_ms_candidate": 1.11, "latency_ratio": 1.11}, GatePolicy(), "1.11x"),
+        (SLOW_CNN, GatePolicy(max_latency_ratio=5.0), None),
+        (SLOW_CNN, GatePolicy(max_latency_ratio=None), None),
+        # The digits MLP: 0.014 ms per batch, where a ratio is noise, not the model.
+        ({"latency_ms_parent": 0.014, "latency_ratio": 1.4}, GatePolicy(), None),
     ],
     ids=[
         "within",
@@ -48,6 +58,12 @@ BASE = EvaluationReport(
         "abs-error",
         "loose-abs-error",
         "nonfinite",
+        "four-times-slower",
+        "latency-at-the-limit",
+        "latency-over-the-limit",
+        "model-allows-slower",
+        "latency-not-gated",
+        "too-fast-to-measure",
     ],
 )
 def test_gate_decision(changes: dict[str, object], policy: GatePolicy, reason: str | None) -> None:
@@ -74,3 +90,9 @@ def test_unmeasured_metrics_are_noted_not_passed_silently() -> None:
     decision = judge(report, GatePolicy(max_abs_error=0.1))
     assert decision.status == "accepted"
     assert len(decision.notes) == 3
+
+
+def test_latency_too_small_to_measure_is_noted_not_passed_silently() -> None:
+    report = dataclasses.replace(BASE, latency_ms_parent=0.014, latency_ratio=1.4)
+    decision = judge(report, GatePolicy())
+    assert any("0.014 ms per batch, under 1 ms" in note for note in decision.notes)
