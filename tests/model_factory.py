@@ -358,3 +358,41 @@ def broken_models(directory: Path, good_onnx: Path) -> dict[str, Path]:
     write("empty.onnx", b"")
     write("fake.tflite", b"\x00\x00\x00\x00TFL3")
     return corpus
+
+
+def big_mlp(path: Path, *, target_bytes: int = 300 * 1024 * 1024) -> tuple[Path, str]:
+    """An MLP of FP32 square layers weighing about ``target_bytes``; returns it and its SHA-256.
+
+    Input ``x`` [N, 2048], output ``y`` [N, 2048]: each layer is ``tanh(x @ W)`` with a
+    2048x2048 weight (16 MiB), so a run is a few milliseconds whatever the size. The
+    builder holds the model about twice while serializing it (the test process, not the
+    controller or the agent whose memory the tests measure).
+    """
+    import hashlib
+
+    width = 2048
+    layers = max(1, round(target_bytes / (width * width * 4)))
+    rng = np.random.default_rng(SEED)
+    nodes, inits, previous = [], [], "x"
+    for index in range(layers):
+        weight = (rng.standard_normal((width, width), dtype=np.float32) / np.sqrt(width)).astype(
+            np.float32
+        )
+        inits.append(numpy_helper.from_array(weight, f"w{index}"))
+        product, out = f"p{index}", ("y" if index == layers - 1 else f"h{index}")
+        nodes += [
+            helper.make_node("MatMul", [previous, f"w{index}"], [product]),
+            helper.make_node("Tanh", [product], [out]),
+        ]
+        previous = out
+    graph = helper.make_graph(
+        nodes,
+        "big_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])],
+        inits,
+    )
+    data = _model(graph).SerializeToString()
+    del inits, graph
+    path.write_bytes(data)
+    return path, hashlib.sha256(data).hexdigest()
