@@ -65,7 +65,16 @@ def test_image_model_ships_in_waves_and_a_broken_one_stops_at_the_canary(
         agent.start_traffic(MODEL, bodies=frames, interval_s=0.3)
     validation = validation_frames(tmp_path / "frames.npz")
 
-    good = fleet.api.push_and_release(MODEL, squeezenet(), validation)
+    # push -> variant -> release: the variant is made from the folded graph and gated
+    # like any other (dynamic INT8 convolutions measured 4x slower here: rejected); the
+    # FP32 parent is what ships.
+    pushed = fleet.api.client.push(MODEL, squeezenet(), validation=validation)
+    variant = fleet.api.client.quantize(MODEL, int(pushed["version"]), "int8-dynamic")
+    assert variant["status"] in ("accepted", "rejected"), variant
+    assert variant["report"]["latency_ms_parent"] > 1.0
+    assert any("folded into initializers" in note for note in variant["notes"]), variant
+    good = int(pushed["version"])
+    fleet.api.client.release(MODEL, good)
     body = {"probation": PROBATION, "gates": GATES, "soak": "2s", "waves": "1,100%"}
     rollout_id = fleet.api.rollout(f"{MODEL}:{good}", **body)
     status = fleet.api.wait_rollout(rollout_id, ("completed",), 300, fleet.context)
