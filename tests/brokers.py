@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import shutil
 import socket
 import subprocess
@@ -33,7 +34,24 @@ class BrokerEndpoint:
         return f"mqtt://{self.host}:{self.port}"
 
 
+# Below Linux's ephemeral range (32768-60999): a port handed to a process that binds it
+# later cannot meanwhile become some client connection's local port. (It did: an agent
+# found its inference port taken, "address already in use", and a fleet test failed.)
+FREE_PORT_RANGE = range(20000, 32768)
+FREE_PORT_ATTEMPTS = 64
+
+
 def free_port() -> int:
+    """A loopback port nothing listens on now, outside the ephemeral range if possible."""
+    rng = random.SystemRandom()
+    for _ in range(FREE_PORT_ATTEMPTS):
+        port = rng.choice(FREE_PORT_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
