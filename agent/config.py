@@ -58,6 +58,8 @@ class AgentConfig(BaseModel):
     free_disk_margin_bytes: int = Field(default=64 * _MIB, ge=0)
     # The sandboxed check before activation.
     sandbox_memory_bytes: int = Field(default=2048 * _MIB, gt=0)
+    # The agent's resident memory with every model loaded; None: no budget (ADR 0003).
+    memory_budget_bytes: int | None = Field(default=None, gt=0)
     sandbox_cpu_s: int = Field(default=120, gt=0)
     sandbox_wall_s: float = Field(default=180.0, gt=0)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)

@@ -18,6 +18,8 @@ Every failure is an ``AgentError``. Three families matter to callers:
     │   │   └── MalformedDocumentError    malformed_document   not even a parseable document
     │   │       └── UnsupportedSchemaError  unsupported_schema  a schema_version it does not read
     │   ├── WrongDeviceError              wrong_device
+    │   ├── ModelMismatchError            model_mismatch       a deployment of one model, a release of another
+    │   ├── InsufficientMemoryError       insufficient_memory  would not fit the memory budget beside the others
     │   ├── ReplayedDeploymentError       replayed_deployment  sequence below the highest accepted
     │   │   └── DuplicateDeploymentError  duplicate_deployment the accepted one, redelivered
     │   ├── ReplayedCommandError          replayed_command
@@ -108,6 +110,7 @@ __all__ = [
     "InputNameError",
     "InputShapeError",
     "InsufficientDiskError",
+    "InsufficientMemoryError",
     "JournalError",
     "LatencyBudgetError",
     "LengthMismatchError",
@@ -116,6 +119,7 @@ __all__ = [
     "MalformedDocumentError",
     "MalformedRequestError",
     "ModelCheckError",
+    "ModelMismatchError",
     "ModelLoadError",
     "ModelNotReadyError",
     "NonFiniteOutputError",
@@ -197,6 +201,18 @@ class DuplicateDeploymentError(ReplayedDeploymentError):
     """
 
     reason = "duplicate_deployment"
+
+
+class ModelMismatchError(RefusalError):
+    """A deployment of one model that carries a release of another."""
+
+    reason = "model_mismatch"
+
+
+class InsufficientMemoryError(RefusalError):
+    """The model would not fit in the memory budget beside the models already serving."""
+
+    reason = "insufficient_memory"
 
 
 class ReplayedCommandError(RefusalError):

@@ -6,7 +6,13 @@ come out. This namespace is the public API; the submodules are its implementatio
 
 from .backoff import UniformSource, backoff_delay_s
 from .canonical import MAX_SAFE_INTEGER, canonical_json, parse_json
-from .deployment import Command, Deployment, ProbationPolicy
+from .deployment import (
+    MAX_MODELS_PER_DEVICE,
+    Command,
+    Deployment,
+    DesiredState,
+    ProbationPolicy,
+)
 from .document import Document
 from .dsse import MAX_ENVELOPE_BYTES, MAX_SIGNATURES, Envelope, Signature, pae, sign_envelope
 from .errors import (
@@ -38,7 +44,14 @@ from .release import (
     RuntimeRequirements,
     TensorSpec,
 )
-from .reports import Event, LatencySummary, State, TelemetryBatch, TelemetryWindow
+from .reports import (
+    Event,
+    LatencySummary,
+    ModelState,
+    State,
+    TelemetryBatch,
+    TelemetryWindow,
+)
 from .topics import (
     CHANNELS,
     DEFAULT_PREFIX,
@@ -68,6 +81,7 @@ DOCUMENT_TYPES: dict[str, type[Document]] = {
         TrustRoot,
         Release,
         Deployment,
+        DesiredState,
         Command,
         State,
         Event,
@@ -85,6 +99,7 @@ __all__ = [
     "ED25519_PUBLIC_KEY_BYTES",
     "MAX_CHECK_BUNDLE_BYTES",
     "MAX_ENVELOPE_BYTES",
+    "MAX_MODELS_PER_DEVICE",
     "MAX_RELEASE_ENVELOPE_BYTES",
     "MAX_SAFE_INTEGER",
     "MAX_SIGNATURES",
@@ -96,6 +111,7 @@ __all__ = [
     "CheckBundleRef",
     "Command",
     "Deployment",
+    "DesiredState",
     "Document",
     "Envelope",
     "Event",
@@ -105,6 +121,7 @@ __all__ = [
     "KeyFormatError",
     "KeyNotInRoleError",
     "LatencySummary",
+    "ModelState",
     "MalformedDocumentError",
     "PayloadTypeError",
     "ProbationPolicy",

@@ -1,8 +1,12 @@
-"""What the controller tells one device: a deployment (which release to run) or a command.
+"""What the controller tells one device: a deployment (which release of one model to run,
+or to remove that model) or a command.
 
 Invariants: each names exactly one device and carries a per-device sequence number and an
-expiry after its issue time; the release inside a deployment stays a separately signed
-envelope, so the deployment key alone can choose among releases but never create one.
+expiry after its issue time; a deployment names exactly one model, and either carries a
+release of that model or says ``remove`` (never both); the release inside stays a
+separately signed envelope, so the deployment key alone can choose among releases but
+never create one. Schema 2 added the model (several models per device, ADR 0003); a
+schema 1 deployment is refused with ``UnsupportedSchemaError``.
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 
-from .document import DeviceId, Document, EnvelopeObject, Model
+from .document import DeviceId, Document, EnvelopeObject, Model, Name
 from .dsse import Envelope
 
-__all__ = ["Command", "Deployment", "ProbationPolicy"]
+__all__ = ["MAX_MODELS_PER_DEVICE", "Command", "DesiredState", "Deployment", "ProbationPolicy"]
+
+# A device runs a handful of models; the bound keeps one retained message small.
+MAX_MODELS_PER_DEVICE = 16
 
 
 class ProbationPolicy(Model):
@@ -51,15 +58,45 @@ class _DeviceOrder(Document):
 
 class Deployment(_DeviceOrder):
     PAYLOAD_TYPE: ClassVar[str] = "application/vnd.edgefleet.deployment+json"
+    SCHEMA_VERSION: ClassVar[int] = 2
+    MIN_SCHEMA_VERSION: ClassVar[int] = 2
 
-    release: EnvelopeObject
+    schema_version: int = 2
+    model: Name
+    release: EnvelopeObject | None = None
+    # Stop serving ``model`` and forget its files: a signed order like any other.
+    remove: bool = False
     rollback: bool = False
     probation: ProbationPolicy = ProbationPolicy()
     rollout_id: str | None = None
     artifact_url: str | None = None
 
+    @model_validator(mode="after")
+    def _release_or_remove(self) -> Deployment:
+        if self.remove == (self.release is not None):
+            raise ValueError("a deployment carries a release or says remove, not both")
+        return self
+
     def release_envelope(self) -> Envelope:
+        if self.release is None:
+            raise ValueError(f"deployment {self.sequence} removes {self.model}: no release")
         return Envelope.from_json_obj(self.release)
+
+
+class DesiredState(Document):
+    """A device's retained desired state: the newest signed deployment of each model.
+
+    Not signed itself, and it needs no signature: every entry is a deployment envelope the
+    device verifies on its own, against its own per-model sequence mark, and leaving a
+    model out means "no news about it", never "remove it" (only a signed ``remove``
+    deployment does that). So whoever could forge the list could only replay or withhold
+    signed deployments, which the marks and expiries already stop (ADR 0003).
+    """
+
+    PAYLOAD_TYPE: ClassVar[str] = "application/vnd.edgefleet.desired-state+json"
+
+    device_id: DeviceId
+    deployments: list[EnvelopeObject] = Field(default=[], max_length=MAX_MODELS_PER_DEVICE)
 
 
 class Command(_DeviceOrder):

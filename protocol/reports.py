@@ -12,25 +12,49 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AwareDatetime, Field, model_validator
 
+from .deployment import MAX_MODELS_PER_DEVICE
 from .document import DeviceId, Document, Model, Name
 from .release import ReleaseRef
 
-__all__ = ["Event", "LatencySummary", "State", "TelemetryBatch", "TelemetryWindow"]
+__all__ = [
+    "Event",
+    "LatencySummary",
+    "ModelState",
+    "State",
+    "TelemetryBatch",
+    "TelemetryWindow",
+]
 
 MAX_WINDOWS_PER_BATCH = 1000
 Label = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 
-class State(Document):
-    PAYLOAD_TYPE: ClassVar[str] = "application/vnd.edgefleet.state+json"
+class ModelState(Model):
+    """One model on the device: where its update stands and what it serves."""
 
+    model: Name
+    phase: Label = "idle"
+    active: ReleaseRef | None = None
+    previous: ReleaseRef | None = None
+    # The newest release of this model that passed probation here and still serves or
+    # would serve after a rollback: what a fleet rollback may return the device to.
+    last_good: ReleaseRef | None = None
+    deployment_sequence: int | None = Field(default=None, ge=1)
+
+
+class State(Document):
+    """Schema 2 lists every model (ADR 0003); ``phase`` is the busiest model's phase."""
+
+    PAYLOAD_TYPE: ClassVar[str] = "application/vnd.edgefleet.state+json"
+    SCHEMA_VERSION: ClassVar[int] = 2
+    MIN_SCHEMA_VERSION: ClassVar[int] = 2
+
+    schema_version: int = 2
     device_id: DeviceId
     online: bool
     agent_version: str | None = None
     phase: Label = "idle"
-    active: ReleaseRef | None = None
-    previous: ReleaseRef | None = None
-    deployment_sequence: int | None = Field(default=None, ge=1)
+    models: list[ModelState] = Field(default=[], max_length=MAX_MODELS_PER_DEVICE)
     runtimes: list[str] = []
     trust_root_version: int | None = Field(default=None, ge=1)
     reported_at: AwareDatetime | None = None
@@ -44,6 +68,8 @@ class Event(Document):
     type: Label
     at: AwareDatetime
     deployment_sequence: int | None = Field(default=None, ge=1)
+    # The model the event is about (also when there is no release: a removal).
+    model: Name | None = None
     phase: Label | None = None
     release: ReleaseRef | None = None
     reason: str | None = None

@@ -43,7 +43,7 @@ from .errors import (
     UnsupportedDatatypeError,
 )
 from .litert_backend import LiteRtBackend, load_interpreter_class
-from .loading import installed_runtimes, load_backend
+from .loading import import_runtime, installed_runtimes, load_backend
 from .onnx_backend import OnnxBackend
 from .profile import (
     HISTOGRAM_BINS,
@@ -90,6 +90,7 @@ __all__ = [
     "datatype_of_ort",
     "declared_bytes",
     "histogram",
+    "import_runtime",
     "installed_runtimes",
     "load_backend",
     "load_interpreter_class",

@@ -4,6 +4,7 @@ runtimes this process could load at all (devices report it in their state)."""
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from .errors import RuntimeMissingError
 from .litert_backend import LiteRtBackend
 from .onnx_backend import OnnxBackend
 
-__all__ = ["installed_runtimes", "load_backend"]
+__all__ = ["import_runtime", "installed_runtimes", "load_backend"]
 
 # Reported name -> the module that provides it.
 _RUNTIME_MODULES = {
@@ -40,3 +41,13 @@ def installed_runtimes() -> tuple[str, ...]:
     return tuple(
         name for name, module in _RUNTIME_MODULES.items() if importlib.util.find_spec(module)
     )
+
+
+def import_runtime(model_format: ModelFormat) -> None:
+    """Import the runtime ``model_format`` needs, if installed: its memory is then held,
+    so what loading a model adds afterwards is the model's own (the memory budget)."""
+    names = ("onnxruntime",) if model_format == "onnx" else ("ai_edge_litert", "tflite_runtime")
+    for name in names:
+        if importlib.util.find_spec(name):
+            importlib.import_module(name)
+            return

@@ -1,9 +1,11 @@
-"""The device's serving side: the model that serves, its statistics, and the local API.
+"""The device's serving side: every model that serves, its statistics, and the local API.
 
 Invariants: a version is loaded and warmed up before it serves; the switch to a new
-version, and back on a rollback, is one reference swap, so requests never fail or wait
-because of it; every loaded version has its own ``StatsRecorder``, so a new model's
-numbers are never mixed with the baseline of the model it replaced. The recorder's
+version, and back on a rollback, is one reference swap within that model's
+``ModelServer``, so requests to it never fail or wait because of it, and requests to the
+device's other models never notice; every loaded version has its own ``StatsRecorder``,
+so a new model's numbers are never mixed with the baseline of the model it replaced.
+The API answers for a model from its first ``serve`` until ``stop``. The recorder's
 reference profile is read from the release's check bundle beside the model in the store
 (hash-verified when it was staged); without a readable one, drift is not measured.
 """
@@ -42,12 +44,18 @@ class ServingHost:
         self.options = options
         self.window_s = window_s
         self._load_backend = load_backend
-        self.server: ModelServer | None = None
+        self.servers: dict[str, ModelServer] = {}
         self.api = InferenceApi({}, host=host, port=port)
 
-    @property
-    def current(self) -> LoadedVersion | None:
-        return self.server.current if self.server else None
+    def current_of(self, name: str) -> LoadedVersion | None:
+        """The version of model ``name`` that serves, if any."""
+        server = self.servers.get(name)
+        return server.current if server else None
+
+    def serving(self) -> list[LoadedVersion]:
+        """The serving version of every model, by model name."""
+        versions = (self.current_of(name) for name in sorted(self.servers))
+        return [loaded for loaded in versions if loaded is not None]
 
     def load(self, path: Path, release: Release) -> LoadedVersion:
         """Load and warm up ``release`` from ``path``; blocking (run it in a thread)."""
@@ -64,15 +72,25 @@ class ServingHost:
     def serve(self, loaded: LoadedVersion) -> LoadedVersion | None:
         """Make ``loaded`` serve; return the version it replaced (to keep as a baseline)."""
         server = self._server_for(loaded.name)
-        if server is not self.server:
-            self.server = server
-            self.api.serve_only(server)
-        return server.swap(loaded)
+        replaced = server.swap(loaded)
+        if self.servers.get(loaded.name) is not server:
+            self.servers[loaded.name] = server
+            self.api.add(server)
+        return replaced
+
+    def stop(self, name: str) -> LoadedVersion | None:
+        """Stop serving model ``name``; return the version that served."""
+        server = self.servers.pop(name, None)
+        if server is None:
+            return None
+        self.api.remove(name)
+        return server.unload()
 
     def _server_for(self, name: str) -> ModelServer:
-        if self.server is not None and self.server.name == name:
-            return self.server
-        # A release of another model: it gets its own endpoint name once it serves.
+        known = self.servers.get(name)
+        if known is not None:
+            return known
+        # A model that does not serve yet gets its endpoint name once it does.
         return ModelServer(name, options=self.options, load_backend=self._load_backend)
 
 

@@ -124,9 +124,14 @@ class InferenceApi:
     def ready(self) -> bool:
         return bool(self._servers) and all(server.ready for server in self._servers.values())
 
-    def serve_only(self, server: ModelServer) -> None:
-        """Answer for ``server`` alone from now on (a device that switched models)."""
-        self._servers = {server.name: server}
+    def add(self, server: ModelServer) -> None:
+        """Answer for ``server`` too, under its name (a model that starts serving)."""
+        self._servers = {**self._servers, server.name: server}
+
+    def remove(self, name: str) -> None:
+        """Stop answering for ``name`` (a model removed, or with nothing to serve)."""
+        # A new dict, swapped in whole: a request routing meanwhile sees the old or the new.
+        self._servers = {key: value for key, value in self._servers.items() if key != name}
 
     async def start(self) -> int:
         """Listen; return the bound port (``port=0`` picks a free one)."""

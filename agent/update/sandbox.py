@@ -125,6 +125,8 @@ class SandboxReport:
     """What the check measured on a model that passed it."""
 
     golden_cases: int
+    # What loading and running the model added to the child's peak resident memory.
+    memory_bytes: int
     latency_ms_p50: float
     latency_ms_max: float
     runtime: str

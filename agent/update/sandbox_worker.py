@@ -34,6 +34,7 @@ from protocol import TensorSpec
 from tensors import Array, CheckBundle, GoldenCase, InferenceBackend, numpy_dtype_of
 
 from ..backends import load_backend
+from .memory import peak_resident_bytes, resident_bytes
 from ..errors import (
     CheckBundleError,
     GoldenMismatchError,
@@ -59,6 +60,9 @@ def run_check(job: Mapping[str, Any]) -> dict[str, Any]:
     golden = load_check_bundle(Path(job["check_bundle_path"])).golden
     budget_ms: float | None = job["latency_budget_ms"]
 
+    # Runtime imported, bundle read: what the process holds before the model is its own.
+    tensors.import_runtime(job["format"])
+    before_bytes = resident_bytes()
     model = load_backend(Path(job["model_path"]), job["format"])
     verify_signature("input", inputs, model.inputs)
     verify_signature("output", outputs, model.outputs)
@@ -85,6 +89,8 @@ def run_check(job: Mapping[str, Any]) -> dict[str, Any]:
             f"(max {max_ms:.3f} ms over {len(latencies_ms)} runs)"
         )
     return {
+        # What loading and running the model added at its peak: the memory it needs.
+        "memory_bytes": max(0, peak_resident_bytes() - before_bytes),
         "golden_cases": len(golden),
         "latency_ms_p50": p50_ms,
         "latency_ms_max": max_ms,

@@ -11,7 +11,10 @@ Invariants:
   ``TrustStateError`` and an unreadable journal a ``JournalError``, never a reset;
 - the journal is persisted before the step it names runs (``advance_journal``), and at
   the transition cap ``give_up()`` is persisted before ``TransitionCapError`` is raised;
-- the releases file only names releases in reports: an unreadable one is ignored.
+- the releases file only names releases in reports: an unreadable one is ignored;
+- the trust state and the releases file are shared by all the models of a device: each is
+  held by one ``TrustKeeper`` / ``ReleaseIndex`` that every model's updater writes
+  through, so one model's write never drops another's mark.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from protocol import ProtocolError, Release
 
 from ..errors import AgentError, JournalError, LocalWriteError, TransitionCapError, TrustStateError
 from .machine import Journal, UpdateEvent, recover
-from .trust_state import TrustState
+from .trust_state import TrustState, VerifiedCommand, VerifiedDeployment
 
 __all__ = [
+    "ReleaseIndex",
+    "TrustKeeper",
     "advance_journal",
     "load_journal",
     "load_releases",
@@ -130,3 +135,39 @@ def persist_releases(path: Path, releases: dict[str, Release]) -> None:
     persist_json(
         path, {sha: known.to_json_obj() for sha, known in releases.items()}, what="releases file"
     )
+
+
+class TrustKeeper:
+    """The device's one trust state and its file: every change is persisted before use."""
+
+    def __init__(self, path: Path, state: TrustState) -> None:
+        self.path = path
+        self.state = state
+
+    def accept_deployment(self, verified: VerifiedDeployment) -> None:
+        self._persist(self.state.accept_deployment(verified))
+
+    def accept_command(self, verified: VerifiedCommand) -> None:
+        self._persist(self.state.accept_command(verified))
+
+    def record_commit(self, model: str, version: int) -> None:
+        self._persist(self.state.record_commit(model, version))
+
+    def _persist(self, state: TrustState) -> None:
+        persist_trust_state(self.path, state)
+        self.state = state
+
+
+class ReleaseIndex:
+    """Which release each stored artifact was deployed as, for all models of the device."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._releases = load_releases(path)
+
+    def get(self, sha256: str | None) -> Release | None:
+        return None if sha256 is None else self._releases.get(sha256)
+
+    def add(self, release: Release) -> None:
+        self._releases[release.artifact.sha256] = release
+        persist_releases(self.path, self._releases)

@@ -1,12 +1,17 @@
-"""The device's model files: content-addressed directories and two symlinks.
+"""The device's model files: content-addressed directories and, per model, two symlinks.
 
 Layout under ``root``::
 
     models/sha256-<hex>/<filename>   one verified artifact per directory, with the
         check-bundle-<hex2>.npz          check bundles of the releases that shipped it
-    staging/                         downloads in progress, directories being built, trash
-    current  -> models/sha256-<hex>  what serves (absent: nothing serves)
-    previous -> models/sha256-<hex>  what ``rollback`` returns to
+    staging/                         directories being built, trash
+    slots/<model>/current  -> ../../models/sha256-<hex>  what serves (absent: nothing)
+    slots/<model>/previous -> ../../models/sha256-<hex>  what ``rollback`` returns to
+
+A ``ModelStore`` is one model's view (its ``slots/<model>`` links) of the shared content
+directory; the stores of a device's models share ``root`` and a set of pinned hashes
+(artifacts an update in flight has staged but not activated yet). Everything below about
+``current`` and ``previous`` holds per model; nothing one model does moves another's links.
 
 Invariants:
 - a ``models/sha256-<hex>`` directory exists only complete, holding one artifact whose
@@ -17,24 +22,26 @@ Invariants:
   ``stage_check_bundle`` hashes and fsyncs it in ``staging/`` and renames it in, so it is
   there whole or not at all; it leaves with its model;
 - ``current`` and ``previous`` are only ever replaced by ``os.replace`` of a freshly made
-  temporary symlink, followed by an fsync of ``root``: each is at every instant either
+  temporary symlink, followed by an fsync of the slot directory: each is at every instant either
   its old target or its new one. ``current`` is removed (one ``unlink``, then an fsync
-  of ``root``) only by the rollback of a device's first model, which has no model to
+  of the slot directory) only by the rollback of a device's first model, which has no model to
   return to: the device then serves nothing, as before that model was activated;
 - whenever ``current`` exists it points at a complete model directory: nothing removes a
-  directory that ``current`` or ``previous`` names, and ``activate`` and ``rollback``
-  only point at directories that exist;
+  directory that any model's ``current`` or ``previous`` names or that is pinned, and
+  ``activate`` and ``rollback`` only point at directories that exist;
+- ``remove_slot`` unpublishes a model's links with one ``rename`` of its slot directory
+  into ``staging/``: the model has both links or none;
 - the file system's refusals (a full disk, "Too many open files") surface as
   ``LocalWriteError``, never as a raw ``OSError``; a link may then have switched without
   its fsync, which is why the updater treats the error as a failed activation and rolls
   back.
 
-``activate(new)`` runs, with ``C`` the current model::
+``activate(new)`` runs in ``slots/<model>/`` (``S``), with ``C`` the current model::
 
-    1. symlink .previous.tmp -> models/sha256-C      (skipped if previous is already C)
-    2. rename  .previous.tmp -> previous; fsync root
-    3. symlink .current.tmp  -> models/sha256-new
-    4. rename  .current.tmp  -> current;  fsync root
+    1. symlink .previous.tmp -> ../../models/sha256-C   (skipped if previous is already C)
+    2. rename  .previous.tmp -> previous; fsync S
+    3. symlink .current.tmp  -> ../../models/sha256-new
+    4. rename  .current.tmp  -> current;  fsync S
 
 A crash before 4 leaves ``current`` at C; after 4, at ``new``; both complete. ``previous``
 moves first, so whenever ``current`` is ``new``, ``previous`` is already C, and
@@ -73,7 +80,7 @@ __all__ = ["HASH_CHUNK_BYTES", "ModelStore"]
 HASH_CHUNK_BYTES = 1024 * 1024
 _MODEL_DIR = re.compile(r"sha256-(?P<sha>[0-9a-f]{64})")
 _BUNDLE_FILE = re.compile(r"check-bundle-[0-9a-f]{64}\.npz")
-_LINK_TARGET = re.compile(r"models/sha256-(?P<sha>[0-9a-f]{64})")
+_LINK_TARGET = re.compile(r"\.\./\.\./models/sha256-(?P<sha>[0-9a-f]{64})")
 _CURRENT, _PREVIOUS = "current", "previous"
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -105,15 +112,29 @@ def _writes(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
 class ModelStore:
     """Verified model files and the ``current``/``previous`` switch, crash-safe."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, model: str, *, pins: set[str] | None = None) -> None:
+        """``pins`` is shared by the stores of one device: hashes garbage collection keeps."""
+        verify_safe_file_name(model)
         self.root = root
+        self.model = model
         self.models_dir = root / "models"
         self.staging_dir = root / "staging"
+        self.slots_dir = root / "slots"
+        self.links_dir = self.slots_dir / model
+        self.pins: set[str] = pins if pins is not None else set()
         with _writing(f"create {root}"):
-            for directory in (root, self.models_dir, self.staging_dir):
+            for directory in (root, self.models_dir, self.staging_dir, self.slots_dir):
                 if not directory.is_dir():
                     directory.mkdir(parents=True, exist_ok=True)
                     fsync_dir(directory.parent)
+
+    @staticmethod
+    def models_in(root: Path) -> list[str]:
+        """The models that have a slot under ``root`` (a current or previous version)."""
+        try:
+            return sorted(entry.name for entry in (root / "slots").iterdir() if entry.is_dir())
+        except FileNotFoundError:
+            return []
 
     def model_dir(self, sha256: str) -> Path:
         return self.models_dir / f"sha256-{verify_sha256_hex(sha256)}"
@@ -271,7 +292,7 @@ class ModelStore:
         Call it only while no update is in flight (or pass that update's sha256 in
         ``keep``): staging is emptied. Returns the model directories removed.
         """
-        referenced = {self.current_sha256(), self.previous_sha256(), *keep}
+        referenced = {*self._all_linked(), *self.pins, *keep}
         removed: list[Path] = []
         for entry in sorted(self.models_dir.iterdir()):
             match = _MODEL_DIR.fullmatch(entry.name)
@@ -287,31 +308,84 @@ class ModelStore:
                 shutil.rmtree(leftover)
             else:
                 leftover.unlink()
-        for name in (_CURRENT, _PREVIOUS):
-            with contextlib.suppress(FileNotFoundError):
-                (self.root / f".{name}.tmp").unlink()
+        for model in self.models_in(self.root):
+            for name in (_CURRENT, _PREVIOUS):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.slots_dir / model / f".{name}.tmp").unlink()
         fsync_dir(self.staging_dir)
         fsync_dir(self.root)
         return removed
 
+    @staticmethod
+    def legacy_current_sha256(root: Path) -> str | None:
+        """What ``root/current`` named in the one-model layout of agents before 0.3."""
+        try:
+            target = os.readlink(root / _CURRENT)
+        except OSError:
+            return None
+        match = re.fullmatch(r"models/sha256-(?P<sha>[0-9a-f]{64})", target)
+        return match["sha"] if match else None
+
+    @_writes("move the one-model links into a slot")
+    def adopt_legacy_links(self) -> None:
+        """Move ``root/current`` and ``root/previous`` of the old layout into this slot.
+
+        Each link is made in the slot before the old one goes, so a crash in between
+        leaves the model served from the slot, with at most a stale old link to retry.
+        """
+        for name in (_CURRENT, _PREVIOUS):
+            old = self.root / name
+            try:
+                target = os.readlink(old)
+            except OSError:
+                continue
+            match = re.fullmatch(r"models/sha256-(?P<sha>[0-9a-f]{64})", target)
+            if match is not None and self._link_sha256(name) is None:
+                self._point(name, match["sha"])
+            old.unlink()
+            fsync_dir(self.root)
+
+    @_writes("remove a model")
+    def remove_slot(self) -> bool:
+        """Forget this model: both links go at once; its files go at the next collection.
+
+        Returns whether there was anything to remove. Idempotent.
+        """
+        if not self.links_dir.is_dir():
+            return False
+        os.rename(self.links_dir, self.staging_dir / f".trash-{secrets.token_hex(8)}")
+        fsync_dir(self.slots_dir)
+        return True
+
+    def _all_linked(self) -> set[str | None]:
+        """What any model's ``current`` or ``previous`` names."""
+        return {
+            ModelStore(self.root, model, pins=self.pins)._link_sha256(name)
+            for model in self.models_in(self.root)
+            for name in (_CURRENT, _PREVIOUS)
+        }
+
     def _point(self, link: str, sha256: str) -> None:
         # A fresh temporary symlink renamed over the old one: the switch is one syscall.
-        tmp = self.root / f".{link}.tmp"
+        if not self.links_dir.is_dir():
+            self.links_dir.mkdir()
+            fsync_dir(self.slots_dir)
+        tmp = self.links_dir / f".{link}.tmp"
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        os.symlink(f"models/sha256-{sha256}", tmp)
-        os.replace(tmp, self.root / link)
-        fsync_dir(self.root)
+        os.symlink(f"../../models/sha256-{sha256}", tmp)
+        os.replace(tmp, self.links_dir / link)
+        fsync_dir(self.links_dir)
 
     def _unpoint(self, link: str) -> None:
         # Removing a name is one syscall too: the link is there, or it is not.
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.root / link)
-        fsync_dir(self.root)
+            os.unlink(self.links_dir / link)
+            fsync_dir(self.links_dir)
 
     def _link_sha256(self, link: str) -> str | None:
         try:
-            target = os.readlink(self.root / link)
+            target = os.readlink(self.links_dir / link)
         except FileNotFoundError:
             return None
         except OSError as exc:

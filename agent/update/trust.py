@@ -11,11 +11,15 @@ A deployment is checked in this order, stopping at the first failure:
 2. a newer trust root it carries, walked N -> N+1 -> ... by the rotation rules (§5.2);
 3. its signatures, by the ``deployment`` role of the newest trusted root;
 4. the device id;
-5. its sequence above the highest accepted (equal: a quiet duplicate);
+5. its sequence above the highest accepted for its model (equal: a quiet duplicate);
 6. its expiry, then the trust root's, against ``max(now, time floor)``;
-7. the embedded release's signatures, by the ``release`` role;
-8. no downgrade below the highest committed version unless ``rollback``;
-9. the artifact file name (defence in depth beyond the schema).
+7. the embedded release's signatures, by the ``release`` role (a removal has none);
+8. the release is of the deployment's model;
+9. no downgrade below the highest committed version unless ``rollback``;
+10. the artifact file name (defence in depth beyond the schema).
+
+The desired state that carries deployments is not signed (ADR 0003): ``read_desired_state``
+only splits it into deployment envelopes, each verified here on its own.
 
 Step 2 reads the ``trust_root`` field of a payload whose signature is not yet checked.
 That is safe: a trust root carries its own authority (a threshold of the trusted root
@@ -31,7 +35,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import protocol
-from protocol import Command, Deployment, Envelope, Release, TrustRoot
+from protocol import Command, Deployment, DesiredState, Envelope, Release, TrustRoot
 
 from ..errors import (
     DowngradeError,
@@ -40,6 +44,7 @@ from ..errors import (
     ExpiredCommandError,
     ExpiredDeploymentError,
     MalformedDocumentError,
+    ModelMismatchError,
     ReplayedCommandError,
     ReplayedDeploymentError,
     TrustRootExpiredError,
@@ -55,6 +60,7 @@ __all__ = [
     "MAX_TRUST_ROOT_STEPS",
     "adopt_trust_root",
     "adopt_trust_roots",
+    "read_desired_state",
     "verify_command",
     "verify_deployment",
 ]
@@ -66,6 +72,17 @@ Order = TypeVar("Order", Deployment, Command)
 Signed = TypeVar("Signed", Deployment, Command, Release)
 
 
+def read_desired_state(payload: bytes, *, device_id: str) -> list[bytes]:
+    """The deployment envelopes in a desired state for ``device_id``, not yet verified."""
+    try:
+        desired = DesiredState.from_payload(payload)
+    except protocol.ProtocolError as exc:
+        raise translate_protocol_error(exc, what="desired state") from exc
+    if desired.device_id != device_id:
+        raise WrongDeviceError(f"desired state is for {desired.device_id!r}, not {device_id!r}")
+    return [protocol.canonical_json(entry) for entry in desired.deployments]
+
+
 def verify_deployment(
     envelope_bytes: bytes, state: TrustState, *, device_id: str, now: datetime
 ) -> VerifiedDeployment:
@@ -74,22 +91,25 @@ def verify_deployment(
     deployment, root_envelope, root = _verify_order(
         envelope_bytes, Deployment, state, device_id=device_id
     )
-    what = f"deployment {deployment.sequence}"
-    if deployment.sequence <= state.deployment_sequence:
-        if deployment.sequence == state.deployment_sequence:
+    what = f"deployment {deployment.sequence} of {deployment.model}"
+    mark = state.deployment_sequence(deployment.model)
+    if deployment.sequence <= mark:
+        if deployment.sequence == mark:
             raise DuplicateDeploymentError(f"{what} was already accepted")
-        raise ReplayedDeploymentError(
-            f"{what} is below the highest accepted, {state.deployment_sequence}"
-        )
+        raise ReplayedDeploymentError(f"{what} is below the highest accepted, {mark}")
     if effective >= deployment.expires:
         raise ExpiredDeploymentError(
             f"{what} expired at {deployment.expires.isoformat()} "
             f"(effective time {effective.isoformat()})"
         )
     _verify_trust_root_fresh(root, effective)
+    if deployment.release is None:
+        return VerifiedDeployment(deployment, None, effective, root, root_envelope)
     release = _shared_release(
         _verify_signed(deployment.release, Release, root, what=f"release in {what}")
     )
+    if release.model != deployment.model:
+        raise ModelMismatchError(f"{what} carries a release of {release.model}")
     highest = state.committed_version(release.model)
     if release.version < highest and not deployment.rollback:
         raise DowngradeError(

@@ -7,7 +7,7 @@ writing the file that holds it is ``state_files``'s job (``load_trust_state``,
 of ``trust`` (no import cycle).
 
 Invariants:
-- the high-water marks only rise: ``deployment_sequence``, ``command_sequence``,
+- the high-water marks only rise: each model's deployment sequence, ``command_sequence``,
   ``time_floor``, every committed version and the trust root version never go down,
   whatever order the ``accept_*``/``record_commit`` calls come in;
 - the trust root held is always one that verified: first through
@@ -46,7 +46,9 @@ __all__ = [
     "VerifiedDeployment",
 ]
 
-TRUST_STATE_FORMAT = 1
+# Format 2 keeps a deployment mark per model (ADR 0003); format 1's single mark is read
+# as a floor under every model's mark, so nothing it refused becomes acceptable.
+TRUST_STATE_FORMAT = 2
 # Before any document was accepted there is no floor; the epoch is below every real time.
 TIME_FLOOR_UNSET = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -56,7 +58,7 @@ class VerifiedDeployment:
     """A deployment that passed every check, with what it was checked against."""
 
     deployment: Deployment
-    release: Release
+    release: Release | None  # None: the deployment removes its model
     effective_time: datetime
     trust_root: TrustRoot
     trust_root_envelope: Envelope
@@ -76,14 +78,19 @@ class TrustState:
 
     trust_root_envelope: Envelope
     trust_root: TrustRoot
-    deployment_sequence: int = 0
+    # The highest deployment sequence accepted, per model; below every one, the floor.
+    deployment_sequences: Mapping[str, int] = field(default_factory=dict)
+    deployment_floor: int = 0
     command_sequence: int = 0
     time_floor: datetime = TIME_FLOOR_UNSET
     committed: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # A read-only copy, so a caller's dict can never change a state behind its back.
+        # Read-only copies, so a caller's dict can never change a state behind its back.
         object.__setattr__(self, "committed", MappingProxyType(dict(self.committed)))
+        object.__setattr__(
+            self, "deployment_sequences", MappingProxyType(dict(self.deployment_sequences))
+        )
         if self.time_floor.tzinfo is None:
             raise ValueError("time_floor must be timezone-aware")
 
@@ -107,6 +114,10 @@ class TrustState:
             raise ValueError("now must be timezone-aware")
         return max(now, self.time_floor)
 
+    def deployment_sequence(self, model: str) -> int:
+        """The highest deployment sequence accepted for ``model`` (or the floor)."""
+        return max(self.deployment_floor, self.deployment_sequences.get(model, 0))
+
     def committed_version(self, model: str) -> int:
         """The highest committed version of ``model``; 0 when none was."""
         return self.committed.get(model, 0)
@@ -128,16 +139,13 @@ class TrustState:
         cannot lower or repeat the mark.
         """
         deployment = verified.deployment
-        if deployment.sequence <= self.deployment_sequence:
-            error = (
-                DuplicateDeploymentError
-                if deployment.sequence == self.deployment_sequence
-                else ReplayedDeploymentError
-            )
-            raise error(f"deployment {deployment.sequence} is not above {self.deployment_sequence}")
+        mark = self.deployment_sequence(deployment.model)
+        if deployment.sequence <= mark:
+            error = DuplicateDeploymentError if deployment.sequence == mark else ReplayedDeploymentError
+            raise error(f"deployment {deployment.sequence} of {deployment.model} is not above {mark}")
         return replace(
             self.with_verified_trust_root(verified.trust_root_envelope, verified.trust_root),
-            deployment_sequence=deployment.sequence,
+            deployment_sequences={**self.deployment_sequences, deployment.model: deployment.sequence},
             time_floor=max(self.time_floor, deployment.issued_at),
         )
 
@@ -172,7 +180,8 @@ class TrustState:
             "format": TRUST_STATE_FORMAT,
             "trust_root": self.trust_root_envelope.to_json_obj(),
             "trust_root_version": self.trust_root.version,
-            "deployment_sequence": self.deployment_sequence,
+            "deployment_sequences": dict(sorted(self.deployment_sequences.items())),
+            "deployment_floor": self.deployment_floor,
             "command_sequence": self.command_sequence,
             "time_floor": self.time_floor.isoformat(),
             "committed": dict(sorted(self.committed.items())),
@@ -181,8 +190,8 @@ class TrustState:
     @classmethod
     def from_json_obj(cls, obj: Any) -> TrustState:
         """Parse and re-check a persisted state; raises ``TrustStateError``."""
-        if not isinstance(obj, dict) or obj.get("format") != TRUST_STATE_FORMAT:
-            raise TrustStateError(f"not a trust state of format {TRUST_STATE_FORMAT}")
+        if not isinstance(obj, dict) or obj.get("format") not in (1, TRUST_STATE_FORMAT):
+            raise TrustStateError(f"not a trust state of format 1..{TRUST_STATE_FORMAT}")
         try:
             envelope = Envelope.from_json_obj(obj["trust_root"])
             # Integrity, not authority: authority came from provisioning and rotation.
@@ -191,23 +200,32 @@ class TrustState:
             raise TrustStateError(f"trusted trust root does not verify: {exc}") from exc
         if obj.get("trust_root_version") != trust_root.version:
             raise TrustStateError("trust_root_version does not match the trust root")
-        committed = obj.get("committed")
-        if not isinstance(committed, dict) or not all(
-            isinstance(k, str) and _is_count(v) for k, v in committed.items()
-        ):
-            raise TrustStateError("committed versions are not a map of name to integer")
+        if obj["format"] == 1:
+            sequences, floor = {}, _count(obj, "deployment_sequence")
+        else:
+            sequences, floor = _counts(obj, "deployment_sequences"), _count(obj, "deployment_floor")
         return cls(
             trust_root_envelope=envelope,
             trust_root=trust_root,
-            deployment_sequence=_count(obj, "deployment_sequence"),
+            deployment_sequences=sequences,
+            deployment_floor=floor,
             command_sequence=_count(obj, "command_sequence"),
             time_floor=_timestamp(obj, "time_floor"),
-            committed=committed,
+            committed=_counts(obj, "committed"),
         )
 
 
 def _is_count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _counts(obj: dict[str, Any], key: str) -> dict[str, int]:
+    value = obj.get(key)
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and _is_count(v) for k, v in value.items()
+    ):
+        raise TrustStateError(f"{key} is not a map of name to non-negative integer")
+    return value
 
 
 def _count(obj: dict[str, Any], key: str) -> int:

@@ -1,14 +1,24 @@
-"""Carry one deployment through the update state machine, journaling before each step.
+"""Carry one model's deployments through the update state machine, journaling each step.
 
-Invariants (ARCHITECTURE.md §3, §5):
+A device runs one ``Updater`` per model (ADR 0003), each with its own journal, staging
+directory and store slot; they share the trust state (``TrustKeeper``), the release
+index and the content of the store, and never wait for each other.
+
+Invariants (ARCHITECTURE.md §3, §5), per model:
 - a deployment is acted on only after ``verify_deployment`` accepted it, and its sequence
   and time floor are persisted before any work starts, so a replay is refused even
   across a crash;
 - the journal is persisted (fsync'd) before each state's work runs; after a crash the
   recovery mapping decides what happens, never the interrupted code;
 - before activation nothing touches ``current``; from activation on, a failure or crash
-  rolls back to the exact model that was current before, or, for the first model this
-  device ran, to none: the store keeps no ``current`` and serving stops;
+  rolls back to the exact version that was current before, or, for the first version of
+  this model the device ran, to none: the slot keeps no ``current`` and that model stops
+  serving (the others serve on);
+- an artifact an update staged is pinned until the deployment ends, so another model's
+  garbage collection never removes it before it is activated;
+- a memory budget, when set, is checked after the sandboxed check and before
+  activation: the process's resident memory now (every model that serves) plus what the
+  new version measured in the sandbox must fit, else ``insufficient_memory``;
 - after a rollback, serving follows the store: the version that served before (still
   loaded, or loaded again after a crash), or nothing;
 - each deployment reports exactly one final event (``committed``, ``failed`` or
@@ -31,7 +41,7 @@ from protocol import ProbationPolicy, Release, ReleaseRef
 
 from ..clock import Clock
 from ..config import AgentConfig
-from ..errors import AgentError, StoreError, TransitionCapError
+from ..errors import AgentError, InsufficientMemoryError, StoreError, TransitionCapError
 from ..serving.host import ServingHost, recorder_of
 from ..serving.server import LoadedVersion
 from ..stats.probation import ProbationOutcome
@@ -39,15 +49,11 @@ from ..stats.probation_watch import watch_probation
 from .fetcher import Fetcher
 from .machine import Journal, UpdateEvent, UpdateState
 from .names import check_bundle_name
-from .state_files import (
-    advance_journal,
-    load_releases,
-    persist_journal,
-    persist_releases,
-    persist_trust_state,
-)
+from .memory import resident_bytes
+from .sandbox import SandboxReport
+from .state_files import ReleaseIndex, TrustKeeper, advance_journal, persist_journal
 from .store import ModelStore
-from .trust_state import TrustState, VerifiedCommand, VerifiedDeployment
+from .trust_state import VerifiedDeployment
 
 __all__ = ["ModelChecker", "Reporter", "Updater", "UpdaterPaths"]
 
@@ -76,37 +82,44 @@ class Reporter(Protocol):
         reason: str | None = None,
         details: Mapping[str, Any] | None = None,
         seq: int | None = None,
+        model: str | None = None,
     ) -> None: ...
 
-    def state_changed(self, phase: str) -> None: ...
+    def state_changed(self) -> None: ...
 
 
 @dataclass(frozen=True)
 class UpdaterPaths:
+    """One model's update files: ``updates/<model>/journal.json`` and its downloads."""
+
     journal: Path
-    trust_state: Path
     staging: Path
-    releases: Path  # which release each stored artifact belongs to, for reporting
 
     @classmethod
-    def under(cls, data_dir: Path) -> UpdaterPaths:
-        return cls(
-            data_dir / "journal.json",
-            data_dir / "trust.json",
-            data_dir / "staging",
-            data_dir / "releases.json",
-        )
+    def for_model(cls, data_dir: Path, model: str) -> UpdaterPaths:
+        directory = data_dir / "updates" / model
+        return cls(directory / "journal.json", directory / "staging")
+
+    @staticmethod
+    def models_under(data_dir: Path) -> list[str]:
+        """The models with update files under ``data_dir``."""
+        try:
+            return sorted(p.name for p in (data_dir / "updates").iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
 
 
 class Updater:
-    """Runs deployments one at a time; owns the journal, the trust state and the store."""
+    """Runs one model's deployments one at a time; owns its journal and its store slot."""
 
     def __init__(
         self,
         config: AgentConfig,
         *,
+        model: str,
         paths: UpdaterPaths,
-        trust_state: TrustState,
+        trust: TrustKeeper,
+        releases: ReleaseIndex,
         store: ModelStore,
         fetcher: Fetcher,
         check_model: ModelChecker,
@@ -115,8 +128,10 @@ class Updater:
         serving: ServingHost,
     ) -> None:
         self.config = config
+        self.model = model
         self.paths = paths
-        self.trust_state = trust_state
+        self.trust = trust
+        self.releases = releases
         self.store = store
         self.fetcher = fetcher
         self.check_model = check_model
@@ -125,7 +140,8 @@ class Updater:
         self.phase = UpdateState.IDLE.value
         paths.staging.mkdir(parents=True, exist_ok=True)
         self.serving = serving
-        self._releases: dict[str, Release] = load_releases(paths.releases)
+        # The deployment this updater last worked on, for the reported state.
+        self.deployment_sequence: int | None = None
         # The version that served before the one on probation: the baseline, and what a
         # rollback swaps back to. Lives only in memory; after a crash the store decides.
         self._previous: LoadedVersion | None = None
@@ -136,7 +152,16 @@ class Updater:
         return release.ref() if release else None
 
     def full_release_of(self, sha256: str | None) -> Release | None:
-        return None if sha256 is None else self._releases.get(sha256)
+        return self.releases.get(sha256)
+
+    @property
+    def serving_now(self) -> LoadedVersion | None:
+        return self.serving.current_of(self.model)
+
+    def last_good(self) -> ReleaseRef | None:
+        """What this model returns to if the fleet rolls it back: the committed version."""
+        busy = self.phase in ("activating", "probation", "rolling_back")
+        return self.release_of(self.store.previous_sha256() if busy else self.store.current_sha256())
 
     async def serve_current(self) -> None:
         """Load whatever ``current`` points at (at start, and after a recovered rollback)."""
@@ -154,30 +179,55 @@ class Updater:
             return
         self.serving.serve(loaded)
 
-    def accept(self, verified: VerifiedDeployment) -> None:
-        """Persist the deployment's sequence and time floor before anything else."""
-        self.trust_state = self.trust_state.accept_deployment(verified)
-        persist_trust_state(self.paths.trust_state, self.trust_state)
-
-    def accept_command(self, verified: VerifiedCommand) -> None:
-        """Persist the command's sequence (and any trust root it carried) before acting."""
-        self.trust_state = self.trust_state.accept_command(verified)
-        persist_trust_state(self.paths.trust_state, self.trust_state)
-
     async def apply(self, verified: VerifiedDeployment) -> Journal:
-        """Run an accepted deployment to a terminal state."""
+        """Persist the deployment's marks, then run it to a terminal state."""
         release = verified.release
+        if release is None:
+            raise ValueError("a removal is not applied; call remove()")
+        self.trust.accept_deployment(verified)
+        self.deployment_sequence = verified.deployment.sequence
         journal = Journal.begin(verified.deployment.sequence, release.ref())
         persist_journal(self.paths.journal, journal)
         return await self._drive(journal, release, verified.deployment.probation)
 
+    def remove(self, verified: VerifiedDeployment) -> None:
+        """Stop serving this model and forget its versions, then persist the order's mark.
+
+        Removing first is safe because removing is idempotent: after a crash in between,
+        the retained order comes again, is still above the mark, and removes nothing more.
+        """
+        stopped = self.serving.stop(self.model)
+        self.store.remove_slot()
+        self.paths.journal.unlink(missing_ok=True)
+        self.trust.accept_deployment(verified)
+        self.deployment_sequence = verified.deployment.sequence
+        self.phase = UpdateState.IDLE.value
+        logger.info("removed %s (was serving %s)", self.model, stopped)
+        self.reporter.event(
+            "removed",
+            journal=None,
+            model=self.model,
+            details={"sequence": verified.deployment.sequence},
+        )
+        self.reporter.state_changed()
+        self.store.collect_garbage()
+
+    @property
+    def holds_a_model(self) -> bool:
+        """Whether this model has a version on the device or an update under way."""
+        busy = self.phase not in ("idle", "committed", "failed", "rolled_back")
+        return busy or self.store.current_sha256() is not None
+
     async def resume(self, journal: Journal) -> Journal:
         """Finish a journal recovered at boot (failed, rolling back, or terminal)."""
+        self.deployment_sequence = journal.deployment_sequence
         return await self._drive(journal, None, None)
 
     async def _drive(
         self, journal: Journal, release: Release | None, policy: ProbationPolicy | None
     ) -> Journal:
+        if journal.release is not None:
+            self.store.pins.add(journal.release.sha256)
         while True:
             self._announce(journal)
             await self._pause_if_asked(journal)
@@ -245,12 +295,13 @@ class Updater:
     async def _probation(
         self, journal: Journal, policy: ProbationPolicy
     ) -> tuple[UpdateEvent, str | None]:
-        candidate = recorder_of(self.serving.current)
+        candidate = recorder_of(self.serving_now)
         if candidate is None:
             return UpdateEvent.ERROR, "not_serving"
         verdict = await watch_probation(policy, candidate, recorder_of(self._previous))
         self.reporter.event(
             "probation_verdict",
+            model=self.model,
             journal=journal,
             reason=verdict.reason,
             details={
@@ -271,7 +322,7 @@ class Updater:
         """
         kept = self.store.rollback(from_sha256=sha256)
         previous, self._previous = self._previous, None
-        serving = self.serving.current
+        serving = self.serving_now
         if kept is None:
             self._stop_serving()
         elif serving is not None and self._loaded_from(serving, kept):
@@ -282,9 +333,8 @@ class Updater:
             await self.serve_current()
 
     def _stop_serving(self) -> None:
-        """No model to return to: requests get "not ready" rather than a rejected model."""
-        server = self.serving.server
-        stopped = server.unload() if server is not None else None
+        """No version to return to: the model leaves the API rather than serve a rejected one."""
+        stopped = self.serving.stop(self.model)
         if stopped is not None:
             logger.warning(
                 "stopped serving %s %s: no model to roll back to", stopped.name, stopped.version
@@ -325,13 +375,28 @@ class Updater:
         bundle_file = (
             stored_bundle if stored_bundle.exists() else self._download_path(bundle.sha256)
         )
-        await self.check_model(candidate, bundle_file, release, latency_budget_ms)
+        report = await self.check_model(candidate, bundle_file, release, latency_budget_ms)
+        self._verify_memory(release, report)
         if candidate != in_store:
             self.store.stage(artifact.sha256, artifact.filename, candidate)
         if bundle_file != stored_bundle:
             self.store.stage_check_bundle(artifact.sha256, bundle.sha256, bundle_file)
-        self._releases[artifact.sha256] = release
-        persist_releases(self.paths.releases, self._releases)
+        self.releases.add(release)
+
+    def _verify_memory(self, release: Release, report: object) -> None:
+        budget = self.config.memory_budget_bytes
+        if budget is None:
+            return
+        # The sandbox measured the model's own footprint; without a report (a simulated
+        # check), the artifact's size is the floor of what loading it takes.
+        needed = report.memory_bytes if isinstance(report, SandboxReport) else 0
+        needed = max(needed, release.artifact.length)
+        resident = resident_bytes()
+        if resident + needed > budget:
+            raise InsufficientMemoryError(
+                f"{release.ref()} needs about {needed} bytes; the agent holds {resident} "
+                f"with the models that serve, and the budget is {budget}"
+            )
 
     def _stored_bundle(self, release: Release) -> Path:
         directory = self.store.model_dir(release.artifact.sha256)
@@ -341,8 +406,7 @@ class Updater:
         """Terminal bookkeeping, idempotent: a crash anywhere here repeats it safely."""
         ref = journal.release
         if journal.state == UpdateState.COMMITTED and ref is not None:
-            self.trust_state = self.trust_state.record_commit(ref.model, ref.version)
-            persist_trust_state(self.paths.trust_state, self.trust_state)
+            self.trust.record_commit(ref.model, ref.version)
         self._clean_staging()
         if not journal.final_reported:
             if journal.final_event_seq is None:
@@ -353,17 +417,22 @@ class Updater:
                 journal=journal,
                 reason=journal.last_error,
                 seq=journal.final_event_seq,
+                model=self.model,
             )
             journal = replace(journal, final_reported=True)
             persist_journal(self.paths.journal, journal)
-            self.store.collect_garbage()
+        if ref is not None:
+            self.store.pins.discard(ref.sha256)
+        self.store.collect_garbage()
         return journal
 
     def _announce(self, journal: Journal) -> None:
         self.phase = str(journal.state)
         if not journal.terminal:
-            self.reporter.event("phase", journal=journal, reason=journal.last_error)
-        self.reporter.state_changed(self.phase)
+            self.reporter.event(
+                "phase", journal=journal, reason=journal.last_error, model=self.model
+            )
+        self.reporter.state_changed()
 
     async def _pause_if_asked(self, journal: Journal) -> None:
         if self.config.pause_in_state and journal.state == self.config.pause_in_state:

@@ -16,9 +16,11 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from protocol import DEVICE_ID_PATTERN
 
 from ..audit import append_audit
+from ..devices.desired import remove_model
 from ..devices.enrollment import create_enrollment_token, decommission_device, enroll_device
 from ..devices.inventory import (
     DeviceView,
+    ModelView,
     fleet_releases,
     get_device_detail,
     get_device_summary,
@@ -30,6 +32,7 @@ from ..devices.schemas import (
     DesiredPublic,
     DeviceDetail,
     DeviceEventPublic,
+    DeviceModelPublic,
     DevicePublic,
     EnrollmentPublic,
     EnrollmentTokenCreate,
@@ -41,6 +44,8 @@ from ..devices.schemas import (
 )
 from ..devices.selectors import parse_selector
 from ..errors import EnrollmentRefusedError
+from ..registry.schemas import MODEL_NAME_PATTERN
+from ..tables import utcnow
 from ..tokens import Principal, Role
 from .deps import Audited, Context, DbSession, Operator, Viewer
 
@@ -49,6 +54,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/api/v1", tags=["devices"])
 
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN, description="The device's id.")]
+ModelName = Annotated[str, Path(pattern=MODEL_NAME_PATTERN, description="The model's name.")]
 MAX_PAGE = 1000
 
 
@@ -57,6 +63,25 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _model_public(view: ModelView) -> DeviceModelPublic:
+    row = view.row
+    return DeviceModelPublic(
+        model=row.model_name,
+        phase=row.phase,
+        active_version=row.active_version,
+        active_sha256=row.active_sha256,
+        previous_version=row.previous_version,
+        last_good_version=row.last_good_version,
+        reported_sequence=row.reported_sequence,
+        desired_version=view.desired_version,
+        desired_remove=row.desired_remove,
+        desired_rollback=row.desired_rollback,
+        desired_sequence=row.desired_sequence if row.desired_envelope is not None else None,
+        desired_expires_at=_utc(row.desired_expires_at),
+        desired_rollout_id=row.desired_rollout_id,
+    )
 
 
 def _summary_fields(view: DeviceView) -> dict[str, Any]:
@@ -68,11 +93,7 @@ def _summary_fields(view: DeviceView) -> dict[str, Any]:
         "last_seen_at": _utc(device.last_seen_at),
         "phase": device.phase,
         "agent_version": device.agent_version,
-        "active_model": device.active_model,
-        "active_version": device.active_version,
-        "desired_model": view.desired_model,
-        "desired_version": view.desired_version,
-        "desired_rollout_id": device.desired_rollout_id,
+        "models": [_model_public(model) for model in view.models],
         "enrolled_at": _utc(device.enrolled_at),
         "decommissioned_at": _utc(device.decommissioned_at),
     }
@@ -178,13 +199,7 @@ def get_device(device_id: DeviceId, session: DbSession, _caller: Viewer) -> Devi
     detail = get_device_detail(session, device_id=device_id)
     device = detail.summary.device
     desired = DesiredPublic(
-        model=detail.summary.desired_model,
-        version=detail.summary.desired_version,
-        sequence=device.desired_sequence,
-        expires_at=_utc(device.desired_expires_at),
-        rollback=device.desired_rollback,
-        rollout_id=device.desired_rollout_id,
-        published_sequence=device.published_sequence,
+        sequence=device.desired_sequence, published_sequence=device.published_sequence
     )
     assignments = [
         AssignmentPublic.model_validate(
@@ -237,6 +252,39 @@ def patch_device_labels(
         "remove": body.labels_to_remove,
     }
     return DevicePublic.model_validate(_summary_fields(view))
+
+
+@router.post(
+    "/devices/{device_id}/models/{model}/remove",
+    dependencies=[Audited],
+    responses={409: {"description": "Decommissioned, or a rollout of the model is under way."}},
+)
+def post_remove_model(
+    device_id: DeviceId,
+    model: ModelName,
+    request: Request,
+    ctx: Context,
+    session: DbSession,
+    _caller: Operator,
+) -> DevicePublic:
+    """Order the device to stop serving a model and delete its files (a signed removal)."""
+    sequence = remove_model(
+        session,
+        device_id=device_id,
+        model=model,
+        key=ctx.signer.deployment_key,
+        now=utcnow(),
+        ttl_s=ctx.settings.deployment_ttl_s,
+    )
+    request.state.audit = {
+        "target": f"device {device_id}",
+        "model": model,
+        "deployment_sequence": sequence,
+    }
+    session.flush()
+    return DevicePublic.model_validate(
+        _summary_fields(get_device_summary(session, device_id=device_id))
+    )
 
 
 @router.delete("/devices/{device_id}", dependencies=[Audited])

@@ -46,6 +46,25 @@ def _labels_text(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
 
 
+def _desired_text(model: dict[str, Any]) -> str:
+    if model["desired_remove"]:
+        return "remove"
+    if model["desired_version"] is None:
+        return "-"
+    return _release(model["model"], model["desired_version"]) + (
+        " (rollback)" if model["desired_rollback"] else ""
+    )
+
+
+def _models_text(models: list[dict[str, Any]], key: str) -> str:
+    """One line per model: what it runs (``key`` active) or what it should (desired)."""
+    if not models:
+        return "-"
+    if key == "desired":
+        return "\n".join(_desired_text(m) for m in models)
+    return "\n".join(_release(m["model"], m["active_version"]) for m in models)
+
+
 def _devices_table(rows: list[dict[str, Any]]) -> Table:
     table = Table("device", "online", "labels", "running", "desired", "phase", "last seen")
     for row in rows:
@@ -53,10 +72,28 @@ def _devices_table(rows: list[dict[str, Any]]) -> Table:
             row["id"],
             "yes" if row["online"] else "no",
             _labels_text(row["labels"]),
-            _release(row["active_model"], row["active_version"]),
-            _release(row["desired_model"], row["desired_version"]),
+            _models_text(row["models"], "active"),
+            _models_text(row["models"], "desired"),
             row["phase"] or "-",
             row["last_seen_at"] or "-",
+        )
+    return table
+
+
+def _models_table(models: list[dict[str, Any]]) -> Table:
+    table = Table(
+        "model", "running", "desired", "phase", "last good", "sequence", "rollout", title="models"
+    )
+    for m in models:
+        sequence = m["desired_sequence"]
+        table.add_row(
+            m["model"],
+            "-" if m["active_version"] is None else str(m["active_version"]),
+            _desired_text(m),
+            m["phase"] or "-",
+            "-" if m["last_good_version"] is None else str(m["last_good_version"]),
+            "-" if sequence is None else f"{sequence} (expires {m['desired_expires_at']})",
+            m["desired_rollout_id"] or "-",
         )
     return table
 
@@ -160,12 +197,12 @@ def show(
         print_json(row)
         return
     console.print(_devices_table([row]))
+    if row["models"]:
+        console.print(_models_table(row["models"]))
     desired = row["desired"]
     console.print(
-        f"desired: {_release(desired['model'], desired['version'])}"
-        f" sequence {desired['sequence'] or '-'}, expires {desired['expires_at'] or '-'}"
-        + (", rollback" if desired["rollback"] else "")
-        + (f", rollout {desired['rollout_id']}" if desired["rollout_id"] else "")
+        f"desired state: sequence {desired['sequence'] or '-'},"
+        f" published {desired['published_sequence'] or '-'}"
     )
     if row["decommissioned_at"]:
         console.print(f"decommissioned at {row['decommissioned_at']}")
@@ -227,6 +264,27 @@ def label(
         print_json(row)
         return
     console.print(f"{row['id']}: {_labels_text(row['labels'])}", markup=False)
+
+
+@devices_app.command("remove-model")
+def remove_model(
+    device_id: Annotated[str, typer.Argument(help="The device's id.")],
+    model: Annotated[str, typer.Argument(help="The model to remove from it.")],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Order a device to stop serving a model and delete its files (a signed removal)."""
+    row = run_client(
+        url,
+        token,
+        lambda c: c.request("POST", f"/api/v1/devices/{device_id}/models/{model}/remove"),
+    )
+    if as_json:
+        print_json(row)
+        return
+    sequence = next((m["desired_sequence"] for m in row["models"] if m["model"] == model), None)
+    console.print(f"{row['id']}: removal of {model} signed (sequence {sequence})", markup=False)
 
 
 @devices_app.command("decommission")

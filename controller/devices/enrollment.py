@@ -45,7 +45,7 @@ from ..tokens import Role, create_token
 from .credentials import generate_mqtt_password, hash_mqtt_password
 from .desired import clear_desired
 from .selectors import verify_labels
-from .tables import DeviceEventRecord, DeviceRecord, EnrollmentToken
+from .tables import DeviceEventRecord, DeviceModelRecord, DeviceRecord, EnrollmentToken
 
 __all__ = [
     "ENROLLMENT_TOKEN_PREFIX",
@@ -293,16 +293,11 @@ def _reset_for_reenrollment(session: Session, device: DeviceRecord) -> None:
     device.last_seen_at = None
     device.phase = None
     device.agent_version = None
-    device.active_model = None
-    device.active_version = None
-    device.active_sha256 = None
-    device.previous_version = None
-    device.reported_sequence = None
     device.reported_state = None
-    device.desired_release_id = None
-    device.desired_rollout_id = None
-    device.desired_rollback = False
+    session.execute(
+        delete(DeviceModelRecord)
+        .where(col(DeviceModelRecord.device_id) == device.id)
+        .execution_options(synchronize_session=False)
+    )
     device.desired_sequence = None
-    device.desired_expires_at = None
-    device.desired_envelope = None
     device.published_sequence = None

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from ..rollouts.tables import RolloutAssignmentRecord, RolloutRecord
-from .tables import DeviceRecord
+from .tables import DeviceModelRecord, DeviceRecord
 
 __all__ = ["FleetCollector"]
 
@@ -42,7 +42,8 @@ class FleetCollector(Collector):
         )
         running = GaugeMetricFamily(
             "edgefleet_devices_running",
-            "Devices by the release they report running.",
+            "Devices by the release they report running, per model (a device running two "
+            "models counts once for each).",
             labels=["model", "version"],
         )
         active = col(DeviceRecord.decommissioned_at).is_(None)
@@ -52,12 +53,14 @@ class FleetCollector(Collector):
             .group_by(col(DeviceRecord.online))
         ).all():
             devices.add_metric(["true" if online else "false"], count)
-        for model, version, count in session.exec(
-            select(DeviceRecord.active_model, DeviceRecord.active_version, func.count())
-            .where(active, col(DeviceRecord.active_model).is_not(None))
-            .group_by(col(DeviceRecord.active_model), col(DeviceRecord.active_version))
+        model, version = col(DeviceModelRecord.model_name), col(DeviceModelRecord.active_version)
+        for model_name, model_version, count in session.exec(
+            select(model, version, func.count())
+            .join(DeviceRecord, col(DeviceRecord.id) == col(DeviceModelRecord.device_id))
+            .where(active, version.is_not(None))
+            .group_by(model, version)
         ).all():
-            running.add_metric([str(model), str(version)], count)
+            running.add_metric([str(model_name), str(model_version)], count)
         yield devices
         yield running
 

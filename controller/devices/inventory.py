@@ -1,15 +1,17 @@
 """The fleet's devices as the API shows them: lists, details, labels, releases in use.
 
 Invariants: reads never change a row; decommissioned devices are left out unless asked
-for; label changes assign a new dict (JSON columns only notice assignment) and are
-checked with the selectors' label rules, so every stored label can be selected.
+for; a device is shown with every model it has a ``device_models`` row for (reported or
+desired), by model name; label changes assign a new dict (JSON columns only notice
+assignment) and are checked with the selectors' label rules, so every stored label can
+be selected.
 Selectors are matched in Python over the rows the SQL filters leave, so a selector means
 exactly what ``controller.devices.selectors`` says, on SQLite and PostgreSQL alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,7 @@ from ..errors import BadRequestError, ConflictError, NotFoundError
 from ..registry.tables import ReleaseRecord
 from ..rollouts.tables import RolloutAssignmentRecord, RolloutRecord
 from .selectors import Selector, verify_labels
-from .tables import DeviceEventRecord, DeviceRecord, telemetry_table
+from .tables import DeviceEventRecord, DeviceModelRecord, DeviceRecord, telemetry_table
 
 __all__ = [
     "DETAIL_EVENTS",
@@ -29,6 +31,7 @@ __all__ = [
     "DeviceDetailView",
     "DeviceView",
     "FleetReleaseRow",
+    "ModelView",
     "PhaseCount",
     "fleet_phases",
     "fleet_releases",
@@ -40,13 +43,22 @@ __all__ = [
 
 DETAIL_EVENTS = 50
 DETAIL_TELEMETRY_WINDOWS = 20
+IN_CHUNK = 500  # ids per IN (...) list: far below every database's bound parameter limit
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One model on a device: its row, and the version of its desired release (None for
+    a removal, or when nothing is desired)."""
+
+    row: DeviceModelRecord
+    desired_version: int | None
 
 
 @dataclass(frozen=True)
 class DeviceView:
     device: DeviceRecord
-    desired_model: str | None
-    desired_version: int | None
+    models: list[ModelView]
 
 
 @dataclass(frozen=True)
@@ -79,10 +91,27 @@ class PhaseCount:
     online: int
 
 
-def _summaries_query() -> Any:
-    return select(DeviceRecord, ReleaseRecord.model_name, ReleaseRecord.version).outerjoin(
-        ReleaseRecord, col(DeviceRecord.desired_release_id) == col(ReleaseRecord.id)
-    )
+def _models_of(session: Session, device_ids: Sequence[str]) -> dict[str, list[ModelView]]:
+    """The model rows of the devices, each device's by model name."""
+    found: dict[str, list[ModelView]] = {device_id: [] for device_id in device_ids}
+    ids = sorted(found)
+    for start in range(0, len(ids), IN_CHUNK):
+        rows = session.exec(
+            select(DeviceModelRecord, ReleaseRecord.version)
+            .outerjoin(
+                ReleaseRecord, col(DeviceModelRecord.desired_release_id) == col(ReleaseRecord.id)
+            )
+            .where(col(DeviceModelRecord.device_id).in_(ids[start : start + IN_CHUNK]))
+            .order_by(col(DeviceModelRecord.device_id), col(DeviceModelRecord.model_name))
+        ).all()
+        for row, version in rows:
+            found[row.device_id].append(ModelView(row, version))
+    return found
+
+
+def _views(session: Session, devices: Sequence[DeviceRecord]) -> list[DeviceView]:
+    models = _models_of(session, [device.id for device in devices])
+    return [DeviceView(device, models[device.id]) for device in devices]
 
 
 def list_devices(
@@ -96,41 +125,42 @@ def list_devices(
     limit: int = 100,
     offset: int = 0,
 ) -> list[DeviceView]:
-    """Devices by id; ``model``/``version`` filter on what a device reports running."""
-    query = _summaries_query()
+    """Devices by id; ``model``/``version`` filter on what a device reports running (one
+    model of the device runs ``model``, at ``version`` when given)."""
+    query = select(DeviceRecord)
     if not include_decommissioned:
         query = query.where(col(DeviceRecord.decommissioned_at).is_(None))
     if online is not None:
         query = query.where(col(DeviceRecord.online) == online)
-    if model is not None:
-        query = query.where(col(DeviceRecord.active_model) == model)
-    if version is not None:
-        query = query.where(col(DeviceRecord.active_version) == version)
+    if model is not None or version is not None:
+        running = select(DeviceModelRecord.device_id).where(
+            col(DeviceModelRecord.device_id) == col(DeviceRecord.id),
+            col(DeviceModelRecord.active_version).is_not(None),
+        )
+        if model is not None:
+            running = running.where(col(DeviceModelRecord.model_name) == model)
+        if version is not None:
+            running = running.where(col(DeviceModelRecord.active_version) == version)
+        query = query.where(running.exists())
     query = query.order_by(col(DeviceRecord.id))
     if not selector.requirements:
-        rows: Iterable[Any] = session.exec(query.offset(offset).limit(limit))
-        return [DeviceView(device, m, v) for device, m, v in rows]
-    matched = (
-        DeviceView(device, m, v)
-        for device, m, v in session.exec(query)
-        if selector.matches(device.labels)
-    )
-    views: list[DeviceView] = []
-    for index, view in enumerate(matched):
+        return _views(session, session.exec(query.offset(offset).limit(limit)).all())
+    matched = (device for device in session.exec(query) if selector.matches(device.labels))
+    devices: list[DeviceRecord] = []
+    for index, device in enumerate(matched):
         if index >= offset + limit:
             break
         if index >= offset:
-            views.append(view)
-    return views
+            devices.append(device)
+    return _views(session, devices)
 
 
 def get_device_summary(session: Session, *, device_id: str) -> DeviceView:
     """One device's summary (decommissioned ones too)."""
-    row = session.exec(_summaries_query().where(col(DeviceRecord.id) == device_id)).first()
-    if row is None:
+    device = session.get(DeviceRecord, device_id)
+    if device is None:
         raise NotFoundError(f"no device {device_id!r}")
-    device, model, version = row
-    return DeviceView(device, model, version)
+    return _views(session, [device])[0]
 
 
 def get_device_detail(session: Session, *, device_id: str) -> DeviceDetailView:
@@ -189,19 +219,13 @@ def update_labels(
 def fleet_releases(session: Session) -> list[FleetReleaseRow]:
     """Which model versions the enrolled devices report running, with online counts."""
     online = func.sum(case((col(DeviceRecord.online), 1), else_=0))
+    model, version = col(DeviceModelRecord.model_name), col(DeviceModelRecord.active_version)
     rows = session.exec(
-        select(
-            DeviceRecord.active_model,
-            DeviceRecord.active_version,
-            func.count(),
-            online,
-        )
-        .where(
-            col(DeviceRecord.decommissioned_at).is_(None),
-            col(DeviceRecord.active_model).is_not(None),
-        )
-        .group_by(col(DeviceRecord.active_model), col(DeviceRecord.active_version))
-        .order_by(col(DeviceRecord.active_model), col(DeviceRecord.active_version).desc())
+        select(model, version, func.count(), online)
+        .join(DeviceRecord, col(DeviceRecord.id) == col(DeviceModelRecord.device_id))
+        .where(col(DeviceRecord.decommissioned_at).is_(None), version.is_not(None))
+        .group_by(model, version)
+        .order_by(model, version.desc())
     ).all()
     return [
         FleetReleaseRow(model=str(m), version=v, devices=int(n), online=int(up or 0))

@@ -1,11 +1,16 @@
 """The reconciler: keeps every device's desired state signed, fresh and on the broker.
 
-Invariants:
-- a deployment the device has not accepted yet (its reported sequence is below it) is
-  signed again with a new sequence before half of its lifetime is left, so a device that
-  was offline for longer than a deployment lives still gets its target when it returns;
+Invariants, per (device, model):
+- a deployment the device has not accepted yet (the sequence it reports for that model is
+  below it) is signed again with a new sequence before half of its lifetime is left, so a
+  device that was offline for longer than a deployment lives still gets its target when
+  it returns;
 - a deployment the device already accepted is never renewed: a new sequence for the
   same release would make the device install it again (or reinstall one it rolled back);
+- a removal is renewed only while the device still lists the model (``phase`` is set):
+  once its state leaves the model out, the removal has nothing left to do;
+- device rows are locked (skipping those another controller holds) before any of their
+  models is signed, in device order, like every other writer of ``device_models``;
 - renewing moves the rollout's assignment to the new sequence, so the device's final
   event still counts for the rollout.
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import and_, or_, update
 from sqlmodel import Session, col, select
 
 from protocol import ProbationPolicy
@@ -25,8 +30,8 @@ from ..registry.tables import ReleaseRecord
 from ..rollouts.codec import decode_probation
 from ..rollouts.engine import FleetContext
 from ..rollouts.tables import RolloutAssignmentRecord, RolloutRecord
-from .desired import sign_deployment
-from .tables import DeviceRecord
+from .desired import sign_deployment, sign_removal
+from .tables import DeviceModelRecord, DeviceRecord
 
 __all__ = ["renew_expiring_deployments"]
 
@@ -36,55 +41,80 @@ RENEW_BATCH = 200
 
 
 def renew_expiring_deployments(fleet: FleetContext, *, now: datetime) -> int:
-    """Sign fresh deployments for devices whose unaccepted deployment runs out soon."""
+    """Sign fresh deployments for device models whose unaccepted deployment runs out soon."""
     renew_before = now + timedelta(seconds=fleet.settings.deployment_ttl_s / 2)
     renewed = 0
     with session_scope(fleet.engine) as session:
         due = session.exec(
-            select(DeviceRecord)
+            select(DeviceModelRecord)
+            .join(DeviceRecord, col(DeviceRecord.id) == col(DeviceModelRecord.device_id))
             .where(
                 col(DeviceRecord.decommissioned_at).is_(None),
-                col(DeviceRecord.desired_release_id).is_not(None),
-                col(DeviceRecord.desired_expires_at) < renew_before,
+                col(DeviceModelRecord.desired_envelope).is_not(None),
                 or_(
-                    col(DeviceRecord.reported_sequence).is_(None),
-                    col(DeviceRecord.reported_sequence) < col(DeviceRecord.desired_sequence),
+                    col(DeviceModelRecord.desired_release_id).is_not(None),
+                    and_(
+                        col(DeviceModelRecord.desired_remove),
+                        col(DeviceModelRecord.phase).is_not(None),
+                    ),
+                ),
+                col(DeviceModelRecord.desired_expires_at) < renew_before,
+                or_(
+                    col(DeviceModelRecord.reported_sequence).is_(None),
+                    col(DeviceModelRecord.reported_sequence)
+                    < col(DeviceModelRecord.desired_sequence),
                 ),
             )
-            .order_by(col(DeviceRecord.id))
+            .order_by(col(DeviceModelRecord.device_id), col(DeviceModelRecord.model_name))
             .limit(RENEW_BATCH)
-            .with_for_update(skip_locked=True)
+            .with_for_update(of=DeviceRecord, skip_locked=True)
         ).all()
-        for device in due:
-            release = session.get(ReleaseRecord, device.desired_release_id)
-            if release is None:
-                continue
-            old_sequence = device.desired_sequence
-            sequence = sign_deployment(
-                session,
-                device_id=device.id,
-                release=release,
-                key=fleet.deployment_key,
-                now=now,
-                ttl_s=fleet.settings.deployment_ttl_s,
-                rollout_id=device.desired_rollout_id,
-                rollback=device.desired_rollback,
-                probation=_probation(session, device.desired_rollout_id),
-            )
-            if device.desired_rollout_id is not None:
-                session.execute(
-                    update(RolloutAssignmentRecord)
-                    .where(
-                        col(RolloutAssignmentRecord.rollout_id) == device.desired_rollout_id,
-                        col(RolloutAssignmentRecord.device_id) == device.id,
-                        col(RolloutAssignmentRecord.deployment_sequence) == old_sequence,
-                    )
-                    .values(deployment_sequence=sequence)
-                )
-            renewed += 1
+        for row in due:
+            if _renew(fleet, session, row, now=now):
+                renewed += 1
     if renewed:
         logger.info("renewed %d deployments before they expire", renewed)
     return renewed
+
+
+def _renew(fleet: FleetContext, session: Session, row: DeviceModelRecord, *, now: datetime) -> bool:
+    old_sequence = row.desired_sequence
+    rollout_id = row.desired_rollout_id
+    if row.desired_remove:
+        sign_removal(
+            session,
+            device_id=row.device_id,
+            model=row.model_name,
+            key=fleet.deployment_key,
+            now=now,
+            ttl_s=fleet.settings.deployment_ttl_s,
+        )
+        return True
+    release = session.get(ReleaseRecord, row.desired_release_id)
+    if release is None:
+        return False
+    sequence = sign_deployment(
+        session,
+        device_id=row.device_id,
+        release=release,
+        key=fleet.deployment_key,
+        now=now,
+        ttl_s=fleet.settings.deployment_ttl_s,
+        rollout_id=rollout_id,
+        rollback=row.desired_rollback,
+        probation=_probation(session, rollout_id),
+    )
+    if rollout_id is not None:
+        session.execute(
+            update(RolloutAssignmentRecord)
+            .where(
+                col(RolloutAssignmentRecord.rollout_id) == rollout_id,
+                col(RolloutAssignmentRecord.device_id) == row.device_id,
+                col(RolloutAssignmentRecord.deployment_sequence) == old_sequence,
+            )
+            .values(deployment_sequence=sequence)
+        )
+    return True
 
 
 def _probation(session: Session, rollout_id: str | None) -> ProbationPolicy | None:

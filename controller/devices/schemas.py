@@ -16,6 +16,7 @@ __all__ = [
     "DesiredPublic",
     "DeviceDetail",
     "DeviceEventPublic",
+    "DeviceModelPublic",
     "DevicePublic",
     "EnrollRequest",
     "EnrollmentPublic",
@@ -68,29 +69,41 @@ class EnrollmentPublic(BaseModel):
     trust_root: dict[str, Any]
 
 
+class DeviceModelPublic(BaseModel):
+    """One model on a device: what it reports (``phase`` None: its last state does not
+    list the model) and what the controller wants of it."""
+
+    model: str
+    phase: str | None
+    active_version: int | None
+    active_sha256: str | None
+    previous_version: int | None
+    last_good_version: int | None
+    reported_sequence: int | None
+    desired_version: int | None
+    desired_remove: bool
+    desired_rollback: bool
+    desired_sequence: int | None
+    desired_expires_at: datetime | None
+    desired_rollout_id: str | None
+
+
 class DevicePublic(BaseModel):
     id: str
     labels: dict[str, str]
     online: bool
     last_seen_at: datetime | None
-    phase: str | None
+    phase: str | None  # the busiest model's phase
     agent_version: str | None
-    active_model: str | None
-    active_version: int | None
-    desired_model: str | None
-    desired_version: int | None
-    desired_rollout_id: str | None
+    models: list[DeviceModelPublic]  # by model name
     enrolled_at: datetime
     decommissioned_at: datetime | None
 
 
 class DesiredPublic(BaseModel):
-    model: str | None
-    version: int | None
-    sequence: int | None
-    expires_at: datetime | None
-    rollback: bool
-    rollout_id: str | None
+    """The device's desired state as a whole; each model's part is in ``models``."""
+
+    sequence: int | None  # the newest deployment signed for the device, any model
     published_sequence: int | None
 
 

@@ -3,8 +3,13 @@
 Invariants:
 - a device's deployment and command sequences only grow; each is allocated under the
   device row's lock, so two controller processes never sign the same sequence;
-- ``devices.desired_*`` is the truth about what a device should run: the broker's
-  retained copy is republished from it, never the other way round;
+- ``device_models.desired_*`` is the truth about what a device should run, one row per
+  (device, model): the broker's retained copy is republished from it, never the other
+  way round; ``devices.desired_sequence`` is the newest sequence signed for the device
+  (any model) and ``devices.published_sequence`` the one whose desired state the broker
+  holds;
+- a ``device_models`` row is written only under its device row's lock, so the device row
+  serialises every writer of the device's models (lock the device first, then models);
 - device events are stored once per (device_id, seq), telemetry windows once per
   (device_id, model, window_start), whatever MQTT redelivers and however many
   controllers read it;
@@ -34,7 +39,13 @@ from sqlmodel import Field, SQLModel
 
 from ..tables import timestamp_field
 
-__all__ = ["DeviceEventRecord", "DeviceRecord", "EnrollmentToken", "telemetry_table"]
+__all__ = [
+    "DeviceEventRecord",
+    "DeviceModelRecord",
+    "DeviceRecord",
+    "EnrollmentToken",
+    "telemetry_table",
+]
 
 
 class EnrollmentToken(SQLModel, table=True):
@@ -69,24 +80,47 @@ class DeviceRecord(SQLModel, table=True):
     last_seen_at: datetime | None = timestamp_field(nullable=True)
     phase: str | None = Field(default=None, max_length=64)
     agent_version: str | None = Field(default=None, max_length=64)
-    active_model: str | None = Field(default=None, max_length=128)
-    active_version: int | None = None
-    active_sha256: str | None = Field(default=None, max_length=64)
-    previous_version: int | None = None
-    reported_sequence: int | None = None
     reported_state: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
-    # What the device should run: the last deployment signed for it.
+    # One counter for the deployments of all the device's models, so (device, sequence)
+    # names one deployment; what each model should run is in ``device_models``.
     next_deployment_sequence: int = 1
     next_command_sequence: int = 1
+    # The newest deployment sequence signed for the device, whatever its model.
+    desired_sequence: int | None = None
+    # The sequence last handed to the broker; below desired_sequence means "publish again".
+    published_sequence: int | None = None
+
+
+class DeviceModelRecord(SQLModel, table=True):
+    """One model on one device: what it should run (desired) and what it reports.
+
+    A row exists while the controller has signed a deployment of the model for the device
+    or the device lists the model in its state. ``phase`` is None when the device's last
+    state does not list the model (never installed, or removed).
+    """
+
+    __tablename__ = "device_models"
+
+    device_id: str = Field(primary_key=True, max_length=64, foreign_key="devices.id")
+    model_name: str = Field(primary_key=True, max_length=128)
+
+    # The newest deployment signed for this model on this device.
     desired_release_id: int | None = Field(default=None, foreign_key="releases.id")
     desired_rollout_id: str | None = Field(default=None, max_length=32)
     desired_rollback: bool = False
+    desired_remove: bool = False
     desired_sequence: int | None = None
     desired_expires_at: datetime | None = timestamp_field(nullable=True)
     desired_envelope: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    # The sequence last handed to the broker; below desired_sequence means "publish again".
-    published_sequence: int | None = None
+
+    # Reported by the device (its state's entry for this model).
+    phase: str | None = Field(default=None, max_length=64)
+    active_version: int | None = None
+    active_sha256: str | None = Field(default=None, max_length=64)
+    previous_version: int | None = None
+    last_good_version: int | None = None
+    reported_sequence: int | None = None
 
 
 class DeviceEventRecord(SQLModel, table=True):

@@ -9,6 +9,11 @@ Invariants:
   stored is ignored, one as old only says the device is online (``reported_at``; a
   reconnecting device repeats its last state as its birth); an offline will changes only
   ``online``; events are keyed by (device_id, seq);
+- a newer state sets the reported fields of one ``device_models`` row per model it lists;
+  a model it no longer lists keeps its row only while the controller wants something of
+  it (a desired envelope), with its reported fields cleared (``phase`` None means "not
+  listed"); a row with neither is deleted, so rows never pile up for models a device
+  dropped;
 - an event's side effects run only in the call whose ``INSERT … ON CONFLICT DO NOTHING
   … RETURNING`` inserted it, so each (device, seq) acts exactly once, whatever MQTT
   redelivers and however many controllers read the topics;
@@ -30,13 +35,21 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from protocol import MAX_ENVELOPE_BYTES, Channel, Event, State, TelemetryBatch, TopicError
+from protocol import (
+    MAX_ENVELOPE_BYTES,
+    Channel,
+    Event,
+    ModelState,
+    State,
+    TelemetryBatch,
+    TopicError,
+)
 from protocol.topics import parse_device_topic
 
-from ..devices.tables import DeviceEventRecord, DeviceRecord
+from ..devices.tables import DeviceEventRecord, DeviceModelRecord, DeviceRecord
 from ..rollouts.tables import RolloutAssignmentRecord, RolloutEventRecord
 from .telemetry import IN_CHUNK, TelemetryRow, existing_device_ids, to_utc, write_telemetry_rows
 
@@ -62,6 +75,15 @@ MAX_VERDICT_CHARS = 32  # rollout_assignments.probation
 TOPIC_CACHE_ENTRIES = 65_536
 
 _DEVICES = DeviceRecord.__table__  # type: ignore[attr-defined]
+_MODELS = DeviceModelRecord.__table__  # type: ignore[attr-defined]
+_REPORTED_MODEL_COLUMNS = (
+    "phase",
+    "active_version",
+    "active_sha256",
+    "previous_version",
+    "last_good_version",
+    "reported_sequence",
+)
 _EVENTS = DeviceEventRecord.__table__  # type: ignore[attr-defined]
 _ASSIGNMENTS = RolloutAssignmentRecord.__table__  # type: ignore[attr-defined]
 _ROLLOUT_EVENTS = RolloutEventRecord.__table__  # type: ignore[attr-defined]
@@ -160,6 +182,7 @@ def apply_states(engine: Engine, states: Sequence[tuple[str, State]], *, now: da
             for row in connection.execute(query):
                 stored[row.id] = {"reported_state": row.reported_state}
         changes: dict[str, dict[str, Any]] = {}
+        newest: dict[str, State] = {}
         applied = 0
         for device_id, state in states:
             if device_id not in stored:
@@ -169,8 +192,11 @@ def apply_states(engine: Engine, states: Sequence[tuple[str, State]], *, now: da
             if values is None:
                 continue
             changes[device_id] = {**changes.get(device_id, {}), **values}
+            if "reported_state" in values:
+                newest[device_id] = state
             applied += 1
         _update_devices(connection, changes)
+        _update_models(connection, newest)
         return applied
 
 
@@ -189,19 +215,86 @@ def _state_values(
             return None
         if state.reported_at == stored_moment:
             return {"online": True, "last_seen_at": to_utc(now)}
-    active, previous = state.active, state.previous
     return {
         "online": True,
         "last_seen_at": to_utc(now),
         "phase": state.phase,
         "agent_version": state.agent_version,
-        "active_model": active.model if active else None,
+        "reported_state": state.model_dump(mode="json"),
+    }
+
+
+def _model_values(model: ModelState) -> dict[str, Any]:
+    active, previous, last_good = model.active, model.previous, model.last_good
+    return {
+        "phase": model.phase,
         "active_version": active.version if active else None,
         "active_sha256": active.sha256 if active else None,
         "previous_version": previous.version if previous else None,
-        "reported_sequence": state.deployment_sequence,
-        "reported_state": state.model_dump(mode="json"),
+        "last_good_version": last_good.version if last_good else None,
+        "reported_sequence": model.deployment_sequence,
     }
+
+
+def _update_models(connection: Connection, states: dict[str, State]) -> None:
+    """Make the devices' ``device_models`` rows say what their newest states list (the
+    device rows are locked by the caller, so no one else writes these rows meanwhile)."""
+    if not states:
+        return
+    ids = sorted(states)
+    existing: dict[tuple[str, str], bool] = {}  # (device, model) -> has a desired envelope
+    for start in range(0, len(ids), IN_CHUNK):
+        query = (
+            select(_MODELS.c.device_id, _MODELS.c.model_name, _MODELS.c.desired_envelope)
+            .where(_MODELS.c.device_id.in_(ids[start : start + IN_CHUNK]))
+            .order_by(_MODELS.c.device_id, _MODELS.c.model_name)
+            .with_for_update()
+        )
+        for row in connection.execute(query):
+            existing[(row.device_id, row.model_name)] = row.desired_envelope is not None
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    unlisted: list[dict[str, Any]] = []
+    deletes: list[dict[str, Any]] = []
+    for device_id in ids:
+        listed = {m.model: m for m in states[device_id].models}
+        for name in sorted(listed):
+            values = _model_values(listed[name])
+            if (device_id, name) in existing:
+                updates.append({"_device": device_id, "_model": name, **values})
+            else:
+                inserts.append(
+                    {
+                        "device_id": device_id,
+                        "model_name": name,
+                        "desired_rollback": False,
+                        "desired_remove": False,
+                        **values,
+                    }
+                )
+        for (owner, name), wanted in existing.items():
+            if owner != device_id or name in listed:
+                continue
+            key = {"_device": owner, "_model": name}
+            (unlisted if wanted else deletes).append(key)
+    this_row = and_(
+        _MODELS.c.device_id == bindparam("_device"), _MODELS.c.model_name == bindparam("_model")
+    )
+    if updates:
+        connection.execute(
+            update(_MODELS)
+            .where(this_row)
+            .values({name: bindparam(name) for name in _REPORTED_MODEL_COLUMNS}),
+            updates,
+        )
+    if unlisted:
+        # Keep reported_sequence: the device's mark for the model outlives its files.
+        cleared = dict.fromkeys(_REPORTED_MODEL_COLUMNS[:-1])
+        connection.execute(update(_MODELS).where(this_row).values(cleared), unlisted)
+    if deletes:
+        connection.execute(delete(_MODELS).where(this_row), deletes)
+    if inserts:
+        connection.execute(insert(_MODELS), inserts)
 
 
 def _update_devices(connection: Connection, changes: dict[str, dict[str, Any]]) -> None:
@@ -271,7 +364,7 @@ def _insert_events(
             "at": event.at.astimezone(UTC),
             "received_at": received_at,
             "deployment_sequence": event.deployment_sequence,
-            "model_name": event.release.model if event.release else None,
+            "model_name": event.model or (event.release.model if event.release else None),
             "version": event.release.version if event.release else None,
             "reason": event.reason,
             "details": event.details,
@@ -363,6 +456,7 @@ def _rollback_record(
         "details": {
             "reason": event.reason,
             "release": event.release.model_dump(mode="json") if event.release else None,
+            "model": event.model or (event.release.model if event.release else None),
             "deployment_sequence": event.deployment_sequence,
         },
         "at": at,

@@ -8,7 +8,11 @@ Invariants:
   events for webhooks are written in the same transaction as the plan that made them: a
   crash loses all of a step or none of it, and replanning from the stored state assigns
   nothing twice (the planner's own invariant);
-- publishing happens after the commit, from ``devices.desired_*`` (see ``desired``).
+- a rollout reads and writes only its own model's ``device_models`` rows: what devices run
+  of other models is neither its control group nor its business, so rollouts of
+  different models proceed side by side on the same devices (deployment sequences come
+  from one per-device counter, so their assignments never share a sequence);
+- publishing happens after the commit, from ``device_models.desired_*`` (see ``desired``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, and_
 from sqlmodel import Session, col, select
 
 from protocol import ProbationPolicy, ReleaseRef, SigningKey
@@ -27,7 +31,7 @@ from protocol import ProbationPolicy, ReleaseRef, SigningKey
 from ..db import session_scope
 from ..devices.desired import clear_desired, sign_deployment
 from ..devices.selectors import parse_selector
-from ..devices.tables import DeviceRecord
+from ..devices.tables import DeviceModelRecord, DeviceRecord
 from ..registry.tables import ReleaseRecord
 from ..settings import Settings
 from .codec import decode_policy, decode_probation, decode_state, encode_gates, encode_state
@@ -141,11 +145,19 @@ def _load_state(
 
 
 def _matching_devices(session: Session, record: RolloutRecord) -> tuple[DeviceView, ...]:
+    """Devices the selector matches, each with the release of the rollout's model it runs."""
     selector = parse_selector(record.selector)
     return tuple(
-        DeviceView(device.id, device.online, _reported_release(device))
-        for device in session.exec(
-            select(DeviceRecord)
+        DeviceView(device.id, device.online, _reported_release(record.model_name, model))
+        for device, model in session.exec(
+            select(DeviceRecord, DeviceModelRecord)
+            .outerjoin(
+                DeviceModelRecord,
+                and_(
+                    col(DeviceModelRecord.device_id) == col(DeviceRecord.id),
+                    col(DeviceModelRecord.model_name) == record.model_name,
+                ),
+            )
             .where(col(DeviceRecord.decommissioned_at).is_(None))
             .order_by(col(DeviceRecord.id))
         ).all()
@@ -214,14 +226,10 @@ def _observe(
     return Observations(devices, reports, health.new, health.control, commands)
 
 
-def _reported_release(device: DeviceRecord) -> ReleaseRef | None:
-    if device.active_model is None or device.active_version is None:
+def _reported_release(model: str, row: DeviceModelRecord | None) -> ReleaseRef | None:
+    if row is None or row.active_version is None or row.active_sha256 is None:
         return None
-    if device.active_sha256 is None:
-        return None
-    return ReleaseRef(
-        model=device.active_model, version=device.active_version, sha256=device.active_sha256
-    )
+    return ReleaseRef(model=model, version=row.active_version, sha256=row.active_sha256)
 
 
 def _store(
@@ -291,7 +299,7 @@ def _roll_back(
     )
     for device_id in action.device_ids:
         if last_good is None:
-            clear_desired(session, device_id=device_id)
+            clear_desired(session, device_id=device_id, model=record.model_name)
         else:
             _sign(fleet, session, device_id, last_good, record.id, probation, now, rollback=True)
         row = by_device.get(device_id)

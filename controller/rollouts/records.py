@@ -2,10 +2,12 @@
 
 Invariants:
 - one unfinished rollout per model (pending, running, soaking or paused): a second is a
-  conflict, so two rollouts never fight over the same devices; a new rollout supersedes
+  conflict, so two rollouts never fight over the same device model; rollouts of
+  different models may run at once on the same devices; a new rollout supersedes
   the model's completed ones (they stop adding late joiners);
 - ``last_good`` is fixed at creation: the release of the model's last completed rollout,
-  else the release most matching devices report running;
+  else the release of the model most matching devices report as their last good one (the
+  one they run when they report none);
 - operator commands are rows the loop applies in id order, each once (the planner keeps
   ``last_command_id``), so a command survives a controller restart and is never doubled.
 """
@@ -23,7 +25,7 @@ from sqlmodel import Session, col, select
 from protocol import ProbationPolicy
 
 from ..devices.selectors import parse_selector
-from ..devices.tables import DeviceRecord
+from ..devices.tables import DeviceModelRecord, DeviceRecord
 from ..errors import ConflictError, NotFoundError
 from ..registry.releases import get_release
 from ..registry.tables import ReleaseRecord
@@ -113,18 +115,22 @@ def _last_good(session: Session, release: ReleaseRecord, selector: str) -> Relea
     if previous is not None:
         return session.get(ReleaseRecord, previous.release_id)
     matcher = parse_selector(selector)
-    running: Counter[int] = Counter(
-        device.active_version
-        for device in session.exec(
-            select(DeviceRecord).where(
-                DeviceRecord.active_model == release.model_name,
-                col(DeviceRecord.decommissioned_at).is_(None),
-            )
-        ).all()
-        if device.active_version is not None
-        and device.active_version != release.version
-        and matcher.matches(device.labels)
-    )
+    running: Counter[int] = Counter()
+    for labels, last_good, active in session.exec(
+        select(
+            DeviceRecord.labels,
+            DeviceModelRecord.last_good_version,
+            DeviceModelRecord.active_version,
+        )
+        .join(DeviceModelRecord, col(DeviceModelRecord.device_id) == col(DeviceRecord.id))
+        .where(
+            DeviceModelRecord.model_name == release.model_name,
+            col(DeviceRecord.decommissioned_at).is_(None),
+        )
+    ).all():
+        version = last_good if last_good is not None else active
+        if version is not None and version != release.version and matcher.matches(labels):
+            running[version] += 1
     if not running:
         return None
     version, _count = running.most_common(1)[0]

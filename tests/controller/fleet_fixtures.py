@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from controller.context import ControllerContext
 from controller.db import session_scope
-from controller.devices.tables import DeviceRecord
+from controller.devices.tables import DeviceModelRecord, DeviceRecord
 from controller.registry.tables import ModelRecord, ModelVersion, ReleaseRecord
 from controller.rollouts.engine import FleetContext
 from tests.factories import make_release
@@ -61,11 +63,13 @@ def add_devices(
     count: int,
     *,
     labels: dict[str, str] | None = None,
-    running: ReleaseRecord | None = None,
+    running: ReleaseRecord | Sequence[ReleaseRecord] | None = None,
     online: bool = True,
     prefix: str = "dev",
 ) -> list[str]:
+    """Enrolled devices, each running ``running`` (one release or one per model)."""
     ids = [f"{prefix}-{index:04d}" for index in range(count)]
+    releases = [running] if isinstance(running, ReleaseRecord) else list(running or [])
     with session_scope(engine) as session:
         for device_id in ids:
             session.add(
@@ -74,12 +78,25 @@ def add_devices(
                     labels=dict(labels or {"site": "berlin"}),
                     mqtt_password_hash="-",
                     online=online,
-                    active_model=None if running is None else running.model_name,
-                    active_version=None if running is None else running.version,
-                    active_sha256=None if running is None else running.sha256,
                 )
             )
+        session.flush()
+        for device_id in ids:
+            for release in releases:
+                set_running(session, device_id, release)
     return ids
+
+
+def set_running(session: Session, device_id: str, release: ReleaseRecord) -> None:
+    """What ingest stores when the device reports ``release`` committed and serving."""
+    row = session.get(DeviceModelRecord, (device_id, release.model_name))
+    if row is None:
+        row = DeviceModelRecord(device_id=device_id, model_name=release.model_name)
+    row.phase = "idle"
+    row.active_version = release.version
+    row.active_sha256 = release.sha256
+    row.last_good_version = release.version
+    session.add(row)
 
 
 def fleet_of(ctx: ControllerContext) -> FleetContext:

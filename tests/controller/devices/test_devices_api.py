@@ -9,13 +9,21 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlmodel import col, select
 
 from controller.db import session_scope
 from controller.devices.inventory import DETAIL_EVENTS, DETAIL_TELEMETRY_WINDOWS
-from controller.devices.tables import DeviceEventRecord, DeviceRecord, telemetry_table
+from controller.devices.tables import (
+    DeviceEventRecord,
+    DeviceModelRecord,
+    DeviceRecord,
+    telemetry_table,
+)
 from controller.registry.tables import ModelRecord, ModelVersion, ReleaseRecord
 from controller.rollouts.tables import RolloutAssignmentRecord, RolloutRecord
+from controller.tables import AuditEntry
 from controller.tokens import Role
+from protocol import Deployment, Envelope, verify_document
 from tests.controller.conftest import bearer, ctx
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -51,9 +59,19 @@ def add_release(app: FastAPI, model: str, version: int) -> ReleaseRecord:
     return release
 
 
-def add_device(app: FastAPI, device_id: str, labels: dict[str, str], **fields: Any) -> None:
+def add_device(
+    app: FastAPI,
+    device_id: str,
+    labels: dict[str, str],
+    models: dict[str, dict[str, Any]] | None = None,
+    **fields: Any,
+) -> None:
+    """A device row, and one ``device_models`` row per entry of ``models``."""
     with session_scope(ctx(app).engine) as session:
         session.add(DeviceRecord(id=device_id, labels=labels, mqtt_password_hash="-", **fields))
+        session.flush()
+        for model, values in (models or {}).items():
+            session.add(DeviceModelRecord(device_id=device_id, model_name=model, **values))
 
 
 def get(client: TestClient, tokens: dict[Role, str], path: str, **params: Any) -> Any:
@@ -70,18 +88,27 @@ def ids(rows: list[dict[str, Any]]) -> list[str]:
 def fleet(app: FastAPI) -> ReleaseRecord:
     """Four devices: two in berlin (one offline), one in paris, one unlabeled."""
     release = add_release(app, "digits", 3)
-    running = {"active_model": "digits", "active_version": 3}
-    add_device(app, "b-1", {"site": "berlin", "tier": "lab"}, online=True, **running)
-    add_device(app, "b-2", {"site": "berlin"}, online=False, **running)
+    running = {"digits": {"phase": "idle", "active_version": 3}}
+    add_device(app, "b-1", {"site": "berlin", "tier": "lab"}, running, online=True)
+    add_device(app, "b-2", {"site": "berlin"}, running, online=False)
     add_device(
         app,
         "p-1",
         {"site": "paris"},
+        {
+            "digits": {
+                "phase": "idle",
+                "active_version": 2,
+                "last_good_version": 2,
+                "desired_release_id": release.id,
+                "desired_rollout_id": "r1",
+                "desired_sequence": 4,
+                "desired_expires_at": T0 + timedelta(days=7),
+                "desired_envelope": "{}",
+            },
+            "cats": {"phase": "idle", "active_version": 1},
+        },
         online=True,
-        active_model="digits",
-        active_version=2,
-        desired_release_id=release.id,
-        desired_rollout_id="r1",
     )
     add_device(app, "x-1", {}, online=True)
     return release
@@ -92,10 +119,16 @@ def test_devices_are_listed_by_id_with_their_desired_release(
 ) -> None:
     rows = get(client, tokens, "/api/v1/devices")
     assert ids(rows) == ["b-1", "b-2", "p-1", "x-1"]
-    paris = rows[2]
-    assert (paris["desired_model"], paris["desired_version"]) == ("digits", 3)
-    assert paris["desired_rollout_id"] == "r1"
-    assert (paris["active_model"], paris["active_version"]) == ("digits", 2)
+    cats, digits = rows[2]["models"]
+    assert (digits["model"], digits["active_version"], digits["desired_version"]) == (
+        "digits",
+        2,
+        3,
+    )
+    assert (digits["desired_rollout_id"], digits["last_good_version"]) == ("r1", 2)
+    assert (cats["model"], cats["active_version"], cats["desired_version"]) == ("cats", 1, None)
+    assert [m["model"] for m in rows[0]["models"]] == ["digits"]
+    assert rows[3]["models"] == []
 
 
 @pytest.mark.parametrize(
@@ -108,6 +141,8 @@ def test_devices_are_listed_by_id_with_their_desired_release(
         ({"online": "false"}, ["b-2"]),
         ({"model": "digits", "version": 3}, ["b-1", "b-2"]),
         ({"model": "digits"}, ["b-1", "b-2", "p-1"]),
+        ({"model": "cats"}, ["p-1"]),
+        ({"model": "cats", "version": 3}, []),
         ({"limit": 2, "offset": 1}, ["b-2", "p-1"]),
         ({"selector": "site", "limit": 1, "offset": 1}, ["b-2"]),
     ],
@@ -139,7 +174,6 @@ def test_device_detail_shows_desired_state_history_and_statistics(
         device = session.get(DeviceRecord, "p-1")
         assert device is not None
         device.desired_sequence = 4
-        device.desired_expires_at = T0 + timedelta(days=7)
         device.reported_state = {"phase": "idle"}
         session.add(device)
         session.add(
@@ -192,10 +226,15 @@ def test_device_detail_shows_desired_state_history_and_statistics(
     detail = get(client, tokens, "/api/v1/devices/p-1")
     assert detail["id"] == "p-1"
     assert detail["reported_state"] == {"phase": "idle"}
-    desired = detail["desired"]
-    assert (desired["model"], desired["version"], desired["sequence"]) == ("digits", 3, 4)
-    assert desired["rollout_id"] == "r1"
-    assert datetime.fromisoformat(desired["expires_at"]) == T0 + timedelta(days=7)
+    assert (detail["desired"]["sequence"], detail["desired"]["published_sequence"]) == (4, None)
+    digits = detail["models"][1]
+    assert (digits["model"], digits["desired_version"], digits["desired_sequence"]) == (
+        "digits",
+        3,
+        4,
+    )
+    assert digits["desired_rollout_id"] == "r1"
+    assert datetime.fromisoformat(digits["desired_expires_at"]) == T0 + timedelta(days=7)
     [assignment] = detail["assignments"]
     assert assignment["rollout_id"] == "r1"
     assert (assignment["model"], assignment["version"]) == ("digits", 3)
@@ -274,9 +313,68 @@ def test_decommissioned_device_is_hidden_and_its_token_revoked(
 def test_fleet_releases_count_devices_and_online_ones_per_version(
     app: FastAPI, client: TestClient, tokens: dict[Role, str], fleet: ReleaseRecord
 ) -> None:
-    add_device(app, "gone", {}, online=True, active_model="digits", active_version=3)
+    add_device(app, "gone", {}, {"digits": {"active_version": 3}}, online=True)
     assert client.delete("/api/v1/devices/gone", headers=bearer(tokens[Role.OPERATOR])).is_success
     assert get(client, tokens, "/api/v1/fleet/releases") == [
+        {"model": "cats", "version": 1, "devices": 1, "online": 1},
         {"model": "digits", "version": 3, "devices": 2, "online": 1},
         {"model": "digits", "version": 2, "devices": 1, "online": 1},
     ]
+
+
+def remove(client: TestClient, tokens: dict[Role, str], device_id: str, model: str) -> Any:
+    return client.post(
+        f"/api/v1/devices/{device_id}/models/{model}/remove",
+        headers=bearer(tokens[Role.OPERATOR]),
+    )
+
+
+def test_removing_a_model_signs_a_removal_for_that_model_only(
+    app: FastAPI, client: TestClient, tokens: dict[Role, str], fleet: ReleaseRecord
+) -> None:
+    response = remove(client, tokens, "p-1", "cats")
+
+    assert response.status_code == 200, response.text
+    cats, digits = response.json()["models"]
+    assert (cats["desired_remove"], cats["desired_sequence"]) == (True, 1)
+    assert (digits["desired_remove"], digits["desired_sequence"]) == (False, 4)
+    with session_scope(ctx(app).engine) as session:
+        row = session.get(DeviceModelRecord, ("p-1", "cats"))
+        assert row is not None
+        assert row.desired_envelope is not None
+        deployment = verify_document(
+            Envelope.from_bytes(row.desired_envelope.encode()),
+            Deployment,
+            ctx(app).signer.trust_root,
+        )
+        [entry] = session.exec(
+            select(AuditEntry).where(col(AuditEntry.action).contains("/remove"))
+        ).all()
+    assert (deployment.model, deployment.remove, deployment.release) == ("cats", True, None)
+    assert entry.details["model"] == "cats"
+
+
+def test_removing_a_model_is_refused_while_its_rollout_deploys_it(
+    app: FastAPI, client: TestClient, tokens: dict[Role, str], fleet: ReleaseRecord
+) -> None:
+    with session_scope(ctx(app).engine) as session:
+        session.add(
+            RolloutRecord(
+                id="r1",
+                release_id=fleet.id or 0,
+                model_name="digits",
+                selector="site=paris",
+                policy={},
+                state={},
+                status="running",
+                created_by="test",
+            )
+        )
+
+    assert remove(client, tokens, "p-1", "digits").status_code == 409
+    assert remove(client, tokens, "p-1", "nope").status_code == 404
+    assert remove(client, tokens, "nope", "digits").status_code == 404
+    viewer = client.post(
+        "/api/v1/devices/p-1/models/cats/remove", headers=bearer(tokens[Role.VIEWER])
+    )
+    assert viewer.status_code == 403

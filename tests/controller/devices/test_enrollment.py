@@ -15,7 +15,12 @@ from sqlmodel import col, select
 from controller.db import session_scope
 from controller.devices.credentials import verify_mqtt_password
 from controller.devices.enrollment import REFUSAL, create_enrollment_token, enroll_device
-from controller.devices.tables import DeviceEventRecord, DeviceRecord, EnrollmentToken
+from controller.devices.tables import (
+    DeviceEventRecord,
+    DeviceModelRecord,
+    DeviceRecord,
+    EnrollmentToken,
+)
 from controller.errors import ControllerError, EnrollmentRefusedError
 from controller.tables import ApiToken, AuditEntry
 from controller.tokens import Role, authenticate
@@ -214,8 +219,8 @@ def test_decommissioned_device_can_enroll_again_with_new_credentials(
         device = session.get(DeviceRecord, "pi-6")
         assert device is not None
         device.next_deployment_sequence = 7
-        device.active_model = "digits"
         session.add(device)
+        session.add(DeviceModelRecord(device_id="pi-6", model_name="digits", active_version=1))
         session.add(
             DeviceEventRecord(device_id="pi-6", seq=1, type="committed", at=device.enrolled_at)
         )
@@ -228,7 +233,7 @@ def test_decommissioned_device_can_enroll_again_with_new_credentials(
         assert device.decommissioned_at is None
         assert device.labels == {"b": "2"}
         assert device.next_deployment_sequence == 7  # sequences only grow
-        assert device.active_model is None
+        assert session.exec(select(DeviceModelRecord)).all() == []
         assert not verify_mqtt_password(first["mqtt_password"], device.mqtt_password_hash)
         assert authenticate(session, first["controller_token"]) is None
         events = session.exec(

@@ -161,3 +161,6 @@ def test_api_refusals_print_the_controllers_reason(served: Served) -> None:
     unknown = served.edgefleet("devices", "show", "nope")
     assert unknown.returncode == 1
     assert "404" in unknown.stderr
+    no_model = served.edgefleet("devices", "remove-model", "nope", "digits")
+    assert no_model.returncode == 1
+    assert "404" in no_model.stderr

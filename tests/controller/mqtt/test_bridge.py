@@ -17,12 +17,17 @@ from sqlalchemy import Engine, func, select, text
 from sqlmodel import Session
 
 from controller.db import make_engine
-from controller.devices.tables import DeviceEventRecord, DeviceRecord, telemetry_table
+from controller.devices.tables import (
+    DeviceEventRecord,
+    DeviceModelRecord,
+    DeviceRecord,
+    telemetry_table,
+)
 from controller.errors import BridgeError, ConfigError
 from controller.migrate import upgrade_database
 from controller.mqtt.bridge import MqttBridge, check_bridge_settings
 from controller.settings import Settings, load_settings
-from protocol import Channel, State, device_topic
+from protocol import Channel, ModelState, State, device_topic
 from tests.brokers import BrokerEndpoint, MosquittoServer
 from tests.controller.mqtt.test_ingest import (
     RELEASE,
@@ -136,7 +141,13 @@ def test_reports_are_stored_and_redelivered_events_applied_once(
     add_devices(engine, "dev-1")
     add_assignment(engine, "dev-1", 7)
     bridge = MqttBridge(settings=settings_for(broker, topic_prefix, tmp_path), engine=engine)
-    state = State(device_id="dev-1", online=True, phase="committed", active=RELEASE, reported_at=T0)
+    state = State(
+        device_id="dev-1",
+        online=True,
+        phase="committed",
+        models=[ModelState(model="digits", phase="committed", active=RELEASE)],
+        reported_at=T0,
+    )
     committed = event("dev-1", 5, "committed")
     telemetry = batch("dev-1", window(T0)).to_payload()
 
@@ -170,7 +181,11 @@ def test_reports_are_stored_and_redelivered_events_applied_once(
     assert assignment(engine, "dev-1").outcome == "committed_unobserved"
     assert (event_rows(engine), telemetry_rows(engine)) == (2, 1)
     row = device_row(engine, "dev-1")
-    assert (row.online, row.phase, row.active_version) == (True, "committed", 2)
+    assert (row.online, row.phase) == (True, "committed")
+    with Session(engine) as session:
+        digits = session.get(DeviceModelRecord, ("dev-1", "digits"))
+    assert digits is not None
+    assert (digits.phase, digits.active_version) == ("committed", 2)
 
 
 def test_a_payload_naming_another_device_is_dropped(

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from controller.db import make_engine, session_scope
-from controller.devices.tables import DeviceEventRecord, DeviceRecord
+from controller.devices.tables import DeviceEventRecord, DeviceModelRecord, DeviceRecord
 from controller.migrate import upgrade_database
 from controller.mqtt.ingest import (
     AppliedEvents,
@@ -25,7 +25,7 @@ from controller.mqtt.ingest import (
 from controller.mqtt.telemetry import to_utc
 from controller.registry.tables import ModelRecord, ModelVersion, ReleaseRecord
 from controller.rollouts.tables import RolloutAssignmentRecord, RolloutEventRecord, RolloutRecord
-from protocol import Event, ReleaseRef, State
+from protocol import Event, ModelState, ReleaseRef, State
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 NOW_S = T0.timestamp()
@@ -133,6 +133,14 @@ def device(engine: Engine, device_id: str) -> DeviceRecord:
         found = session.get(DeviceRecord, device_id)
         assert found is not None
         return found
+
+
+def models(engine: Engine, device_id: str) -> dict[str, DeviceModelRecord]:
+    with Session(engine) as session:
+        rows = session.exec(
+            select(DeviceModelRecord).where(DeviceModelRecord.device_id == device_id)
+        ).all()
+        return {row.model_name: row for row in rows}
 
 
 def rollout_events(engine: Engine) -> list[RolloutEventRecord]:
@@ -251,13 +259,23 @@ def test_a_device_rollback_is_recorded_once_for_webhooks(engine: Engine) -> None
             rollout_id,
             "dev-1",
             "device_rolled_back",
-            {"reason": "nonfinite", "release": release, "deployment_sequence": 7},
+            {
+                "reason": "nonfinite",
+                "release": release,
+                "model": "digits",
+                "deployment_sequence": 7,
+            },
         ),
         (
             None,
             "dev-2",
             "device_rolled_back",
-            {"reason": "crash", "release": release, "deployment_sequence": 3},
+            {
+                "reason": "crash",
+                "release": release,
+                "model": "digits",
+                "deployment_sequence": 3,
+            },
         ),
     ]
     assert {e.webhook_status for e in rollout_events(engine)} == {"pending"}
@@ -308,15 +326,30 @@ def test_two_writers_racing_apply_each_event_once(engine: Engine) -> None:
 # -- states ------------------------------------------------------------------------------
 
 
+DIGITS = ModelState(
+    model="digits",
+    phase="probation",
+    active=RELEASE,
+    previous=ReleaseRef(model="digits", version=1, sha256="ef" * 32),
+    last_good=ReleaseRef(model="digits", version=1, sha256="ef" * 32),
+    deployment_sequence=7,
+)
+CATS = ModelState(
+    model="cats",
+    phase="idle",
+    active=ReleaseRef(model="cats", version=4, sha256="ab" * 32),
+    last_good=ReleaseRef(model="cats", version=4, sha256="ab" * 32),
+    deployment_sequence=3,
+)
+
+
 def state(device_id: str, at: datetime | None, **fields: Any) -> State:
     values: dict[str, Any] = {
         "device_id": device_id,
         "online": True,
         "agent_version": "0.1.0",
         "phase": "probation",
-        "active": RELEASE,
-        "previous": ReleaseRef(model="digits", version=1, sha256="ef" * 32),
-        "deployment_sequence": 7,
+        "models": [DIGITS],
         "reported_at": at,
     }
     values.update(fields)
@@ -330,11 +363,46 @@ def test_a_state_sets_the_reported_fields_of_its_device(engine: Engine) -> None:
 
     row = device(engine, "dev-1")
     assert (row.online, row.phase, row.agent_version) == (True, "probation", "0.1.0")
-    assert (row.active_model, row.active_version, row.active_sha256) == ("digits", 2, SHA)
-    assert (row.previous_version, row.reported_sequence) == (1, 7)
+    digits = models(engine, "dev-1")["digits"]
+    assert (digits.phase, digits.active_version, digits.active_sha256) == ("probation", 2, SHA)
+    assert (digits.previous_version, digits.last_good_version) == (1, 1)
+    assert digits.reported_sequence == 7
     assert row.last_seen_at is not None
     assert to_utc(row.last_seen_at) == T0
     assert (row.reported_state or {}).get("phase") == "probation"
+
+
+def test_a_state_with_two_models_sets_one_row_per_model(engine: Engine) -> None:
+    add_devices(engine, "dev-1")
+
+    apply_states(engine, [("dev-1", state("dev-1", T0, models=[DIGITS, CATS]))], now=T0)
+
+    rows = models(engine, "dev-1")
+    assert sorted(rows) == ["cats", "digits"]
+    assert (rows["cats"].phase, rows["cats"].active_version) == ("idle", 4)
+    assert (rows["cats"].last_good_version, rows["cats"].reported_sequence) == (4, 3)
+    assert (rows["digits"].active_version, rows["digits"].reported_sequence) == (2, 7)
+
+
+def test_a_model_the_device_stops_listing_is_forgotten_unless_something_is_desired_of_it(
+    engine: Engine,
+) -> None:
+    add_devices(engine, "dev-1")
+    apply_states(engine, [("dev-1", state("dev-1", T0, models=[DIGITS, CATS]))], now=T0)
+    with session_scope(engine) as session:
+        row = session.get(DeviceModelRecord, ("dev-1", "digits"))
+        assert row is not None
+        row.desired_remove, row.desired_sequence, row.desired_envelope = True, 8, "{}"
+        session.add(row)
+
+    later = T0 + timedelta(seconds=1)
+    apply_states(engine, [("dev-1", state("dev-1", later, models=[]))], now=later)
+
+    rows = models(engine, "dev-1")
+    assert sorted(rows) == ["digits"]
+    digits = rows["digits"]
+    assert (digits.phase, digits.active_version, digits.desired_remove) == (None, None, True)
+    assert digits.reported_sequence == 7  # the device's mark outlives the model's files
 
 
 def test_an_older_state_is_ignored(engine: Engine) -> None:
@@ -377,7 +445,8 @@ def test_the_will_says_offline_and_keeps_the_last_known_release(engine: Engine) 
     assert apply_states(engine, [("dev-1", will)], now=T0 + timedelta(hours=1)) == 1
 
     row = device(engine, "dev-1")
-    assert (row.online, row.active_version, row.phase) == (False, 2, "probation")
+    assert (row.online, row.phase) == (False, "probation")
+    assert models(engine, "dev-1")["digits"].active_version == 2
     assert row.last_seen_at is not None
     assert to_utc(row.last_seen_at) == T0
 

@@ -43,7 +43,6 @@ def add_devices(engine: Engine, *device_ids: str) -> None:
                     "online": True,
                     "next_deployment_sequence": 1,
                     "next_command_sequence": 1,
-                    "desired_rollback": False,
                 }
                 for device_id in device_ids
             ],

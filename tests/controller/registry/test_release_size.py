@@ -50,10 +50,11 @@ def test_image_model_release_and_deployment_stay_under_their_bounds(
     assert next(iter(bundle.golden[0].inputs.values())).shape == (1, 3, 224, 224)
     assert stored.size_bytes == release.check_bundle.length > 600_000
 
-    # The largest deployment the controller signs: longest device id and rollout id.
+    # The largest deployment the controller signs: longest device id, model and rollout id.
     now = datetime.now(UTC)
     deployment = Deployment(
         device_id="d" * 64,
+        model="m" * 128,
         sequence=2**40,
         issued_at=now,
         expires=now + timedelta(days=7),

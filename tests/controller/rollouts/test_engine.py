@@ -11,14 +11,14 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
 from controller.devices.desired import mark_published, unpublished_messages
-from controller.devices.tables import DeviceRecord
+from controller.devices.tables import DeviceModelRecord
 from controller.registry.tables import ReleaseRecord
 from controller.rollouts.engine import plan_rollout
 from controller.rollouts.tables import RolloutAssignmentRecord, RolloutEventRecord, RolloutRecord
 from controller.tokens import Role
 from protocol import Deployment, Envelope, verify_document
 from tests.controller.conftest import bearer, ctx
-from tests.controller.fleet_fixtures import add_devices, add_release, fleet_of
+from tests.controller.fleet_fixtures import add_devices, add_release, fleet_of, set_running
 
 NOW_S = 1_900_000_000.0
 
@@ -64,22 +64,27 @@ def report(app: FastAPI, rollout_id: str, outcome: str, *, at_s: float = NOW_S) 
             row.outcome, row.reported_at_s = outcome, at_s
             session.add(row)
             if outcome == "committed":
-                device = session.get(DeviceRecord, row.device_id)
-                assert device is not None
-                device.active_model, device.active_version = "digits", 2
-                device.active_sha256 = release.sha256
-                session.add(device)
+                set_running(session, row.device_id, release)
         session.commit()
 
 
-def desired_deployment(app: FastAPI, device_id: str) -> Deployment:
+def desired_deployment(app: FastAPI, device_id: str, model: str = "digits") -> Deployment:
+    """The deployment of ``model`` the device is told to take (verified)."""
     context = ctx(app)
     with Session(context.engine) as session:
-        device = session.get(DeviceRecord, device_id)
-        assert device is not None
-        assert device.desired_envelope is not None
-        envelope = Envelope.from_bytes(device.desired_envelope.encode())
-    return verify_document(envelope, Deployment, context.signer.trust_root)
+        row = session.get(DeviceModelRecord, (device_id, model))
+        assert row is not None
+        assert row.desired_envelope is not None
+        envelope = Envelope.from_bytes(row.desired_envelope.encode())
+    deployment = verify_document(envelope, Deployment, context.signer.trust_root)
+    assert deployment.model == model
+    return deployment
+
+
+def desired_envelope(app: FastAPI, device_id: str, model: str = "digits") -> str | None:
+    with Session(ctx(app).engine) as session:
+        row = session.get(DeviceModelRecord, (device_id, model))
+        return None if row is None else row.desired_envelope
 
 
 def test_canary_gets_one_signed_deployment_and_replanning_assigns_nothing_more(
@@ -148,9 +153,8 @@ def test_a_canary_that_rolls_back_aborts_the_rollout_and_nobody_else_gets_the_re
         failed = [gate["name"] for gate in record.last_gates if not gate["passed"]]
         assert "rollback_rate" in failed
         kinds = [e.kind for e in session.exec(select(RolloutEventRecord)).all()]
-        others = [session.get(DeviceRecord, d) for d in devices[1:]]
     assert "rollout_aborted" in kinds
-    assert all(device is not None and device.desired_envelope is None for device in others)
+    assert all(desired_envelope(fleet_app, d) is None for d in devices[1:])
 
 
 def test_abort_orders_updated_devices_back_to_the_last_good_release(

@@ -115,6 +115,8 @@ def test_device_page_shows_reported_and_desired_state_events_and_telemetry(
     assert "4.25" in row  # p95 of its telemetry window
     assert "120" in row
     assert "committed" in row  # its event
+    assert "<h2>Models</h2>" in html
+    assert "digits" in row  # its one model, in the models table
 
 
 def test_model_page_shows_versions_with_their_evaluation_reports_and_releases(
