@@ -64,8 +64,9 @@ class AgentConfig(BaseModel):
     sandbox_wall_s: float = Field(default=180.0, gt=0)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     # Fault injection for crash tests and the simulator: stop making progress once the
-    # journal records this state (the process stays alive until killed).
-    pause_in_state: str | None = None
+    # journal records this state (the process stays alive until killed). A table
+    # ({model = state, ...}) pauses each listed model in its own state.
+    pause_in_state: str | dict[str, str] | None = None
     # Fault injection: a device clock this many seconds off (negative: behind).
     clock_offset_s: float = 0.0
 

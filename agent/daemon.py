@@ -1,11 +1,11 @@
 """The device daemon: startup, run, shutdown as three named phases.
 
 Startup loads the trust state (or installs the provisioned trust root), opens the
-outbox and the model store, and finishes any update a crash interrupted, before the
-device talks to anyone. Run keeps the MQTT link up and feeds desired-state messages to
-the updater one at a time, always the newest. Shutdown stops taking work, lets the link
-publish the offline state, and cancels what is left after a timeout. Signal handlers
-(installed by the CLI) only set the stop event.
+outbox and the model store, and finishes every update a crash interrupted, before the
+device talks to anyone. Run keeps the MQTT link up and hands each desired state to the
+models' updaters (``ModelUpdates``: one worker per model, ADR 0003). Shutdown stops
+taking work, lets the link publish the offline state, and cancels what is left after a
+timeout. Signal handlers (installed by the CLI) only set the stop event.
 """
 
 from __future__ import annotations
@@ -19,19 +19,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from protocol import Channel, TelemetryBatch, device_topic
+from protocol import Channel, ReleaseRef, TelemetryBatch, device_topic
 
 from .backends import load_backend, runtime_options
 from .clock import Clock, SystemClock
 from .config import AgentConfig
 from .errors import (
-    AgentError,
     ConfigurationError,
     DuplicateCommandError,
-    DuplicateDeploymentError,
     LocalStateError,
     RefusalError,
-    TransitionCapError,
 )
 from .link.mqtt import LinkSettings, Message, MqttLink
 from .link.outbox import Outbox, OutboxQueue
@@ -40,11 +37,11 @@ from .serving.host import ServingHost, recorder_of
 from .serving.server import BackendLoader
 from .stats.telemetry import to_telemetry_window
 from .update.fetcher import Fetcher
-from .update.state_files import load_journal, load_trust_state, persist_trust_state, recover_journal
-from .update.store import ModelStore
-from .update.trust import verify_command, verify_deployment
+from .update.model_updates import ModelUpdates
+from .update.state_files import ReleaseIndex, TrustKeeper, load_trust_state, persist_trust_state
+from .update.trust import verify_command
 from .update.trust_state import TrustState
-from .update.updater import ModelChecker, Updater, UpdaterPaths
+from .update.updater import ModelChecker
 
 __all__ = ["AgentDaemon", "open_trust_state"]
 
@@ -85,11 +82,9 @@ class AgentDaemon:
         self.clock = clock or SystemClock(config.clock_offset_s)
         data_dir = config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        paths = UpdaterPaths.under(data_dir)
         self.outbox: OutboxQueue = (
             outbox if outbox is not None else Outbox(data_dir / "outbox.sqlite")
         )
-        self.store = ModelStore(data_dir / "store")
         self.link = MqttLink(
             LinkSettings(
                 host=config.broker_host,
@@ -125,19 +120,20 @@ class AgentDaemon:
             port=config.inference_port,
             load_backend=load_backend,
         )
-        self.updater = Updater(
+        trust_path = data_dir / "trust.json"
+        self.trust = TrustKeeper(trust_path, open_trust_state(config, trust_path))
+        self.releases = ReleaseIndex(data_dir / "releases.json")
+        self.models = ModelUpdates(
             config,
-            paths=paths,
-            trust_state=open_trust_state(config, paths.trust_state),
-            store=self.store,
+            trust=self.trust,
+            releases=self.releases,
             fetcher=fetcher,
             check_model=check_model,
             reporter=self.reporter,
             clock=self.clock,
             serving=self.serving,
         )
-        self.link.birth = self._state_message(self.reporter.online_state("idle").to_payload())
-        self._desired: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
+        self.link.birth = self._state_message(self.reporter.online_state().to_payload())
 
     def _state_message(self, payload: bytes) -> Message:
         topic = device_topic(self.config.topic_prefix, self.config.device_id, Channel.STATE)
@@ -152,33 +148,21 @@ class AgentDaemon:
             self._on_publish(message)
 
     def _snapshot(self) -> Mapping[str, Any]:
-        # Called only once __init__ has built the updater.
-        trust = self.updater.trust_state
+        # Called only once __init__ has built the models' updaters.
         return {
-            "active": self.updater.release_of(self.store.current_sha256()),
-            "previous": self.updater.release_of(self.store.previous_sha256()),
-            "deployment_sequence": trust.deployment_sequence or None,
-            "trust_root_version": trust.trust_root_version,
+            "phase": self.models.phase,
+            "models": self.models.model_states(),
+            "trust_root_version": self.trust.state.trust_root_version,
         }
 
     async def recover(self) -> None:
-        """Finish whatever update a crash interrupted, before talking to anyone."""
-        path = self.updater.paths.journal
-        try:
-            journal = recover_journal(path)
-        except TransitionCapError as exc:
-            logger.error("%s", exc)
-            journal = load_journal(path)
-        if journal is not None and not (journal.terminal and journal.final_reported):
-            logger.warning(
-                "resuming deployment %d from %s", journal.deployment_sequence, journal.state
-            )
-            await self.updater.resume(journal)
+        """Finish whatever updates a crash interrupted, before talking to anyone."""
+        await self.models.recover()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set. ``BrokerAuthError`` ends it at once."""
         await self.recover()
-        await self.updater.serve_current()
+        await self.models.serve_current()
         if self.config.inference_api:
             try:
                 await self.serving.api.start()
@@ -186,104 +170,64 @@ class AgentDaemon:
                 raise ConfigurationError(
                     f"cannot serve the inference API on port {self.config.inference_port}: {exc}"
                 ) from exc
-        tasks = [
-            asyncio.create_task(self._work(), name="updates"),
-            asyncio.create_task(self._publish_telemetry(), name="telemetry"),
-        ]
+        telemetry = asyncio.create_task(self._publish_telemetry(), name="telemetry")
         try:
             await self.link.run(self._on_message, stop)
         finally:
-            for task in tasks:
-                task.cancel()
+            telemetry.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 # asyncio.timeout, not wait_for, which can lose a cancellation on 3.11.
                 async with asyncio.timeout(self.config.shutdown_timeout_s):
-                    await asyncio.gather(*tasks, return_exceptions=True)
+                    await asyncio.gather(telemetry, self.models.stop(), return_exceptions=True)
             if self.config.inference_api:
                 await self.serving.api.stop()
             self.outbox.close()
 
     async def _publish_telemetry(self) -> None:
-        """Every statistics window, queue the serving model's window as telemetry."""
+        """Every statistics window, queue each serving model's window as telemetry."""
         topic = device_topic(self.config.topic_prefix, self.config.device_id, Channel.TELEMETRY)
         while True:
             await asyncio.sleep(self.config.stats_window_s)
-            loaded = self.serving.current
-            recorder = recorder_of(loaded)
-            window = recorder.roll(time.monotonic()) if recorder else None
-            if loaded is None or window is None or window.requests == 0:
-                continue
-            release = self.updater.release_of(self.store.current_sha256())
-            batch = TelemetryBatch(
-                device_id=self.config.device_id,
-                seq=self.outbox.next_sequence("telemetry"),
-                windows=[
+            windows = []
+            for loaded in self.serving.serving():
+                recorder = recorder_of(loaded)
+                window = recorder.roll(time.monotonic()) if recorder else None
+                if window is None or window.requests == 0:
+                    continue
+                windows.append(
                     to_telemetry_window(
                         window,
                         model=loaded.name,
-                        release=release,
+                        release=self._release_serving(loaded.name),
                         window_start=self.clock.now() - timedelta(seconds=window.window_s),
                     )
-                ],
+                )
+            if not windows:
+                continue
+            batch = TelemetryBatch(
+                device_id=self.config.device_id,
+                seq=self.outbox.next_sequence("telemetry"),
+                windows=windows,
             )
             self._publish(Message(topic, batch.to_payload(), qos=1, retain=False))
 
+    def _release_serving(self, model: str) -> ReleaseRef | None:
+        updater = self.models.updaters.get(model)
+        return updater.release_of(updater.store.current_sha256()) if updater else None
+
     async def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         if topic.endswith("/" + Channel.DESIRED.value):
-            if not payload:
-                return  # no desired deployment
-            # Only the newest desired state matters: replace whatever is still waiting.
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self._desired.get_nowait()
-            self._desired.put_nowait(payload)
+            if payload:  # an empty retained message: no desired state
+                self.models.submit(payload)
         elif payload:
             self._handle_command(payload)
-
-    async def _work(self) -> None:
-        while True:
-            payload = await self._desired.get()
-            try:
-                await self._handle_desired(payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # one bad deployment must not end the daemon
-                logger.exception("handling a desired deployment failed")
-
-    async def _handle_desired(self, payload: bytes) -> None:
-        try:
-            verified = verify_deployment(
-                payload,
-                self.updater.trust_state,
-                device_id=self.config.device_id,
-                now=self.clock.now(),
-            )
-        except DuplicateDeploymentError:
-            logger.debug("the accepted deployment was redelivered; nothing to do")
-            return
-        except RefusalError as exc:
-            logger.warning("refused a deployment: %s: %s", exc.reason, exc)
-            self.reporter.event(
-                "deployment_refused", journal=None, reason=exc.reason, details={"error": str(exc)}
-            )
-            return
-        self.updater.accept(verified)
-        logger.info(
-            "accepted deployment %d: %s v%d",
-            verified.deployment.sequence,
-            verified.release.model,
-            verified.release.version,
-        )
-        try:
-            await self.updater.apply(verified)
-        except AgentError as exc:
-            logger.error("deployment %d stopped: %s", verified.deployment.sequence, exc)
 
     def _handle_command(self, payload: bytes) -> None:
         """Verify and run a signed command; it may carry a newer trust root."""
         try:
             verified = verify_command(
                 payload,
-                self.updater.trust_state,
+                self.trust.state,
                 device_id=self.config.device_id,
                 now=self.clock.now(),
             )
@@ -295,19 +239,18 @@ class AgentDaemon:
                 "command_refused", journal=None, reason=exc.reason, details={"error": str(exc)}
             )
             return
-        self.updater.accept_command(verified)
+        self.trust.accept_command(verified)
         action = verified.command.action
         details: dict[str, Any] = {"action": action, "sequence": verified.command.sequence}
         if action == "resync":
-            self.reporter.state_changed(self.updater.phase)
+            self.reporter.state_changed()
         elif action == "diagnostics":
             details |= {
-                "phase": self.updater.phase,
-                "current_sha256": self.store.current_sha256(),
-                "previous_sha256": self.store.previous_sha256(),
+                "phase": self.models.phase,
+                "models": self.models.diagnostics(),
                 "outbox_pending": len(self.outbox),
                 "outbox_dropped": self.outbox.dropped,
-                "trust_root_version": self.updater.trust_state.trust_root_version,
+                "trust_root_version": self.trust.state.trust_root_version,
             }
         else:
             # A fleet rollback is a deployment marked ``rollback``, journaled like any

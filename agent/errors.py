@@ -18,8 +18,9 @@ Every failure is an ``AgentError``. Three families matter to callers:
     │   │   └── MalformedDocumentError    malformed_document   not even a parseable document
     │   │       └── UnsupportedSchemaError  unsupported_schema  a schema_version it does not read
     │   ├── WrongDeviceError              wrong_device
-    │   ├── ModelMismatchError            model_mismatch       a deployment of one model, a release of another
-    │   ├── InsufficientMemoryError       insufficient_memory  would not fit the memory budget beside the others
+    │   ├── ModelMismatchError            model_mismatch       a release of another model
+    │   ├── InsufficientMemoryError       insufficient_memory  does not fit the memory budget
+    │   ├── TooManyModelsError            too_many_models      beyond MAX_MODELS_PER_DEVICE
     │   ├── ReplayedDeploymentError       replayed_deployment  sequence below the highest accepted
     │   │   └── DuplicateDeploymentError  duplicate_deployment the accepted one, redelivered
     │   ├── ReplayedCommandError          replayed_command
@@ -119,8 +120,8 @@ __all__ = [
     "MalformedDocumentError",
     "MalformedRequestError",
     "ModelCheckError",
-    "ModelMismatchError",
     "ModelLoadError",
+    "ModelMismatchError",
     "ModelNotReadyError",
     "NonFiniteOutputError",
     "OutboxError",
@@ -132,6 +133,7 @@ __all__ = [
     "SandboxKilledError",
     "SignatureMismatchError",
     "StoreError",
+    "TooManyModelsError",
     "TransitionCapError",
     "TransportError",
     "TransportTimeoutError",
@@ -213,6 +215,12 @@ class InsufficientMemoryError(RefusalError):
     """The model would not fit in the memory budget beside the models already serving."""
 
     reason = "insufficient_memory"
+
+
+class TooManyModelsError(RefusalError):
+    """A deployment of a new model when the device already holds as many as it may."""
+
+    reason = "too_many_models"
 
 
 class ReplayedCommandError(RefusalError):

@@ -245,7 +245,6 @@ def enroll(engine: Engine, devices: int) -> None:
                     "online": True,
                     "next_deployment_sequence": 1,
                     "next_command_sequence": 1,
-                    "desired_rollback": False,
                 }
                 for index in range(devices)
             ],

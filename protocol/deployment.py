@@ -18,7 +18,7 @@ from pydantic import AwareDatetime, Field, model_validator
 from .document import DeviceId, Document, EnvelopeObject, Model, Name
 from .dsse import Envelope
 
-__all__ = ["MAX_MODELS_PER_DEVICE", "Command", "DesiredState", "Deployment", "ProbationPolicy"]
+__all__ = ["MAX_MODELS_PER_DEVICE", "Command", "Deployment", "DesiredState", "ProbationPolicy"]
 
 # A device runs a handful of models; the bound keeps one retained message small.
 MAX_MODELS_PER_DEVICE = 16

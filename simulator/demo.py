@@ -2,9 +2,11 @@
 
 Phases: start a controller (its embedded MQTT broker, SQLite) as a subprocess in a fresh
 state directory on free ports; prepare the sample digits model, quantize it (INT8) and
-release the variant; prepare a degraded model and release it; run the demo scenario (50
-simulated devices: the good release canary -> 100 %, then the degraded one, which the
-canary rolls back and the rollout aborts); print a summary table and write the report;
+release the variant; prepare a degraded model and a second model (``digits-lite``) and
+release them; run the demo scenario (50 simulated devices: the good release canary ->
+100 %; then, at the same time, the second model's first release, which every device runs
+beside the first, and the degraded digits release, which the canary rolls back and whose
+rollout aborts alone); print a summary table and write the report;
 then keep the controller and its dashboard up until Ctrl-C (unless ``serve`` is off).
 
 The state directory is wiped at the start, so every run starts clean, and kept at the end
@@ -35,6 +37,7 @@ DEMO_SCENARIO = Path(__file__).parent / "scenarios" / "demo.toml"
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_MQTT_PORT = 1883
 MODEL = "digits"
+SECOND_MODEL = "digits-lite"
 
 
 def run_demo(*, state_dir: Path, serve: bool, devices: int | None = None, seed: int = 7) -> int:
@@ -95,7 +98,8 @@ async def _demo(
 
 async def prepare_demo_releases(api: AsyncControllerClient, directory: Path) -> dict[str, str]:
     """Train, push, quantize and release the good model; push and release the degraded
-    one. Returns ``{"good": "digits:N", "bad": "digits:M"}``."""
+    one and the second model. Returns ``{"good": "digits:N", "bad": "digits:M",
+    "second": "digits-lite:K"}``."""
     print("training the sample digits model (scikit-learn digits, MLP -> ONNX)")
     models = await asyncio.to_thread(build_demo_models, directory)
     print(f"  test accuracy {models.test_accuracy:.3f}")
@@ -108,7 +112,10 @@ async def prepare_demo_releases(api: AsyncControllerClient, directory: Path) -> 
     degraded = await api.push(MODEL, models.degraded, models.validation)
     bad = await api.release(MODEL, int(degraded["version"]))
     print(f"released {good} (good) and {bad} (degraded: its confidence collapses)")
-    return {"good": good, "bad": bad}
+    lite = await api.push(SECOND_MODEL, models.lite, models.validation)
+    second = await api.release(SECOND_MODEL, int(lite["version"]))
+    print(f"released {second}, a second model (accuracy {models.lite_accuracy:.3f})")
+    return {"good": good, "bad": bad, "second": second}
 
 
 def _gate_text(variant: dict[str, Any], parent: dict[str, Any]) -> str:

@@ -1,10 +1,12 @@
-"""The sample models: a digits classifier, and a degraded copy of it.
+"""The sample models: a digits classifier, a degraded copy of it, and a second model.
 
 Both are scikit-learn MLPs on the 8x8 digits that ship with scikit-learn (nothing is
 downloaded), converted to ONNX with skl2onnx, with the same inputs and outputs. The
 degraded one is the good one with its output layer scaled down: it still ranks classes
 about as well, but its confidence collapses, which is what a bad retraining or a broken
 calibration looks like in the field. Probation on the canary catches it (confidence drop).
+The second model, ``digits-lite`` (a smaller MLP on the same inputs), is what the demo
+rolls out beside the first: a device runs both.
 
 ``build_digits_model`` is the one digits builder: the demo, the tests, the benchmarks and
 ``examples/make_digits_model.py`` all use it, so the documented model is the tested one.
@@ -25,6 +27,7 @@ __all__ = ["DemoModels", "build_demo_models", "build_digits_model"]
 SEED = 0
 OPSET = 17
 DEGRADED_OUTPUT_SCALE = 0.15
+LITE_HIDDEN_UNITS = 16
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class DemoModels:
     validation: Path
     test_accuracy: float
     degraded_accuracy: float
+    lite: Path  # the second model
+    lite_accuracy: float
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class _Trained:
     y_test: np.ndarray
 
 
-def _train_digits_classifier() -> _Trained:
+def _train_digits_classifier(hidden_units: int = 64) -> _Trained:
     from sklearn.datasets import load_digits
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
@@ -54,7 +59,7 @@ def _train_digits_classifier() -> _Trained:
     x_train, x_test, y_train, y_test = train_test_split(
         features, labels, test_size=0.25, random_state=SEED, stratify=labels
     )
-    classifier = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=SEED)
+    classifier = MLPClassifier(hidden_layer_sizes=(hidden_units,), max_iter=300, random_state=SEED)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         classifier.fit(x_train, y_train)
@@ -93,7 +98,11 @@ def build_demo_models(directory: Path) -> DemoModels:
     degraded_accuracy = float(classifier.score(trained.x_test, trained.y_test))
 
     validation = _save_validation(trained, directory)
-    return DemoModels(good, degraded, validation, accuracy, degraded_accuracy)
+    lite_trained = _train_digits_classifier(LITE_HIDDEN_UNITS)
+    lite = directory / "digits-lite.onnx"
+    _save_onnx(lite_trained.classifier, lite)
+    lite_accuracy = float(lite_trained.classifier.score(trained.x_test, trained.y_test))
+    return DemoModels(good, degraded, validation, accuracy, degraded_accuracy, lite, lite_accuracy)
 
 
 def _save_onnx(classifier: object, path: Path) -> None:

@@ -147,7 +147,7 @@ class SimulatedDevice:
         if self.running and self.daemon is not None:
             # The running daemon pauses there too: its updater reads the setting per step.
             updated = self.daemon.config.model_copy(update={"pause_in_state": state})
-            self.daemon.updater.config = updated
+            self.daemon.models.set_config(updated)
             self._watch = asyncio.create_task(self._kill_when_paused(state))
 
     def disarm_kill(self) -> None:
@@ -155,10 +155,10 @@ class SimulatedDevice:
         if self._watch is not None:
             self._watch.cancel()
         if self.daemon is not None:
-            self.daemon.updater.config = self.config
+            self.daemon.models.set_config(self.config)
 
     async def _kill_when_paused(self, state: str) -> None:
-        while self.daemon is None or self.daemon.updater.phase != state:
+        while self.daemon is None or self.daemon.models.phase != state:
             await asyncio.sleep(KILL_POLL_S)
         self._armed_state = None
         await self.kill()
@@ -174,20 +174,23 @@ class SimulatedDevice:
         while True:
             await asyncio.sleep(self._workload.next_delay_s())
             daemon = self.daemon
-            server = daemon.serving.server if daemon is not None and self.running else None
-            serving = server.current if server is not None else None
-            if server is None or serving is None:
-                continue
-            name = serving.signature.inputs[0].name
-            feeds = {name: self._workload.next_input(time.monotonic() - started_at)}
-            self.requests += 1
-            try:
-                if slow:
-                    await loop.run_in_executor(None, server.infer, feeds)
-                else:
-                    server.infer(feeds)
-            except InferenceError:
-                self.request_errors += 1
+            servers = list(daemon.serving.servers.values()) if daemon and self.running else []
+            sample = self._workload.next_input(time.monotonic() - started_at)
+            # Every model the device serves gets the request (the fleet's models all read
+            # the workload's inputs).
+            for server in servers:
+                serving = server.current
+                if serving is None:
+                    continue
+                feeds = {serving.signature.inputs[0].name: sample}
+                self.requests += 1
+                try:
+                    if slow:
+                        await loop.run_in_executor(None, server.infer, feeds)
+                    else:
+                        server.infer(feeds)
+                except InferenceError:
+                    self.request_errors += 1
 
     def _free_bytes(self, directory: Path) -> int:
         """The profile's disk, less what this device's models and downloads take."""

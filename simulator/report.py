@@ -32,8 +32,8 @@ def build_summary(result: RunResult) -> dict[str, Any]:
         daemon = device.daemon
         current = None
         if daemon is not None:
-            ref = daemon.updater.release_of(daemon.store.current_sha256())
-            current = f"{ref.model}:{ref.version}" if ref else None
+            refs = [state.active for state in daemon.models.model_states() if state.active]
+            current = ", ".join(f"{ref.model}:{ref.version}" for ref in refs) or None
         devices.append(
             {
                 "device_id": device.device_id,
@@ -107,6 +107,8 @@ def _rollout_summary(timeline: RolloutTimeline, outcomes: Counter[str]) -> dict[
         "rollout_id": timeline.rollout_id,
         "release": timeline.release,
         "status": final.get("status"),
+        # Seconds from the start of the run: rollouts started together overlap.
+        "started_s": round(timeline.started_s, 2),
         "duration_s": round(timeline.samples[-1]["t_s"] - timeline.started_s, 2)
         if timeline.samples
         else None,

@@ -96,11 +96,16 @@ async def run_scenario(
         await fleet.set_up()
         result.setup_s = recorder.now_s()
         note("online")
-        for index, spec in enumerate(scenario.rollouts):
-            release = _resolve(spec.release, releases or {})
-            timeline = await fleet.roll_out(index, spec, release, note)
-            recorder.rollouts.append(timeline)
-            result.expectation_failures += _check_expectations(index, spec, timeline, recorder)
+        for group in _started_together(scenario.rollouts):
+            timelines = await asyncio.gather(
+                *(
+                    fleet.roll_out(index, spec, _resolve(spec.release, releases or {}), note)
+                    for index, spec in group
+                )
+            )
+            for (index, spec), timeline in zip(group, timelines, strict=True):
+                recorder.rollouts.append(timeline)
+                result.expectation_failures += _check_expectations(index, spec, timeline, recorder)
     except BaseException:
         logger.exception("the simulation failed; stopping the fleet")
         raise
@@ -377,9 +382,20 @@ class _Fleet:
             await self.corrupting.close()
 
 
+def _started_together(specs: list[RolloutSpec]) -> list[list[tuple[int, RolloutSpec]]]:
+    """The rollouts in groups that start at once (``with_previous``), in order."""
+    groups: list[list[tuple[int, RolloutSpec]]] = []
+    for index, spec in enumerate(specs):
+        if spec.with_previous and groups:
+            groups[-1].append((index, spec))
+        else:
+            groups.append([(index, spec)])
+    return groups
+
+
 def _settled(device: SimulatedDevice) -> bool:
     daemon = device.daemon
-    return daemon is None or daemon.updater.phase in ("idle", "committed", "failed", "rolled_back")
+    return daemon is None or daemon.models.phase in ("idle", "committed", "failed", "rolled_back")
 
 
 def _offline_at(device: SimulatedDevice, t_s: float) -> bool:

@@ -170,6 +170,9 @@ class RolloutSpec(_Spec):
     # Keep the fleet serving this long after the rollout settled, so the report shows
     # how the fleet behaves afterwards.
     observe_after_s: float = Field(default=0.0, ge=0)
+    # Start together with the rollout before it (of another model: the controller runs
+    # one unfinished rollout per model), rather than after it ended.
+    with_previous: bool = False
     expect: ExpectSpec = ExpectSpec()
 
 
@@ -186,6 +189,8 @@ class Scenario(_Spec):
         names = [profile.name for profile in self.profiles]
         if not names or len(set(names)) != len(names):
             raise ValueError("profiles need distinct names, and at least one")
+        if self.rollouts and self.rollouts[0].with_previous:
+            raise ValueError("the first rollout has no rollout before it to start with")
         for number, fault in enumerate(self.faults, start=1):
             if fault.profile is not None and fault.profile not in names:
                 raise ValueError(f"fault {number} names the unknown profile {fault.profile!r}")

@@ -79,6 +79,7 @@ def make_release(**overrides: Any) -> Release:
 def make_deployment(release_envelope: Envelope, **overrides: Any) -> Deployment:
     fields: dict[str, Any] = {
         "device_id": "cam-berlin-0001",
+        "model": "digits",
         "sequence": 7,
         "issued_at": NOW,
         "expires": NOW + timedelta(hours=1),

@@ -46,7 +46,8 @@ class LinkReporter:
         self.outbox = outbox
         self.publish = publish
         self.clock = clock
-        # A callable that returns the State fields only the daemon knows (active release…).
+        # A callable that returns the State fields only the daemon knows: the busiest
+        # phase, every model's releases, the trust root version.
         self.snapshot = snapshot
         self.events_topic = device_topic(prefix, device_id, Channel.EVENTS)
         self.state_topic = device_topic(prefix, device_id, Channel.STATE)
@@ -62,14 +63,18 @@ class LinkReporter:
         reason: str | None = None,
         details: Mapping[str, Any] | None = None,
         seq: int | None = None,
+        model: str | None = None,
     ) -> None:
         release: ReleaseRef | None = journal.release if journal else None
+        if model is None and release is not None:
+            model = release.model
         event = Event(
             device_id=self.device_id,
             seq=seq if seq is not None else self.reserve_event_seq(),
             type=event_type,
             at=self.clock.now(),
             deployment_sequence=journal.deployment_sequence if journal else None,
+            model=model,
             phase=str(journal.state) if journal else None,
             release=release,
             reason=reason,
@@ -77,15 +82,14 @@ class LinkReporter:
         )
         self.publish(Message(self.events_topic, event.to_payload(), qos=1, retain=False))
 
-    def state_changed(self, phase: str) -> None:
-        self.publish(Message(self.state_topic, self.online_state(phase).to_payload(), retain=True))
+    def state_changed(self) -> None:
+        self.publish(Message(self.state_topic, self.online_state().to_payload(), retain=True))
 
-    def online_state(self, phase: str) -> State:
+    def online_state(self) -> State:
         return State(
             device_id=self.device_id,
             online=True,
             agent_version=__version__,
-            phase=phase,
             runtimes=list(installed_runtimes()),
             reported_at=self.clock.now(),
             **self.snapshot(),

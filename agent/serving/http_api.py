@@ -5,7 +5,8 @@ serving)::
 
     GET  /v2                         server metadata
     GET  /v2/health/live             200 while the process runs
-    GET  /v2/health/ready            200 once every model has a version serving, else 503
+    GET  /v2/health/ready            200 once every model that should serve does, else 503
+    GET  /v2/models                  every model served: name, versions, ready
     GET  /v2/models/{name}           metadata: versions, platform, inputs, outputs
     GET  /v2/models/{name}/ready     200, or 503 while no version serves
     POST /v2/models/{name}/infer     JSON tensors in, JSON tensors out
@@ -36,7 +37,7 @@ import contextlib
 import http
 import ipaddress
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
@@ -119,10 +120,30 @@ class InferenceApi:
         self._connections: set[asyncio.Task[None]] = set()
         self._busy: set[asyncio.Task[None]] = set()
         self._stopping = False
+        # The models that should serve (the daemon: those with a current version): ready
+        # means each of them does, not only the ones that happened to load.
+        self.should_serve: Callable[[], Iterable[str]] = lambda: ()
 
     @property
     def ready(self) -> bool:
-        return bool(self._servers) and all(server.ready for server in self._servers.values())
+        servers = self._servers
+        if not servers or any(name not in servers for name in self.should_serve()):
+            return False
+        return all(server.ready for server in servers.values())
+
+    def _model_index(self) -> Reply:
+        servers = self._servers
+        models = []
+        for name in sorted(servers):
+            loaded = servers[name].current
+            models.append(
+                {
+                    "name": name,
+                    "versions": [loaded.version] if loaded else [],
+                    "ready": loaded is not None,
+                }
+            )
+        return Reply(200, encode_json({"models": models}))
 
     def add(self, server: ModelServer) -> None:
         """Answer for ``server`` too, under its name (a model that starts serving)."""
@@ -283,6 +304,10 @@ class InferenceApi:
             if rest == ["health", "ready"]:
                 ready = self.ready
                 return Reply(200 if ready else 503, encode_json({"ready": ready}))
+        elif rest == ["models"]:
+            if method != b"GET":
+                return error_reply(405, "use GET", allow=b"GET")
+            return self._model_index()
         elif rest[0] == "models" and len(rest) >= 2:
             return await self._route_model(method, [unquote(part) for part in rest[1:]], body)
         return error_reply(404, f"no route {target.decode('ascii', 'replace')}")

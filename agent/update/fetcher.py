@@ -6,7 +6,8 @@ fetcher never trusts the server about either.
 
 Invariants:
 - nothing is written, and no request is sent, unless the destination's file system has
-  ``expected_length + free_disk_margin_bytes`` free;
+  ``expected_length + free_disk_margin_bytes`` free beyond what the fetcher's other
+  downloads under way (another model's update) still have to write;
 - bytes go to ``<destination>.part`` only; never more than ``expected_length`` of them
   (a server that sends more is cut off with ``DownloadTooLargeError``, an endless-data
   attack);
@@ -175,6 +176,10 @@ class HttpFetcher:
         self._sleep = sleep
         # How much a directory can still take (the simulator gives devices small disks).
         self._free_bytes = free_bytes or _disk_free_bytes
+        # Downloads under way (their .part file and full length): the models of a device
+        # download at the same time, and each must leave room for what the others still
+        # have to write.
+        self._in_flight: dict[Path, int] = {}
         self._timeout = httpx.Timeout(
             self.limits.read_timeout_s,
             connect=self.limits.connect_timeout_s,
@@ -194,8 +199,9 @@ class HttpFetcher:
                 f"download needs a length >= 0 and a lowercase hex SHA-256, "
                 f"not {expected_length} and {expected_sha256!r}"
             )
-        self._verify_free_disk(destination.parent, expected_length)
         part = destination.with_suffix(destination.suffix + ".part")
+        self._verify_free_disk(destination.parent, expected_length)
+        self._in_flight[part] = expected_length
         deadline_s = self.limits.deadline_s(expected_length)
         started = time.monotonic()
         where = _redacted(url)
@@ -225,6 +231,8 @@ class HttpFetcher:
         except BaseException:
             part.unlink(missing_ok=True)
             raise
+        finally:
+            self._in_flight.pop(part, None)
         logger.info(
             "downloaded %s (%d bytes) in %.1f s", where, expected_length, time.monotonic() - started
         )
@@ -235,9 +243,11 @@ class HttpFetcher:
             free = self._free_bytes(directory)
         except OSError as exc:
             raise StoreError(f"cannot read the free space of {directory}: {exc}") from exc
-        if free < needed:
+        promised = sum(max(0, length - _size_of(part)) for part, length in self._in_flight.items())
+        if free - promised < needed:
+            others = f", of which {promised} are promised to other downloads" if promised else ""
             raise InsufficientDiskError(
-                f"{directory} has {free} bytes free; the download needs {needed} "
+                f"{directory} has {free} bytes free{others}; the download needs {needed} "
                 f"({expected_length} + a margin of {self.limits.free_disk_margin_bytes})"
             )
 
@@ -428,6 +438,13 @@ def _redacted(url: str | httpx.URL) -> str:
     except httpx.InvalidURL:
         return "<invalid URL>"
     return str(parsed.copy_with(userinfo=b"", query=None, fragment=None))
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _disk_free_bytes(directory: Path) -> int:

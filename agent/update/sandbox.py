@@ -238,11 +238,14 @@ def _interpret(
     if returncode == EXIT_REFUSED:
         error_class = _REFUSALS.get(str(answer.get("reason")), ModelCheckError)
         raise error_class(f"{what}: {answer.get('error', 'refused')}")
-    golden_cases, p50_ms, max_ms, runtime = (
-        answer.get(key) for key in ("golden_cases", "latency_ms_p50", "latency_ms_max", "runtime")
+    golden_cases, memory_bytes, p50_ms, max_ms, runtime = (
+        answer.get(key)
+        for key in ("golden_cases", "memory_bytes", "latency_ms_p50", "latency_ms_max", "runtime")
     )
     if not (
         type(golden_cases) is int
+        and type(memory_bytes) is int
+        and memory_bytes >= 0
         and _is_finite_number(p50_ms)
         and _is_finite_number(max_ms)
         and isinstance(runtime, str)
@@ -250,6 +253,7 @@ def _interpret(
         raise SandboxKilledError(f"the sandboxed check of {what} answered no report: {answer}")
     return SandboxReport(
         golden_cases=golden_cases,
+        memory_bytes=memory_bytes,
         latency_ms_p50=float(p50_ms),
         latency_ms_max=float(max_ms),
         runtime=runtime,

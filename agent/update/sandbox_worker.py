@@ -34,7 +34,6 @@ from protocol import TensorSpec
 from tensors import Array, CheckBundle, GoldenCase, InferenceBackend, numpy_dtype_of
 
 from ..backends import load_backend
-from .memory import peak_resident_bytes, resident_bytes
 from ..errors import (
     CheckBundleError,
     GoldenMismatchError,
@@ -44,6 +43,7 @@ from ..errors import (
     SandboxKilledError,
     SignatureMismatchError,
 )
+from .memory import peak_resident_bytes, resident_bytes
 
 __all__ = ["EXIT_REFUSED", "MAX_JOB_BYTES", "main", "run_check"]
 

@@ -141,11 +141,18 @@ class TrustState:
         deployment = verified.deployment
         mark = self.deployment_sequence(deployment.model)
         if deployment.sequence <= mark:
-            error = DuplicateDeploymentError if deployment.sequence == mark else ReplayedDeploymentError
-            raise error(f"deployment {deployment.sequence} of {deployment.model} is not above {mark}")
+            error = (
+                DuplicateDeploymentError if deployment.sequence == mark else ReplayedDeploymentError
+            )
+            raise error(
+                f"deployment {deployment.sequence} of {deployment.model} is not above {mark}"
+            )
         return replace(
             self.with_verified_trust_root(verified.trust_root_envelope, verified.trust_root),
-            deployment_sequences={**self.deployment_sequences, deployment.model: deployment.sequence},
+            deployment_sequences={
+                **self.deployment_sequences,
+                deployment.model: deployment.sequence,
+            },
             time_floor=max(self.time_floor, deployment.issued_at),
         )
 

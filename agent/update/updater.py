@@ -48,8 +48,8 @@ from ..stats.probation import ProbationOutcome
 from ..stats.probation_watch import watch_probation
 from .fetcher import Fetcher
 from .machine import Journal, UpdateEvent, UpdateState
-from .names import check_bundle_name
 from .memory import resident_bytes
+from .names import check_bundle_name
 from .sandbox import SandboxReport
 from .state_files import ReleaseIndex, TrustKeeper, advance_journal, persist_journal
 from .store import ModelStore
@@ -161,7 +161,9 @@ class Updater:
     def last_good(self) -> ReleaseRef | None:
         """What this model returns to if the fleet rolls it back: the committed version."""
         busy = self.phase in ("activating", "probation", "rolling_back")
-        return self.release_of(self.store.previous_sha256() if busy else self.store.current_sha256())
+        return self.release_of(
+            self.store.previous_sha256() if busy else self.store.current_sha256()
+        )
 
     async def serve_current(self) -> None:
         """Load whatever ``current`` points at (at start, and after a recovered rollback)."""
@@ -435,8 +437,11 @@ class Updater:
         self.reporter.state_changed()
 
     async def _pause_if_asked(self, journal: Journal) -> None:
-        if self.config.pause_in_state and journal.state == self.config.pause_in_state:
-            logger.warning("paused in state %s (pause_in_state is set)", journal.state)
+        wanted = self.config.pause_in_state
+        if isinstance(wanted, dict):
+            wanted = wanted.get(self.model)
+        if wanted and journal.state == wanted:
+            logger.warning("%s paused in state %s (pause_in_state is set)", self.model, wanted)
             await asyncio.Event().wait()
 
     def _download_path(self, sha256: str) -> Path:

@@ -83,7 +83,7 @@ def test_activating_a_model_at_the_descriptor_limit_is_a_local_write_error(
 
     error = run_at_the_limit(
         "from agent.update.store import ModelStore\n"
-        f"store = ModelStore(Path({str(store_root)!r}))\n"
+        f"store = ModelStore(Path({str(store_root)!r}), 'digits')\n"
         f"store.stage({sha256!r}, 'model.onnx', Path({str(model)!r}))",
         f"store.activate({sha256!r})",
     )
@@ -92,5 +92,5 @@ def test_activating_a_model_at_the_descriptor_limit_is_a_local_write_error(
     assert "Too many open files" in str(error["message"])
     # The symlink may have switched without its directory fsync: either way it names a
     # complete model, and the update's rollback puts back what served before.
-    current = store_root / "current"
+    current = store_root / "slots" / "digits" / "current"
     assert not current.exists() or (current / "model.onnx").read_bytes() == b"model bytes"

@@ -36,6 +36,15 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def active_version_of(device: dict[str, Any], model: str) -> int | None:
+    """The version of ``model`` in a device's API form (``models`` lists each model)."""
+    for entry in device["models"]:
+        if entry["model"] == model:
+            version: int | None = entry["active_version"]
+            return version
+    return None
+
+
 class Api:
     """The controller's HTTP API as an operator's script uses it (``apiclient``), with the
     waits a test needs."""
@@ -65,6 +74,10 @@ class Api:
     def device(self, device_id: str) -> dict[str, Any]:
         detail: dict[str, Any] = self.call("GET", f"/api/v1/devices/{device_id}")
         return detail
+
+    def active_version(self, device_id: str, model: str) -> int | None:
+        """The version of ``model`` the device reports serving, if any."""
+        return active_version_of(self.device(device_id), model)
 
     def wait_rollout(
         self,
@@ -125,7 +138,7 @@ class Traffic:
                     continue
                 if response.status_code == 200:
                     self.ok += 1
-                elif response.status_code != 404:  # 404: no model yet
+                elif response.status_code != 404 or self.ok:  # 404 before: no model yet
                     self.failures.append(f"{response.status_code}: {response.text[:200]}")
                 time.sleep(self.interval_s)
 
@@ -139,8 +152,9 @@ class FleetAgent:
         self.inference_port = free_port()
         self.log = directory / "agent.log"
         self.process: subprocess.Popen[bytes] | None = None
-        self.traffic: Traffic | None = None
-        self._traffic_thread: threading.Thread | None = None
+        self.traffic: Traffic | None = None  # the last started
+        self.traffics: dict[str, Traffic] = {}  # by model
+        self._traffic_threads: list[threading.Thread] = []
 
     def enroll(self, controller_url: str, token: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -210,14 +224,18 @@ class FleetAgent:
             interval_s=interval_s,
             bodies=bodies or [],
         )
-        self._traffic_thread = threading.Thread(target=self.traffic.run, daemon=True)
-        self._traffic_thread.start()
+        self.traffics[model] = self.traffic
+        thread = threading.Thread(target=self.traffic.run, daemon=True)
+        thread.start()
+        self._traffic_threads.append(thread)
         return self.traffic
 
     def stop_traffic(self) -> None:
-        if self.traffic is not None and self._traffic_thread is not None:
-            self.traffic.stop.set()
-            self._traffic_thread.join(timeout=30)
+        for traffic in self.traffics.values():
+            traffic.stop.set()
+        for thread in self._traffic_threads:
+            thread.join(timeout=30)
+        self._traffic_threads.clear()
 
     def log_tail(self, chars: int = 3000) -> str:
         try:

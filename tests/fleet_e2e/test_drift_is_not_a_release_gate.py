@@ -79,5 +79,5 @@ def test_good_digits_models_ship_on_traffic_unlike_their_validation_data(
     second = fleet.api.push_and_release("digits", model.rename(tmp_path / "digits-2.onnx"))
     rollout_completes(fleet, f"digits:{second}")
 
-    assert all(fleet.api.device(a.device_id)["active_version"] == second for a in fleet.agents)
+    assert all(fleet.api.active_version(a.device_id, "digits") == second for a in fleet.agents)
     assert all(a.traffic is not None and not a.traffic.failures for a in fleet.agents)

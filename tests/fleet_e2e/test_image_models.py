@@ -81,7 +81,7 @@ def test_image_model_ships_in_waves_and_a_broken_one_stops_at_the_canary(
 
     committed = sum(wave["outcomes"].get("committed", 0) for wave in status["waves"])
     assert committed == 3, status
-    assert all(fleet.api.device(a.device_id)["active_version"] == good for a in fleet.agents)
+    assert all(fleet.api.active_version(a.device_id, MODEL) == good for a in fleet.agents)
     frame = live_frame(99)
     expected = ort.InferenceSession(str(squeezenet())).run(None, {INPUT: frame})[0]
     np.testing.assert_allclose(served_output(fleet, frame), expected, rtol=1e-5, atol=1e-6)
@@ -97,5 +97,5 @@ def test_image_model_ships_in_waves_and_a_broken_one_stops_at_the_canary(
     outcomes = {k: v for wave in status["waves"] for k, v in wave["outcomes"].items()}
     assert outcomes == {"rolled_back": 1}, status
     assert status["last_good"] == f"{MODEL}:{good}"
-    assert all(fleet.api.device(a.device_id)["active_version"] == good for a in fleet.agents)
+    assert all(fleet.api.active_version(a.device_id, MODEL) == good for a in fleet.agents)
     assert all(a.traffic is not None and a.traffic.ok > 0 for a in fleet.agents)

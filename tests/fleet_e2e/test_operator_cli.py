@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from .conftest import MODEL, Fleet, ModelFiles
-from .harness import FleetAgent
+from .harness import FleetAgent, active_version_of
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -93,4 +93,4 @@ def test_enroll_push_release_roll_out_pause_resume_promote_with_the_cli(
     assert kinds.count("wave_promoted") == 2
     assert {"rollout_paused", "rollout_resumed"} <= set(kinds)
     devices = edgefleet(fleet, "devices", "list", "--selector", "site=lab", "--json")
-    assert {d["id"]: d["active_version"] for d in devices} == {"lab-0": 1, "lab-1": 1}
+    assert {d["id"]: active_version_of(d, MODEL) for d in devices} == {"lab-0": 1, "lab-1": 1}

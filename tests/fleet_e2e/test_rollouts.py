@@ -74,8 +74,7 @@ def deployments_received(fleet: Fleet, device_id: str) -> list[dict[str, Any]]:
 
 
 def active_version(fleet: Fleet, device_id: str) -> int | None:
-    version: int | None = fleet.api.device(device_id)["active_version"]
-    return version
+    return fleet.api.active_version(device_id, MODEL)
 
 
 def test_a_good_release_rolls_out_in_waves_to_20_devices_and_all_commit(

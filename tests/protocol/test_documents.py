@@ -30,7 +30,7 @@ from tests.factories import NOW, Keyring, make_deployment, make_release
 
 def test_every_document_has_a_distinct_payload_type() -> None:
     payload_types = [cls.PAYLOAD_TYPE for cls in DOCUMENT_TYPES.values()]
-    assert len(set(payload_types)) == len(payload_types) == 8
+    assert len(set(payload_types)) == len(payload_types) == 9
     assert all(DOCUMENT_TYPES[cls.PAYLOAD_TYPE] is cls for cls in DOCUMENT_TYPES.values())
 
 

@@ -27,7 +27,7 @@ DEMO_TIMEOUT_S = 300
 
 
 @pytest.mark.timeout(DEMO_TIMEOUT_S + 30)
-def test_demo_rolls_out_the_good_release_and_the_canary_stops_the_bad_one(
+def test_demo_rolls_out_two_models_and_the_canary_stops_the_bad_release_alone(
     tmp_path: Path,
 ) -> None:
     state_dir = tmp_path / "demo"
@@ -45,11 +45,14 @@ def test_demo_rolls_out_the_good_release_and_the_canary_stops_the_bad_one(
     assert not (state_dir / "left-over-from-an-earlier-run").exists()
     assert "every expected outcome was met" in result.stdout
     summary = json.loads((state_dir / "report" / "summary.json").read_text())
-    good, bad = summary["rollouts"]
+    good, second, bad = summary["rollouts"]
     assert (good["status"], good["device_outcomes"]["committed"]) == ("completed", 50)
+    assert (second["status"], second["device_outcomes"]["committed"]) == ("completed", 50)
     assert bad["status"] == "aborted"
     assert bad["device_outcomes"] == {"committed": 0, "failed": 0, "rolled_back": 1}
-    assert summary["final_releases"] == {good["release"]: 50}
+    # The bad release of the first model ran at the same time as the second model's.
+    assert bad["started_s"] < second["started_s"] + second["duration_s"]
+    assert summary["final_releases"] == {f"{good['release']}, {second['release']}": 50}
     assert (state_dir / "report" / "report.html").stat().st_size > 0
 
 

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from protocol import ReleaseRef
+from protocol import ModelState, ReleaseRef
 from simulator.plan import DevicePlan, plan_fleet
 from simulator.recorder import Recorder, RolloutTimeline
 from simulator.report import write_report
@@ -23,30 +23,22 @@ HOSTILE = "<script>alert('x')</script>"
 
 
 @dataclass
-class StubUpdater:
+class StubModels:
     serving: ReleaseRef | None
 
-    def release_of(self, sha256: str | None) -> ReleaseRef | None:
-        return self.serving if self.serving and sha256 == self.serving.sha256 else None
-
-
-@dataclass
-class StubStore:
-    sha256: str | None
-
-    def current_sha256(self) -> str | None:
-        return self.sha256
+    def model_states(self) -> list[ModelState]:
+        if self.serving is None:
+            return []
+        return [ModelState(model=self.serving.model, active=self.serving)]
 
 
 @dataclass
 class StubDaemon:
     serving: ReleaseRef | None
-    updater: StubUpdater = field(init=False)
-    store: StubStore = field(init=False)
+    models: StubModels = field(init=False)
 
     def __post_init__(self) -> None:
-        self.updater = StubUpdater(self.serving)
-        self.store = StubStore(self.serving.sha256 if self.serving else None)
+        self.models = StubModels(self.serving)
 
 
 @dataclass

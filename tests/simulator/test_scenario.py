@@ -25,8 +25,16 @@ def test_demo_scenario_loads() -> None:
     assert scenario.name == "demo"
     assert scenario.fleet.devices == 50
     assert [p.name for p in scenario.profiles] == ["edge-box", "slow-camera"]
-    assert [r.release for r in scenario.rollouts] == ["@good", "@bad"]
-    assert [r.expect.status for r in scenario.rollouts] == ["completed", "aborted"]
+    assert [r.release for r in scenario.rollouts] == ["@good", "@second", "@bad"]
+    assert [r.with_previous for r in scenario.rollouts] == [False, False, True]
+    assert [r.expect.status for r in scenario.rollouts] == ["completed", "completed", "aborted"]
+
+
+def test_the_first_rollout_cannot_start_with_a_previous_one(tmp_path: Path) -> None:
+    text = ROLLOUT.replace('release = "', 'with_previous = true\nrelease = "', 1)
+    assert "with_previous" in text
+    with pytest.raises(ScenarioError, match="no rollout before it"):
+        load_scenario(write(tmp_path, text))
 
 
 @pytest.mark.parametrize("devices", [1, 7, 1000])

@@ -14,6 +14,15 @@ from typing import Any
 from tests.brokers import BrokerEndpoint, free_port
 
 STOP_TIMEOUT_S = 30.0
+# The model most tests deploy (tests/agent/e2e/models.py's affine models).
+MODEL = "affine"
+
+
+def toml_value(value: Any) -> str:
+    """A TOML value: JSON's form for scalars and strings, an inline table for a dict."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {json.dumps(item)}" for key, item in value.items()) + "}"
+    return json.dumps(value)
 
 
 class AgentProcess:
@@ -55,7 +64,7 @@ class AgentProcess:
         settings = {**self.base, **overrides}
         config.write_text(
             "".join(
-                f"{key} = {json.dumps(value)}\n"
+                f"{key} = {toml_value(value)}\n"
                 for key, value in settings.items()
                 if value is not None
             )
@@ -87,27 +96,29 @@ class AgentProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def journal(self) -> dict[str, Any] | None:
-        path = self.data_dir / "journal.json"
+    def journal(self, model: str = MODEL) -> dict[str, Any] | None:
+        path = self.data_dir / "updates" / model / "journal.json"
         try:
             value: dict[str, Any] = json.loads(path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
         return value
 
-    def wait_for_journal_state(self, state: str, sequence: int, timeout_s: float = 60.0) -> None:
+    def wait_for_journal_state(
+        self, state: str, sequence: int, timeout_s: float = 60.0, *, model: str = MODEL
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            journal = self.journal()
+            journal = self.journal(model)
             if journal and (journal["state"], journal["deployment_sequence"]) == (state, sequence):
                 return
             if not self.alive():
                 raise AssertionError(f"agent exited: {self.log.read_text()[-3000:]}")
             time.sleep(0.02)
-        raise AssertionError(f"journal never reached {state}: {self.journal()}")
+        raise AssertionError(f"journal never reached {state}: {self.journal(model)}")
 
-    def current_model_dir(self) -> Path | None:
-        link = self.data_dir / "store" / "current"
+    def current_model_dir(self, model: str = MODEL) -> Path | None:
+        link = self.data_dir / "store" / "slots" / model / "current"
         return link.resolve() if link.is_symlink() else None
 
     def trust_file_bytes(self) -> bytes:

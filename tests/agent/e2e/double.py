@@ -8,6 +8,7 @@ collects what the device reports, deduplicated by (device, seq) as the controlle
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,11 +24,13 @@ from protocol import (
     Channel,
     Command,
     Deployment,
+    DesiredState,
     Envelope,
     Event,
     ProbationPolicy,
     ReferenceProfile,
     Release,
+    ReleaseRef,
     Role,
     State,
     device_topic,
@@ -138,6 +141,8 @@ class ControllerDouble:
         self._client = TestClient(broker, client_id="controller-double")
         self._sequence = 0
         self._command_sequence = 0
+        # Each device's newest deployment envelope per model: its retained desired state.
+        self._desired: dict[str, dict[str, dict[str, Any]]] = {}
 
     def __enter__(self) -> ControllerDouble:
         self._client.__enter__()
@@ -202,6 +207,7 @@ class ControllerDouble:
         self._sequence += 1
         fields: dict[str, Any] = {
             "device_id": device_id,
+            "model": release.model,
             "sequence": self._sequence,
             "issued_at": now,
             "expires": now + lifetime,
@@ -212,6 +218,18 @@ class ControllerDouble:
         }
         fields.update(overrides)
         return Deployment(**fields).sign(self.keyring.keys[signer])
+
+    def removal(self, device_id: str, model: str, *, now: datetime) -> Envelope:
+        """A signed order to remove ``model`` from the device."""
+        self._sequence += 1
+        return Deployment(
+            device_id=device_id,
+            model=model,
+            sequence=self._sequence,
+            issued_at=now,
+            expires=now + timedelta(hours=1),
+            remove=True,
+        ).sign(self.keyring.keys[Role.DEPLOYMENT])
 
     def command(self, device_id: str, action: str, *, now: datetime, **overrides: Any) -> Envelope:
         self._command_sequence += 1
@@ -230,11 +248,32 @@ class ControllerDouble:
         self._client.publish(topic, envelope.to_bytes())
 
     def publish_desired(self, device_id: str, envelope: Envelope | bytes) -> None:
-        payload = envelope if isinstance(envelope, bytes) else envelope.to_bytes()
+        """Put ``envelope`` in the device's desired state, beside its other models'.
+
+        Raw bytes are published as they are (for malformed desired states).
+        """
+        if isinstance(envelope, bytes):
+            payload = envelope
+        else:
+            model = json.loads(envelope.payload)["model"]
+            entries = self._desired.setdefault(device_id, {})
+            entries[model] = envelope.to_json_obj()
+            desired = DesiredState(
+                device_id=device_id, deployments=[entries[name] for name in sorted(entries)]
+            )
+            payload = desired.to_payload()
         topic = device_topic(self.prefix, device_id, Channel.DESIRED)
         self._client.publish(topic, payload, retain=True)
 
     # Observing the device ---------------------------------------------------------
+
+    def active(self, device_id: str, model: str) -> ReleaseRef | None:
+        """What the device's last state says ``model`` serves."""
+        with self._lock:
+            state = self.states.get(device_id)
+        if state is None or not state.online:
+            return None
+        return next((m.active for m in state.models if m.model == model), None)
 
     def device_events(self, device_id: str) -> list[Event]:
         with self._lock:

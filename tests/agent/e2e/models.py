@@ -96,6 +96,7 @@ def release_of(
     *,
     version: int,
     expected: np.ndarray[Any, Any] | None = None,
+    name: str = "affine",
     **overrides: Any,
 ) -> Release:
     """A release of ``model`` whose golden case is the model's own output (or ``expected``)."""
@@ -105,7 +106,7 @@ def release_of(
         expected = session.run(None, {"x": x})[0]
     return double.release_for(
         model,
-        model="affine",
+        model=name,
         version=version,
         inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, WIDTH])],
         outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, WIDTH])],

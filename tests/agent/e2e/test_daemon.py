@@ -46,7 +46,7 @@ def test_diagnostics_command_is_answered_and_its_replay_refused(
         "the diagnostics answer",
     )
     done = [e for e in double.device_events(DEVICE) if e.details.get("action") == "diagnostics"]
-    assert done[0].details["current_sha256"] == base.artifact.sha256
+    assert done[0].details["models"][base.model]["current_sha256"] == base.artifact.sha256
     trust_before = agent.trust_file_bytes()
     double.publish_command(DEVICE, diagnostics)  # a duplicate: ignored quietly
     double.publish_command(DEVICE, first)  # an older sequence: refused
@@ -108,8 +108,8 @@ def test_broker_restart_mid_update_converges(
     restartable_mosquitto.restart()
 
     def converged() -> bool:
-        state = double.states.get(DEVICE)
-        return bool(state and state.online and state.active and state.active.version == 2)
+        active = double.active(DEVICE, new.model)
+        return active is not None and active.version == 2
 
     def committed() -> bool:
         journal = agent.journal()

@@ -40,8 +40,9 @@ def test_deployment_is_fetched_checked_activated_and_committed(
     double.wait_for(lambda: DEVICE in double.states, "a state report")
     state = double.states[DEVICE]
     assert state.online
-    assert state.active is not None
-    assert state.active.sha256 == base.artifact.sha256
+    active = double.active(DEVICE, base.model)
+    assert active is not None
+    assert active.sha256 == base.artifact.sha256
     phases = [e.phase for e in double.device_events(DEVICE) if e.type == "phase"]
     assert phases[:6] == ["idle", "fetching", "verifying", "staged", "activating", "probation"]
 
@@ -184,7 +185,7 @@ def test_bad_download_fails_and_keeps_the_current_model(
     double.artifacts.mode = mode
     failed_with(double, sequence_of(deploy(double, release)), reason)
     assert_serving(agent, base)
-    assert list((agent.data_dir / "staging").iterdir()) == []
+    assert list((agent.data_dir / "updates" / base.model / "staging").iterdir()) == []
 
 
 def test_check_bundle_is_kept_beside_the_committed_model(
@@ -208,7 +209,7 @@ def test_tampered_check_bundle_fails_and_keeps_the_current_model(
     double.artifacts.blobs[digest] = bytes(b ^ 0x01 for b in genuine[:16]) + genuine[16:]
     failed_with(double, sequence_of(deploy(double, release)), "hash_mismatch")
     assert_serving(agent, base)
-    assert list((agent.data_dir / "staging").iterdir()) == []
+    assert list((agent.data_dir / "updates" / base.model / "staging").iterdir()) == []
 
 
 def test_check_bundle_that_does_not_read_fails_the_check(

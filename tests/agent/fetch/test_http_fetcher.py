@@ -8,9 +8,11 @@ file survives a failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import shutil
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +346,41 @@ def test_disk_margin_counts_towards_the_space_needed(
         fetch(fetcher, artifact_server, destination)
 
     assert artifact_server.requests == []
+
+
+def test_a_download_leaves_room_for_the_one_another_model_has_under_way(
+    sleep: RecordedSleep, artifact_server: ArtifactServer, tmp_path: Path
+) -> None:
+    size = len(artifact_server.content)
+    # Room for one artifact and a half: each download alone fits, two at once do not.
+    fetcher = HttpFetcher(
+        replace(TEST_LIMITS, free_disk_margin_bytes=0),
+        sleep=sleep,
+        free_bytes=lambda _directory: size + size // 2,
+    )
+    artifact_server.faults = [trickle(0.01)]  # the first stays under way
+    first_destination, second_destination = tmp_path / "a.onnx", tmp_path / "b.onnx"
+
+    def download(destination: Path) -> Any:
+        return fetcher.download(
+            artifact_server.url,
+            destination,
+            expected_length=size,
+            expected_sha256=artifact_server.sha256,
+        )
+
+    async def two_models() -> None:
+        first = asyncio.create_task(download(first_destination))
+        while not part_of(first_destination).exists():
+            await asyncio.sleep(0.01)
+        with pytest.raises(InsufficientDiskError, match="promised to other downloads"):
+            await download(second_destination)
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        await download(second_destination)  # the promise ended with the download
+
+    asyncio.run(two_models())
+
+    assert second_destination.read_bytes() == artifact_server.content
+    assert_nothing_left(first_destination)
