@@ -232,6 +232,9 @@ class ModelUpdates:
         sequence = verified.deployment.sequence
         if verified.release is None:
             updater.remove(verified)
+            # Nothing of the model is left: its updater goes too (a later deployment of
+            # it makes a new one), and its worker stays until let go of.
+            del self.updaters[model]
             shutil.rmtree(updater.paths.journal.parent, ignore_errors=True)
             return
         logger.info("accepted deployment %d: %s v%d", sequence, model, verified.release.version)
@@ -256,16 +259,19 @@ class ModelUpdates:
         )
 
     def _let_go_of_empty_models(self) -> None:
-        """Forget the updaters of models that hold nothing and have nothing waiting."""
-        for model, updater in list(self.updaters.items()):
+        """Forget the models that hold nothing and have nothing waiting, workers included."""
+        for model in set(self.updaters) | set(self._workers):
+            updater = self.updaters.get(model)
             queue = self._pending.get(model)
-            if updater.holds_a_model or (queue is not None and not queue.empty()):
+            if (updater is not None and updater.holds_a_model) or (
+                queue is not None and not queue.empty()
+            ):
                 continue
             task = self._workers.pop(model, None)
             if task is not None:
                 task.cancel()  # it waits on its empty queue
             self._pending.pop(model, None)
-            del self.updaters[model]
+            self.updaters.pop(model, None)
 
     # -- what the device reports -----------------------------------------------------
 

@@ -148,6 +148,19 @@ def test_a_signed_removal_takes_one_model_away_and_keeps_the_other(
     assert sum(e.type == "removed" for e in double.device_events(DEVICE)) == 1
 
 
+def test_a_removed_model_can_be_deployed_again(
+    double: ControllerDouble, agent: AgentProcess, base: Release, both: Release, models_dir: Path
+) -> None:
+    double.publish_desired(DEVICE, double.removal(DEVICE, SHIFT, now=datetime.now(UTC)))
+    double.wait_for_event(DEVICE, "removed")
+
+    again = deploy(double, shift_release(double, models_dir, 2))
+
+    assert double.wait_for_final(DEVICE, sequence_of(again)).type == "committed"
+    assert added(agent, SHIFT) == 20.0
+    assert added(agent, "affine") == 1.0
+
+
 # Each model is killed in a different state of the update table, each state once per
 # model. States that need a second kill or a tampered artifact are in the one-model
 # matrix (test_crash_matrix.py); here the point is two journals recovered at one boot.
