@@ -61,6 +61,10 @@ def test_two_models_roll_out_at_once_and_the_bad_one_stops_alone(
         assert fleet.api.active_version(agent.device_id, VISION) == vision
         assert fleet.api.active_version(agent.device_id, MODEL) == baseline_version
     for agent in fleet.agents:
+        detail = fleet.api.device(agent.device_id)
+        # Statistics arrive per model, each under the release it was measured on.
+        measured = {(w["model_name"], w["version"]) for w in detail["telemetry"]}
+        assert {(VISION, vision), (MODEL, baseline_version)} <= measured, measured
         for model in (VISION, MODEL):
             traffic = agent.traffics[model]
             assert traffic.ok > 0, (agent.device_id, model)
