@@ -20,6 +20,7 @@ import pytest
 from agent.errors import HashMismatchError, StoreError, UnsafeFileNameError
 from agent.update.store import ModelStore
 
+MODEL = "digits"
 CRASHABLE = ("replace", "rename", "symlink", "fsync", "unlink", "rmdir", "mkdir", "chmod")
 
 
@@ -71,7 +72,7 @@ def assert_every_model_dir_is_complete(store: ModelStore) -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> ModelStore:
-    return ModelStore(tmp_path / "store")
+    return ModelStore(tmp_path / "store", MODEL)
 
 
 def test_staged_model_is_content_addressed_and_read_only(store: ModelStore) -> None:
@@ -152,7 +153,7 @@ def test_activate_keeps_the_previous_model(store: ModelStore) -> None:
     assert (store.current(), store.previous()) == (store.model_dir(first), None)
     store.activate(second)
     assert (store.current_sha256(), store.previous_sha256()) == (second, first)
-    assert (store.root / "current").is_symlink()
+    assert (store.links_dir / "current").is_symlink()
 
 
 def test_activating_the_current_model_again_makes_it_what_a_rollback_keeps(
@@ -242,7 +243,7 @@ def test_rollback_returns_to_the_model_that_served_before_or_to_none(
         kept = store.rollback(from_sha256=from_sha256)
         assert (store.current_sha256(), store.previous_sha256()) == want
         assert kept == want[0]
-    assert (store.root / "current").is_symlink() == (want[0] is not None)
+    assert (store.links_dir / "current").is_symlink() == (want[0] is not None)
 
 
 def test_rolled_back_first_model_is_collected_and_nothing_is_current(store: ModelStore) -> None:
@@ -250,7 +251,7 @@ def test_rolled_back_first_model_is_collected_and_nothing_is_current(store: Mode
     store.activate(first)
     assert store.rollback(from_sha256=first) is None
     assert store.collect_garbage() == [store.model_dir(first)]
-    assert ModelStore(store.root).current() is None
+    assert ModelStore(store.root, MODEL).current() is None
     assert list(store.models_dir.iterdir()) == []
 
 
@@ -272,19 +273,20 @@ def test_garbage_collection_keeps_what_is_referenced(store: ModelStore) -> None:
         store.activate(sha)
     (store.staging_dir / "partial.download").write_bytes(b"half")
     (store.staging_dir / ".stage-leftover").mkdir()
-    os.symlink("models/nowhere", store.root / ".current.tmp")
+    os.symlink("../../models/nowhere", store.links_dir / ".current.tmp")
     removed = store.collect_garbage(keep=[kept])
     assert removed == [store.model_dir(old)]
     assert {p.name for p in store.models_dir.iterdir()} == {
         f"sha256-{sha}" for sha in (prev, cur, kept)
     }
     assert list(store.staging_dir.iterdir()) == []
-    assert not os.path.lexists(store.root / ".current.tmp")
+    assert not os.path.lexists(store.links_dir / ".current.tmp")
     assert (store.current_sha256(), store.previous_sha256()) == (cur, prev)
 
 
 def test_symlink_pointing_outside_the_store_is_an_error(store: ModelStore) -> None:
-    os.symlink("/etc", store.root / "current")
+    store.links_dir.mkdir(parents=True, exist_ok=True)
+    os.symlink("/etc", store.links_dir / "current")
     with pytest.raises(StoreError):
         store.current()
 
@@ -321,7 +323,7 @@ def _prepare(store: ModelStore, operation: str) -> tuple[Callable[[], object], s
 
 
 def _count_syscalls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str) -> int:
-    run, _ = _prepare(ModelStore(tmp_path / "dry-run"), operation)
+    run, _ = _prepare(ModelStore(tmp_path / "dry-run", MODEL), operation)
     with crash_at(monkeypatch, None) as calls:
         run()
     return calls[0]
@@ -337,11 +339,11 @@ def test_a_crash_at_any_syscall_leaves_a_complete_current_model(
     total = _count_syscalls(tmp_path, monkeypatch, operation)
     assert total > 3
     for k in range(total + 1):
-        store = ModelStore(tmp_path / f"{operation}-{k}")
+        store = ModelStore(tmp_path / f"{operation}-{k}", MODEL)
         run, allowed = _prepare(store, operation)
         with crash_at(monkeypatch, k), pytest.raises(Crash) if k < total else _no_crash():
             run()
-        rebooted = ModelStore(store.root)
+        rebooted = ModelStore(store.root, MODEL)
         assert rebooted.current() is not None, f"no current model after a crash at syscall {k}"
         assert_every_model_dir_is_complete(rebooted)
         links = (rebooted.current_sha256(), rebooted.previous_sha256())
@@ -353,13 +355,13 @@ def test_recovery_after_a_crash_during_activation_restores_the_serving_model(
 ) -> None:
     total = _count_syscalls(tmp_path, monkeypatch, "activate")
     for k in range(total + 1):
-        store = ModelStore(tmp_path / f"recover-{k}")
+        store = ModelStore(tmp_path / f"recover-{k}", MODEL)
         _, serving, incoming = _three_models(store)
         with crash_at(monkeypatch, k), pytest.raises(Crash) if k < total else _no_crash():
             store.activate(incoming)
         # The journal said "activating": the daemon rolls back from the incoming model.
-        ModelStore(store.root).rollback(from_sha256=incoming)
-        assert ModelStore(store.root).current_sha256() == serving, f"crash at syscall {k}"
+        ModelStore(store.root, MODEL).rollback(from_sha256=incoming)
+        assert ModelStore(store.root, MODEL).current_sha256() == serving, f"crash at syscall {k}"
 
 
 # A device's first model: its activation, then its rollback, crashed at every syscall.
@@ -379,17 +381,17 @@ def test_a_crash_at_any_syscall_of_a_first_model_update_then_recovery_leaves_not
         store.activate(first)
         return first, lambda: store.rollback(from_sha256=first)
 
-    _, dry_run = prepare(ModelStore(tmp_path / "dry-run"))
+    _, dry_run = prepare(ModelStore(tmp_path / "dry-run", MODEL))
     with crash_at(monkeypatch, None) as calls:
         dry_run()
     total = calls[0]
     assert total >= 2
     for k in range(total + 1):
-        store = ModelStore(tmp_path / f"{operation}-{k}")
+        store = ModelStore(tmp_path / f"{operation}-{k}", MODEL)
         first, run = prepare(store)
         with crash_at(monkeypatch, k), pytest.raises(Crash) if k < total else _no_crash():
             run()
-        rebooted = ModelStore(store.root)
+        rebooted = ModelStore(store.root, MODEL)
         links = (rebooted.current_sha256(), rebooted.previous_sha256())
         assert links in {(first, None), (None, None)}, f"crash at syscall {k} left {links}"
         if links[0] is not None:
@@ -401,3 +403,59 @@ def test_a_crash_at_any_syscall_of_a_first_model_update_then_recovery_leaves_not
 @contextmanager
 def _no_crash() -> Iterator[None]:
     yield
+
+
+# Several models in one store (ADR 0003) ----------------------------------------------
+
+
+def test_two_models_share_the_content_and_keep_each_others_files(store: ModelStore) -> None:
+    other = ModelStore(store.root, "vision", pins=store.pins)
+    digits_v1, digits_v2 = staged(store, b"d1"), staged(store, b"d2")
+    store.activate(digits_v1)
+    store.activate(digits_v2)
+    vision_v1, vision_v2 = staged(other, b"v1"), staged(other, b"v2")
+    other.activate(vision_v1)
+    other.activate(vision_v2)
+    incoming = staged(other, b"v3")
+    store.pins.add(incoming)  # an update of vision is under way
+
+    assert store.collect_garbage() == []
+    assert other.collect_garbage() == []
+
+    assert ModelStore.models_in(store.root) == ["digits", "vision"]
+    assert (store.current_sha256(), store.previous_sha256()) == (digits_v2, digits_v1)
+    assert (other.current_sha256(), other.previous_sha256()) == (vision_v2, vision_v1)
+    assert other.artifact_path(incoming) is not None
+
+
+def test_removing_one_models_slot_leaves_the_other_serving(store: ModelStore) -> None:
+    other = ModelStore(store.root, "vision", pins=store.pins)
+    digits = staged(store, b"d1")
+    store.activate(digits)
+    vision = staged(other, b"v1")
+    other.activate(vision)
+
+    assert other.remove_slot() is True
+    removed = other.collect_garbage()
+
+    assert removed == [store.model_dir(vision)]
+    assert other.current_sha256() is None
+    assert ModelStore.models_in(store.root) == ["digits"]
+    assert store.current_sha256() == digits
+    assert store.current() is not None
+    assert other.remove_slot() is False  # idempotent: a retained order comes again
+
+
+def test_the_one_model_layout_is_adopted_into_a_slot(store: ModelStore) -> None:
+    old, serving = staged(store, b"old"), staged(store, b"serving")
+    os.symlink(f"models/sha256-{serving}", store.root / "current")
+    os.symlink(f"models/sha256-{old}", store.root / "previous")
+    assert ModelStore.legacy_current_sha256(store.root) == serving
+
+    store.adopt_legacy_links()
+    store.adopt_legacy_links()  # a crash after the first: repeating it changes nothing
+
+    assert (store.current_sha256(), store.previous_sha256()) == (serving, old)
+    assert not os.path.lexists(store.root / "current")
+    assert not os.path.lexists(store.root / "previous")
+    assert ModelStore.legacy_current_sha256(store.root) is None

@@ -18,6 +18,7 @@ from agent.errors import (
     ExpiredCommandError,
     ExpiredDeploymentError,
     MalformedDocumentError,
+    ModelMismatchError,
     RefusalError,
     ReplayedCommandError,
     ReplayedDeploymentError,
@@ -28,8 +29,13 @@ from agent.errors import (
     WrongDeviceError,
     WrongPayloadTypeError,
 )
-from agent.update.trust import adopt_trust_root, adopt_trust_roots, verify_deployment
-from protocol import Envelope, Release, Role, SigningKey
+from agent.update.trust import (
+    adopt_trust_root,
+    adopt_trust_roots,
+    read_desired_state,
+    verify_deployment,
+)
+from protocol import DesiredState, Envelope, Release, Role, SigningKey
 from tests.agent.conftest import DEVICE_ID, Device, rotate
 from tests.factories import NOW, make_deployment, make_release
 
@@ -39,7 +45,7 @@ def test_valid_deployment_is_accepted_and_raises_the_marks(device: Device) -> No
     assert verified.release.version == 3
     assert verified.effective_time == NOW + timedelta(minutes=5)
     state = device.state()
-    assert (state.deployment_sequence, state.time_floor) == (7, NOW)
+    assert (state.deployment_sequence("digits"), state.time_floor) == (7, NOW)
 
 
 def test_deployment_for_another_device_is_refused(device: Device) -> None:
@@ -70,7 +76,7 @@ def test_sequence_high_water_mark_survives_restart(device: Device) -> None:
     old = device.deployment(sequence=6)
     device.deliver(device.deployment(sequence=7))
     restarted = Device(device.keyring, device.state_path)  # nothing kept in memory
-    assert restarted.state().deployment_sequence == 7
+    assert restarted.state().deployment_sequence("digits") == 7
     restarted.refuse(old, ReplayedDeploymentError)
 
 
@@ -207,7 +213,9 @@ def test_artifact_file_name_with_a_path_is_refused(device: Device) -> None:
     )
     deployment = protocol.Deployment.from_json_obj(
         {
+            "schema_version": 2,
             "device_id": DEVICE_ID,
+            "model": "digits",
             "sequence": 7,
             "issued_at": NOW.isoformat(),
             "expires": (NOW + timedelta(hours=1)).isoformat(),
@@ -330,7 +338,7 @@ def test_command_sequence_is_counted_apart_from_deployments(device: Device) -> N
     device.deliver(device.deployment(sequence=7))
     device.deliver_command(device.command(sequence=1))
     state = device.state()
-    assert (state.deployment_sequence, state.command_sequence) == (7, 1)
+    assert (state.deployment_sequence("digits"), state.command_sequence) == (7, 1)
 
 
 def test_expired_command_is_refused(device: Device) -> None:
@@ -353,7 +361,7 @@ def test_verification_never_changes_the_state_passed_in(device: Device) -> None:
         device.deployment(trust_root=root_v2.to_json_obj()), state, device_id=DEVICE_ID, now=NOW
     )
     assert verified.trust_root.version == 2
-    assert (state.trust_root_version, state.deployment_sequence) == (1, 0)
+    assert (state.trust_root_version, state.deployment_sequence("digits")) == (1, 0)
 
 
 def test_accepting_the_same_verification_twice_is_refused(device: Device) -> None:
@@ -362,3 +370,87 @@ def test_accepting_the_same_verification_twice_is_refused(device: Device) -> Non
     accepted = state.accept_deployment(verified)
     with pytest.raises(DuplicateDeploymentError):
         accepted.accept_deployment(verified)
+
+
+# Several models per device (ADR 0003) ------------------------------------------------
+
+
+def test_each_model_has_its_own_sequence_mark(device: Device) -> None:
+    device.deliver(device.deployment(sequence=7))  # digits
+    # A lower sequence of another model is not a replay: its own mark is lower still.
+    device.deliver(device.deployment(sequence=5, model="vision", release={"model": "vision"}))
+    device.refuse(device.deployment(sequence=6), ReplayedDeploymentError)
+    device.refuse(
+        device.deployment(sequence=5, model="vision", release={"model": "vision"}),
+        DuplicateDeploymentError,
+    )
+    state = device.state()
+    assert (state.deployment_sequence("digits"), state.deployment_sequence("vision")) == (7, 5)
+
+
+def test_deployment_of_one_model_carrying_a_release_of_another_is_refused(
+    device: Device,
+) -> None:
+    info = device.refuse(
+        device.deployment(model="vision", release={"model": "digits"}), ModelMismatchError
+    )
+    assert info.value.reason == "model_mismatch"
+
+
+def test_signed_removal_verifies_without_a_release(device: Device) -> None:
+    removal = protocol.Deployment(
+        device_id=DEVICE_ID,
+        model="digits",
+        sequence=8,
+        issued_at=NOW,
+        expires=NOW + timedelta(hours=1),
+        remove=True,
+    ).sign(device.keyring.keys[Role.DEPLOYMENT])
+    verified = device.deliver(removal.to_bytes())
+    assert verified.release is None
+    assert device.state().deployment_sequence("digits") == 8
+
+
+def test_removal_signed_by_the_release_key_is_refused(device: Device) -> None:
+    forged = protocol.Deployment(
+        device_id=DEVICE_ID,
+        model="digits",
+        sequence=8,
+        issued_at=NOW,
+        expires=NOW + timedelta(hours=1),
+        remove=True,
+    ).sign(device.keyring.keys[Role.RELEASE])
+    device.refuse(forged.to_bytes(), BadSignatureError)
+
+
+def test_desired_state_lists_deployment_envelopes_for_this_device(device: Device) -> None:
+    entries = [
+        json.loads(device.deployment(sequence=3)),
+        json.loads(device.deployment(sequence=4, model="vision", release={"model": "vision"})),
+    ]
+    payload = DesiredState(device_id=DEVICE_ID, deployments=entries).to_payload()
+    envelopes = read_desired_state(payload, device_id=DEVICE_ID)
+    assert [device.deliver(e).deployment.model for e in envelopes] == ["digits", "vision"]
+
+
+def test_desired_state_for_another_device_is_refused(device: Device) -> None:
+    payload = DesiredState(device_id="cam-paris-0002", deployments=[]).to_payload()
+    with pytest.raises(WrongDeviceError):
+        read_desired_state(payload, device_id=DEVICE_ID)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"{", b'{"device_id": "cam-berlin-0001", "deployments": "x"}', b"[]"],
+    ids=["empty", "torn", "deployments_not_a_list", "array"],
+)
+def test_malformed_desired_state_is_refused(payload: bytes) -> None:
+    with pytest.raises(RefusalError):
+        read_desired_state(payload, device_id=DEVICE_ID)
+
+
+def test_desired_state_with_more_than_16_models_is_refused(device: Device) -> None:
+    entry = json.loads(device.deployment())
+    payload = json.dumps({"device_id": DEVICE_ID, "deployments": [entry] * 17}).encode()
+    with pytest.raises(MalformedDocumentError):
+        read_desired_state(payload, device_id=DEVICE_ID)

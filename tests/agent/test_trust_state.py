@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from agent.errors import BadSignatureError, LocalWriteError, TrustStateError
+from agent.errors import (
+    BadSignatureError,
+    DuplicateDeploymentError,
+    LocalWriteError,
+    ReplayedDeploymentError,
+    TrustStateError,
+)
 from agent.update.state_files import load_trust_state, persist_trust_state
 from agent.update.trust_state import TrustState
 from protocol import Role, SigningKey
@@ -26,7 +32,11 @@ def test_trust_state_round_trips_through_disk(device: Device) -> None:
     state = device.state()
     persist_trust_state(device.state_path, state)
     assert load_trust_state(device.state_path) == state
-    assert (state.deployment_sequence, state.command_sequence, state.time_floor) == (7, 2, NOW)
+    assert (state.deployment_sequence("digits"), state.command_sequence, state.time_floor) == (
+        7,
+        2,
+        NOW,
+    )
     assert dict(state.committed) == {"digits": 3}
 
 
@@ -64,9 +74,10 @@ def _tamper_trust_root(obj: dict[str, Any]) -> None:
 
 
 CORRUPTIONS: dict[str, Callable[[dict[str, Any]], None]] = {
-    "sequence reset by deletion": lambda obj: obj.pop("deployment_sequence"),
-    "negative sequence": _set("deployment_sequence", -1),
-    "sequence as text": _set("deployment_sequence", "7"),
+    "sequences reset by deletion": lambda obj: obj.pop("deployment_sequences"),
+    "negative sequence": lambda obj: obj["deployment_sequences"].update(digits=-1),
+    "sequence as text": lambda obj: obj["deployment_sequences"].update(digits="7"),
+    "floor deleted": lambda obj: obj.pop("deployment_floor"),
     "sequence as bool": _set("command_sequence", True),
     "naive time floor": _set("time_floor", "2026-11-30T12:00:00"),
     "time floor not a time": _set("time_floor", "yesterday"),
@@ -75,7 +86,7 @@ CORRUPTIONS: dict[str, Callable[[dict[str, Any]], None]] = {
     "trust root version mismatch": _set("trust_root_version", 9),
     "trust root not self-signed": _tamper_trust_root,
     "trust root missing": lambda obj: obj.pop("trust_root"),
-    "unknown format": _set("format", 2),
+    "unknown format": _set("format", 3),
 }
 
 
@@ -83,6 +94,7 @@ CORRUPTIONS: dict[str, Callable[[dict[str, Any]], None]] = {
 def test_corrupt_trust_state_is_an_error(
     device: Device, corrupt: Callable[[dict[str, Any]], None]
 ) -> None:
+    device.deliver(device.deployment(sequence=7))  # a mark to corrupt
     obj = json.loads(device.state_path.read_bytes())
     corrupt(obj)
     device.state_path.write_text(json.dumps(obj))
@@ -139,3 +151,21 @@ def test_effective_time_is_never_below_the_floor(device: Device) -> None:
     )
     assert device.state().effective_time(NOW) == later
     assert device.state().effective_time(later + timedelta(hours=1)) == later + timedelta(hours=1)
+
+
+def test_a_format_1_state_keeps_its_one_mark_as_a_floor_for_every_model(device: Device) -> None:
+    # What an agent before 0.3 wrote: one deployment mark for the device.
+    obj = json.loads(device.state_path.read_bytes())
+    for key in ("deployment_sequences", "deployment_floor"):
+        del obj[key]
+    obj |= {"format": 1, "deployment_sequence": 7}
+    device.state_path.write_text(json.dumps(obj))
+
+    device.refuse(device.deployment(sequence=7), DuplicateDeploymentError)
+    device.refuse(
+        device.deployment(sequence=6, model="vision", release={"model": "vision"}),
+        ReplayedDeploymentError,
+    )
+    device.deliver(device.deployment(sequence=8, model="vision", release={"model": "vision"}))
+    state = device.state()
+    assert (state.deployment_sequence("vision"), state.deployment_sequence("digits")) == (8, 7)

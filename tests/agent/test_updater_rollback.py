@@ -22,17 +22,17 @@ from agent.clock import SystemClock
 from agent.config import AgentConfig
 from agent.serving.host import ServingHost
 from agent.update.machine import MAX_TRANSITIONS_PER_DEPLOYMENT, Journal, UpdateState
-from agent.update.state_files import load_journal
+from agent.update.state_files import ReleaseIndex, TrustKeeper, load_journal
 from agent.update.store import ModelStore
 from agent.update.trust_state import TrustState
 from agent.update.updater import Updater, UpdaterPaths
-from durable import write_json_atomic
 from protocol import Artifact, Release, TensorSpec
 from tensors import RuntimeOptions
 from tests.agent.e2e.models import affine_model
 from tests.factories import Keyring, make_release
 
 FINAL_EVENTS = ("committed", "failed", "rolled_back")
+MODEL = "affine"
 
 
 @dataclass
@@ -52,10 +52,11 @@ class RecordingReporter:
         reason: str | None = None,
         details: Mapping[str, Any] | None = None,
         seq: int | None = None,
+        model: str | None = None,
     ) -> None:
         self.events.append((event_type, reason))
 
-    def state_changed(self, phase: str) -> None:
+    def state_changed(self) -> None:
         pass
 
     def finals(self) -> list[tuple[str, str | None]]:
@@ -90,29 +91,33 @@ class Device:
 
     def __post_init__(self) -> None:
         self.data_dir = self.tmp_path / "data"
-        self.store = ModelStore(self.data_dir / "store")
+        self.store = ModelStore(self.data_dir / "store", MODEL)
         for release in self.releases.values():
             model = self.tmp_path / "models" / release.artifact.filename
             self.store.stage(release.artifact.sha256, release.artifact.filename, model)
 
-    def boot(self) -> Updater:
-        """A new agent process on this device's files: nothing serves yet."""
+    def boot(self, serving: ServingHost | None = None, model: str = MODEL) -> Updater:
+        """A new agent process on this device's files: nothing serves yet (unless a
+        ``serving`` host of another model's updater is shared)."""
         config = AgentConfig(
             device_id="dev-0001", data_dir=self.data_dir, trust_root=self.tmp_path / "root"
         )
-        paths = UpdaterPaths.under(self.data_dir)
-        known = {r.artifact.sha256: r.to_json_obj() for r in self.releases.values()}
-        write_json_atomic(paths.releases, known)
+        releases = ReleaseIndex(self.data_dir / "releases.json")
+        for release in self.releases.values():
+            releases.add(release)
+        trust = TrustState.initial(self.keyring.signed_trust_root().to_bytes())
         return Updater(
             config,
-            paths=paths,
-            trust_state=TrustState.initial(self.keyring.signed_trust_root().to_bytes()),
-            store=self.store,
+            model=model,
+            paths=UpdaterPaths.for_model(self.data_dir, model),
+            trust=TrustKeeper(self.data_dir / "trust.json", trust),
+            releases=releases,
+            store=self.store if model == MODEL else ModelStore(self.store.root, model),
             fetcher=NoFetcher(),
             check_model=no_check,
             reporter=self.reporter,
             clock=SystemClock(),
-            serving=ServingHost(options=RuntimeOptions(), window_s=1.0, port=0),
+            serving=serving or ServingHost(options=RuntimeOptions(), window_s=1.0, port=0),
         )
 
     def sha(self, name: str) -> str:
@@ -175,24 +180,24 @@ def test_rollback_keeps_the_model_that_served_before_or_none(device: Device, cas
         asyncio.run(updater.serve_current())
     if case.switched:
         asyncio.run(updater._activate(device.releases["new"]))
-    served_before = updater.serving.current
+    served_before = updater.serving_now
     if case.restarted:
         updater = device.boot()
         if case.had_old and not case.switched:
             asyncio.run(updater.serve_current())  # recovery finds the old model serving
-            served_before = updater.serving.current
+            served_before = updater.serving_now
 
     journal = asyncio.run(updater.resume(_rolling_back(device, "nonfinite_rate")))
 
     assert (journal.state, journal.final_reported) == (UpdateState.ROLLED_BACK, True)
-    assert load_journal(UpdaterPaths.under(device.data_dir).journal) == journal
+    assert load_journal(UpdaterPaths.for_model(device.data_dir, MODEL).journal) == journal
     assert device.reporter.finals() == [("rolled_back", "nonfinite_rate")]
     kept = None if case.keeps is None else device.sha(case.keeps)
     assert device.store.current_sha256() == kept
-    serving = updater.serving.current
+    serving = updater.serving_now
     if kept is None:
         assert serving is None
-        assert updater.serving.server is None or not updater.serving.server.ready
+        assert MODEL not in updater.serving.servers  # it left the inference API
     else:
         assert serving is not None
         assert serving.path.parent == device.store.model_dir(kept)
@@ -200,13 +205,13 @@ def test_rollback_keeps_the_model_that_served_before_or_none(device: Device, cas
             assert serving is served_before  # never swapped out, not even reloaded
     # The rejected artifact is no longer referenced: collected.
     assert not device.store.model_dir(device.sha("new")).exists()
-    assert ModelStore(device.store.root).current_sha256() == kept  # so after a restart
+    assert ModelStore(device.store.root, MODEL).current_sha256() == kept  # so after a restart
 
 
 def test_first_model_rolled_back_in_process_answers_not_ready(device: Device) -> None:
     updater = device.boot()
     asyncio.run(updater._activate(device.releases["new"]))
-    server = updater.serving.server
+    server = updater.serving.servers.get(MODEL)
     assert server is not None
     assert server.ready
 
@@ -230,3 +235,21 @@ def test_rollback_that_keeps_failing_reports_its_final_event_at_the_cap(device: 
     assert journal.transitions == MAX_TRANSITIONS_PER_DEPLOYMENT
     assert device.reporter.finals() == [("rolled_back", "transition_cap")]
     assert ("phase", "store_error") in device.reporter.events
+
+
+def test_one_models_rollback_leaves_the_other_model_serving(device: Device, tmp_path: Path) -> None:
+    first = device.boot()
+    other = device.boot(first.serving, model="shift")
+    shift = _release(tmp_path, "shift", 10.0, 1).model_copy(update={"model": "shift"})
+    model_file = tmp_path / "models" / shift.artifact.filename
+    other.store.stage(shift.artifact.sha256, shift.artifact.filename, model_file)
+    other.releases.add(shift)
+    asyncio.run(other._activate(shift))
+    asyncio.run(first._activate(device.releases["new"]))
+
+    asyncio.run(first.resume(_rolling_back(device, "drift")))
+
+    assert first.serving_now is None
+    assert other.serving_now is not None
+    assert other.store.current_sha256() == shift.artifact.sha256
+    assert first.serving.api.ready  # the model that should serve does
