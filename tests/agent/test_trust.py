@@ -397,30 +397,28 @@ def test_deployment_of_one_model_carrying_a_release_of_another_is_refused(
     assert info.value.reason == "model_mismatch"
 
 
-def test_signed_removal_verifies_without_a_release(device: Device) -> None:
+def removal_of(model: str, signers: list[SigningKey]) -> bytes:
+    """A signed order to remove ``model`` from the device (sequence 8)."""
     removal = protocol.Deployment(
         device_id=DEVICE_ID,
-        model="digits",
+        model=model,
         sequence=8,
         issued_at=NOW,
         expires=NOW + timedelta(hours=1),
         remove=True,
-    ).sign(device.keyring.keys[Role.DEPLOYMENT])
-    verified = device.deliver(removal.to_bytes())
+    )
+    return removal.sign(signers).to_bytes()
+
+
+def test_signed_removal_verifies_without_a_release(device: Device) -> None:
+    verified = device.deliver(removal_of("digits", device.keyring.keys[Role.DEPLOYMENT]))
     assert verified.release is None
     assert device.state().deployment_sequence("digits") == 8
 
 
 def test_removal_signed_by_the_release_key_is_refused(device: Device) -> None:
-    forged = protocol.Deployment(
-        device_id=DEVICE_ID,
-        model="digits",
-        sequence=8,
-        issued_at=NOW,
-        expires=NOW + timedelta(hours=1),
-        remove=True,
-    ).sign(device.keyring.keys[Role.RELEASE])
-    device.refuse(forged.to_bytes(), BadSignatureError)
+    forged = removal_of("digits", device.keyring.keys[Role.RELEASE])
+    device.refuse(forged, BadSignatureError)
 
 
 def test_desired_state_lists_deployment_envelopes_for_this_device(device: Device) -> None:

@@ -113,12 +113,16 @@ def _seed_0002(engine: Engine) -> None:
         )
 
 
+def _migrate_seeded_0002_to_head(engine: Engine) -> None:
+    _migrate(engine, "0002")
+    _seed_0002(engine)
+    _migrate(engine, "head")
+
+
 def test_0003_moves_each_devices_model_into_device_models(database_url: str) -> None:
     engine = make_engine(database_url)
     try:
-        _migrate(engine, "0002")
-        _seed_0002(engine)
-        _migrate(engine, "head")
+        _migrate_seeded_0002_to_head(engine)
         with Session(engine) as session:
             rows = {
                 r.device_id: r
@@ -148,9 +152,7 @@ def test_0003_moves_each_devices_model_into_device_models(database_url: str) -> 
 def test_0003_downgrades_to_one_model_per_device(database_url: str) -> None:
     engine = make_engine(database_url)
     try:
-        _migrate(engine, "0002")
-        _seed_0002(engine)
-        _migrate(engine, "head")
+        _migrate_seeded_0002_to_head(engine)
         _migrate(engine, "0002", down=True)
         with engine.connect() as connection:
             row = connection.execute(

@@ -167,6 +167,20 @@ def test_bad_selector_is_a_400_with_the_parsers_message(
     assert "expected a value" in response.json()["detail"]
 
 
+def running_rollout(release: ReleaseRecord) -> RolloutRecord:
+    """Rollout ``r1`` of ``release`` to site=paris, running."""
+    return RolloutRecord(
+        id="r1",
+        release_id=release.id or 0,
+        model_name="digits",
+        selector="site=paris",
+        policy={},
+        state={},
+        status="running",
+        created_by="test",
+    )
+
+
 def test_device_detail_shows_desired_state_history_and_statistics(
     app: FastAPI, client: TestClient, tokens: dict[Role, str], fleet: ReleaseRecord
 ) -> None:
@@ -176,18 +190,7 @@ def test_device_detail_shows_desired_state_history_and_statistics(
         device.desired_sequence = 4
         device.reported_state = {"phase": "idle"}
         session.add(device)
-        session.add(
-            RolloutRecord(
-                id="r1",
-                release_id=fleet.id or 0,
-                model_name="digits",
-                selector="site=paris",
-                policy={},
-                state={},
-                status="running",
-                created_by="test",
-            )
-        )
+        session.add(running_rollout(fleet))
         session.flush()
         session.add(
             RolloutAssignmentRecord(
@@ -358,18 +361,7 @@ def test_removing_a_model_is_refused_while_its_rollout_deploys_it(
     app: FastAPI, client: TestClient, tokens: dict[Role, str], fleet: ReleaseRecord
 ) -> None:
     with session_scope(ctx(app).engine) as session:
-        session.add(
-            RolloutRecord(
-                id="r1",
-                release_id=fleet.id or 0,
-                model_name="digits",
-                selector="site=paris",
-                policy={},
-                state={},
-                status="running",
-                created_by="test",
-            )
-        )
+        session.add(running_rollout(fleet))
 
     assert remove(client, tokens, "p-1", "digits").status_code == 409
     assert remove(client, tokens, "p-1", "nope").status_code == 404
