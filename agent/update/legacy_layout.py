@@ -1,4 +1,4 @@
-"""Move a data directory of the one-model agent (before 0.3) to the per-model layout.
+"""Move a data directory of the one-model agent (before ADR 0003) to the per-model layout.
 
 The old layout kept ``store/current``, ``store/previous``, ``journal.json`` and
 ``staging/`` for the device's only model; the new one keeps them per model

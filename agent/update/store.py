@@ -318,7 +318,7 @@ class ModelStore:
 
     @staticmethod
     def legacy_current_sha256(root: Path) -> str | None:
-        """What ``root/current`` named in the one-model layout of agents before 0.3."""
+        """What ``root/current`` named in the one-model layout of agents before ADR 0003."""
         try:
             target = os.readlink(root / _CURRENT)
         except OSError:

@@ -154,7 +154,7 @@ def test_effective_time_is_never_below_the_floor(device: Device) -> None:
 
 
 def test_a_format_1_state_keeps_its_one_mark_as_a_floor_for_every_model(device: Device) -> None:
-    # What an agent before 0.3 wrote: one deployment mark for the device.
+    # What an agent before ADR 0003 wrote: one deployment mark for the device.
     obj = json.loads(device.state_path.read_bytes())
     for key in ("deployment_sequences", "deployment_floor"):
         del obj[key]

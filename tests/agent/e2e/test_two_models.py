@@ -255,7 +255,7 @@ def test_the_memory_budget_counts_the_models_already_serving(
 def test_a_data_directory_of_the_one_model_agent_is_adopted_at_start(
     double: ControllerDouble, agent: AgentProcess, base: Release
 ) -> None:
-    # Put the data directory back into the layout of agents before 0.3: one model, its
+    # Put the data directory back into the layout of agents before ADR 0003: one model, its
     # links in store/, its journal beside trust.json.
     agent.stop()
     store = agent.data_dir / "store"
