@@ -1,4 +1,10 @@
-"""The Open Inference Protocol (KServe v2) codec: JSON bodies in, numpy arrays, JSON out.
+"""The Open Inference Protocol (KServe v2) codec: bodies in, numpy arrays, bodies out.
+
+Tensors travel as JSON ``data`` or, with the binary tensor data extension that Triton and
+KServe serve, as raw little-endian bytes after a JSON header whose length the
+``Inference-Header-Content-Length`` HTTP header gives: an input says
+``parameters.binary_data_size``, and an output is sent that way when the request asks
+(``parameters.binary_data`` on the output, or ``binary_data_output`` on the request).
 
 Pure: bytes and arrays in, arrays, bytes or an ``InferenceRequestError`` out; no sockets,
 no threads, no clock (import-linter checks it). ``agent.serving.http_api`` carries it over
@@ -7,6 +13,9 @@ HTTP.
 Invariants:
 - JSON ``data`` is never cast silently: integers outside the datatype's range, fractions
   for integer types and numbers for ``BOOL`` are refused;
+- binary input data must be exactly ``prod(shape) * itemsize`` bytes, the binary parts
+  must add up to the body after the header, and ``BOOL`` bytes must be 0 or 1; binary
+  data is read straight into a numpy array, with no Python object per element;
 - outputs are written with ``tolist``, which round-trips FP32/FP64 exactly; a non-finite
   output is written as ``NaN``/``Infinity``, as Python's json does (JavaScript's
   ``JSON.parse`` refuses those);
@@ -43,7 +52,9 @@ from ..errors import (
 )
 
 __all__ = [
+    "InferRequest",
     "Reply",
+    "decode_binary_tensor",
     "decode_infer_request",
     "decode_tensor",
     "encode_infer_response",
@@ -66,6 +77,16 @@ class Reply(NamedTuple):
     status: int
     body: bytes
     allow: bytes = b""  # the methods a 405 names
+    # With binary outputs: the length of the JSON header at the start of ``body``.
+    json_length: int | None = None
+
+
+class InferRequest(NamedTuple):
+    inputs: dict[str, Array]
+    requested: list[str] | None  # output names, or None for all
+    request_id: str | None
+    binary_outputs: bool  # the request's ``binary_data_output``: the default per output
+    binary_by_output: dict[str, bool]  # an output's own ``binary_data``, when it says
 
 
 def encode_json(document: object) -> bytes:
@@ -114,10 +135,50 @@ def decode_tensor(name: str, datatype: str, shape: list[int], data: list[Any]) -
     return array.astype(dtype, copy=False).reshape(shape)
 
 
-def decode_infer_request(body: bytes) -> tuple[dict[str, Array], list[str] | None, str | None]:
-    """An infer request's body as (inputs, requested output names or None, id or None)."""
+def decode_binary_tensor(
+    name: str, datatype: str, shape: list[int], data: bytes | memoryview
+) -> Array:
+    """One binary tensor (little-endian, row-major) as a read-only numpy array over
+    ``data``, without a copy."""
+    dtype = numpy_dtype_of(datatype)
+    needed = math.prod(shape) * dtype.itemsize
+    if len(data) != needed:
+        raise InputDataError(
+            f"input {name!r} has {len(data)} bytes of binary data; {datatype} {shape} "
+            f"needs {needed}"
+        )
+    array = np.frombuffer(data, dtype=dtype.newbyteorder("<"))
+    if dtype.kind == "b" and array.size and array.view(np.uint8).max() > 1:
+        raise InputDataError(f"input {name!r} is BOOL: binary bytes must be 0 or 1")
+    return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
+    parameters = obj.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise MalformedRequestError(f"{what}: 'parameters' must be an object")
+    return parameters
+
+
+def _flag(parameters: dict[str, Any], key: str, what: str) -> bool | None:
+    value = parameters.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise MalformedRequestError(f"{what}: '{key}' must be true or false")
+    return value
+
+
+def decode_infer_request(body: bytes, json_length: int | None = None) -> InferRequest:
+    """An infer request's body; ``json_length`` is its ``Inference-Header-Content-Length``."""
+    header, binary = body, memoryview(b"")
+    if json_length is not None:
+        if not 0 < json_length <= len(body):
+            raise MalformedRequestError(
+                f"Inference-Header-Content-Length {json_length} does not fit a body of "
+                f"{len(body)} bytes"
+            )
+        header, binary = body[:json_length], memoryview(body)[json_length:]
     try:
-        document = json.loads(body)
+        document = json.loads(header)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedRequestError(f"the body is not JSON: {exc}") from exc
     if not isinstance(document, dict):
@@ -129,15 +190,14 @@ def decode_infer_request(body: bytes) -> tuple[dict[str, Array], list[str] | Non
     if not isinstance(tensors, list) or not tensors:
         raise MalformedRequestError("'inputs' must be a non-empty list of tensors")
     feeds: dict[str, Array] = {}
+    offset = 0
     for tensor in tensors:
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
             raise MalformedRequestError("every input must be an object with a 'name' string")
         name: str = tensor["name"]
         if name in feeds:
             raise InputNameError(f"input {name!r} is given twice")
-        parameters = tensor.get("parameters")
-        if isinstance(parameters, dict) and "binary_data_size" in parameters:
-            raise MalformedRequestError("binary tensor data is not supported: send 'data'")
+        size = _parameters(tensor, f"input {name!r}").get("binary_data_size")
         shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
         if not isinstance(shape, list) or not all(type(dim) is int and dim >= 0 for dim in shape):
             raise MalformedRequestError(
@@ -147,41 +207,81 @@ def decode_infer_request(body: bytes) -> tuple[dict[str, Array], list[str] | Non
             raise InputDatatypeError(
                 f"input {name!r}: datatype {datatype!r} is not one of {sorted(OIP_DATATYPES)}"
             )
+        if size is not None:
+            if type(size) is not int or size < 0:
+                raise MalformedRequestError(
+                    f"input {name!r}: 'binary_data_size' must be a non-negative integer"
+                )
+            if data is not None:
+                raise MalformedRequestError(f"input {name!r} has both 'data' and binary data")
+            chunk = binary[offset : offset + size]
+            if len(chunk) != size:
+                raise InputDataError(
+                    f"input {name!r}: the body ends {size - len(chunk)} bytes short of its "
+                    "binary data (is Inference-Header-Content-Length set?)"
+                )
+            offset += size
+            feeds[name] = decode_binary_tensor(name, datatype, shape, chunk)
+            continue
         if not isinstance(data, list):
             raise MalformedRequestError(f"input {name!r}: 'data' must be a list")
         feeds[name] = decode_tensor(name, datatype, shape, data)
+    if offset != len(binary):
+        raise MalformedRequestError(
+            f"{len(binary) - offset} bytes of binary data follow the last binary input"
+        )
+    binary_outputs = _flag(
+        _parameters(document, "the request"), "binary_data_output", "the request"
+    )
     requested = document.get("outputs")
     if requested is None:
-        return feeds, None, request_id
+        return InferRequest(feeds, None, request_id, bool(binary_outputs), {})
     if not isinstance(requested, list) or not all(
         isinstance(output, dict) and isinstance(output.get("name"), str) for output in requested
     ):
         raise MalformedRequestError("'outputs' must be a list of objects with a 'name' string")
-    return feeds, [output["name"] for output in requested], request_id
+    by_output = {}
+    for output in requested:
+        what = f"output {output['name']!r}"
+        flag = _flag(_parameters(output, what), "binary_data", what)
+        if flag is not None:
+            by_output[output["name"]] = flag
+    names = [output["name"] for output in requested]
+    return InferRequest(feeds, names, request_id, bool(binary_outputs), by_output)
 
 
 def encode_infer_response(
     model_name: str,
     model_version: str,
     outputs: Mapping[str, Array],
-    requested: list[str] | None,
-    request_id: str | None,
-) -> bytes:
-    """The response to an infer request: the ``requested`` outputs, else all of them."""
-    names = list(outputs) if requested is None else requested
+    request: InferRequest,
+) -> Reply:
+    """The response to ``request``: its requested outputs (else all), each as JSON data or,
+    where the request asks, as binary data after the JSON header."""
+    names = list(outputs) if request.requested is None else request.requested
     document: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request_id is not None:
-        document["id"] = request_id
-    document["outputs"] = [
-        {
+    if request.request_id is not None:
+        document["id"] = request.request_id
+    entries, buffers = [], []
+    for name in names:
+        array = outputs[name]
+        entry: dict[str, Any] = {
             "name": name,
-            "datatype": reported_datatype(outputs[name].dtype),
-            "shape": list(outputs[name].shape),
-            "data": outputs[name].ravel().tolist(),
+            "datatype": reported_datatype(array.dtype),
+            "shape": list(array.shape),
         }
-        for name in names
-    ]
-    return encode_json(document)
+        if request.binary_by_output.get(name, request.binary_outputs):
+            data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            buffers.append(data)
+        else:
+            entry["data"] = array.ravel().tolist()
+        entries.append(entry)
+    document["outputs"] = entries
+    header = encode_json(document)
+    if not buffers:
+        return Reply(200, header)
+    return Reply(200, b"".join([header, *buffers]), json_length=len(header))
 
 
 def encode_model_metadata(

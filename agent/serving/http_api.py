@@ -9,7 +9,8 @@ serving)::
     GET  /v2/models                  every model served: name, versions, ready
     GET  /v2/models/{name}           metadata: versions, platform, inputs, outputs
     GET  /v2/models/{name}/ready     200, or 503 while no version serves
-    POST /v2/models/{name}/infer     JSON tensors in, JSON tensors out
+    POST /v2/models/{name}/infer     tensors in, tensors out: JSON, or binary tensor data
+                                     (Inference-Header-Content-Length, as Triton/KServe)
 
 Invariants:
 - it binds loopback unless told otherwise; it has no authentication, so it must not be
@@ -77,23 +78,29 @@ _JSON_HEADERS = ((b"content-type", b"application/json"),)
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
 
-def _infer(loaded: LoadedVersion, body: bytes) -> Reply:
+def _infer(loaded: LoadedVersion, body: bytes, json_length: int | None) -> Reply:
     """Decode, run and encode one request; runs in a worker thread."""
     try:
-        feeds, requested, request_id = decode_infer_request(body)
-        if requested is not None:
+        request = decode_infer_request(body, json_length)
+        if request.requested is not None:
             known = {spec.name for spec in loaded.signature.outputs}
-            unknown = sorted(set(requested) - known)
+            unknown = sorted(set(request.requested) - known)
             if unknown:
                 raise OutputNameError(
                     f"model {loaded.name!r} has no outputs {unknown}; it has {sorted(known)}"
                 )
-        outputs = loaded.infer(feeds)
+        outputs = loaded.infer(request.inputs)
     except InferenceError as exc:
         return error_reply(status_of(exc), str(exc))
-    return Reply(
-        200, encode_infer_response(loaded.name, loaded.version, outputs, requested, request_id)
-    )
+    return encode_infer_response(loaded.name, loaded.version, outputs, request)
+
+
+def _json_length(request: h11.Request) -> int | None:
+    """The request's Inference-Header-Content-Length; ``ValueError`` if not a number."""
+    for header, value in request.headers:
+        if header == b"inference-header-content-length":
+            return int(value)
+    return None
 
 
 class InferenceApi:
@@ -218,7 +225,7 @@ class InferenceApi:
                 request, body = received
                 self._busy.add(task)
                 try:
-                    reply = await self._route(request.method, request.target, body)
+                    reply = await self._route(request, body)
                 except Exception:
                     # A bug in the agent, not the client's fault: answer, and keep serving.
                     logger.exception("the inference API failed on %r", request.target)
@@ -276,8 +283,15 @@ class InferenceApi:
     ) -> None:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        status, payload, allow = reply
-        headers = [*_JSON_HEADERS, (b"content-length", b"%d" % len(payload))]
+        status, payload, allow, json_length = reply
+        if json_length is None:
+            headers = [*_JSON_HEADERS, (b"content-length", b"%d" % len(payload))]
+        else:  # binary outputs after a JSON header (the binary tensor data extension)
+            headers = [
+                (b"content-type", b"application/octet-stream"),
+                (b"inference-header-content-length", b"%d" % json_length),
+                (b"content-length", b"%d" % len(payload)),
+            ]
         if close:
             headers.append((b"connection", b"close"))
         if allow:
@@ -289,7 +303,8 @@ class InferenceApi:
         writer.write(b"".join((head or b"", body or b"", end or b"")))
         await writer.drain()
 
-    async def _route(self, method: bytes, target: bytes, body: bytes) -> Reply:
+    async def _route(self, request: h11.Request, body: bytes) -> Reply:
+        method, target = request.method, request.target
         parts = target.split(b"?", 1)[0].decode("ascii", "replace").strip("/").split("/")
         if parts[0] != "v2":
             return error_reply(404, f"no route {target.decode('ascii', 'replace')}")
@@ -309,10 +324,17 @@ class InferenceApi:
                 return error_reply(405, "use GET", allow=b"GET")
             return self._model_index()
         elif rest[0] == "models" and len(rest) >= 2:
-            return await self._route_model(method, [unquote(part) for part in rest[1:]], body)
+            try:
+                json_length = _json_length(request)
+            except ValueError:
+                return error_reply(400, "Inference-Header-Content-Length must be a number")
+            parts = [unquote(part) for part in rest[1:]]
+            return await self._route_model(method, parts, body, json_length)
         return error_reply(404, f"no route {target.decode('ascii', 'replace')}")
 
-    async def _route_model(self, method: bytes, parts: list[str], body: bytes) -> Reply:
+    async def _route_model(
+        self, method: bytes, parts: list[str], body: bytes, json_length: int | None
+    ) -> Reply:
         name, rest = parts[0], parts[1:]
         version = None
         if len(rest) >= 2 and rest[0] == "versions":
@@ -350,9 +372,9 @@ class InferenceApi:
                 ),
             )
         if loaded.warm_latency_s <= INLINE_MAX_LATENCY_S and len(body) <= INLINE_MAX_BODY_BYTES:
-            return _infer(loaded, body)
+            return _infer(loaded, body, json_length)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _infer, loaded, body)
+        return await loop.run_in_executor(self._executor, _infer, loaded, body, json_length)
 
 
 def _is_loopback(host: str) -> bool:
