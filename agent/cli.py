@@ -162,6 +162,10 @@ def serve_local(
         int,
         typer.Option("--port", envvar="EDGEFLEET_AGENT_INFERENCE_PORT", help="Loopback port."),
     ] = 8500,
+    socket: Annotated[
+        Path | None,
+        typer.Option("--socket", help="Also serve on this Unix domain socket (mode 0660)."),
+    ] = None,
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="EDGEFLEET_AGENT_LOG_LEVEL")
     ] = "info",
@@ -173,7 +177,7 @@ def serve_local(
     _configure_logging(log_level)
     from .serving.serve_local import serve_local as serve
 
-    raise typer.Exit(serve(model_file, name=name, port=port))
+    raise typer.Exit(serve(model_file, name=name, port=port, socket_path=socket))
 
 
 def run_agent(config_file: Path | None) -> int:

@@ -40,6 +40,9 @@ class AgentConfig(BaseModel):
     controller_token: str | None = None
     inference_port: int = Field(default=8500, ge=0, le=65535)
     inference_host: str = "127.0.0.1"
+    # Also serve the API on this Unix domain socket (mode 0660), e.g.
+    # /run/edgefleet/infer.sock: for applications on the device that want no TCP port.
+    inference_socket: Path | None = None
     # False: only the in-process Python API serves (the simulator runs thousands of
     # agents in one process, with no port each).
     inference_api: bool = True

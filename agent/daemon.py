@@ -118,6 +118,7 @@ class AgentDaemon:
             window_s=config.stats_window_s,
             host=config.inference_host,
             port=config.inference_port,
+            socket_path=config.inference_socket,
             load_backend=load_backend,
         )
         trust_path = data_dir / "trust.json"

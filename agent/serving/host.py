@@ -39,13 +39,14 @@ class ServingHost:
         window_s: float,
         host: str = "127.0.0.1",
         port: int = 8500,
+        socket_path: Path | None = None,
         load_backend: BackendLoader = load_backend,
     ) -> None:
         self.options = options
         self.window_s = window_s
         self._load_backend = load_backend
         self.servers: dict[str, ModelServer] = {}
-        self.api = InferenceApi({}, host=host, port=port)
+        self.api = InferenceApi({}, host=host, port=port, socket_path=socket_path)
 
     def current_of(self, name: str) -> LoadedVersion | None:
         """The version of model ``name`` that serves, if any."""

@@ -38,8 +38,10 @@ import contextlib
 import http
 import ipaddress
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import unquote
 
 import h11
@@ -73,6 +75,8 @@ STOP_GRACE_S = 5.0
 DEFAULT_WORKERS = 4
 INLINE_MAX_LATENCY_S = 0.001
 INLINE_MAX_BODY_BYTES = 64 * 1024
+# Owner and group (the applications' group) may connect; nobody else.
+SOCKET_MODE = 0o660
 
 _JSON_HEADERS = ((b"content-type", b"application/json"),)
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
@@ -114,7 +118,10 @@ class InferenceApi:
         port: int = DEFAULT_PORT,
         max_body_bytes: int = MAX_BODY_BYTES,
         workers: int = DEFAULT_WORKERS,
+        socket_path: Path | None = None,
     ) -> None:
+        """``socket_path``: also listen on this Unix domain socket (mode 0660), for
+        applications on the device that want no TCP port; the same protocol."""
         self._servers = (
             {servers.name: servers} if isinstance(servers, ModelServer) else dict(servers)
         )
@@ -122,7 +129,9 @@ class InferenceApi:
         self.port = port
         self.max_body_bytes = max_body_bytes
         self._workers = workers
+        self.socket_path = socket_path
         self._server: asyncio.Server | None = None
+        self._unix_server: asyncio.Server | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._busy: set[asyncio.Task[None]] = set()
@@ -172,13 +181,28 @@ class InferenceApi:
         )
         port: int = self._server.sockets[0].getsockname()[1]
         logger.info("inference API on http://%s:%d", self.host, port)
+        if self.socket_path is not None:
+            self._unix_server = await self._listen_on_socket(self.socket_path)
         return port
+
+    async def _listen_on_socket(self, path: Path) -> asyncio.Server:
+        # A socket left by a killed agent would make bind fail; anything else is kept.
+        if path.is_socket():
+            path.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        server = await asyncio.start_unix_server(
+            self._serve_connection, path=str(path), limit=READ_CHUNK_BYTES
+        )
+        os.chmod(path, SOCKET_MODE)
+        logger.info("inference API on unix:%s", path)
+        return server
 
     async def stop(self) -> None:
         """Stop listening, close idle connections, give running requests a grace period."""
         self._stopping = True
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._unix_server):
+            if server is not None:
+                server.close()
         for task in self._connections - self._busy:
             task.cancel()
         if self._busy:
@@ -190,6 +214,11 @@ class InferenceApi:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self._unix_server is not None:
+            await self._unix_server.wait_closed()
+            self._unix_server = None
+            if self.socket_path is not None and self.socket_path.is_socket():
+                self.socket_path.unlink()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None

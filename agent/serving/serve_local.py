@@ -44,6 +44,7 @@ def serve_local(
     name: str | None = None,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
+    socket_path: Path | None = None,
     options: RuntimeOptions | None = None,
 ) -> int:
     """Serve ``model_file`` until SIGTERM or SIGINT; return the process's exit code."""
@@ -60,7 +61,8 @@ def serve_local(
         logger.error("the model does not load: %s", exc)
         return EXIT_STARTUP_FAILURE
     server.swap(loaded)
-    return asyncio.run(_serve(InferenceApi(server, host=host, port=port), server, recorder))
+    api = InferenceApi(server, host=host, port=port, socket_path=socket_path)
+    return asyncio.run(_serve(api, server, recorder))
 
 
 async def _serve(api: InferenceApi, server: ModelServer, recorder: StatsRecorder | None) -> int:
@@ -75,6 +77,8 @@ async def _serve(api: InferenceApi, server: ModelServer, recorder: StatsRecorder
         loop.add_signal_handler(signum, stop.set)
     host = f"[{api.host}]" if ":" in api.host else api.host
     print(f"serving http://{host}:{port}/v2/models/{server.name}", flush=True)
+    if api.socket_path is not None:
+        print(f"serving unix:{api.socket_path} /v2/models/{server.name}", flush=True)
     windows = asyncio.create_task(_log_windows(server.name, recorder)) if recorder else None
     await stop.wait()
     logger.info("stopping")
