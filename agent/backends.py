@@ -13,21 +13,52 @@ else in the agent catches them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import tensors
 from tensors import Array, InferenceBackend, ModelFormat, RuntimeOptions, TensorSpec
 
 from .errors import ConfigurationError, ModelLoadError
 
-__all__ = ["AgentBackend", "load_backend", "runtime_options"]
+__all__ = ["AgentBackend", "load_backend", "physical_cores", "runtime_options"]
+
+CPUINFO = Path("/proc/cpuinfo")
 
 
-def runtime_options(*, providers: tuple[str, ...], intra_op_threads: int) -> RuntimeOptions:
-    """``RuntimeOptions`` from the agent's settings; ``ConfigurationError`` if they cannot work."""
+def physical_cores(cpuinfo: Path = CPUINFO) -> int:
+    """Physical cores this process may run on: hyper-threads of one core count once, and
+    a CPU affinity mask (a container's cpuset) caps it. At least 1."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     try:
-        return RuntimeOptions(providers=providers, intra_op_threads=intra_op_threads)
+        text = cpuinfo.read_text()
+    except OSError:
+        text = ""
+    cores = set()
+    package = core = ""
+    for line in [*text.splitlines(), ""]:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            package = value.strip()
+        elif key == "core id":
+            core = value.strip()
+        elif not line.strip() and core:
+            cores.add((package, core))
+            package = core = ""
+    counted = len(cores) or os.cpu_count() or 1
+    return max(1, min(counted, logical or counted))
+
+
+def runtime_options(
+    *, providers: tuple[str, ...], intra_op_threads: int | Literal["auto"]
+) -> RuntimeOptions:
+    """``RuntimeOptions`` from the agent's settings; ``ConfigurationError`` if they cannot work."""
+    threads = physical_cores() if intra_op_threads == "auto" else intra_op_threads
+    try:
+        return RuntimeOptions(providers=providers, intra_op_threads=threads)
     except tensors.InvalidOptionsError as exc:
         raise ConfigurationError(str(exc)) from exc
 

@@ -166,6 +166,14 @@ def serve_local(
         Path | None,
         typer.Option("--socket", help="Also serve on this Unix domain socket (mode 0660)."),
     ] = None,
+    threads: Annotated[
+        str,
+        typer.Option(
+            "--threads",
+            envvar="EDGEFLEET_AGENT_INFERENCE_THREADS",
+            help='Threads per inference: a number, or "auto" (the physical cores).',
+        ),
+    ] = "auto",
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="EDGEFLEET_AGENT_LOG_LEVEL")
     ] = "info",
@@ -175,9 +183,16 @@ def serve_local(
     No controller is needed. Exits 0 after a clean stop, 3 when the model does not load.
     """
     _configure_logging(log_level)
+    from .backends import runtime_options
     from .serving.serve_local import serve_local as serve
 
-    raise typer.Exit(serve(model_file, name=name, port=port, socket_path=socket))
+    if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
+        raise typer.BadParameter('a number of threads >= 1, or "auto"', param_hint="--threads")
+    options = runtime_options(
+        providers=("CPUExecutionProvider",),
+        intra_op_threads="auto" if threads == "auto" else int(threads),
+    )
+    raise typer.Exit(serve(model_file, name=name, port=port, socket_path=socket, options=options))
 
 
 def run_agent(config_file: Path | None) -> int:

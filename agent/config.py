@@ -11,7 +11,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -46,9 +46,10 @@ class AgentConfig(BaseModel):
     # False: only the in-process Python API serves (the simulator runs thousands of
     # agents in one process, with no port each).
     inference_api: bool = True
-    # ONNX Runtime: execution providers in order of preference, and threads per session.
+    # ONNX Runtime: execution providers in order of preference, and threads per session
+    # ("auto": the device's physical cores this process may run on).
     execution_providers: list[str] = ["CPUExecutionProvider"]
-    inference_threads: int = Field(default=1, ge=1)
+    inference_threads: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     # Statistics windows, published as telemetry and kept for probation.
     stats_window_s: float = Field(default=10.0, gt=0)
 

@@ -154,6 +154,7 @@ class AgentDaemon:
             "phase": self.models.phase,
             "models": self.models.model_states(),
             "trust_root_version": self.trust.state.trust_root_version,
+            "inference_threads": self.serving.options.intra_op_threads,
         }
 
     async def recover(self) -> None:

@@ -56,6 +56,8 @@ class State(Document):
     phase: Label = "idle"
     models: list[ModelState] = Field(default=[], max_length=MAX_MODELS_PER_DEVICE)
     runtimes: list[str] = []
+    # Threads one inference may use (the agent's inference_threads, resolved).
+    inference_threads: int | None = Field(default=None, ge=1)
     trust_root_version: int | None = Field(default=None, ge=1)
     reported_at: AwareDatetime | None = None
 

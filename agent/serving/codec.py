@@ -290,18 +290,21 @@ def encode_model_metadata(
     platform: str,
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
+    parameters: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """A model's metadata: its serving version, platform, inputs and outputs."""
-    return encode_json(
-        {
-            "name": name,
-            "versions": [version],
-            "platform": platform,
-            "inputs": [
-                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in inputs
-            ],
-            "outputs": [
-                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in outputs
-            ],
-        }
-    )
+    """A model's metadata: its serving version, platform, inputs, outputs and how it runs
+    (``parameters``, e.g. ``intra_op_threads``)."""
+    document: dict[str, Any] = {
+        "name": name,
+        "versions": [version],
+        "platform": platform,
+        "inputs": [
+            {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in inputs
+        ],
+        "outputs": [
+            {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in outputs
+        ],
+    }
+    if parameters:
+        document["parameters"] = dict(parameters)
+    return encode_json(document)

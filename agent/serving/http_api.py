@@ -398,6 +398,7 @@ class InferenceApi:
                     loaded.platform,
                     signature.inputs,
                     signature.outputs,
+                    {"intra_op_threads": server.options.intra_op_threads},
                 ),
             )
         if loaded.warm_latency_s <= INLINE_MAX_LATENCY_S and len(body) <= INLINE_MAX_BODY_BYTES:

@@ -187,6 +187,8 @@ class FleetAgent:
             EDGEFLEET_AGENT_DOWNLOAD_MIN_DEADLINE_S="30",
             EDGEFLEET_AGENT_SANDBOX_WALL_S="90",
             EDGEFLEET_AGENT_SHUTDOWN_TIMEOUT_S="5",
+            # Up to 20 agents share 2 cores here: one thread each, not every core each.
+            EDGEFLEET_AGENT_INFERENCE_THREADS="1",
         )
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(

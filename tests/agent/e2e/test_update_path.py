@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.backends import physical_cores
 from protocol import ProbationPolicy, Release, Role, SigningKey, canonical_json, sign_envelope
 from tests.agent.e2e.agent_process import AgentProcess
 from tests.agent.e2e.conftest import DEVICE, deploy, sequence_of
@@ -40,6 +41,7 @@ def test_deployment_is_fetched_checked_activated_and_committed(
     double.wait_for(lambda: DEVICE in double.states, "a state report")
     state = double.states[DEVICE]
     assert state.online
+    assert state.inference_threads == physical_cores()  # "auto", the default
     active = double.active(DEVICE, base.model)
     assert active is not None
     assert active.sha256 == base.artifact.sha256

@@ -85,5 +85,6 @@ def test_metadata_describes_the_serving_version(models: Models, serve: object) -
             {"name": "label", "datatype": "INT64", "shape": [-1]},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
         ],
+        "parameters": {"intra_op_threads": 1},  # the server's RuntimeOptions
     }
     assert running.client.get("/v2/models/digits/versions/7").status_code == 200

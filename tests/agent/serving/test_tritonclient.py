@@ -20,6 +20,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from agent.backends import physical_cores
 from tests.agent.serving.conftest import Models
 from tests.model_factory import onnx_reference_models
 
@@ -81,6 +82,8 @@ def test_health_and_metadata_read_as_triton_serves_them(served: dict[str, str]) 
     metadata = client.get_model_metadata("vision")
     assert metadata["inputs"] == [{"name": FRAME, "datatype": "FP32", "shape": [1, 3, 224, 224]}]
     assert metadata["outputs"][0]["name"] == CLASSES
+    # "auto" threads, the default: the physical cores this process may use.
+    assert metadata["parameters"] == {"intra_op_threads": physical_cores()}
 
 
 def test_default_binary_infer_of_an_image_equals_bare_onnx_runtime(
