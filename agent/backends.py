@@ -28,10 +28,13 @@ __all__ = ["AgentBackend", "load_backend", "physical_cores", "runtime_options"]
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def physical_cores(cpuinfo: Path = CPUINFO) -> int:
+def physical_cores(cpuinfo: Path = CPUINFO, allowed_cpus: int | None = None) -> int:
     """Physical cores this process may run on: hyper-threads of one core count once, and
-    a CPU affinity mask (a container's cpuset) caps it. At least 1."""
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    the CPUs it may use (``allowed_cpus``, else its affinity mask: a container's cpuset)
+    cap it. At least 1."""
+    logical = allowed_cpus
+    if logical is None and hasattr(os, "sched_getaffinity"):
+        logical = len(os.sched_getaffinity(0))
     try:
         text = cpuinfo.read_text()
     except OSError:

@@ -148,11 +148,8 @@ class Updater:
 
     def release_of(self, sha256: str | None) -> ReleaseRef | None:
         """The release a stored artifact was deployed as, if this device knows it."""
-        release = self.full_release_of(sha256)
+        release = self.releases.get(sha256)
         return release.ref() if release else None
-
-    def full_release_of(self, sha256: str | None) -> Release | None:
-        return self.releases.get(sha256)
 
     @property
     def serving_now(self) -> LoadedVersion | None:
@@ -168,7 +165,7 @@ class Updater:
     async def serve_current(self) -> None:
         """Load whatever ``current`` points at (at start, and after a recovered rollback)."""
         current = self.store.current_sha256()
-        release = self.full_release_of(current)
+        release = self.releases.get(current)
         if current is None or release is None:
             return
         path = self.store.artifact_path(current)

@@ -21,8 +21,14 @@ CPUINFO = "".join(
 def test_hyper_threads_of_one_core_count_once(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(CPUINFO)
-    allowed = len(os.sched_getaffinity(0))
-    assert physical_cores(cpuinfo) == min(4, allowed)
+    assert physical_cores(cpuinfo, allowed_cpus=8) == 4
+
+
+def test_the_cpus_this_process_may_use_cap_the_cores(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO)
+    assert physical_cores(cpuinfo, allowed_cpus=3) == 3
+    assert physical_cores(cpuinfo) == min(4, len(os.sched_getaffinity(0)))
 
 
 def test_without_cpuinfo_the_cpus_this_process_may_use_count(tmp_path: Path) -> None:
