@@ -17,16 +17,19 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from protocol import Envelope, ProtocolError, Release, verify_initial_trust_root
-
 from . import __version__
-from .config import AgentConfig, load_config
-from .errors import AgentError, BrokerAuthError, LocalStateError, RefusalError, TransportError
-from .link import enroll as enrollment
+
+if TYPE_CHECKING:
+    from protocol import Release
+
+    from .config import AgentConfig
+
+# Each command imports what it needs when it runs: ``serve-local`` on a small device should
+# not carry the MQTT link, the enrollment client and the signature checks in memory.
 
 __all__ = [
     "EXIT_BROKER_AUTH",
@@ -79,6 +82,8 @@ def check_trust_root(
     path: Annotated[Path, typer.Argument(help="The trust root file to install.")],
 ) -> None:
     """Verify that a trust root file is intact and signed by its own root keys."""
+    from protocol import Envelope, ProtocolError, verify_initial_trust_root
+
     try:
         trust_root = verify_initial_trust_root(Envelope.from_bytes(path.read_bytes()))
     except (ProtocolError, OSError) as exc:
@@ -116,6 +121,9 @@ def enroll(
 def enroll_device(
     controller: str, token: str, data_dir: Path, *, device_id: str | None, force: bool
 ) -> int:
+    from .errors import LocalStateError, RefusalError, TransportError
+    from .link import enroll as enrollment
+
     try:
         device, config_path = enrollment.enroll(
             controller, token, data_dir, device_id=device_id, force=force
@@ -196,6 +204,9 @@ def serve_local(
 
 
 def run_agent(config_file: Path | None) -> int:
+    from .config import load_config
+    from .errors import AgentError
+
     try:
         config = load_config(config_file)
     except AgentError as exc:
@@ -206,6 +217,7 @@ def run_agent(config_file: Path | None) -> int:
 
 async def _serve(config: AgentConfig) -> int:
     from .daemon import AgentDaemon
+    from .errors import AgentError, BrokerAuthError
     from .update.fetcher import FetchLimits, HttpFetcher
     from .update.sandbox import SandboxLimits, check_model
 

@@ -300,7 +300,7 @@ def main() -> None:
             {"data_0": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)} for _ in range(4)
         ]
         models = [
-            Model("SqueezeNet 1x3x224x224", "vision", squeezenet(), frames, 5, 20, 1.0),
+            Model("SqueezeNet 1x3x224x224", "vision", squeezenet(), frames, 10, 50, 1.0),
             Model(
                 "digits MLP 1x64",
                 "digits",

@@ -68,7 +68,7 @@ DEFAULT_PORT = 8500
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 MAX_CONNECTIONS = 64
-READ_CHUNK_BYTES = 64 * 1024
+READ_CHUNK_BYTES = 256 * 1024
 # A connection must deliver its next whole request within this long, or it is closed.
 KEEPALIVE_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0

@@ -19,6 +19,11 @@ from tests.agent.serving.conftest import Models, RunningApi, loaded_server
 GOOD: dict[str, Any] = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
 
 
+NESTED: Any = [1]
+for _ in range(900):
+    NESTED = [NESTED]
+
+
 def tensor(**changes: Any) -> dict[str, Any]:
     return {**GOOD, **changes}
 
@@ -45,6 +50,11 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ("binary_data", {"inputs": [tensor(parameters={"binary_data_size": 16})]}, 400, "binary"),
     ("unknown_output", {"inputs": [GOOD], "outputs": [{"name": "z"}]}, 400, "['z']"),
     ("id_not_string", {"inputs": [GOOD], "id": 7}, 400, "'id'"),
+    # Python's json raised RecursionError here (a 500); issue 16 found it.
+    ("deeply_nested_json", b'{"inputs":' + b"[" * 1900 + b"]" * 1900 + b"}", 400, "depth"),
+    ("deeply_nested_data", {"inputs": [tensor(data=NESTED)]}, 400, "regular list"),
+    ("nan_literal", b'{"inputs":[{"name":"x","data":[NaN,1,2,3]}]}', 400, "not JSON"),
+    ("number_beyond_fp64", b'{"inputs":[{"name":"x","data":[1e999,1,2,3]}]}', 400, "not JSON"),
 ]
 
 

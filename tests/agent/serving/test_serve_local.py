@@ -81,3 +81,16 @@ def test_exits_3_when_the_model_does_not_load(
     _, stderr = process.communicate(timeout=STARTUP_TIMEOUT_S)
     assert process.returncode == 3
     assert "the model does not load" in stderr
+
+
+def test_the_command_line_loads_no_update_or_broker_code_until_a_command_needs_it() -> None:
+    # serve-local on a small device holds only the serving path in memory (docs/agent.md).
+    probe = (
+        "import sys, agent.cli, agent.serving.serve_local; "
+        "print(' '.join(m for m in sys.modules "
+        "if m.startswith(('agent.link', 'agent.update', 'agent.daemon', 'httpx', 'paho'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert loaded == []
