@@ -1,0 +1,1 @@
+"""Attacks found in the security review (issue 16), each a test named after it."""
