@@ -137,8 +137,6 @@ class MosquittoServer:
 def run_embedded_amqtt(plugins: dict[str, Any] | None = None) -> Iterator[BrokerEndpoint]:
     """Run the controller's embedded amqtt broker on its own event loop in a thread;
     ``plugins`` replaces the default, which lets anyone in."""
-    from controller.mqtt.embedded_broker import EmbeddedBroker
-
     port = free_port()
     if plugins is None:
         plugins = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
@@ -146,12 +144,26 @@ def run_embedded_amqtt(plugins: dict[str, Any] | None = None) -> Iterator[Broker
         "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
         "plugins": plugins,
     }
+    with run_amqtt(config, port) as endpoint:
+        yield endpoint
+
+
+@contextlib.contextmanager
+def run_amqtt(
+    config: dict[str, Any], port: int, make_broker: Any = None
+) -> Iterator[BrokerEndpoint]:
+    """An amqtt broker with ``config`` (listening on ``port``) on its own event loop in a
+    background thread; ``make_broker(config, loop=...)`` defaults to ``EmbeddedBroker``."""
+    if make_broker is None:
+        from controller.mqtt.embedded_broker import EmbeddedBroker
+
+        make_broker = EmbeddedBroker
     loop = asyncio.new_event_loop()
     started = threading.Event()
     holder: dict[str, Any] = {}
 
     async def start() -> None:
-        broker = EmbeddedBroker(config, loop=loop)
+        broker = make_broker(config, loop=loop)
         await broker.start()
         holder["broker"] = broker
 
@@ -170,7 +182,7 @@ def run_embedded_amqtt(plugins: dict[str, Any] | None = None) -> Iterator[Broker
     thread.start()
     started.wait(BROKER_START_TIMEOUT_S)
     if "error" in holder or "broker" not in holder:
-        raise RuntimeError(f"embedded amqtt broker did not start: {holder.get('error')}")
+        raise RuntimeError(f"the amqtt broker did not start: {holder.get('error')}")
     try:
         wait_for_port("127.0.0.1", port, BROKER_START_TIMEOUT_S)
         yield BrokerEndpoint("amqtt", "127.0.0.1", port)

@@ -1,4 +1,4 @@
-"""The embedded MQTT broker: amqtt, with two of its 0.12 behaviours corrected.
+"""The embedded MQTT broker: amqtt, with its 0.12 behaviours corrected and bounded.
 
 Imported only when the controller runs its own broker (amqtt is heavy to import). The
 corrections use amqtt's private names only through ``_amqtt_compat``.
@@ -13,16 +13,71 @@ corrections use amqtt's private names only through ``_amqtt_compat``.
    deliveries); a client subscribing meanwhile raised "dictionary changed size during
    iteration", which killed that broadcast and dropped the message for the remaining
    subscribers. The dict now iterates over a copy of itself.
+3. amqtt changed the session table before checking the login, so anyone on the network
+   could drop the controller's subscriptions or cut a device off with a wrong password
+   (``_amqtt_compat``): the login is now checked first.
+4. Nothing bounded a connection: a socket that never sent CONNECT was kept forever, and at
+   the descriptor limit every accept logged a traceback; a client could send a packet of
+   up to 256 MiB, read whole into memory. Now a CONNECT must come within
+   ``BrokerLimits.connect_timeout_s``, connections past ``max_connections`` are closed at
+   once, and a packet over ``max_packet_bytes`` closes its connection before it is read.
+
+Invariant: a client that has not logged in changes nothing but its own socket.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import resource
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
+
+from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
 
 from ._amqtt_compat import CompatBroker
 
-__all__ = ["EmbeddedBroker"]
+__all__ = ["DEFAULT_LIMITS", "BrokerLimits", "EmbeddedBroker", "PacketTooLargeError"]
+
+logger = logging.getLogger(__name__)
+
+# Descriptors kept back from the connection cap for the database, HTTP and files.
+_RESERVED_DESCRIPTORS = 256
+
+
+@dataclass(frozen=True)
+class BrokerLimits:
+    connect_timeout_s: float = 10.0
+    max_connections: int = 10_000
+    # Desired states of 16 models stay far below it (bench/desired_state_size.py).
+    max_packet_bytes: int = 1024 * 1024
+
+
+DEFAULT_LIMITS = BrokerLimits()
+
+
+class PacketTooLargeError(Exception):
+    """A client announced a packet over the broker's maximum; its connection is closed."""
+
+
+class _CappedReader(StreamReaderAdapter):  # type: ignore[misc]
+    """Refuses to read any piece of a packet larger than the broker's maximum.
+
+    amqtt reads a packet's payload in one ``read(n)`` sized by the length its header
+    claims, so refusing that read refuses the packet before a byte of it is buffered.
+    The error ends amqtt's reader loop, which closes the connection.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, max_bytes: int) -> None:
+        super().__init__(reader)
+        self._max_bytes = max_bytes
+
+    async def read(self, n: int = -1) -> bytes:
+        if n > self._max_bytes:
+            raise PacketTooLargeError(f"a packet of {n} bytes, over {self._max_bytes}")
+        data: bytes = await super().read(n)
+        return data
 
 
 class _SnapshotDict(dict[str, Any]):
@@ -36,6 +91,45 @@ class _SnapshotDict(dict[str, Any]):
 
 
 class EmbeddedBroker(CompatBroker):
+    def __init__(
+        self, config: dict[str, Any], *, limits: BrokerLimits = DEFAULT_LIMITS, **kwargs: Any
+    ) -> None:
+        super().__init__(config, **kwargs)
+        self.limits = limits
+        self.connect_timeout_s = limits.connect_timeout_s
+        soft_limit, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft_limit != resource.RLIM_INFINITY:
+            usable = max(1, soft_limit - _RESERVED_DESCRIPTORS)
+            if usable < limits.max_connections:
+                logger.warning(
+                    "the embedded broker takes %d connections, not %d: the process may open "
+                    "%d files (raise it with ulimit -n)",
+                    usable,
+                    limits.max_connections,
+                    soft_limit,
+                )
+            self._max_connections = min(limits.max_connections, usable)
+        else:
+            self._max_connections = limits.max_connections
+        self._open_connections = 0
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        if self._open_connections >= self._max_connections:
+            # Closed at once, not queued: a queued socket still holds a descriptor.
+            writer.close()
+            return
+        self._open_connections += 1
+        try:
+            await self.external_connected(
+                _CappedReader(reader, self.limits.max_packet_bytes),
+                StreamWriterAdapter(writer),
+                listener_name,
+            )
+        finally:
+            self._open_connections -= 1
+
     def wrap_subscriptions(self, table: dict[str, Any]) -> dict[str, Any]:
         return _SnapshotDict(table)
 

@@ -7,14 +7,10 @@ thing that arrives.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import pwd
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from amqtt.contexts import Action
@@ -36,11 +32,10 @@ from controller.devices.enrollment import (
 )
 from controller.settings import Settings
 from tests.brokers import (
-    BROKER_START_TIMEOUT_S,
     BrokerEndpoint,
     MosquittoServer,
     free_port,
-    wait_for_port,
+    run_amqtt,
 )
 from tests.conftest import mosquitto_binary
 from tests.controller.conftest import ctx
@@ -233,48 +228,6 @@ def test_mosquitto_refuses_wrong_passwords_and_decommissioned_devices(
 # --- the embedded amqtt broker -----------------------------------------------------------
 
 
-@contextlib.contextmanager
-def running_amqtt(config: dict[str, Any], port: int) -> Iterator[BrokerEndpoint]:
-    """An amqtt broker with ``config`` on its own event loop in a background thread."""
-    from amqtt.broker import Broker
-
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    holder: dict[str, Any] = {}
-
-    async def start() -> None:
-        broker = Broker(config, loop=loop)
-        await broker.start()
-        holder["broker"] = broker
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(start())
-        except BaseException as exc:
-            holder["error"] = exc
-            started.set()
-            return
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, name=f"amqtt-{port}", daemon=True)
-    thread.start()
-    started.wait(BROKER_START_TIMEOUT_S)
-    if "broker" not in holder:
-        raise RuntimeError(f"amqtt broker did not start: {holder.get('error')}")
-    try:
-        wait_for_port("127.0.0.1", port, BROKER_START_TIMEOUT_S)
-        yield BrokerEndpoint("amqtt", "127.0.0.1", port)
-    finally:
-        future = asyncio.run_coroutine_threadsafe(holder["broker"].shutdown(), loop)
-        with contextlib.suppress(Exception):
-            future.result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
-
-
 @pytest.fixture
 def embedded(
     app: FastAPI, settings: Settings
@@ -283,7 +236,7 @@ def embedded(
     port = free_port()
     broker_settings = settings.model_copy(update={"mqtt_host": "127.0.0.1", "mqtt_port": port})
     config = embedded_broker_config(broker_settings, ctx(app).engine)
-    with running_amqtt(config, port) as endpoint:
+    with run_amqtt(config, port) as endpoint:
         yield endpoint, broker_settings, device_a, device_b
 
 
