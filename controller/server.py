@@ -27,7 +27,11 @@ import uvicorn
 
 from .app import create_app
 from .context import ControllerContext
-from .devices.broker_auth import controller_mqtt_credentials, embedded_broker_config
+from .devices.broker_auth import (
+    controller_mqtt_credentials,
+    decommissioned_among,
+    embedded_broker_config,
+)
 from .errors import BrokerAuthError, ConfigError, ControllerError
 from .settings import Settings
 
@@ -156,7 +160,10 @@ async def _start_broker(settings: Settings, ctx: ControllerContext) -> Any:
     from .mqtt.embedded_broker import EmbeddedBroker
 
     # Devices log in with the credentials enrollment gave them, and only to their topics.
-    broker = EmbeddedBroker(embedded_broker_config(settings, ctx.read_engine))
+    broker = EmbeddedBroker(
+        embedded_broker_config(settings, ctx.read_engine),
+        revoked_clients=functools.partial(decommissioned_among, ctx.read_engine),
+    )
     try:
         await broker.start()
     except Exception as exc:

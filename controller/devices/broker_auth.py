@@ -31,6 +31,7 @@ import asyncio
 import logging
 import secrets
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ __all__ = [
     "DeviceTopicPlugin",
     "MosquittoExport",
     "controller_mqtt_credentials",
+    "decommissioned_among",
     "device_may",
     "embedded_broker_config",
     "mosquitto_acl",
@@ -70,6 +72,8 @@ DEFAULT_CONTROLLER_MQTT_USERNAME = "edgefleet-controller"
 DEVICE_SUBSCRIBES: tuple[Channel, ...] = (Channel.DESIRED, Channel.CMD)
 DEVICE_PUBLISHES: tuple[Channel, ...] = (Channel.STATE, Channel.EVENTS, Channel.TELEMETRY)
 _PLUGIN_MODULE = __name__
+# Client ids go to the database in chunks of this many bound parameters.
+_IN_CHUNK = 900
 
 _process_secret_lock = threading.Lock()
 _process_secret: str | None = None
@@ -128,6 +132,24 @@ def _device_password_hash(engine: Engine, device_id: str) -> str | None:
                 col(DeviceRecord.decommissioned_at).is_(None),
             )
         ).first()
+
+
+def decommissioned_among(engine: Engine, client_ids: Collection[str]) -> set[str]:
+    """Those of ``client_ids`` that are devices decommissioned since they logged in: the
+    embedded broker ends their sessions (``EmbeddedBroker(revoked_clients=...)``)."""
+    wanted = sorted(set(client_ids))
+    found: set[str] = set()
+    with Session(engine) as session:
+        for start in range(0, len(wanted), _IN_CHUNK):
+            found.update(
+                session.exec(
+                    select(DeviceRecord.id).where(
+                        col(DeviceRecord.id).in_(wanted[start : start + _IN_CHUNK]),
+                        col(DeviceRecord.decommissioned_at).is_not(None),
+                    )
+                )
+            )
+    return found
 
 
 class DeviceAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]

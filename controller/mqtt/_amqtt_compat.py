@@ -83,6 +83,20 @@ class CompatBroker(Broker):  # type: ignore[misc]
         if self.offers_retained_messages(subscription[0], session):
             await super()._publish_retained_messages_for_subscription(subscription, session)
 
+    def client_ids(self) -> list[str]:
+        """The client ids the broker holds a session for."""
+        return list(getattr(self, "_sessions"))  # noqa: B009
+
+    async def end_session(self, client_id: str) -> bool:
+        """Close ``client_id``'s connection (as if it dropped) and forget its session and
+        subscriptions; False when there is none."""
+        entry = getattr(self, "_sessions").get(client_id)  # noqa: B009
+        if entry is None:
+            return False
+        await entry[1].handle_connection_closed()
+        await self._delete_session(client_id)
+        return True
+
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
     ) -> tuple[Any, Any]:

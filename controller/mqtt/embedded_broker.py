@@ -21,6 +21,9 @@ corrections use amqtt's private names only through ``_amqtt_compat``.
    up to 256 MiB, read whole into memory. Now a CONNECT must come within
    ``BrokerLimits.connect_timeout_s``, connections past ``max_connections`` are closed at
    once, and a packet over ``max_packet_bytes`` closes its connection before it is read.
+5. A decommissioned device stayed connected: amqtt checks a login only when it is made.
+   Every ``revocation_check_s`` the broker asks ``revoked_clients`` which of its clients
+   lost their right to connect, and ends their sessions (their next login is refused).
 
 Invariant: a client that has not logged in changes nothing but its own socket.
 """
@@ -30,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +41,22 @@ from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
 
 from ._amqtt_compat import CompatBroker
 
-__all__ = ["DEFAULT_LIMITS", "BrokerLimits", "EmbeddedBroker", "PacketTooLargeError"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "BrokerLimits",
+    "EmbeddedBroker",
+    "PacketTooLargeError",
+    "RevokedClients",
+]
 
 logger = logging.getLogger(__name__)
 
 # Descriptors kept back from the connection cap for the database, HTTP and files.
 _RESERVED_DESCRIPTORS = 256
+
+
+# Which of these client ids may no longer connect; called in a worker thread.
+RevokedClients = Callable[[Collection[str]], Collection[str]]
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,7 @@ class BrokerLimits:
     max_connections: int = 10_000
     # Desired states of 16 models stay far below it (bench/desired_state_size.py).
     max_packet_bytes: int = 1024 * 1024
+    revocation_check_s: float = 5.0
 
 
 DEFAULT_LIMITS = BrokerLimits()
@@ -92,10 +106,17 @@ class _SnapshotDict(dict[str, Any]):
 
 class EmbeddedBroker(CompatBroker):
     def __init__(
-        self, config: dict[str, Any], *, limits: BrokerLimits = DEFAULT_LIMITS, **kwargs: Any
+        self,
+        config: dict[str, Any],
+        *,
+        limits: BrokerLimits = DEFAULT_LIMITS,
+        revoked_clients: RevokedClients | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(config, **kwargs)
         self.limits = limits
+        self._revoked_clients = revoked_clients
+        self._sweeper: asyncio.Task[None] | None = None
         self.connect_timeout_s = limits.connect_timeout_s
         soft_limit, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft_limit != resource.RLIM_INFINITY:
@@ -112,6 +133,33 @@ class EmbeddedBroker(CompatBroker):
         else:
             self._max_connections = limits.max_connections
         self._open_connections = 0
+
+    async def start(self) -> None:
+        await super().start()
+        if self._revoked_clients is not None:
+            self._sweeper = asyncio.create_task(self._end_revoked_sessions())
+
+    async def shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        await super().shutdown()
+
+    async def _end_revoked_sessions(self) -> None:
+        assert self._revoked_clients is not None
+        while True:
+            await asyncio.sleep(self.limits.revocation_check_s)
+            try:
+                clients = self.client_ids()
+                revoked = await asyncio.to_thread(self._revoked_clients, clients) if clients else ()
+                for client_id in revoked:
+                    if await self.end_session(client_id):
+                        logger.info(
+                            "ended the MQTT session of %s: it may no longer connect", client_id
+                        )
+            except Exception:
+                # The next round tries again; the broker itself must keep serving.
+                logger.exception("the embedded broker could not check for revoked clients")
 
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str

@@ -51,7 +51,7 @@ from protocol.topics import parse_device_topic
 
 from ..devices.tables import DeviceEventRecord, DeviceModelRecord, DeviceRecord
 from ..rollouts.tables import RolloutAssignmentRecord, RolloutEventRecord
-from .telemetry import IN_CHUNK, TelemetryRow, existing_device_ids, to_utc, write_telemetry_rows
+from .telemetry import IN_CHUNK, TelemetryRow, active_device_ids, to_utc, write_telemetry_rows
 
 __all__ = [
     "FINAL_EVENTS",
@@ -163,8 +163,8 @@ def _parse_topic(
 
 def apply_states(engine: Engine, states: Sequence[tuple[str, State]], *, now: datetime) -> int:
     """Update the devices' reported fields from their states, in order; returns how many
-    states were applied (unknown devices, and states not newer than the stored one, are
-    skipped). An online state sets ``last_seen_at = now``; an offline one (the will)
+    states were applied (unknown and decommissioned devices, and states not newer than the
+    stored one, are skipped). An online state sets ``last_seen_at = now``; an offline one (the will)
     changes only ``online``, so the last known release stays on record.
     """
     if not states:
@@ -175,7 +175,10 @@ def apply_states(engine: Engine, states: Sequence[tuple[str, State]], *, now: da
         for start in range(0, len(ids), IN_CHUNK):
             query = (
                 select(_DEVICES.c.id, _DEVICES.c.reported_state)
-                .where(_DEVICES.c.id.in_(ids[start : start + IN_CHUNK]))
+                .where(
+                    _DEVICES.c.id.in_(ids[start : start + IN_CHUNK]),
+                    _DEVICES.c.decommissioned_at.is_(None),
+                )
                 .order_by(_DEVICES.c.id)
                 .with_for_update()
             )
@@ -332,7 +335,7 @@ def apply_events(engine: Engine, events: Sequence[Event], *, received_at_s: floa
         return AppliedEvents()
     received_at = datetime.fromtimestamp(received_at_s, UTC)
     with engine.begin() as connection:
-        known = existing_device_ids(connection, (device_id for device_id, _ in unique))
+        known = active_device_ids(connection, (device_id for device_id, _ in unique))
         ordered = [unique[key] for key in sorted(unique) if key[0] in known]
         unknown = len(unique) - len(ordered)
         inserted = _insert_events(connection, ordered, received_at=received_at)

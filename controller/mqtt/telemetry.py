@@ -46,8 +46,8 @@ __all__ = [
     "DOWNSAMPLE_LOOKBACK_S",
     "IN_CHUNK",
     "TelemetryRow",
+    "active_device_ids",
     "downsample_telemetry",
-    "existing_device_ids",
     "prune_telemetry",
     "telemetry_rows",
     "to_utc",
@@ -74,7 +74,9 @@ def _insert_sql(dialect: Dialect) -> str:
     """``INSERT … SELECT <one row of parameters> WHERE EXISTS (its device) ON CONFLICT DO
     NOTHING``, compiled once, with named parameters, for the driver's executemany."""
     values = select(*(bindparam(name, type_=_T.c[name].type) for name in _COLUMNS)).where(
-        exists().where(_DEVICES.c.id == bindparam("device_id"))
+        exists().where(
+            _DEVICES.c.id == bindparam("device_id"), _DEVICES.c.decommissioned_at.is_(None)
+        )
     )
     if dialect.name == "postgresql":
         statement: Any = postgresql.insert(_T).from_select(_COLUMNS, values)
@@ -102,13 +104,20 @@ def to_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def existing_device_ids(connection: Connection, device_ids: Iterable[str]) -> set[str]:
-    """Those of ``device_ids`` that have a device row."""
+def active_device_ids(connection: Connection, device_ids: Iterable[str]) -> set[str]:
+    """Those of ``device_ids`` that are enrolled and not decommissioned: reports of
+    anyone else are dropped (a decommissioned device may still reach a broker)."""
     wanted = sorted(set(device_ids))
     found: set[str] = set()
     for start in range(0, len(wanted), IN_CHUNK):
         chunk = wanted[start : start + IN_CHUNK]
-        found.update(connection.scalars(select(_DEVICES.c.id).where(_DEVICES.c.id.in_(chunk))))
+        found.update(
+            connection.scalars(
+                select(_DEVICES.c.id).where(
+                    _DEVICES.c.id.in_(chunk), _DEVICES.c.decommissioned_at.is_(None)
+                )
+            )
+        )
     return found
 
 
@@ -154,7 +163,8 @@ def telemetry_rows(batches: Sequence[TelemetryBatch]) -> list[TelemetryRow]:
 def _insert_ignoring_duplicates(connection: Connection, rows: Sequence[TelemetryRow]) -> int:
     """One executemany for all rows, straight through the driver; returns rows inserted.
 
-    Rows of unknown devices and rows already stored are skipped by the database itself.
+    Rows of unknown or decommissioned devices and rows already stored are skipped by the
+    database itself.
     SQLAlchemy's per-row parameter processing cost several times what the database
     spends inserting, while the bridge's event loop waited for the GIL; psycopg pipelines
     the executemany (one round trip), SQLite runs it as one prepared statement.
