@@ -113,20 +113,68 @@ def enroll(
         typer.Option("--device-id", help="Propose a device id (if the token names none)."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing agent.toml.")] = False,
+    trust_root_sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--trust-root-sha256",
+            envvar="EDGEFLEET_TRUST_ROOT_SHA256",
+            help="Refuse any trust root but the one with this SHA-256 (printed with the token).",
+        ),
+    ] = None,
+    trust_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--trust-root",
+            help="A provisioned trust root: accept only it or its next version.",
+        ),
+    ] = None,
 ) -> None:
     """Trade a one-time token for this device's identity; write agent.toml and the trust root."""
-    raise typer.Exit(enroll_device(controller, token, data_dir, device_id=device_id, force=force))
+    if trust_root_sha256 is not None and not _is_sha256(trust_root_sha256):
+        raise typer.BadParameter("64 hexadecimal digits", param_hint="--trust-root-sha256")
+    raise typer.Exit(
+        enroll_device(
+            controller,
+            token,
+            data_dir,
+            device_id=device_id,
+            force=force,
+            trust_root_sha256=trust_root_sha256,
+            trust_root=trust_root,
+        )
+    )
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def enroll_device(
-    controller: str, token: str, data_dir: Path, *, device_id: str | None, force: bool
+    controller: str,
+    token: str,
+    data_dir: Path,
+    *,
+    device_id: str | None,
+    force: bool,
+    trust_root_sha256: str | None = None,
+    trust_root: Path | None = None,
 ) -> int:
+    from protocol import Envelope, ProtocolError
+
     from .errors import LocalStateError, RefusalError, TransportError
     from .link import enroll as enrollment
 
+    provisioned = None
+    if trust_root is not None:
+        try:
+            provisioned = Envelope.from_bytes(trust_root.read_bytes())
+        except (OSError, ProtocolError) as exc:
+            typer.echo(f"error: cannot read the provisioned trust root: {exc}", err=True)
+            return EXIT_USAGE
+    pin = enrollment.TrustRootPin(sha256=trust_root_sha256, provisioned=provisioned)
     try:
         device, config_path = enrollment.enroll(
-            controller, token, data_dir, device_id=device_id, force=force
+            controller, token, data_dir, device_id=device_id, force=force, pin=pin
         )
     except enrollment.AgentConfigExistsError as exc:
         typer.echo(f"error: {exc}", err=True)

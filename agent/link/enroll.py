@@ -13,11 +13,16 @@ Invariants:
   temp file, fsync'd, then renamed over the old one, so a reader sees the old file or the
   new one, never a partial one. ``trust-root.json`` is written first; ``agent.toml`` last,
   so a present ``agent.toml`` means a complete enrollment;
-- the answer is read up to ``MAX_ENROLLMENT_ANSWER_BYTES``; secrets are never logged.
+- the answer is read up to ``MAX_ENROLLMENT_ANSWER_BYTES``; secrets are never logged;
+- a trust root that verifies against itself proves only its integrity: anyone answering
+  the enrollment can make one. With a ``TrustRootPin`` (the SHA-256 that
+  ``edgefleet devices enroll`` prints, or a trust root provisioned on the device) any
+  other trust root is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tomllib
@@ -29,7 +34,13 @@ import httpx
 from pydantic import ValidationError
 
 from durable import PUBLIC_FILE_MODE, write_atomic
-from protocol import Envelope, ProtocolError, TrustRoot, verify_initial_trust_root
+from protocol import (
+    Envelope,
+    ProtocolError,
+    TrustRoot,
+    verify_initial_trust_root,
+    verify_trust_root_rotation,
+)
 
 from ..config import AgentConfig
 from ..errors import (
@@ -51,6 +62,8 @@ __all__ = [
     "EnrolledDevice",
     "EnrollmentAnswerError",
     "EnrollmentRefusedError",
+    "TrustRootMismatchError",
+    "TrustRootPin",
     "download_enrollment",
     "enroll",
     "persist_enrollment",
@@ -92,6 +105,43 @@ class AgentConfigExistsError(ConfigurationError):
     """``agent.toml`` exists and ``force`` was not given."""
 
     reason = "agent_config_exists"
+
+
+class TrustRootMismatchError(EnrollmentAnswerError):
+    """The answer's trust root is not the one this device was told to expect."""
+
+    reason = "trust_root_mismatch"
+
+
+@dataclass(frozen=True)
+class TrustRootPin:
+    """What the device knows of its controller's trust root before it asks, out of band.
+
+    ``sha256``: of the trust root file, as ``edgefleet devices enroll`` prints it.
+    ``provisioned``: a trust root installed on the device; the answer's must be the same
+    document or its next version, signed by its root keys (a rotation since).
+    """
+
+    sha256: str | None = None
+    provisioned: Envelope | None = None
+
+    def verify(self, envelope: Envelope) -> None:
+        """Raise ``TrustRootMismatchError`` unless ``envelope`` is the expected trust root."""
+        if self.sha256 is not None:
+            served = hashlib.sha256(envelope.to_bytes()).hexdigest()
+            if served != self.sha256.lower():
+                raise TrustRootMismatchError(
+                    f"the controller's trust root has SHA-256 {served}, not the expected "
+                    f"{self.sha256.lower()}: refusing it (is this the right controller?)"
+                )
+        if self.provisioned is not None and envelope.payload != self.provisioned.payload:
+            try:
+                verify_trust_root_rotation(verify_initial_trust_root(self.provisioned), envelope)
+            except ProtocolError as exc:
+                raise TrustRootMismatchError(
+                    "the controller's trust root is neither the provisioned one nor its next "
+                    f"version: {exc}"
+                ) from exc
 
 
 @dataclass(frozen=True)
@@ -170,9 +220,10 @@ def _detail(content: bytes) -> str:
     return content[:500].decode("utf-8", "replace")
 
 
-def verify_enrollment(answer: Any) -> EnrolledDevice:
+def verify_enrollment(answer: Any, pin: TrustRootPin | None = None) -> EnrolledDevice:
     """Check an untrusted enrollment answer; raise ``EnrollmentAnswerError`` (or the
-    ``RefusalError`` of the trust root) unless every field is usable."""
+    ``RefusalError`` of the trust root) unless every field is usable and the trust root
+    is the one ``pin`` expects."""
     if not isinstance(answer, dict):
         raise EnrollmentAnswerError("the enrollment answer is not a JSON object")
     missing = [name for name in _ANSWER_FIELDS if not isinstance(answer.get(name), str)]
@@ -190,6 +241,8 @@ def verify_enrollment(answer: Any) -> EnrolledDevice:
         trust_root = verify_initial_trust_root(envelope)
     except ProtocolError as exc:
         raise translate_protocol_error(exc, what="the controller's trust root") from exc
+    if pin is not None:
+        pin.verify(envelope)
     settings = {name: answer[name] for name in _ANSWER_FIELDS}
     try:
         # Every value must be one AgentConfig accepts (device id pattern, broker URL…).
@@ -252,13 +305,14 @@ def enroll(
     *,
     device_id: str | None = None,
     force: bool = False,
+    pin: TrustRootPin | None = None,
     timeout_s: float = ENROLL_TIMEOUT_S,
 ) -> tuple[EnrolledDevice, Path]:
     """Enroll this device: check ``data_dir``, ask, verify, write. Returns the verified
     enrollment and the path of ``agent.toml``."""
     _refuse_existing(data_dir / AGENT_CONFIG_FILE, force=force)
     answer = download_enrollment(controller_url, token, device_id=device_id, timeout_s=timeout_s)
-    device = verify_enrollment(answer)
+    device = verify_enrollment(answer, pin)
     config_path = persist_enrollment(data_dir, device, force=force)
     logger.info("enrolled as %s; wrote %s", device.device_id, config_path)
     return device, config_path

@@ -8,6 +8,7 @@ answers 403 with one message whatever was wrong with it.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -132,6 +133,7 @@ def post_enrollment_token(
         labels=row.labels,
         device_id=row.device_id,
         controller_url=ctx.settings.device_controller_url,
+        trust_root_sha256=hashlib.sha256(ctx.signer.trust_root_envelope.to_bytes()).hexdigest(),
     )
 
 

@@ -137,6 +137,8 @@ def enroll(
             answer["token"],
             "--data-dir",
             agent_data_dir,
+            "--trust-root-sha256",
+            answer["trust_root_sha256"],
         ]
     )
     if as_json:

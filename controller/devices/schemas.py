@@ -48,6 +48,9 @@ class EnrollmentTokenPublic(BaseModel):
     # Where devices reach this controller (settings.device_controller_url), for the
     # ``edgefleet-agent enroll --controller`` command.
     controller_url: str
+    # SHA-256 of the trust root file enrollment hands out, for ``--trust-root-sha256``:
+    # the device then refuses any other trust root, whoever answers its enrollment.
+    trust_root_sha256: str
 
 
 class EnrollRequest(BaseModel):

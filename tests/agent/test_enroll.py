@@ -6,6 +6,7 @@ directory as it was.
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import os
@@ -91,7 +92,9 @@ def test_enrolled_device_has_a_config_that_loads_and_a_trust_root_that_checks(
     printed = created["command"].split()
     assert printed[:2] == ["edgefleet-agent", "enroll"]
     assert printed[printed.index("--controller") + 1] == served.url
-    enrolled = agent_enroll(served.url, created["token"], device_dir)
+    pin = printed[printed.index("--trust-root-sha256") + 1]
+    assert pin == created["trust_root_sha256"]
+    enrolled = agent_enroll(served.url, created["token"], device_dir, "--trust-root-sha256", pin)
     assert enrolled.returncode == 0, enrolled.stderr
     assert "enrolled as cam-1" in enrolled.stdout
 
@@ -101,6 +104,7 @@ def test_enrolled_device_has_a_config_that_loads_and_a_trust_root_that_checks(
     assert config.device_id == config.mqtt_username == "cam-1"
     assert config.data_dir == device_dir.resolve() / "data"
     assert config.trust_root == device_dir.resolve() / "trust-root.json"
+    assert hashlib.sha256(config.trust_root.read_bytes()).hexdigest() == pin
     assert config.controller_url == served.url
     assert config.mqtt_password
     checked = run("agent", "check-trust-root", str(config.trust_root), env=served.env)
