@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .app import create_app
 from .context import ControllerContext
@@ -35,7 +36,7 @@ from .devices.broker_auth import (
 from .errors import BrokerAuthError, ConfigError, ControllerError
 from .settings import Settings
 
-__all__ = ["EXIT_BROKER_AUTH", "EXIT_STARTUP_FAILURE", "serve"]
+__all__ = ["EXIT_BROKER_AUTH", "EXIT_STARTUP_FAILURE", "serve", "uvicorn_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ EXIT_STARTUP_FAILURE = 3
 EXIT_BROKER_AUTH = 4  # as the agent's: the broker refused the credentials
 GRACEFUL_SHUTDOWN_S = 30
 FLEET_STOP_TIMEOUT_S = 10
+MAX_REQUEST_HEADER_BYTES = 16 * 1024  # request line and headers together
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
 
 
 def serve(settings: Settings) -> int:
@@ -70,14 +73,7 @@ async def _run(settings: Settings, app: Any) -> int:
         )
     fleet_task = None
     refused: BrokerAuthError | None = None
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-    )
-    server = _Server(config)
+    server = _Server(uvicorn_config(settings, app))
     try:
         fleet_task = _start_fleet(settings, app) if settings.fleet_enabled else None
         if fleet_task is not None:
@@ -108,6 +104,55 @@ async def _run(settings: Settings, app: Any) -> int:
     return EXIT_OK if server.started else EXIT_STARTUP_FAILURE
 
 
+def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
+    """uvicorn's configuration for ``app``, with the limits that come before the app.
+
+    Request bodies are limited by the app's outermost layer (``controller.api.limits``);
+    uvicorn limits what comes before: header size, how long request headers may take and
+    how long an idle keep-alive connection stays open. ``limit_concurrency`` stays unset:
+    it counts open connections, so idle sockets would turn it into a way to get every
+    request answered 503.
+    """
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        http=_h11_with_header_timeout(settings.request_header_timeout_s),
+        h11_max_incomplete_event_size=MAX_REQUEST_HEADER_BYTES,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
+
+
+def _h11_with_header_timeout(header_timeout_s: float) -> type[H11Protocol]:
+    class H11WithHeaderTimeout(H11Protocol):
+        """Closes a connection whose next request's headers are not complete within
+        ``header_timeout_s``: uvicorn's keep-alive timer stops at the first byte, so a
+        client sending a header a byte at a time would otherwise keep its socket forever.
+        """
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._expect_headers(None)
+
+        def on_response_complete(self) -> None:
+            # Noted before uvicorn may start a pipelined request's cycle.
+            finished = self.cycle
+            super().on_response_complete()
+            self._expect_headers(finished)
+
+        def _expect_headers(self, current: object) -> None:
+            self.loop.call_later(header_timeout_s, self._headers_due, current)
+
+        def _headers_due(self, current: object) -> None:
+            # No request began since: the connection is idle or its headers are stalled.
+            if self.cycle is current and not self.transport.is_closing():
+                self.transport.close()
+
+    return H11WithHeaderTimeout
+
+
 def _exit_if_refused(server: uvicorn.Server, fleet_task: asyncio.Task[None]) -> None:
     """Shut the HTTP server down (gracefully) when the fleet stopped on refused
     credentials; any other end of the fleet task is seen at shutdown, as before."""
@@ -121,9 +166,7 @@ def _start_fleet(settings: Settings, app: Any) -> asyncio.Task[None]:
     from .service import FleetService
 
     ctx: ControllerContext = app.state.ctx
-    fleet = FleetContext(
-        settings=settings, engine=ctx.engine, deployment_key=ctx.signer.deployment_key
-    )
+    fleet = FleetContext(settings=settings, engine=ctx.engine, signer=ctx.signer)
     service = FleetService(fleet, ctx.metrics.registry, status=ctx.fleet_status)
     logger.info("fleet loops started (MQTT %s)", settings.broker_url)
     return asyncio.create_task(service.run(), name="fleet")

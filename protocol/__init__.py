@@ -7,6 +7,7 @@ come out. This namespace is the public API; the submodules are its implementatio
 from .backoff import UniformSource, backoff_delay_s
 from .canonical import MAX_SAFE_INTEGER, canonical_json, parse_json
 from .deployment import (
+    MAX_CARRIED_TRUST_ROOTS,
     MAX_MODELS_PER_DEVICE,
     Command,
     Deployment,
@@ -97,6 +98,7 @@ __all__ = [
     "DEVICE_ID_PATTERN",
     "DOCUMENT_TYPES",
     "ED25519_PUBLIC_KEY_BYTES",
+    "MAX_CARRIED_TRUST_ROOTS",
     "MAX_CHECK_BUNDLE_BYTES",
     "MAX_ENVELOPE_BYTES",
     "MAX_MODELS_PER_DEVICE",

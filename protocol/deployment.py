@@ -18,10 +18,19 @@ from pydantic import AwareDatetime, Field, model_validator
 from .document import DeviceId, Document, EnvelopeObject, Model, Name
 from .dsse import Envelope
 
-__all__ = ["MAX_MODELS_PER_DEVICE", "Command", "Deployment", "DesiredState", "ProbationPolicy"]
+__all__ = [
+    "MAX_CARRIED_TRUST_ROOTS",
+    "MAX_MODELS_PER_DEVICE",
+    "Command",
+    "Deployment",
+    "DesiredState",
+    "ProbationPolicy",
+]
 
 # A device runs a handful of models; the bound keeps one retained message small.
 MAX_MODELS_PER_DEVICE = 16
+# Trust roots one order may carry: a device this many rotations behind still walks forward.
+MAX_CARRIED_TRUST_ROOTS = 32
 
 
 class ProbationPolicy(Model):
@@ -45,6 +54,12 @@ class _DeviceOrder(Document):
     expires: AwareDatetime
     # A newer trust root for the device to adopt through the rotation rules.
     trust_root: EnvelopeObject | None = None
+    # Several, for a device more than one rotation behind: every version after the
+    # device's, each adopted by the rotation rules in version order. Added without a
+    # schema bump: an older agent ignores it (and refuses what it cannot verify).
+    trust_roots: list[EnvelopeObject] = Field(
+        default_factory=list, max_length=MAX_CARRIED_TRUST_ROOTS
+    )
 
     @model_validator(mode="after")
     def _expires_after_issue(self) -> _DeviceOrder:
@@ -54,6 +69,11 @@ class _DeviceOrder(Document):
 
     def trust_root_envelope(self) -> Envelope | None:
         return None if self.trust_root is None else Envelope.from_json_obj(self.trust_root)
+
+    def carried_trust_roots(self) -> list[Envelope]:
+        """``trust_root`` and ``trust_roots``, as envelopes, in the order given."""
+        carried = [] if self.trust_root is None else [self.trust_root]
+        return [Envelope.from_json_obj(obj) for obj in [*carried, *self.trust_roots]]
 
 
 class Deployment(_DeviceOrder):

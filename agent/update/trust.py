@@ -8,7 +8,8 @@ it. A refusal therefore changes nothing, on disk or in memory (ARCHITECTURE.md �
 A deployment is checked in this order, stopping at the first failure:
 
 1. envelope shape and payload type;
-2. a newer trust root it carries, walked N -> N+1 -> ... by the rotation rules (§5.2);
+2. the newer trust roots it carries (``trust_root``, ``trust_roots``), walked
+   N -> N+1 -> ... by the rotation rules (§5.2);
 3. its signatures, by the ``deployment`` role of the newest trusted root;
 4. the device id;
 5. its sequence above the highest accepted for its model (equal: a quiet duplicate);
@@ -177,8 +178,7 @@ def _verify_order(
         raise WrongPayloadTypeError(
             f"expected a {what} ({order_type.PAYLOAD_TYPE}), got {envelope.payload_type!r}"
         )
-    carried = _carried_trust_root(envelope, what=what)
-    root_envelope, root = _walk(state, [] if carried is None else [carried])
+    root_envelope, root = _walk(state, _carried_trust_roots(envelope, what=what))
     order = _verify_signed(envelope, order_type, root, what=what)
     if order.device_id != device_id:
         raise WrongDeviceError(
@@ -218,21 +218,29 @@ def _walk(
     return root_envelope, root
 
 
-def _carried_trust_root(envelope: Envelope, *, what: str) -> Envelope | None:
-    # Only the one field, read from JSON: the rest of the payload waits for step 3.
+def _carried_trust_roots(envelope: Envelope, *, what: str) -> list[Envelope]:
+    """The trust roots an order carries (``trust_root``, then ``trust_roots``), sorted by
+    the version they claim: the walk takes them N+1, N+2, ... and skips older ones."""
+    # Only these fields, read from JSON: the rest of the payload waits for step 3.
     try:
         obj = protocol.parse_json(envelope.payload)
     except (ValueError, protocol.ProtocolError) as exc:  # JSONDecodeError, too deep, bad UTF-8
         raise MalformedDocumentError(f"{what} payload is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise MalformedDocumentError(f"{what} payload is not a JSON object")
-    carried = obj.get("trust_root")
-    if carried is None:
-        return None
+    single, several = obj.get("trust_root"), obj.get("trust_roots", [])
+    if not isinstance(several, list) or len(several) > protocol.MAX_CARRIED_TRUST_ROOTS:
+        raise TrustRootRotationError(
+            f"{what} carries 'trust_roots' that is not a list of at most "
+            f"{protocol.MAX_CARRIED_TRUST_ROOTS} trust roots"
+        )
+    carried = ([] if single is None else [single]) + several
     try:
-        return Envelope.from_json_obj(carried)
+        envelopes = [Envelope.from_json_obj(item) for item in carried]
+        versions = [TrustRoot.from_unverified_envelope(item).version for item in envelopes]
     except protocol.ProtocolError as exc:
         raise TrustRootRotationError(f"{what} carries an unreadable trust root: {exc}") from exc
+    return [item for _, item in sorted(zip(versions, envelopes, strict=True), key=lambda p: p[0])]
 
 
 def _verify_signed(

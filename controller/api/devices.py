@@ -274,7 +274,7 @@ def post_remove_model(
         session,
         device_id=device_id,
         model=model,
-        key=ctx.signer.deployment_key,
+        signer=ctx.signer,
         now=utcnow(),
         ttl_s=ctx.settings.deployment_ttl_s,
     )

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
@@ -45,6 +46,7 @@ from ..rollouts.tables import RolloutRecord
 from .tables import DeviceModelRecord, DeviceRecord
 
 __all__ = [
+    "DeploymentSigner",
     "DesiredMessage",
     "clear_desired",
     "lock_device",
@@ -55,6 +57,16 @@ __all__ = [
     "sign_removal",
     "unpublished_messages",
 ]
+
+
+class DeploymentSigner(Protocol):
+    """What signs deployments: the deployment key, and the trust roots a device holding
+    an older version must walk (``controller.signing.Signer``)."""
+
+    @property
+    def deployment_key(self) -> SigningKey: ...
+
+    def trust_roots_after(self, version: int | None) -> list[Envelope]: ...
 
 
 @dataclass(frozen=True)
@@ -89,7 +101,7 @@ def _sign(
     *,
     device_id: str,
     model: str,
-    key: SigningKey,
+    signer: DeploymentSigner,
     now: datetime,
     ttl_s: float,
     release: ReleaseRecord | None,
@@ -99,6 +111,10 @@ def _sign(
 ) -> int:
     device = lock_device(session, device_id)
     sequence = device.next_deployment_sequence
+    # Every trust root the device has yet to walk rides along: a rotation on the
+    # controller reaches the device with its next deployment, however far behind it is.
+    reported = (device.reported_state or {}).get("trust_root_version")
+    chain = signer.trust_roots_after(reported if isinstance(reported, int) else None)
     deployment = Deployment(
         device_id=device_id,
         sequence=sequence,
@@ -112,8 +128,9 @@ def _sign(
         rollback=rollback,
         probation=probation or ProbationPolicy(),
         rollout_id=rollout_id,
+        trust_roots=[root.to_json_obj() for root in chain],
     )
-    envelope = deployment.sign([key])
+    envelope = deployment.sign([signer.deployment_key])
     device.next_deployment_sequence = sequence + 1
     device.desired_sequence = sequence
     row = _model_row(session, device_id, model)
@@ -134,7 +151,7 @@ def sign_deployment(
     *,
     device_id: str,
     release: ReleaseRecord,
-    key: SigningKey,
+    signer: DeploymentSigner,
     now: datetime,
     ttl_s: float,
     rollout_id: str | None,
@@ -147,7 +164,7 @@ def sign_deployment(
         session,
         device_id=device_id,
         model=release.model_name,
-        key=key,
+        signer=signer,
         now=now,
         ttl_s=ttl_s,
         release=release,
@@ -162,7 +179,7 @@ def sign_removal(
     *,
     device_id: str,
     model: str,
-    key: SigningKey,
+    signer: DeploymentSigner,
     now: datetime,
     ttl_s: float,
 ) -> int:
@@ -172,7 +189,7 @@ def sign_removal(
         session,
         device_id=device_id,
         model=model,
-        key=key,
+        signer=signer,
         now=now,
         ttl_s=ttl_s,
         release=None,
@@ -187,7 +204,7 @@ def remove_model(
     *,
     device_id: str,
     model: str,
-    key: SigningKey,
+    signer: DeploymentSigner,
     now: datetime,
     ttl_s: float,
 ) -> int:
@@ -207,7 +224,9 @@ def remove_model(
                 f"rollout {rollout.id} of {model} is {rollout.status} on {device_id}: "
                 "abort it first"
             )
-    return sign_removal(session, device_id=device_id, model=model, key=key, now=now, ttl_s=ttl_s)
+    return sign_removal(
+        session, device_id=device_id, model=model, signer=signer, now=now, ttl_s=ttl_s
+    )
 
 
 def clear_desired(session: Session, *, device_id: str, model: str | None = None) -> None:

@@ -85,7 +85,7 @@ def _renew(fleet: FleetContext, session: Session, row: DeviceModelRecord, *, now
             session,
             device_id=row.device_id,
             model=row.model_name,
-            key=fleet.deployment_key,
+            signer=fleet.signer,
             now=now,
             ttl_s=fleet.settings.deployment_ttl_s,
         )
@@ -97,7 +97,7 @@ def _renew(fleet: FleetContext, session: Session, row: DeviceModelRecord, *, now
         session,
         device_id=row.device_id,
         release=release,
-        key=fleet.deployment_key,
+        signer=fleet.signer,
         now=now,
         ttl_s=fleet.settings.deployment_ttl_s,
         rollout_id=rollout_id,

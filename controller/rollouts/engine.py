@@ -26,10 +26,10 @@ from typing import Any
 from sqlalchemy import Engine, and_
 from sqlmodel import Session, col, select
 
-from protocol import ProbationPolicy, ReleaseRef, SigningKey
+from protocol import ProbationPolicy, ReleaseRef
 
 from ..db import session_scope
-from ..devices.desired import clear_desired, sign_deployment
+from ..devices.desired import DeploymentSigner, clear_desired, sign_deployment
 from ..devices.selectors import parse_selector
 from ..devices.tables import DeviceModelRecord, DeviceRecord
 from ..registry.tables import ReleaseRecord
@@ -74,11 +74,11 @@ WEBHOOK_KINDS = frozenset(
 
 @dataclass(frozen=True)
 class FleetContext:
-    """What the fleet loops need: settings, the database and the deployment key."""
+    """What the fleet loops need: settings, the database and what signs deployments."""
 
     settings: Settings
     engine: Engine
-    deployment_key: SigningKey
+    signer: DeploymentSigner
 
 
 def active_rollout_ids(engine: Engine) -> list[str]:
@@ -323,7 +323,7 @@ def _sign(
         session,
         device_id=device_id,
         release=release,
-        key=fleet.deployment_key,
+        signer=fleet.signer,
         now=now,
         ttl_s=fleet.settings.deployment_ttl_s,
         rollout_id=rollout_id,

@@ -255,6 +255,27 @@ def test_newer_trust_root_adopted_only_through_rotation(device: Device) -> None:
     device.refuse(device.deployment(sequence=8), BadSignatureError)
 
 
+def test_a_device_two_rotations_behind_walks_the_carried_chain(device: Device) -> None:
+    # Each rotation replaced the deployment key: only v3 trusts the key that signs.
+    middle, root_v2 = rotate(device.keyring, Role.DEPLOYMENT)
+    newest, root_v3 = rotate(middle, Role.DEPLOYMENT)
+    chain = [root_v3.to_json_obj(), root_v2.to_json_obj()]  # any order: walked by version
+    device.deliver(
+        device.deployment(sequence=7, trust_roots=chain, signers=newest.keys[Role.DEPLOYMENT])
+    )
+    assert device.state().trust_root_version == 3
+
+
+def test_a_chain_with_a_gap_is_refused_and_nothing_adopted(device: Device) -> None:
+    middle, _root_v2 = rotate(device.keyring, Role.DEPLOYMENT)
+    newest, root_v3 = rotate(middle, Role.DEPLOYMENT)
+    envelope = device.deployment(
+        trust_roots=[root_v3.to_json_obj()], signers=newest.keys[Role.DEPLOYMENT]
+    )
+    device.refuse(envelope, TrustRootRotationError)
+    assert device.state().trust_root_version == 1
+
+
 def test_trust_root_not_signed_by_the_trusted_root_is_refused(device: Device) -> None:
     successor, _ = rotate(device.keyring, Role.ROOT, Role.DEPLOYMENT)
     self_signed = successor.trust_root().sign(successor.keys[Role.ROOT])

@@ -100,6 +100,4 @@ def set_running(session: Session, device_id: str, release: ReleaseRecord) -> Non
 
 
 def fleet_of(ctx: ControllerContext) -> FleetContext:
-    return FleetContext(
-        settings=ctx.settings, engine=ctx.engine, deployment_key=ctx.signer.deployment_key
-    )
+    return FleetContext(settings=ctx.settings, engine=ctx.engine, signer=ctx.signer)

@@ -37,9 +37,7 @@ def test_refused_credentials_stop_the_fleet_and_readyz_says_why(
             "mqtt_password": "wrong password",
         }
     )
-    fleet = FleetContext(
-        settings=settings, engine=context.engine, deployment_key=context.signer.deployment_key
-    )
+    fleet = FleetContext(settings=settings, engine=context.engine, signer=context.signer)
     service = FleetService(fleet, CollectorRegistry(), status=context.fleet_status)
     assert client.get("/readyz").status_code == 200
 

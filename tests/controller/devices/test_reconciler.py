@@ -45,7 +45,7 @@ def sign(app: FastAPI, device_id: str, release: ReleaseRecord, *, at: datetime) 
             session,
             device_id=device_id,
             release=release,
-            key=context.signer.deployment_key,
+            signer=context.signer,
             now=at,
             ttl_s=context.settings.deployment_ttl_s,
             rollout_id=None,
@@ -120,7 +120,7 @@ def test_a_removal_is_renewed_only_while_the_device_still_lists_the_model(
             session,
             device_id=device_id,
             model="digits",
-            key=context.signer.deployment_key,
+            signer=context.signer,
             now=NOW - ttl * 0.9,
             ttl_s=context.settings.deployment_ttl_s,
         )

@@ -63,7 +63,7 @@ def test_the_desired_payload_lists_the_newest_deployment_of_each_model(
                 session,
                 device_id=device_id,
                 release=releases[name],
-                key=context.signer.deployment_key,
+                signer=context.signer,
                 now=NOW,
                 ttl_s=3600,
                 rollout_id=None,
