@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,22 @@ def open_trust_state(config: AgentConfig, path: Path) -> TrustState:
     persist_trust_state(path, state)
     logger.info("installed trust root v%d from %s", state.trust_root_version, config.trust_root)
     return state
+
+
+# A trust root this close to its expiry is logged at start (the controller flags it too).
+TRUST_ROOT_WARNING = timedelta(days=30)
+
+
+def _warn_if_trust_root_expires_soon(state: TrustState, now: datetime) -> None:
+    left = state.trust_root.expires - now
+    if left < TRUST_ROOT_WARNING:
+        logger.warning(
+            "trust root v%d expires at %s (%d days): after that every order is refused; "
+            "the controller's operator must run 'edgefleet keys rotate'",
+            state.trust_root_version,
+            state.trust_root.expires.isoformat(),
+            left.days,
+        )
 
 
 class AgentDaemon:
@@ -123,6 +139,7 @@ class AgentDaemon:
         )
         trust_path = data_dir / "trust.json"
         self.trust = TrustKeeper(trust_path, open_trust_state(config, trust_path))
+        _warn_if_trust_root_expires_soon(self.trust.state, self.clock.now())
         self.releases = ReleaseIndex(data_dir / "releases.json")
         self.models = ModelUpdates(
             config,
@@ -154,6 +171,7 @@ class AgentDaemon:
             "phase": self.models.phase,
             "models": self.models.model_states(),
             "trust_root_version": self.trust.state.trust_root_version,
+            "trust_root_expires_at": self.trust.state.trust_root.expires,
             "inference_threads": self.serving.options.intra_op_threads,
         }
 

@@ -59,6 +59,9 @@ class State(Document):
     # Threads one inference may use (the agent's inference_threads, resolved).
     inference_threads: int | None = Field(default=None, ge=1)
     trust_root_version: int | None = Field(default=None, ge=1)
+    # When that trust root expires: after it the device refuses every order, so the
+    # controller warns long before (added without a schema bump).
+    trust_root_expires_at: AwareDatetime | None = None
     reported_at: AwareDatetime | None = None
 
 

@@ -87,6 +87,7 @@ def _model_public(view: ModelView) -> DeviceModelPublic:
 
 def _summary_fields(view: DeviceView) -> dict[str, Any]:
     device = view.device
+    reported = device.reported_state or {}
     return {
         "id": device.id,
         "labels": device.labels,
@@ -97,6 +98,8 @@ def _summary_fields(view: DeviceView) -> dict[str, Any]:
         "models": [_model_public(model) for model in view.models],
         "enrolled_at": _utc(device.enrolled_at),
         "decommissioned_at": _utc(device.decommissioned_at),
+        "trust_root_version": reported.get("trust_root_version"),
+        "trust_root_expires_at": reported.get("trust_root_expires_at"),
     }
 
 

@@ -206,6 +206,10 @@ def show(
         f"desired state: sequence {desired['sequence'] or '-'},"
         f" published {desired['published_sequence'] or '-'}"
     )
+    if row.get("trust_root_version"):
+        console.print(
+            f"trust root: v{row['trust_root_version']}, expires {row['trust_root_expires_at']}"
+        )
     if row["decommissioned_at"]:
         console.print(f"decommissioned at {row['decommissioned_at']}")
     if row["assignments"]:

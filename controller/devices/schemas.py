@@ -101,6 +101,9 @@ class DevicePublic(BaseModel):
     models: list[DeviceModelPublic]  # by model name
     enrolled_at: datetime
     decommissioned_at: datetime | None
+    # The trust root the device holds, as it last reported (None before it reported).
+    trust_root_version: int | None = None
+    trust_root_expires_at: datetime | None = None
 
 
 class DesiredPublic(BaseModel):

@@ -55,6 +55,7 @@ def make_templates() -> Jinja2Templates:
         duration=format_duration,
         short_sha=lambda value: (value or "")[:12],
         size=format_size,
+        days_until=days_until,
     )
     return Jinja2Templates(env=env)
 
@@ -89,6 +90,17 @@ def format_when(value: datetime | str | float | None) -> str:
     else:
         when = value
     return _as_utc(when).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def days_until(value: datetime | str | None) -> int | None:
+    """Whole days from now until an ISO timestamp (negative once past); None without one."""
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    except ValueError:
+        return None
+    return (_as_utc(when) - datetime.now(UTC)).days
 
 
 def format_number(value: float | int | None, digits: int = 3) -> str:

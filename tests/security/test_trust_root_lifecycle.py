@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from agent.errors import BadSignatureError, TrustRootExpiredError
 from agent.update.trust import verify_deployment
@@ -21,11 +22,17 @@ from controller.db import session_scope
 from controller.devices.desired import sign_removal
 from controller.devices.tables import DeviceModelRecord, DeviceRecord
 from controller.keystore import KeyStore
+from controller.mqtt.ingest import apply_states
+from controller.tokens import Role as TokenRole
 from protocol import Deployment, Envelope, Role
 from tests.controller import conftest as controller_fixtures
+from tests.controller.conftest import bearer
 from tests.controller.devices.test_broker_auth import enroll
+from tests.controller.mqtt.test_ingest import state
+from tests.controller.ui.conftest import log_in
 
 app, settings, ctx = controller_fixtures.app, controller_fixtures.settings, controller_fixtures.ctx
+client, tokens = controller_fixtures.client, controller_fixtures.tokens
 PASSPHRASE = controller_fixtures.TEST_PASSPHRASE.encode()
 YEAR = timedelta(days=365)
 
@@ -102,3 +109,19 @@ def test_a_device_that_reported_the_newest_root_gets_no_chain(app: FastAPI) -> N
         session.add(record)
     envelope = removal_for(app, "dev-a", at=start + timedelta(days=301))
     assert Deployment.from_payload(Envelope.from_bytes(envelope).payload).trust_roots == []
+
+
+def test_a_trust_root_near_expiry_is_shown_on_the_device_and_flagged_on_its_page(
+    app: FastAPI, client: TestClient, tokens: dict[TokenRole, str]
+) -> None:
+    now = datetime.now(UTC)
+    enroll(app, "dev-a")
+    expires = now + timedelta(days=10, hours=1)
+    reported = state("dev-a", now, trust_root_version=1, trust_root_expires_at=expires)
+    assert apply_states(ctx(app).engine, [("dev-a", reported)], now=now) == 1
+
+    device = client.get("/api/v1/devices/dev-a", headers=bearer(tokens[TokenRole.VIEWER])).json()
+    assert device["trust_root_version"] == 1
+    assert datetime.fromisoformat(device["trust_root_expires_at"]) == expires
+    log_in(client, tokens[TokenRole.VIEWER])
+    assert "expires in 10 days" in client.get("/ui/devices/dev-a").text
