@@ -41,6 +41,17 @@ class ApiToken(SQLModel, table=True):
     revoked_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+    # None: the token lives until it is revoked.
+    expires_at: datetime | None = timestamp_field(nullable=True)
+
+    def is_live(self, now: datetime) -> bool:
+        """Neither revoked nor expired at ``now``."""
+        if self.revoked_at is not None:
+            return False
+        expires = self.expires_at
+        if expires is None:
+            return True
+        return now < (expires if expires.tzinfo else expires.replace(tzinfo=UTC))
 
 
 class AuditEntry(SQLModel, table=True):
