@@ -8,6 +8,7 @@ answers with a 4xx status; nothing a client sends can produce a 5xx by design.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -18,8 +19,9 @@ from fastapi.responses import JSONResponse
 
 from . import __version__
 from .api import artifacts, devices, health, models, releases, rollouts
-from .api.concurrency import HandlerConcurrencyLimit
+from .api.concurrency import HandlerConcurrencyLimit, HandlerSlots
 from .api.deps import Viewer
+from .api.limits import BodyRule, RequestLimits, token_admission
 from .context import ControllerContext
 from .db import make_engine, reader_engine
 from .devices.gauges import FleetCollector
@@ -38,11 +40,15 @@ from .registry.artifact_store import ArtifactStore
 from .rollouts.core import RolloutSpecError
 from .settings import Settings
 from .signing import load_or_create_signer
+from .tokens import Role
 from .ui import install_dashboard
 
 __all__ = ["build_context", "create_app"]
 
 logger = logging.getLogger(__name__)
+
+# Room for the multipart headers and boundaries around an upload's two files.
+MULTIPART_SLACK_BYTES = 64 * 1024
 
 STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (NotFoundError, 404),
@@ -108,8 +114,26 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     app.add_exception_handler(ControllerError, _controller_error)
     app.add_exception_handler(RolloutSpecError, _controller_error)
     app.middleware("http")(_measure(ctx))
-    # Outermost: requests wait here before they take a worker thread or a connection.
-    app.add_middleware(HandlerConcurrencyLimit)
+    # Requests wait here before they take a worker thread or a connection...
+    slots = HandlerSlots()
+    app.add_middleware(HandlerConcurrencyLimit, slots=slots)
+    # ...and, outermost, their whole body is received (within its limits) before that.
+    app.add_middleware(
+        RequestLimits,
+        max_request_bytes=settings.max_request_bytes,
+        body_timeout_s=settings.request_body_timeout_s,
+        min_body_bytes_per_s=settings.min_request_body_bytes_per_s,
+        spool_dir=settings.work_dir / "uploads",
+        rules=[
+            BodyRule(
+                "POST",
+                re.compile(r"/api/v1/models/[^/]+/versions"),
+                settings.max_upload_bytes + settings.max_validation_bytes + MULTIPART_SLACK_BYTES,
+                spool=True,
+                admission=token_admission(ctx.read_engine, Role.OPERATOR, slots),
+            )
+        ],
+    )
     return app
 
 

@@ -41,6 +41,13 @@ class Settings(BaseModel):
 
     max_upload_bytes: int = Field(default=512 * _MIB, gt=0)
     max_validation_bytes: int = Field(default=256 * _MIB, gt=0)
+    # HTTP request limits (controller.api.limits): the largest body of any route but the
+    # model upload; a body must arrive within request_body_timeout_s plus one second per
+    # min_request_body_bytes_per_s received; request headers within request_header_timeout_s.
+    max_request_bytes: int = Field(default=1 * _MIB, gt=0)
+    request_body_timeout_s: float = Field(default=10.0, gt=0)
+    min_request_body_bytes_per_s: int = Field(default=16 * 1024, gt=0)
+    request_header_timeout_s: float = Field(default=10.0, gt=0)
     # Limits for converter jobs (inspection, quantization, profiling).
     job_memory_bytes: int = Field(default=4096 * _MIB, gt=0)
     job_cpu_s: int = Field(default=600, gt=0)

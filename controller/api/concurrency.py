@@ -9,35 +9,67 @@ timeout fails them all. Two hundred devices fetching an artifact at once did exa
 that. Waiting here, before any thread or connection is taken, cannot deadlock: the limit
 is below both the pool's size and the thread pool's.
 
-A slot is given back when the response starts: by then the handler has run and its
-session (a function-scoped dependency) is closed, so a long download does not hold one.
+A slot is taken only around the work. This layer sits inside ``RequestLimits``
+(``limits``), which has received the whole request body before it calls in, so a client
+that sends its body slowly, or never, waits there and holds no slot; ``RequestLimits``
+takes a slot from the same ``HandlerSlots`` for the token check it runs before it
+accepts an upload. A slot is given back when the response starts: by then the handler
+has run and its session (a function-scoped dependency) is closed, so a long download
+does not hold one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["HANDLER_CONCURRENCY", "HandlerConcurrencyLimit"]
+__all__ = ["HANDLER_CONCURRENCY", "HandlerConcurrencyLimit", "HandlerSlots"]
 
 # Below SQLAlchemy's default pool (5 + 10 overflow) and anyio's 40 worker threads.
 HANDLER_CONCURRENCY = 10
 
 
-class HandlerConcurrencyLimit:
-    def __init__(self, app: ASGIApp, limit: int = HANDLER_CONCURRENCY) -> None:
-        self.app = app
+class HandlerSlots:
+    """The slots every piece of request work that may take a thread or a connection
+    shares; the semaphore is made in the server's event loop, on first use."""
+
+    def __init__(self, limit: int = HANDLER_CONCURRENCY) -> None:
         self.limit = limit
-        self._slots: asyncio.Semaphore | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+
+    async def acquire(self) -> None:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.limit)
+        await self._semaphore.acquire()
+
+    def release(self) -> None:
+        assert self._semaphore is not None, "release without acquire"
+        self._semaphore.release()
+
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+class HandlerConcurrencyLimit:
+    def __init__(
+        self, app: ASGIApp, limit: int = HANDLER_CONCURRENCY, slots: HandlerSlots | None = None
+    ) -> None:
+        self.app = app
+        self.slots = slots if slots is not None else HandlerSlots(limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self._slots is None:  # created in the server's event loop
-            self._slots = asyncio.Semaphore(self.limit)
-        slots = self._slots
+        slots = self.slots
         await slots.acquire()
         held = True
 
