@@ -72,7 +72,9 @@ def build_context(
         settings=settings,
         engine=engine,
         store=ArtifactStore(settings.artifacts_dir),
-        signer=load_or_create_signer(settings.keys_dir, environ),
+        signer=load_or_create_signer(
+            settings.keys_dir, environ, release_key_online=settings.release_key == "online"
+        ),
         metrics=Metrics(),
         read_engine=reader_engine(engine),
     )

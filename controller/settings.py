@@ -13,7 +13,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -40,6 +40,9 @@ class Settings(BaseModel):
     topic_prefix: str = "edgefleet/v1"
 
     max_upload_bytes: int = Field(default=512 * _MIB, gt=0)
+    # "offline": the release key stays on another machine; releases are prepared here,
+    # signed there (edgefleet release sign) and uploaded (docs/security.md).
+    release_key: Literal["online", "offline"] = "online"
     max_validation_bytes: int = Field(default=256 * _MIB, gt=0)
     # HTTP request limits (controller.api.limits): the largest body of any route but the
     # model upload; a body must arrive within request_body_timeout_s plus one second per

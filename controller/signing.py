@@ -28,10 +28,16 @@ from pathlib import Path
 
 from protocol import MAX_CARRIED_TRUST_ROOTS, Envelope, ProtocolError, Role, SigningKey, TrustRoot
 
-from .errors import ConfigError, ControllerError
+from .errors import ConfigError, ConflictError, ControllerError
 from .keystore import KeyStore
 
-__all__ = ["PASSPHRASE_ENV", "PASSPHRASE_FILE", "Signer", "load_or_create_signer"]
+__all__ = [
+    "PASSPHRASE_ENV",
+    "PASSPHRASE_FILE",
+    "ReleaseKeyOfflineError",
+    "Signer",
+    "load_or_create_signer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +45,15 @@ PASSPHRASE_ENV = "EDGEFLEET_KEY_PASSPHRASE"  # noqa: S105 - a variable name, not
 PASSPHRASE_FILE = "passphrase"  # noqa: S105 - a file name
 
 
+class ReleaseKeyOfflineError(ConflictError):
+    """The release key is kept off this controller (``release_key = "offline"``)."""
+
+
 @dataclass(frozen=True)
 class _KeySet:
     trust_root: TrustRoot
     trust_root_envelope: Envelope
-    release_key: SigningKey
+    release_key: SigningKey | None  # None while the release key is kept offline
     deployment_key: SigningKey
     seen: tuple[int, int, int]  # trust-root.json's (inode, size, mtime) when loaded
 
@@ -51,9 +61,12 @@ class _KeySet:
 class Signer:
     """The trust root and the keys that sign, always the newest consistent set on disk."""
 
-    def __init__(self, store: KeyStore, passphrase: bytes) -> None:
+    def __init__(
+        self, store: KeyStore, passphrase: bytes, *, release_key_online: bool = True
+    ) -> None:
         self._store = store
         self._passphrase = passphrase
+        self._release_key_online = release_key_online
         self._lock = threading.Lock()
         self._keys = self._load(self._stat())
 
@@ -71,7 +84,14 @@ class Signer:
 
     @property
     def release_key(self) -> SigningKey:
-        return self._current().release_key
+        key = self._current().release_key
+        if key is None:
+            raise ReleaseKeyOfflineError(
+                "the release key is offline on this controller: prepare the release here "
+                "(edgefleet release prepare), sign it where the key is (edgefleet release "
+                "sign) and upload it (edgefleet release upload)"
+            )
+        return key
 
     @property
     def deployment_key(self) -> SigningKey:
@@ -119,10 +139,8 @@ class Signer:
     def _load(self, seen: tuple[int, int, int]) -> _KeySet:
         store = self._store
         trust_root = store.load_trust_root()
-        keys = {
-            role: store.load_signing_key(role, self._passphrase)
-            for role in (Role.RELEASE, Role.DEPLOYMENT)
-        }
+        roles = (Role.RELEASE, Role.DEPLOYMENT) if self._release_key_online else (Role.DEPLOYMENT,)
+        keys = {role: store.load_signing_key(role, self._passphrase) for role in roles}
         for role, key in keys.items():
             if key.key_id not in trust_root.role_keys(role):
                 raise ConfigError(
@@ -132,13 +150,15 @@ class Signer:
         return _KeySet(
             trust_root=trust_root,
             trust_root_envelope=store.load_trust_root_envelope(),
-            release_key=keys[Role.RELEASE],
+            release_key=keys.get(Role.RELEASE),
             deployment_key=keys[Role.DEPLOYMENT],
             seen=seen,
         )
 
 
-def load_or_create_signer(keys_dir: Path, environ: Mapping[str, str] | None = None) -> Signer:
+def load_or_create_signer(
+    keys_dir: Path, environ: Mapping[str, str] | None = None, *, release_key_online: bool = True
+) -> Signer:
     env = os.environ if environ is None else environ
     store = KeyStore(keys_dir)
     passphrase_file = keys_dir / PASSPHRASE_FILE
@@ -167,6 +187,6 @@ def load_or_create_signer(keys_dir: Path, environ: Mapping[str, str] | None = No
             raise ConfigError(f"set {PASSPHRASE_ENV} to unlock the keys in {keys_dir}")
         passphrase = passphrase_file.read_bytes().strip()
     try:
-        return Signer(store, passphrase)
+        return Signer(store, passphrase, release_key_online=release_key_online)
     except ProtocolError as exc:
         raise ConfigError(f"cannot load the signing keys in {keys_dir}: {exc}") from exc

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from typing import Annotated, Any
 
-from ..registry.releases import envelope_of, get_release, list_releases, release_version
+from fastapi import APIRouter, Body, Request, Response, status
+
+from protocol import Envelope, ProtocolError
+
+from ..errors import BadRequestError
+from ..registry.releases import (
+    envelope_of,
+    get_release,
+    list_releases,
+    prepare_release,
+    record_signed_release,
+    release_version,
+)
 from ..registry.schemas import ReleasePublic
 from ..registry.tables import ReleaseRecord
 from .deps import Audited, Context, DbSession, Operator, Viewer
@@ -41,6 +53,51 @@ def post_release(
 ) -> ReleasePublic:
     """Sign a release of this version with the release key (idempotent)."""
     record, created = release_version(session, ctx, name=name, version=version, principal=caller)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    request.state.audit = {"target": f"{name}:{version}", "sha256": record.sha256}
+    return _public(record)
+
+
+@router.post("/models/{name}/versions/{version}/release/prepare", dependencies=[Audited])
+def post_prepare_release(
+    name: ModelName,
+    version: VersionNumber,
+    request: Request,
+    ctx: Context,
+    session: DbSession,
+    _caller: Operator,
+) -> dict[str, Any]:
+    """The unsigned release of this version, to sign where the release key is kept."""
+    release = prepare_release(session, ctx, name=name, version=version)
+    request.state.audit = {"target": f"{name}:{version}"}
+    return release.to_json_obj()
+
+
+@router.post(
+    "/models/{name}/versions/{version}/release/signed",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Audited],
+    responses={200: {"description": "Already released; the existing release."}},
+)
+def post_signed_release(
+    name: ModelName,
+    version: VersionNumber,
+    envelope: Annotated[dict[str, Any], Body(description="The signed release (DSSE envelope).")],
+    request: Request,
+    response: Response,
+    ctx: Context,
+    session: DbSession,
+    caller: Operator,
+) -> ReleasePublic:
+    """Record a release signed elsewhere; it must verify against the trust root."""
+    try:
+        signed = Envelope.from_json_obj(envelope)
+    except ProtocolError as exc:
+        raise BadRequestError(f"not a signed release envelope: {exc}") from exc
+    record, created = record_signed_release(
+        session, ctx, name=name, version=version, envelope=signed, principal=caller
+    )
     if not created:
         response.status_code = status.HTTP_200_OK
     request.state.audit = {"target": f"{name}:{version}", "sha256": record.sha256}

@@ -19,7 +19,7 @@ from ..errors import ControllerError
 from ..keystore import KeyStore
 from .common import fail
 
-__all__ = ["PASSPHRASE_ENV", "keys_app"]
+__all__ = ["PASSPHRASE_ENV", "keys_app", "read_passphrase"]
 
 PASSPHRASE_ENV = "EDGEFLEET_KEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 
@@ -31,7 +31,7 @@ LifetimeDays = Annotated[
 ]
 
 
-def _passphrase(*, confirm: bool) -> bytes:
+def read_passphrase(*, confirm: bool) -> bytes:
     value = os.environ.get(PASSPHRASE_ENV)
     if value is None:
         value = typer.prompt("Key passphrase", hide_input=True, confirmation_prompt=confirm)
@@ -46,7 +46,7 @@ def keys_init(directory: KeyDir, expires_days: LifetimeDays = 365) -> None:
     store = KeyStore(directory)
     try:
         trust_root = store.init(
-            passphrase=_passphrase(confirm=True),
+            passphrase=read_passphrase(confirm=True),
             now=datetime.now(UTC),
             lifetime=timedelta(days=expires_days),
         )
@@ -68,7 +68,7 @@ def keys_rotate(
     try:
         trust_root = store.rotate(
             role,
-            passphrase=_passphrase(confirm=False),
+            passphrase=read_passphrase(confirm=False),
             now=datetime.now(UTC),
             lifetime=timedelta(days=expires_days),
         )

@@ -14,6 +14,7 @@ from .devices import devices_app
 from .doc import doc_app
 from .keys import keys_app
 from .models import model_app
+from .releases import release_app
 from .rollouts import rollout_app
 from .serve import controller_app
 from .simulator import simulator_app
@@ -28,6 +29,7 @@ app.add_typer(controller_app, name="controller")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(audit_app, name="audit")
 app.add_typer(model_app, name="model")
+app.add_typer(release_app, name="release")
 app.add_typer(devices_app, name="devices")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(simulator_app)

@@ -39,11 +39,24 @@ def controller_serve(
     mqtt_port: Annotated[
         int | None, typer.Option(help="Embedded broker port (env EDGEFLEET_MQTT_PORT).")
     ] = None,
+    release_key: Annotated[
+        str | None,
+        typer.Option(
+            "--release-key",
+            help="'online', or 'offline' to keep it off this host (env EDGEFLEET_RELEASE_KEY).",
+        ),
+    ] = None,
     config: ConfigFile = None,
 ) -> None:
     """Serve the API (and the embedded MQTT broker) until SIGTERM or SIGINT."""
     configure_logging()
     settings = settings_from(
-        config, host=host, port=port, data_dir=data_dir, broker=broker, mqtt_port=mqtt_port
+        config,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        broker=broker,
+        mqtt_port=mqtt_port,
+        release_key=release_key,
     )
     raise typer.Exit(serve(settings))

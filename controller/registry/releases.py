@@ -8,6 +8,12 @@ never released. Releasing a version twice returns the first release: one version
 signed release. A release stays under ``MAX_RELEASE_ENVELOPE_BYTES`` whatever the model
 weighs; one that would not (thousands of tensors, a huge report) is refused with a 409
 and nothing is recorded.
+
+With the release key offline (``release_key = "offline"``) the controller cannot sign:
+``prepare_release`` profiles the version, stores its check bundle and returns the
+unsigned document; it is signed on another machine, and ``record_signed_release`` takes
+it back only when it verifies against the trust root's ``release`` role and names
+exactly this version's artifact and a check bundle the store holds.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from protocol import (
     Release,
     RuntimeRequirements,
     TensorSpec,
+    verify_document,
 )
 
 from ..context import ControllerContext
@@ -42,7 +49,14 @@ from .artifact_store import StoredFile, sha256_of_file
 from .models import FORMAT_EXTENSIONS, get_version, run_job
 from .tables import ModelVersion, ReleaseRecord
 
-__all__ = ["build_release", "get_release", "list_releases", "release_version"]
+__all__ = [
+    "build_release",
+    "get_release",
+    "list_releases",
+    "prepare_release",
+    "record_signed_release",
+    "release_version",
+]
 
 RUNTIME_BY_FORMAT = {"onnx": "onnxruntime", "tflite": "litert"}
 
@@ -51,19 +65,93 @@ def release_version(
     session: Session, ctx: ControllerContext, *, name: str, version: int, principal: Principal
 ) -> tuple[ReleaseRecord, bool]:
     """Sign a release of ``name:version``; returns it and whether it was created now."""
-    row = get_version(session, name, version)
-    existing = session.exec(
-        select(ReleaseRecord).where(ReleaseRecord.model_version_id == row.id)
-    ).first()
+    row, existing = _releasable(session, name, version)
     if existing is not None:
         return existing, False
-    if row.status == "rejected":
-        reasons = "; ".join(row.reasons) or "see its report"
-        raise ConflictError(f"{name}:{version} was rejected by the quality gate ({reasons})")
+    ctx.signer.release_key  # noqa: B018 - refuses at once, before a profile job, when offline
     with _profiled(ctx, row) as bundle:
         release = build_release(row, bundle, now=utcnow())
         envelope = _sign(ctx, release)
         ctx.store.put(bundle.path)  # only a release that will be recorded keeps its bundle
+    return _record(session, row, envelope, principal)
+
+
+def prepare_release(
+    session: Session, ctx: ControllerContext, *, name: str, version: int
+) -> Release:
+    """The unsigned release of ``name:version``, its check bundle stored, for signing
+    elsewhere; a version released already answers ``ConflictError``."""
+    row, existing = _releasable(session, name, version)
+    if existing is not None:
+        raise ConflictError(f"{name}:{version} is released already")
+    with _profiled(ctx, row) as bundle:
+        release = build_release(row, bundle, now=utcnow())
+        ctx.store.put(bundle.path)
+    return release
+
+
+def record_signed_release(
+    session: Session,
+    ctx: ControllerContext,
+    *,
+    name: str,
+    version: int,
+    envelope: Envelope,
+    principal: Principal,
+) -> tuple[ReleaseRecord, bool]:
+    """Record a release signed elsewhere, once it verifies and fits this version."""
+    row, existing = _releasable(session, name, version)
+    if existing is not None:
+        return existing, False
+    what = f"{name}:{version}"
+    size = len(envelope.to_bytes())
+    if size > MAX_RELEASE_ENVELOPE_BYTES:
+        raise ConflictError(
+            f"the signed release is {size} bytes, over {MAX_RELEASE_ENVELOPE_BYTES}"
+        )
+    try:
+        release = verify_document(envelope, Release, ctx.signer.trust_root)
+    except ProtocolError as exc:
+        raise ConflictError(f"the signed release of {what} does not verify: {exc}") from exc
+    artifact = release.artifact
+    if (release.model, release.version) != (name, version) or (
+        artifact.sha256,
+        artifact.length,
+    ) != (row.sha256, row.size_bytes):
+        raise ConflictError(
+            f"the signed release is of {release.model}:{release.version} "
+            f"({artifact.sha256[:12]}), not of {what} ({row.sha256[:12]})"
+        )
+    if release.check_bundle is not None:
+        try:
+            stored = ctx.store.get(release.check_bundle.sha256)
+        except NotFoundError as exc:
+            raise ConflictError(
+                f"the check bundle the release names is not stored: prepare {what} here first"
+            ) from exc
+        if stored.size_bytes != release.check_bundle.length:
+            raise ConflictError("the check bundle the release names has another length")
+    return _record(session, row, envelope, principal)
+
+
+def _releasable(
+    session: Session, name: str, version: int
+) -> tuple[ModelVersion, ReleaseRecord | None]:
+    """The version, and its release if it has one; a rejected version is refused."""
+    row = get_version(session, name, version)
+    existing = session.exec(
+        select(ReleaseRecord).where(ReleaseRecord.model_version_id == row.id)
+    ).first()
+    if existing is None and row.status == "rejected":
+        reasons = "; ".join(row.reasons) or "see its report"
+        raise ConflictError(f"{name}:{version} was rejected by the quality gate ({reasons})")
+    return row, existing
+
+
+def _record(
+    session: Session, row: ModelVersion, envelope: Envelope, principal: Principal
+) -> tuple[ReleaseRecord, bool]:
+    name, version = row.model_name, row.version
     record = ReleaseRecord(
         model_version_id=row.id or 0,
         model_name=name,
