@@ -53,9 +53,17 @@ def post_release(
 ) -> ReleasePublic:
     """Sign a release of this version with the release key (idempotent)."""
     record, created = release_version(session, ctx, name=name, version=version, principal=caller)
+    return _answer(record, created, request, response)
+
+
+def _answer(
+    record: ReleaseRecord, created: bool, request: Request, response: Response
+) -> ReleasePublic:
+    """201 for a release recorded now, 200 for one recorded before; audited either way."""
     if not created:
         response.status_code = status.HTTP_200_OK
-    request.state.audit = {"target": f"{name}:{version}", "sha256": record.sha256}
+    target = f"{record.model_name}:{record.version}"
+    request.state.audit = {"target": target, "sha256": record.sha256}
     return _public(record)
 
 
@@ -98,10 +106,7 @@ def post_signed_release(
     record, created = record_signed_release(
         session, ctx, name=name, version=version, envelope=signed, principal=caller
     )
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    request.state.audit = {"target": f"{name}:{version}", "sha256": record.sha256}
-    return _public(record)
+    return _answer(record, created, request, response)
 
 
 @router.get("/models/{name}/versions/{version}/release")

@@ -7,12 +7,10 @@ directory as it was.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from agent.config import load_config
 from controller.cli import main as controller_cli
 from protocol import SigningKey
 from simulator.controller_process import ControllerProcess
+from tests.agent.canned_enrollment import canned_enrollment
 from tests.brokers import free_port
 from tests.factories import Keyring
 
@@ -153,47 +152,12 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
 
 
-class _CannedController(http.server.BaseHTTPRequestHandler):
-    answer: bytes = b""
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["content-length"]))
-        self.send_response(201)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(self.answer)))
-        self.end_headers()
-        self.wfile.write(self.answer)
-
-    def log_message(self, *_args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def controller_with_forged_trust_root() -> Iterator[str]:
     """A controller that answers a trust root signed by a key outside its root role."""
-    keyring = Keyring()
-    forged = keyring.trust_root().sign([SigningKey.generate()])
-    answer = {
-        "device_id": "cam-forged",
-        "labels": {},
-        "mqtt_username": "cam-forged",
-        "mqtt_password": "pw",
-        "broker_url": "mqtt://127.0.0.1:1",
-        "topic_prefix": "edgefleet/v1",
-        "controller_url": "http://127.0.0.1:1",
-        "controller_token": "ef_x_y",
-        "trust_root": forged.to_json_obj(),
-    }
-    handler = type("Handler", (_CannedController,), {"answer": json.dumps(answer).encode()})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    forged = Keyring().trust_root().sign([SigningKey.generate()])
+    with canned_enrollment(forged, "cam-forged") as url:
+        yield url
 
 
 def test_trust_root_that_does_not_verify_writes_nothing(

@@ -11,67 +11,26 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
-import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from protocol import Envelope, Role, SigningKey
+from tests.agent.canned_enrollment import canned_enrollment
 from tests.factories import Keyring
 
 COMMAND_TIMEOUT_S = 60.0
 
 
-class _Impostor(http.server.BaseHTTPRequestHandler):
-    answer: bytes = b""
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["content-length"]))
-        self.send_response(201)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(self.answer)))
-        self.end_headers()
-        self.wfile.write(self.answer)
-
-    def log_message(self, *_args: Any) -> None:
-        pass
-
-
-def serve_enrollment(trust_root: Envelope) -> Iterator[str]:
-    answer = {
-        "device_id": "cam-1",
-        "labels": {},
-        "mqtt_username": "cam-1",
-        "mqtt_password": "pw",
-        "broker_url": "mqtt://127.0.0.1:1",
-        "topic_prefix": "edgefleet/v1",
-        "controller_url": "http://127.0.0.1:1",
-        "controller_token": "ef_x_y",
-        "trust_root": trust_root.to_json_obj(),
-    }
-    handler = type("Handler", (_Impostor,), {"answer": json.dumps(answer).encode()})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
 @pytest.fixture
 def impostor() -> Iterator[str]:
     """Answers every enrollment with a trust root of its own, validly self-signed."""
-    yield from serve_enrollment(Keyring().signed_trust_root())
+    with canned_enrollment(Keyring().signed_trust_root()) as url:
+        yield url
 
 
 def agent_enroll(url: str, data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -130,7 +89,7 @@ def test_a_provisioned_trust_root_accepts_the_controllers_next_version(tmp_path:
     )
     provisioned = tmp_path / "provisioned-trust-root.json"
     provisioned.write_bytes(first.signed_trust_root().to_bytes())
-    for url in serve_enrollment(rotated.signed_trust_root()):
+    with canned_enrollment(rotated.signed_trust_root()) as url:
         result = agent_enroll(url, tmp_path / "device", "--trust-root", str(provisioned))
         assert result.returncode == 0, result.stderr
 
