@@ -72,7 +72,7 @@ def served(settings: Settings) -> Iterator[ServedController]:
     try:
         yield ServedController(app, settings, port)
     finally:
-        server.should_exit = server.force_exit = True
+        server.should_exit = True
         thread.join(STARTUP_TIMEOUT_S)
         listener.close()
         app.state.ctx.engine.dispose()

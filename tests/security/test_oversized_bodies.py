@@ -155,3 +155,33 @@ def test_upload_without_an_operator_token_is_refused_before_its_body_is_stored(
         answer = _refused_at_once(sock, 401 if role is None else 403)
     assert answer["detail"]
     assert not list((controller.settings.work_dir / "uploads").glob("*"))
+
+
+def test_upload_over_the_json_limit_still_reaches_the_upload_route(
+    controller: ServedController,
+) -> None:
+    """The upload's own limits, not the JSON one, apply to it, and its body, received
+    whole before the route runs, reaches the route intact."""
+    model_bytes = 2 * JSON_LIMIT_BYTES
+    body = (
+        b"--x\r\n"
+        b'Content-Disposition: form-data; name="model"; filename="big.bin"\r\n\r\n'
+        + b"\0" * model_bytes
+        + b"\r\n--x--\r\n"
+    )
+    head = request_head(
+        "POST",
+        "/api/v1/models/big/versions",
+        {
+            "Authorization": f"Bearer {controller.token(Role.OPERATOR)}",
+            "Content-Type": "multipart/form-data; boundary=x",
+            "Content-Length": str(len(body)),
+        },
+    )
+    with controller.connect() as sock:
+        sock.sendall(head + body)
+        status, _headers, answer = read_answer(sock)
+    # Refused by the route for what it is (a .bin file), not for its size.
+    assert status == 422, answer
+    assert "bin" in json.loads(answer)["detail"]
+    assert not list((controller.settings.work_dir / "uploads").glob("*"))
