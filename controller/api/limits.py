@@ -12,9 +12,9 @@ Invariants it keeps:
   one second per ``min_body_bytes_per_s`` received; otherwise 408. Refusals close the
   connection, so the rest of a refused body is never read.
 - **The whole body is received before the app runs.** Small bodies are held in memory,
-  upload bodies in a temp file under ``spool_dir`` (removed when the request ends), and
-  only then is the inner app, and with it ``HandlerConcurrencyLimit``, called with a
-  ``receive`` that replays the body. A client that sends slowly or never holds a socket
+  upload bodies in a nameless temp file under ``spool_dir``; only then is the inner app,
+  and with it ``HandlerConcurrencyLimit``, called with a ``receive`` that replays the
+  body. A client that sends slowly or never holds a socket
   and at most its limit in memory or on disk, never a handler slot, a worker thread or a
   database connection.
 - **Uploads are admitted before they are spooled.** A rule may carry an admission check
@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import tempfile
 import time
@@ -257,9 +256,11 @@ class _Memory:
 class _Spool:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=directory, prefix="request-body-")
-        self.path = Path(name)
-        self.handle: IO[bytes] = os.fdopen(fd, "w+b")
+        # Nameless (unlinked at once): nothing is left on disk when the request ends, even
+        # when the process is killed.
+        self.handle: IO[bytes] = tempfile.TemporaryFile(  # noqa: SIM115 - closed in discard
+            dir=directory, prefix="request-body-"
+        )
         self.size_bytes = 0
 
     def write(self, chunk: bytes) -> None:
@@ -286,7 +287,6 @@ class _Spool:
     def discard(self) -> None:
         with contextlib.suppress(OSError):
             self.handle.close()
-        self.path.unlink(missing_ok=True)
 
 
 def token_admission(engine: Engine, role: Role, slots: HandlerSlots) -> Admission:
