@@ -10,6 +10,7 @@ upload limits for model uploads) by ``Content-Length`` at once and while they st
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ UPLOAD_LIMIT_BYTES = 2 * MIB  # model and validation set, each
 # Sent in chunks until the server answers; loopback socket buffers hold a few MiB.
 STREAMED_BYTES = 64 * MIB
 CHUNK_BYTES = 64 * 1024
+# The server's memory may grow by about the limit, never by the body.
+MAX_RSS_GROWTH_BYTES = 16 * MIB
 MODEL_PART_OPENING = (
     b"--x\r\n"
     b'Content-Disposition: form-data; name="model"; filename="big.onnx"\r\n'
@@ -47,6 +50,12 @@ def controller(tmp_path: Path) -> Iterator[ServedController]:
     )
     with served(settings) as running:
         yield running
+
+
+def _server_rss_bytes() -> int:
+    """The resident memory of this process, which serves the controller in a thread."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def _refused_at_once(sock: socket.socket, status: int = 413) -> dict[str, str]:
@@ -80,11 +89,13 @@ def test_300_mib_json_body_without_token_is_refused_before_it_is_read(
     head = request_head(
         "POST", path, {"Content-Type": "application/json", "Content-Length": str(300 * MIB)}
     )
+    rss_before = _server_rss_bytes()
     with controller.connect() as sock:
         sock.sendall(head + b"[" * CHUNK_BYTES)  # the rest of the 300 MiB never goes
         answer = _refused_at_once(sock)
     assert answer["kind"] == "UploadTooLargeError"
     assert str(JSON_LIMIT_BYTES) in answer["detail"]
+    assert _server_rss_bytes() - rss_before < MAX_RSS_GROWTH_BYTES
 
 
 @pytest.mark.parametrize("path", ["/api/v1/rollouts", "/api/v1/enroll"])
@@ -94,6 +105,7 @@ def test_chunked_json_body_without_token_is_cut_off_at_the_limit(
     head = request_head(
         "POST", path, {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
     )
+    rss_before = _server_rss_bytes()
     with controller.connect() as sock:
         sock.sendall(head)
         sent = _stream_until_answered(sock)
@@ -101,6 +113,7 @@ def test_chunked_json_body_without_token_is_cut_off_at_the_limit(
     assert answer["kind"] == "UploadTooLargeError"
     # The server stopped reading near the limit: the rest of the body never went out.
     assert sent < STREAMED_BYTES / 2
+    assert _server_rss_bytes() - rss_before < MAX_RSS_GROWTH_BYTES
 
 
 def test_upload_over_the_upload_limits_is_refused_before_it_is_read(
