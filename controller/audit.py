@@ -6,7 +6,10 @@ concurrent writers (threads or controller processes) serialize and the chain nev
 ``verify_audit_chain`` finds an edited row (hash mismatch), a deleted row (gap in
 sequence numbers or a broken link), and a deleted tail (head ahead of the last row).
 Rewriting the whole chain and the head together is not detectable from inside the
-database; export the head hash elsewhere to anchor it.
+database: whoever can write it can recompute every hash. ``edgefleet audit head`` prints
+the head (``SEQ:SHA256``) to export elsewhere (a log server, a ticket, a chat); an
+anchor checked by ``verify_audit_chain(anchors=...)`` then fails when the chain up to
+it was rewritten. A verification without anchors says so.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from protocol import canonical_json
 from .tables import AuditEntry, AuditHead, utcnow
 from .tokens import Principal
 
-__all__ = ["AuditProblem", "append_audit", "list_audit", "verify_audit_chain"]
+__all__ = [
+    "AuditAnchor",
+    "AuditProblem",
+    "append_audit",
+    "audit_head",
+    "list_audit",
+    "verify_audit_chain",
+]
 
 GENESIS_SHA256 = "0" * 64
 
@@ -98,11 +108,46 @@ class AuditProblem:
     problem: str
 
 
-def verify_audit_chain(session: Session) -> tuple[int, list[AuditProblem]]:
-    """Walk the chain; return the number of entries and every problem found."""
+@dataclass(frozen=True)
+class AuditAnchor:
+    """An entry's hash exported from the controller host, as ``audit head`` printed it."""
+
+    seq: int
+    sha256: str
+
+    @classmethod
+    def parse(cls, text: str) -> AuditAnchor:
+        seq, _, sha256 = text.partition(":")
+        if not seq.isdigit() or len(sha256) != 64:
+            raise ValueError(f"{text!r} is not SEQ:SHA256 as 'audit head' prints it")
+        return cls(int(seq), sha256.lower())
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.sha256}"
+
+
+def audit_head(session: Session) -> AuditAnchor:
+    """The last entry, to export as an anchor (``0:000…`` for an empty log)."""
+    head = session.get(AuditHead, 1)
+    if head is None:
+        return AuditAnchor(0, GENESIS_SHA256)
+    return AuditAnchor(head.seq, head.sha256)
+
+
+def verify_audit_chain(
+    session: Session, anchors: Iterable[AuditAnchor] = ()
+) -> tuple[int, list[AuditProblem]]:
+    """Walk the chain; return the number of entries and every problem found, an anchor
+    the chain no longer holds included."""
     entries = session.exec(select(AuditEntry).order_by(col(AuditEntry.seq))).all()
     head = session.get(AuditHead, 1)
     problems = list(_walk(entries))
+    hashes = {entry.seq: entry.sha256 for entry in entries}
+    for anchor in anchors:
+        if hashes.get(anchor.seq) != anchor.sha256:
+            problems.append(
+                AuditProblem(anchor.seq, f"does not match the anchor {anchor}: log rewritten")
+            )
     last_seq = entries[-1].seq if entries else 0
     last_hash = entries[-1].sha256 if entries else GENESIS_SHA256
     if head is not None and (head.seq, head.sha256) != (last_seq, last_hash):

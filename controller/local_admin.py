@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from sqlmodel import Session
 
-from .audit import AuditProblem, append_audit, verify_audit_chain
+from .audit import AuditAnchor, AuditProblem, append_audit, audit_head, verify_audit_chain
 from .db import make_engine, session_scope
 from .migrate import upgrade_database
 from .settings import Settings
@@ -21,6 +21,7 @@ from .tables import ApiToken
 from .tokens import Principal, Role, create_token, list_tokens, revoke_token
 
 __all__ = [
+    "audit_head_locally",
     "create_token_locally",
     "list_tokens_locally",
     "revoke_token_locally",
@@ -96,10 +97,11 @@ def revoke_token_locally(settings: Settings, token_id: str) -> ApiToken:
     return _run(settings, revoke)
 
 
-def verify_audit_locally(settings: Settings) -> tuple[int, list[AuditProblem]]:
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        with session_scope(engine) as session:
-            return verify_audit_chain(session)
-    finally:
-        engine.dispose()
+def verify_audit_locally(
+    settings: Settings, anchors: tuple[AuditAnchor, ...] = ()
+) -> tuple[int, list[AuditProblem]]:
+    return _run(settings, lambda session: verify_audit_chain(session, anchors))
+
+
+def audit_head_locally(settings: Settings) -> AuditAnchor:
+    return _run(settings, audit_head)
