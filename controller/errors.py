@@ -8,6 +8,7 @@
     ├── KeyStoreError                  500  the key directory is missing, incomplete or used
     ├── NotFoundError                  404  a model, version, release, device or artifact
     ├── ConflictError                  409  a request that contradicts what is stored
+    │   └── ReleaseKeyOfflineError     409  a release to sign while the release key is offline
     ├── ModelRejectedError             422  an uploaded model or a variant refused, with why
     ├── JobError                       422  a converter job crashed, was killed or timed out
     ├── UploadTooLargeError            413  an upload over its size limit
@@ -39,6 +40,7 @@ __all__ = [
     "KeyStoreError",
     "ModelRejectedError",
     "NotFoundError",
+    "ReleaseKeyOfflineError",
     "SelectorError",
     "UploadTooLargeError",
 ]
@@ -67,6 +69,10 @@ class NotFoundError(ControllerError):
 
 class ConflictError(ControllerError):
     """The request contradicts what is stored (e.g. an I/O signature change)."""
+
+
+class ReleaseKeyOfflineError(ConflictError):
+    """The release key is kept off this controller (``release_key = "offline"``)."""
 
 
 class ModelRejectedError(ControllerError):

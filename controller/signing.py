@@ -28,13 +28,12 @@ from pathlib import Path
 
 from protocol import MAX_CARRIED_TRUST_ROOTS, Envelope, ProtocolError, Role, SigningKey, TrustRoot
 
-from .errors import ConfigError, ConflictError, ControllerError
+from .errors import ConfigError, ControllerError, ReleaseKeyOfflineError
 from .keystore import KeyStore
 
 __all__ = [
     "PASSPHRASE_ENV",
     "PASSPHRASE_FILE",
-    "ReleaseKeyOfflineError",
     "Signer",
     "load_or_create_signer",
 ]
@@ -43,10 +42,6 @@ logger = logging.getLogger(__name__)
 
 PASSPHRASE_ENV = "EDGEFLEET_KEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 PASSPHRASE_FILE = "passphrase"  # noqa: S105 - a file name
-
-
-class ReleaseKeyOfflineError(ConflictError):
-    """The release key is kept off this controller (``release_key = "offline"``)."""
 
 
 @dataclass(frozen=True)
