@@ -1,18 +1,54 @@
-"""Everything a request handler needs, built once per app by ``create_app``."""
+"""Everything a request handler needs, built once per app by ``create_app``.
+
+Invariant: the data directory is private to the controller's user (0700) once a context
+exists: it holds the database, the signing keys (and, in development, their passphrase)
+and every uploaded model and validation set. ``prepare_data_dir`` creates it (and the key
+directory in it) so, and tightens one that others may enter, with a warning.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Engine
 
 from .metrics import Metrics
 from .registry.artifact_store import ArtifactStore
 from .registry.jobs import JobLimits
+from .registry.released_artifacts import ReleasedArtifacts
 from .settings import Settings
 from .signing import Signer
 
-__all__ = ["ControllerContext", "FleetStatus"]
+__all__ = ["DATA_DIR_MODE", "ControllerContext", "FleetStatus", "prepare_data_dir"]
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR_MODE = 0o700
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Create the data directory and its parts, private; make existing ones private."""
+    for directory in (settings.data_dir, settings.keys_dir):
+        directory.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+        _make_private(directory)
+    for directory in (settings.artifacts_dir, settings.work_dir):
+        directory.mkdir(mode=DATA_DIR_MODE, exist_ok=True)
+
+
+def _make_private(directory: Path) -> None:
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(directory, mode & 0o700)
+    except OSError as exc:
+        logger.warning("%s is open to other users (mode %o) and stays so: %s", directory, mode, exc)
+        return
+    logger.warning("%s was open to other users (mode %o): now %o", directory, mode, mode & 0o700)
 
 
 @dataclass
@@ -34,6 +70,12 @@ class ControllerContext:
     # Reads that need no write lock: GET requests, /metrics, the dashboard, broker auth.
     read_engine: Engine
     fleet_status: FleetStatus = field(default_factory=FleetStatus)
+    # What device tokens may download; filled lazily from the releases table.
+    released_artifacts: ReleasedArtifacts = field(default_factory=ReleasedArtifacts)
+
+    def __post_init__(self) -> None:
+        # The app factory may have created the directories with the umask's mode.
+        prepare_data_dir(self.settings)
 
     @property
     def job_limits(self) -> JobLimits:

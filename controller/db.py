@@ -4,20 +4,35 @@ Invariants: SQLite transactions begin IMMEDIATE, so two writers never both read 
 deadlock upgrading their locks (the audit chain and version counters read then write);
 PostgreSQL uses row locks (``SELECT … FOR UPDATE``) for the same read-then-write steps,
 so several controller processes may share one database.
+
+A SQLite database file is private to the controller's user: ``make_engine`` creates it
+0600 before SQLite opens it (SQLite gives its ``-wal``, ``-shm`` and journal files the
+mode of the database file), and tightens an existing file, and those beside it, that
+others may read. It holds token hashes, device credentials and the audit log.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlmodel import Session
+
+from durable import PRIVATE_FILE_MODE
 
 __all__ = ["make_engine", "reader_engine", "session_scope"]
 
+logger = logging.getLogger(__name__)
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The files of one SQLite database: the database itself, then what SQLite keeps beside it.
+_SQLITE_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
 def make_engine(url: str, *, immediate: bool = True) -> Engine:
@@ -25,10 +40,44 @@ def make_engine(url: str, *, immediate: bool = True) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            _create_private_sqlite_file(Path(database))
         engine = create_engine(url, connect_args={"check_same_thread": False})
         _configure_sqlite(engine, "BEGIN IMMEDIATE" if immediate else "BEGIN")
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _create_private_sqlite_file(path: Path) -> None:
+    """Create the database file 0600 when it is missing; else make it and its kin private.
+
+    A missing directory is left for SQLite to report, as it would without this.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        for suffix in _SQLITE_FILE_SUFFIXES:
+            _make_private(path.with_name(path.name + suffix))
+    except FileNotFoundError:
+        return
+    else:
+        os.close(fd)
+
+
+def _make_private(path: Path) -> None:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, mode & 0o700)
+    except OSError as exc:
+        logger.warning("%s is open to other users (mode %o) and stays so: %s", path, mode, exc)
+        return
+    logger.warning("%s was open to other users (mode %o): now %o", path, mode, mode & 0o700)
 
 
 def reader_engine(engine: Engine) -> Engine:

@@ -75,7 +75,7 @@ class KeyStore:
             roles={role: ([key.public_key], 1) for role, key in keys.items()},
         )
         envelope = trust_root.sign([keys[Role.ROOT]])
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # private keys inside
         for role, key in keys.items():
             self._write_key_pair(role, key, passphrase)
         self._write_trust_root(trust_root.version, envelope)

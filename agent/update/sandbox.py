@@ -10,6 +10,8 @@ Invariants:
   set by a ``-c`` bootstrap that only then runs the worker with ``runpy``;
 - the child runs isolated (``python -I``): neither the environment nor the current
   directory can put modules on its path;
+- the child's environment is an allow-list (paths, locale, temporary directory), never
+  the agent's whole environment: a model that exploits its runtime finds no secret there;
 - a wall-clock timeout kills the child's whole process group;
 - every way the child can fail becomes a ``ModelCheckError``: its own refusal (exit 3)
   keeps the worker's reason code; a crash, a kill by a limit, a timeout or an answer that
@@ -61,6 +63,13 @@ WARMUP_RUNS = 3
 MAX_ANSWER_BYTES = 64 * 1024
 STDERR_TAIL_CHARS = 2000
 _WORKER_MODULE = "agent.update.sandbox_worker"
+# What the child may see of the agent's environment; an allow-list, so no secret (the
+# enrollment token, a passphrase, cloud credentials) ever reaches a model's parser.
+# LD_LIBRARY_PATH stays for runtimes and delegates installed outside the system paths.
+_INHERITED_VARIABLES = frozenset(
+    {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"}
+)
+_INHERITED_PREFIXES = ("LC_",)
 # Where the ``agent`` package lives, so ``python -I`` finds it from a source checkout too.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -208,9 +217,14 @@ def _kill_group(pid: int) -> None:
 
 
 def _child_environment() -> dict[str, str]:
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if name in _INHERITED_VARIABLES or name.startswith(_INHERITED_PREFIXES)
+    }
     # One thread per pool: predictable memory, steadier timings, like a small device.
     return {
-        **os.environ,
+        **inherited,
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",

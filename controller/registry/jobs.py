@@ -5,6 +5,11 @@ uploaded model happens in a child process whose address space and CPU time are c
 before any model library is imported, with a wall-clock timeout on top. A crash, a kill
 by a limit or a timeout becomes a ``JobError``; the converter's own refusal (exit 3)
 becomes a ``ModelRejectedError`` with its reason. The API process never parses a model.
+
+The child gets a minimal environment (``_child_environment``): an allow-list of what Python
+and the numeric libraries need to run, never the controller's secrets
+(``EDGEFLEET_KEY_PASSPHRASE``, database URLs, cloud credentials). A model that
+exploited its parser would find nothing in its environment to steal.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +33,22 @@ logger = logging.getLogger(__name__)
 
 EXIT_REFUSED = 3
 STDERR_TAIL_CHARS = 2000
+
+# What a converter job may see of the controller's environment: where programs and
+# temporary files are, the locale, the knobs of Python and the thread pools, and the
+# converters' own two settings (neither a secret). An allow-list, so a secret added to
+# the controller's environment tomorrow stays out too. PYTHONPATH stays: the job is our
+# own code, found the way the controller found it.
+_INHERITED_VARIABLES = frozenset(
+    {
+        "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+        "PYTHONPATH", "PYTHONHASHSEED", "PYTHONUTF8", "PYTHONIOENCODING",
+        "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+        "LD_LIBRARY_PATH",
+        "EDGEFLEET_MAX_TENSOR_BYTES", "EDGEFLEET_LOG_LEVEL",
+    }
+)  # fmt: skip
+_INHERITED_PREFIXES = ("LC_",)
 
 # Set the limits in the child before anything else is imported, then run the converter.
 _BOOTSTRAP = (
@@ -63,7 +85,7 @@ def run_converter(args: list[str], limits: JobLimits) -> dict[str, Any]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, so a timeout kills all of it
-        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+        env=_child_environment(os.environ),
     )
     try:
         stdout, stderr = process.communicate(timeout=limits.wall_s)
@@ -74,6 +96,16 @@ def run_converter(args: list[str], limits: JobLimits) -> dict[str, Any]:
     elapsed = time.monotonic() - started
     logger.info("converter %s exited %s after %.1f s", args[0], process.returncode, elapsed)
     return _interpret(args[0], process.returncode, stdout, stderr)
+
+
+def _child_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a job: the allow-listed part of ``parent``, one thread by default."""
+    inherited = {
+        name: value
+        for name, value in parent.items()
+        if name in _INHERITED_VARIABLES or name.startswith(_INHERITED_PREFIXES)
+    }
+    return {"OMP_NUM_THREADS": "1", **inherited}
 
 
 def _interpret(command: str, returncode: int, stdout: bytes, stderr: bytes) -> dict[str, Any]:

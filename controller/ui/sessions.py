@@ -14,6 +14,9 @@ Invariants:
   revoked or replaced, and reading the database alone is not enough to forge one;
 - every comparison of a secret value uses ``hmac.compare_digest``, and an unknown token
   id costs the same work as a known one;
+- a cookie is parsed by one ASCII-only pattern before anything else looks at it: whatever
+  a client sends (``²`` as a digit, a non-ASCII signature, an expiry past any clock) is
+  no session, never an error;
 - device tokens never get a session: the dashboard is for people.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -48,6 +52,10 @@ LOGIN_COOKIE = "edgefleet_login"
 SESSION_TTL_S = 12 * 3600
 LOGIN_NONCE_TTL_S = 3600
 MAX_COOKIE_CHARS = 256
+# ``<token id>.<expiry>.<hex HMAC-SHA256>``, ASCII only: ``str.isdigit`` would take ``²``,
+# which ``int`` refuses, and ``hmac.compare_digest`` refuses non-ASCII strings. Token ids
+# are short hex (``tokens.create_token``); the column holds at most 32 characters.
+_COOKIE_PATTERN = re.compile(r"([0-9A-Za-z_-]{1,32})\.([0-9]{1,12})\.([0-9a-f]{64})", re.ASCII)
 # A fixed, domain-separated message: deployment signatures are over DSSE's PAE encoding
 # ("DSSEv1 …"), so no signature the controller publishes can ever equal this one.
 _KEY_LABEL = b"edgefleet dashboard session key v1"
@@ -102,12 +110,12 @@ class SessionSigner:
 
 def parse_session(value: str) -> tuple[str, int, str] | None:
     """``(token id, expiry, mac)`` of a well-formed cookie value, else None."""
-    if not value or len(value) > MAX_COOKIE_CHARS:
+    if len(value) > MAX_COOKIE_CHARS:
         return None
-    token_id, _, rest = value.partition(".")
-    expires, _, mac = rest.partition(".")
-    if not token_id or not expires.isdigit() or len(mac) != 64:
+    match = _COOKIE_PATTERN.fullmatch(value)
+    if match is None:
         return None
+    token_id, expires, mac = match.groups()
     return token_id, int(expires), mac
 
 

@@ -25,6 +25,7 @@ from controller.tables import AuditEntry
 from controller.tokens import Role
 from protocol import Deployment, Envelope, verify_document
 from tests.controller.conftest import bearer, ctx
+from tests.controller.fleet_fixtures import add_release as add_signed_release
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -294,9 +295,12 @@ def test_decommissioned_device_is_hidden_and_its_token_revoked(
     created = client.post("/api/v1/enrollment-tokens", json={}, headers=operator).json()
     device = client.post("/api/v1/enroll", json={"token": created["token"], "device_id": "d-1"})
     device_token = device.json()["controller_token"]
+    # A device token downloads only what a release names; this one's artifact is "m:1".
+    release = add_signed_release(ctx(app), "m", 1)
     artifact = tmp_path / "model.onnx"
-    artifact.write_bytes(b"model bytes")
+    artifact.write_bytes(b"m:1")
     stored = ctx(app).store.put(artifact)
+    assert stored.sha256 == release.sha256
     url = f"/artifacts/sha256/{stored.sha256}"
     assert client.get(url, headers=bearer(device_token)).status_code == 200
     assert client.get("/api/v1/models", headers=bearer(device_token)).status_code == 403
