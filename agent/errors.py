@@ -18,6 +18,8 @@ Every failure is an ``AgentError``. Three families matter to callers:
     │   │   └── MalformedDocumentError    malformed_document   not even a parseable document
     │   │       └── UnsupportedSchemaError  unsupported_schema  a schema_version it does not read
     │   ├── WrongDeviceError              wrong_device
+    │   ├── EnrollmentAnswerError         enrollment_answer    the enrollment answer is unusable
+    │   │   └── TrustRootMismatchError    trust_root_mismatch  not the trust root expected
     │   ├── ModelMismatchError            model_mismatch       a release of another model
     │   ├── InsufficientMemoryError       insufficient_memory  does not fit the memory budget
     │   ├── TooManyModelsError            too_many_models      beyond MAX_MODELS_PER_DEVICE
@@ -66,7 +68,9 @@ Every failure is an ``AgentError``. Three families matter to callers:
     │   ├── LocalWriteError               local_write_failed   a full disk, the descriptor limit…
     │   └── OutboxError                   outbox_error         the on-disk outbox cannot be used
     ├── ConfigurationError                configuration        wrong settings; never retried
-    │   └── BrokerAuthError               broker_auth          the broker refused the credentials
+    │   ├── BrokerAuthError               broker_auth          the broker refused the credentials
+    │   ├── EnrollmentRefusedError        enrollment_refused   the controller refused the enrollment
+    │   └── AgentConfigExistsError        agent_config_exists  agent.toml exists and no --force
     └── TransportError                    transport            retryable
         ├── ConnectionFailedError         connection_failed
         ├── TransportTimeoutError         transport_timeout
@@ -85,6 +89,7 @@ from typing import ClassVar
 from protocol import errors as protocol_errors
 
 __all__ = [
+    "AgentConfigExistsError",
     "AgentError",
     "ArtifactError",
     "BadSignatureError",
@@ -97,6 +102,8 @@ __all__ = [
     "DownloadTooLargeError",
     "DuplicateCommandError",
     "DuplicateDeploymentError",
+    "EnrollmentAnswerError",
+    "EnrollmentRefusedError",
     "ExpiredCommandError",
     "ExpiredDeploymentError",
     "GoldenMismatchError",
@@ -138,6 +145,7 @@ __all__ = [
     "TransportError",
     "TransportTimeoutError",
     "TrustRootExpiredError",
+    "TrustRootMismatchError",
     "TrustRootRotationError",
     "TrustStateError",
     "UnknownModelError",
@@ -493,3 +501,27 @@ def translate_protocol_error(exc: protocol_errors.ProtocolError, *, what: str) -
         if isinstance(exc, protocol_type):
             return agent_type(f"{what}: {exc}")
     return RefusalError(f"{what}: {exc}")
+
+
+class EnrollmentRefusedError(ConfigurationError):
+    """The controller refused the enrollment (a 4xx answer); ``message`` is its reason."""
+
+    reason = "enrollment_refused"
+
+
+class EnrollmentAnswerError(RefusalError):
+    """The controller's answer is not a usable enrollment (fields, trust root)."""
+
+    reason = "enrollment_answer"
+
+
+class TrustRootMismatchError(EnrollmentAnswerError):
+    """The answer's trust root is not the one this device was told to expect."""
+
+    reason = "trust_root_mismatch"
+
+
+class AgentConfigExistsError(ConfigurationError):
+    """``agent.toml`` exists and ``force`` was not given."""
+
+    reason = "agent_config_exists"

@@ -44,12 +44,14 @@ from protocol import (
 
 from ..config import AgentConfig
 from ..errors import (
-    ConfigurationError,
+    AgentConfigExistsError,
     ConnectionFailedError,
+    EnrollmentAnswerError,
+    EnrollmentRefusedError,
     HttpStatusError,
     LocalStateError,
-    RefusalError,
     TransportTimeoutError,
+    TrustRootMismatchError,
     translate_protocol_error,
 )
 from ..tls import default_tls_context
@@ -87,30 +89,6 @@ _ANSWER_FIELDS = (
     "controller_url",
     "controller_token",
 )
-
-
-class EnrollmentRefusedError(ConfigurationError):
-    """The controller refused the enrollment (a 4xx answer); ``message`` is its reason."""
-
-    reason = "enrollment_refused"
-
-
-class EnrollmentAnswerError(RefusalError):
-    """The controller's answer is not a usable enrollment (fields, trust root)."""
-
-    reason = "enrollment_answer"
-
-
-class AgentConfigExistsError(ConfigurationError):
-    """``agent.toml`` exists and ``force`` was not given."""
-
-    reason = "agent_config_exists"
-
-
-class TrustRootMismatchError(EnrollmentAnswerError):
-    """The answer's trust root is not the one this device was told to expect."""
-
-    reason = "trust_root_mismatch"
 
 
 @dataclass(frozen=True)
