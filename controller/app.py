@@ -22,7 +22,7 @@ from .api import artifacts, devices, health, models, releases, rollouts
 from .api.concurrency import HandlerConcurrencyLimit, HandlerSlots
 from .api.deps import Viewer
 from .api.limits import BodyRule, RequestLimits, token_admission
-from .context import ControllerContext
+from .context import ControllerContext, prepare_data_dir
 from .db import make_engine, reader_engine
 from .devices.gauges import FleetCollector
 from .errors import (
@@ -64,8 +64,7 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
 def build_context(
     settings: Settings, environ: Mapping[str, str] | None = None
 ) -> ControllerContext:
-    for directory in (settings.data_dir, settings.artifacts_dir, settings.work_dir):
-        directory.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings)  # private (0700) before anything is written into it
     engine = make_engine(settings.resolved_database_url)
     upgrade_database(engine)
     return ControllerContext(

@@ -27,6 +27,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlmodel import Session
 
@@ -127,7 +128,9 @@ def principal_for_session(
     if parsed is None:
         return None
     row = session.get(ApiToken, parsed[0])
-    if not signer.verify(value, row, now_s=now_s) or row is None or row.revoked_at is not None:
+    if not signer.verify(value, row, now_s=now_s) or row is None:
+        return None
+    if not row.is_live(datetime.fromtimestamp(now_s, UTC)):  # revoked, or past its expiry
         return None
     role = Role(row.role)
     if not role.may(Role.VIEWER):

@@ -6,7 +6,7 @@ revoked or expired; a leaked token worked forever.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,9 +17,11 @@ from typer.testing import CliRunner
 from controller.cli.main import app as controller_cli
 from controller.db import session_scope
 from controller.local_admin import create_token_locally, list_tokens_locally
+from controller.tables import ApiToken
 from controller.tokens import Role, create_token
 from tests.controller import conftest as controller_fixtures
 from tests.controller.conftest import bearer
+from tests.controller.ui.conftest import log_in
 
 app, settings, ctx = controller_fixtures.app, controller_fixtures.settings, controller_fixtures.ctx
 client = controller_fixtures.client
@@ -78,3 +80,17 @@ def test_tokens_create_takes_an_expiry(app: FastAPI, client: TestClient) -> None
         r for r in list_tokens_locally(ctx(app).settings, include_ended=False) if r.name == "bot"
     ]
     assert row.expires_at is not None
+
+
+def test_a_dashboard_session_ends_with_its_tokens_expiry(app: FastAPI, client: TestClient) -> None:
+    token = create_token_locally(
+        ctx(app).settings, name="alice", role=Role.VIEWER, lifetime=timedelta(hours=1)
+    )
+    log_in(client, token)
+    assert client.get("/ui/devices").status_code == 200
+    with session_scope(ctx(app).engine) as session:
+        row = session.get(ApiToken, token.split("_")[1])
+        assert row is not None
+        row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        session.add(row)
+    assert client.get("/ui/devices", follow_redirects=False).status_code in (302, 303, 401)
