@@ -11,10 +11,18 @@ Layout of a key directory::
 Invariants: nothing is ever overwritten in place (temp file, fsync, ``os.replace``);
 ``init`` refuses a directory that already holds a trust root; a rotated trust root is
 verified against the previous one with the same rules devices use before it is written.
+
+A rotation is atomic across its files: the new key pair is first written beside the
+current one (``ROLE.key.pem.next``, ``ROLE.pub.pem.next``), then trust root N+1 is
+written (``trust-root.json`` is the commit point), then the pair is moved into place.
+``finish_interrupted_rotation`` (run before every load and rotation) completes a pair the
+current trust root lists and drops one it does not: after a crash at any step the
+directory holds the old set or the new set, never a key its trust root does not list.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,6 +49,7 @@ __all__ = [
 
 DEFAULT_TRUST_ROOT_LIFETIME = timedelta(days=365)
 TRUST_ROOT_FILE = "trust-root.json"
+STAGED_SUFFIX = ".next"
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,7 @@ class KeyStore:
         lifetime: timedelta = DEFAULT_TRUST_ROOT_LIFETIME,
     ) -> TrustRoot:
         """Replace ``role``'s key and write trust root N+1, signed for rotation."""
+        self.finish_interrupted_rotation()
         current = self.load_trust_root()
         old_root_key = self.load_signing_key(Role.ROOT, passphrase)
         new_key = SigningKey.generate()
@@ -109,9 +119,35 @@ class KeyStore:
         retired = self.directory / "retired" / f"{role.value}.v{current.version}.key.pem"
         retired.parent.mkdir(exist_ok=True)
         write_atomic(retired, self.private_key_path(role).read_bytes(), mode=PRIVATE_FILE_MODE)
-        self._write_key_pair(role, new_key, passphrase)
-        self._write_trust_root(successor.version, envelope)
+        self._write_key_pair(role, new_key, passphrase, suffix=STAGED_SUFFIX)
+        self._write_trust_root(successor.version, envelope)  # the commit point
+        self._promote_staged(role)
         return successor
+
+    def finish_interrupted_rotation(self) -> None:
+        """Complete or undo a rotation a crash interrupted (see the module docstring)."""
+        if not self.trust_root_path.exists():
+            return
+        trusted: TrustRoot | None = None
+        for role in Role:
+            private = self._staged(self.private_key_path(role))
+            public = self._staged(self.public_key_path(role))
+            if not private.exists() and not public.exists():
+                continue
+            if trusted is None:
+                trusted = self.load_trust_root()
+            # The new public key: still staged or, with only the private key left staged,
+            # moved already (the public key is staged first, so it never lags behind).
+            source = public if public.exists() else self.public_key_path(role)
+            try:
+                key_id = PublicKey.from_pem(source.read_bytes()).key_id
+            except (OSError, ProtocolError):
+                key_id = None
+            if key_id in trusted.role_keys(role):
+                self._promote_staged(role)  # committed: roll forward
+            else:
+                for path in (private, public):  # never committed: roll back
+                    path.unlink(missing_ok=True)
 
     def load_trust_root(self) -> TrustRoot:
         return verify_initial_trust_root(self.load_trust_root_envelope())
@@ -125,6 +161,7 @@ class KeyStore:
             ) from exc
 
     def load_signing_key(self, role: Role, passphrase: bytes) -> SigningKey:
+        self.finish_interrupted_rotation()
         path = self.private_key_path(role)
         try:
             return SigningKey.from_encrypted_pem(path.read_bytes(), passphrase)
@@ -134,10 +171,25 @@ class KeyStore:
     def load_public_key(self, role: Role) -> PublicKey:
         return PublicKey.from_pem(self.public_key_path(role).read_bytes())
 
-    def _write_key_pair(self, role: Role, key: SigningKey, passphrase: bytes) -> None:
+    def _write_key_pair(
+        self, role: Role, key: SigningKey, passphrase: bytes, *, suffix: str = ""
+    ) -> None:
+        private, public = self.private_key_path(role), self.public_key_path(role)
+        # Public first: a staged private key always has its public key staged or in place.
+        public_pem = key.public_key.to_pem()
+        write_atomic(public.with_name(public.name + suffix), public_pem, mode=PUBLIC_FILE_MODE)
         encrypted = key.to_encrypted_pem(passphrase)
-        write_atomic(self.private_key_path(role), encrypted, mode=PRIVATE_FILE_MODE)
-        write_atomic(self.public_key_path(role), key.public_key.to_pem(), mode=PUBLIC_FILE_MODE)
+        write_atomic(private.with_name(private.name + suffix), encrypted, mode=PRIVATE_FILE_MODE)
+
+    @staticmethod
+    def _staged(path: Path) -> Path:
+        return path.with_name(path.name + STAGED_SUFFIX)
+
+    def _promote_staged(self, role: Role) -> None:
+        for path in (self.public_key_path(role), self.private_key_path(role)):
+            staged = self._staged(path)
+            if staged.exists():
+                os.replace(staged, path)
 
     def _write_trust_root(self, version: int, envelope: Envelope) -> None:
         data = envelope.to_bytes()
