@@ -3,7 +3,9 @@
 The npz holds one array per model input under the input's name, first axis = samples;
 optionally ``labels`` (integer class indices, one per sample) for accuracy; or, instead,
 one array per model output under the output's name with reference outputs. It is loaded
-with ``allow_pickle=False``: an npz is data, never code.
+with ``allow_pickle=False``: an npz is data, never code. Its ``.npy`` headers are checked
+first (``tensors.npz_headers``): a header over 4 KiB, or one that declares more bytes than
+its member holds, is a ``BadValidationSetError`` before numpy allocates anything.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from tensors import Array, TensorSpec
+from tensors import Array, TensorSpec, verify_npz_members
 
 from .errors import BadValidationSetError
 
@@ -71,7 +73,11 @@ def load_validation_set(
 ) -> ValidationSet:
     """Read and check an npz against the model's signature; raises ``BadValidationSetError``."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise BadValidationSetError(f"{path.name} is a single .npy array, not an .npz")
+        with loaded as npz:
+            verify_npz_members(npz)
             arrays = {name: npz[name] for name in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise BadValidationSetError(

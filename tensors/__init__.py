@@ -5,7 +5,8 @@ One home for what the agent, the converters and the simulator all need to agree 
 Runtime and LiteRT (``datatypes``, ``spec``); how a model file is loaded and run
 (``backend``, ``onnx_backend``, ``litert_backend``, ``loading``); and how outputs are
 profiled (``profile``: histogram bins, which output holds class probabilities, PSI); and
-how a release's golden cases and reference profile travel (``check_bundle``, an ``.npz``).
+how a release's golden cases and reference profile travel (``check_bundle``, an ``.npz``,
+whose ``.npy`` headers ``npz_headers`` checks before numpy allocates what they declare).
 
 It imports ``protocol`` and numpy, and the runtimes lazily; it does no I/O beyond reading
 the model or bundle file it is handed. ``datatypes``, ``spec`` and ``profile`` are pure. Errors are
@@ -44,6 +45,7 @@ from .errors import (
 )
 from .litert_backend import LiteRtBackend, load_interpreter_class
 from .loading import import_runtime, installed_runtimes, load_backend
+from .npz_headers import MAX_NPY_HEADER_BYTES, UnsafeNpyError, verify_npz_members
 from .onnx_backend import OnnxBackend
 from .profile import (
     HISTOGRAM_BINS,
@@ -62,6 +64,7 @@ __all__ = [
     "DATATYPE_BYTES",
     "FLOAT_DATATYPES",
     "HISTOGRAM_BINS",
+    "MAX_NPY_HEADER_BYTES",
     "MIN_DRIFT_REQUESTS",
     "OIP_DATATYPES",
     "PROBABILITY_SLACK",
@@ -84,6 +87,7 @@ __all__ = [
     "TensorSpec",
     "TensorTooLargeError",
     "TensorsError",
+    "UnsafeNpyError",
     "UnsupportedDatatypeError",
     "are_class_probabilities",
     "datatype_of_numpy",
@@ -100,5 +104,6 @@ __all__ = [
     "read_check_bundle",
     "read_reference_profile",
     "reported_datatype",
+    "verify_npz_members",
     "write_check_bundle",
 ]

@@ -13,7 +13,10 @@ signed document stays small whatever the model's inputs weigh. The file is a pla
 - ``case{i}.input{j}`` / ``case{i}.output{j}``: the ``j``-th input (output) of golden case
   ``i``, named by the manifest's lists in that order.
 
-Invariants: every array is read with ``allow_pickle=False``, has an Open Inference
+Invariants: every member's ``.npy`` header is checked before any array is read
+(``npz_headers``: at most 4 KiB, and no more bytes declared than the member holds, so a
+bundle never makes numpy allocate more than its own size); every array is read with
+``allow_pickle=False``, has an Open Inference
 Protocol datatype and comes back in native byte order; the manifest names exactly the
 arrays the file holds; a bundle that breaks any of this is a ``CheckBundleError`` with the
 reason, never a half-read bundle. Readers are handed files whose hash was verified first.
@@ -37,6 +40,7 @@ from protocol import ReferenceProfile
 from .backend import Array
 from .datatypes import datatype_of_numpy
 from .errors import CheckBundleError
+from .npz_headers import verify_npz_members
 
 __all__ = [
     "CheckBundle",
@@ -152,6 +156,11 @@ class _Npz:
             raise CheckBundleError(f"not a check bundle (.npz): {exc}") from exc
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise CheckBundleError("not a check bundle: a single .npy array, not an .npz")
+        try:
+            verify_npz_members(loaded)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            loaded.close()
+            raise CheckBundleError(f"not a check bundle (.npz): {exc}") from exc
         self.npz = loaded
         self.files: list[str] = list(loaded.files)
 

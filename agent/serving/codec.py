@@ -15,6 +15,9 @@ Invariants:
   nesting deeper than 1,024 levels are refused with a 400;
 - JSON ``data`` is never cast silently: integers outside the datatype's range, fractions
   for integer types and numbers for ``BOOL`` are refused;
+- a shape has at most ``MAX_SHAPE_DIMS`` dimensions and its non-zero dimensions multiply
+  to fewer bytes than numpy can index (``MAX_TENSOR_BYTES``), so ``[0, 2**62, 2**62]`` is
+  a 400 and never reaches numpy, which would raise;
 - binary input data must be exactly ``prod(shape) * itemsize`` bytes, the binary parts
   must add up to the body after the header, and ``BOOL`` bytes must be 0 or 1; binary
   data is read straight into a numpy array, with no Python object per element;
@@ -48,6 +51,7 @@ from ..errors import (
     InputDataError,
     InputDatatypeError,
     InputNameError,
+    InputShapeError,
     MalformedRequestError,
     ModelNotReadyError,
     RequestTooLargeError,
@@ -55,6 +59,8 @@ from ..errors import (
 )
 
 __all__ = [
+    "MAX_SHAPE_DIMS",
+    "MAX_TENSOR_BYTES",
     "InferRequest",
     "Reply",
     "decode_binary_tensor",
@@ -65,7 +71,14 @@ __all__ = [
     "encode_model_metadata",
     "error_reply",
     "status_of",
+    "verify_shape",
 ]
+
+# numpy 1.x allows 32 dimensions, 2.x 64; no model takes more than a handful.
+MAX_SHAPE_DIMS = 32
+# numpy refuses an array whose non-zero dimensions times its itemsize overflow its index
+# type, even when another dimension is 0 and it would hold nothing.
+MAX_TENSOR_BYTES = int(np.iinfo(np.intp).max)
 
 _STATUS_OF_ERROR: tuple[tuple[type[InferenceError], int], ...] = (
     (UnknownModelError, 404),
@@ -104,9 +117,24 @@ def status_of(exc: InferenceError) -> int:
     return next((status for kind, status in _STATUS_OF_ERROR if isinstance(exc, kind)), 500)
 
 
+def verify_shape(name: str, shape: Sequence[int], itemsize: int) -> None:
+    """Raise ``InputShapeError`` for a shape numpy could not make an array of."""
+    if len(shape) > MAX_SHAPE_DIMS:
+        raise InputShapeError(
+            f"input {name!r} has {len(shape)} dimensions; at most {MAX_SHAPE_DIMS} are allowed"
+        )
+    declared = math.prod(dim for dim in shape if dim) * itemsize  # Python ints: no overflow
+    if declared > MAX_TENSOR_BYTES:
+        raise InputShapeError(
+            f"input {name!r}: shape {list(shape)} is too large for any array "
+            f"({declared} bytes without its zero dimensions)"
+        )
+
+
 def decode_tensor(name: str, datatype: str, shape: list[int], data: list[Any]) -> Array:
     """One JSON tensor as a numpy array of ``datatype`` and ``shape``; never a silent cast."""
     dtype = numpy_dtype_of(datatype)
+    verify_shape(name, shape, dtype.itemsize)
     try:
         array = np.asarray(data)
     except (ValueError, TypeError) as exc:  # ragged nesting
@@ -139,11 +167,12 @@ def decode_tensor(name: str, datatype: str, shape: list[int], data: list[Any]) -
 
 
 def decode_binary_tensor(
-    name: str, datatype: str, shape: list[int], data: bytes | memoryview
+    name: str, datatype: str, shape: list[int], data: bytes | bytearray | memoryview
 ) -> Array:
     """One binary tensor (little-endian, row-major) as a read-only numpy array over
     ``data``, without a copy."""
     dtype = numpy_dtype_of(datatype)
+    verify_shape(name, shape, dtype.itemsize)
     needed = math.prod(shape) * dtype.itemsize
     if len(data) != needed:
         raise InputDataError(
@@ -170,7 +199,7 @@ def _flag(parameters: dict[str, Any], key: str, what: str) -> bool | None:
     return value
 
 
-def decode_infer_request(body: bytes, json_length: int | None = None) -> InferRequest:
+def decode_infer_request(body: bytes | bytearray, json_length: int | None = None) -> InferRequest:
     """An infer request's body; ``json_length`` is its ``Inference-Header-Content-Length``."""
     header, binary = body, memoryview(b"")
     if json_length is not None:

@@ -25,8 +25,18 @@ Invariants:
   which), so a swap during the request changes nothing for it;
 - every client mistake is a 4xx with ``{"error": message}``: 404 for an unknown model or
   route, 400 for bodies that are not the protocol's JSON or do not fit the model, 413
-  for bodies over ``max_body_bytes`` (refused from ``Content-Length`` before reading),
-  405 for a wrong method; 503 while no version serves, 500 when the runtime fails;
+  for bodies over ``max_body_bytes``, or JSON (a body without
+  Inference-Header-Content-Length, or that header's part) over ``max_json_body_bytes``
+  (refused from the headers before reading, and while a chunked body streams), 405 for a
+  wrong method; 503 while no version serves, 500 when the runtime fails;
+- the memory that bodies take is bounded across all connections, not only per request:
+  before a body is read, its estimated cost (its bytes, plus ``JSON_EXPANSION`` times its
+  JSON bytes, which become Python objects when parsed) is reserved from a process-wide
+  ``BodyBudget`` of ``body_budget_bytes``, and given back once the request is answered.
+  A request that does not fit waits up to ``BODY_BUDGET_WAIT_S`` for others to finish,
+  then gets 503 with ``Retry-After``; a request larger than the whole budget runs alone.
+  A client that sends slowly holds its share until its body is complete or
+  ``KEEPALIVE_TIMEOUT_S`` closes the connection;
 - bodies are decoded and encoded by the pure codec, ``agent.serving.codec``: JSON data
   is never cast silently, outputs round-trip exactly.
 """
@@ -34,6 +44,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import http
 import ipaddress
@@ -59,13 +70,29 @@ from .codec import (
 )
 from .server import LoadedVersion, ModelServer
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_BODY_BYTES", "InferenceApi"]
+__all__ = [
+    "BODY_BUDGET_BYTES",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "MAX_BODY_BYTES",
+    "MAX_JSON_BODY_BYTES",
+    "BodyBudget",
+    "InferenceApi",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8500
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# A JSON body becomes Python lists and floats: 4x its bytes for plain numbers, 24x for
+# lists of one-element lists ("[0],", measured), so JSON gets a lower cap than binary data.
+MAX_JSON_BODY_BYTES = 4 * 1024 * 1024
+JSON_EXPANSION = 24
+# Room for one JSON body at its cap, or six binary bodies at theirs, in flight at once.
+BODY_BUDGET_BYTES = MAX_JSON_BODY_BYTES * JSON_EXPANSION
+BODY_BUDGET_WAIT_S = 5.0
+BUDGET_RETRY_AFTER_S = 1
 MAX_HEADER_BYTES = 16 * 1024
 MAX_CONNECTIONS = 64
 READ_CHUNK_BYTES = 256 * 1024
@@ -82,7 +109,7 @@ _JSON_HEADERS = ((b"content-type", b"application/json"),)
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
 
-def _infer(loaded: LoadedVersion, body: bytes, json_length: int | None) -> Reply:
+def _infer(loaded: LoadedVersion, body: bytes | bytearray, json_length: int | None) -> Reply:
     """Decode, run and encode one request; runs in a worker thread."""
     try:
         request = decode_infer_request(body, json_length)
@@ -97,6 +124,67 @@ def _infer(loaded: LoadedVersion, body: bytes, json_length: int | None) -> Reply
     except InferenceError as exc:
         return error_reply(status_of(exc), str(exc))
     return encode_infer_response(loaded.name, loaded.version, outputs, request)
+
+
+class BodyBudget:
+    """The bytes that request bodies in flight may take, shared by every connection.
+
+    Reservations are granted first come, first served (a large request is not starved by
+    a stream of small ones); one larger than the whole budget is granted alone. Used only
+    from the event loop's thread.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.reserved_bytes = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    async def reserve(self, cost_bytes: int, *, wait_s: float) -> int | None:
+        """Reserve ``cost_bytes`` (at most the whole budget); the bytes reserved, to give to
+        ``release``, or None if they did not fit within ``wait_s``."""
+        cost = min(cost_bytes, self.limit_bytes)
+        if not self._waiters and self.reserved_bytes + cost <= self.limit_bytes:
+            self.reserved_bytes += cost
+            return cost
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((cost, granted))
+        try:
+            async with asyncio.timeout(wait_s):
+                await granted
+        except TimeoutError:
+            if granted.done() and not granted.cancelled():  # granted as time ran out
+                return cost
+            granted.cancel()
+            self._grant()  # the next in line may fit now that this one left
+            return None
+        except BaseException:  # the connection is cancelled (the API stops)
+            if granted.done() and not granted.cancelled():
+                self.release(cost)
+            else:
+                granted.cancel()
+                self._grant()
+            raise
+        return cost
+
+    def release(self, reserved_bytes: int) -> None:
+        self.reserved_bytes -= reserved_bytes
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters:
+            cost, granted = self._waiters[0]
+            if granted.done():  # gave up waiting
+                self._waiters.popleft()
+                continue
+            if self.reserved_bytes + cost > self.limit_bytes:
+                return
+            self._waiters.popleft()
+            self.reserved_bytes += cost
+            granted.set_result(None)
+
+
+class _BudgetExhaustedError(Exception):
+    """No room in the body budget within ``BODY_BUDGET_WAIT_S``: answered 503."""
 
 
 def _json_length(request: h11.Request) -> int | None:
@@ -117,6 +205,8 @@ class InferenceApi:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         max_body_bytes: int = MAX_BODY_BYTES,
+        max_json_body_bytes: int = MAX_JSON_BODY_BYTES,
+        body_budget_bytes: int = BODY_BUDGET_BYTES,
         workers: int = DEFAULT_WORKERS,
         socket_path: Path | None = None,
     ) -> None:
@@ -128,6 +218,8 @@ class InferenceApi:
         self.host = host
         self.port = port
         self.max_body_bytes = max_body_bytes
+        self.max_json_body_bytes = min(max_json_body_bytes, max_body_bytes)
+        self.budget = BodyBudget(body_budget_bytes)
         self._workers = workers
         self.socket_path = socket_path
         self._server: asyncio.Server | None = None
@@ -249,9 +341,15 @@ class InferenceApi:
                 except RequestTooLargeError as exc:
                     await self._send(conn, writer, error_reply(413, str(exc)), close=True)
                     break
+                except _BudgetExhaustedError as exc:
+                    reply = error_reply(503, str(exc))
+                    await self._send(
+                        conn, writer, reply, close=True, retry_after_s=BUDGET_RETRY_AFTER_S
+                    )
+                    break
                 if received is None:
                     break
-                request, body = received
+                request, body, reserved = received
                 self._busy.add(task)
                 try:
                     reply = await self._route(request, body)
@@ -259,6 +357,10 @@ class InferenceApi:
                     # A bug in the agent, not the client's fault: answer, and keep serving.
                     logger.exception("the inference API failed on %r", request.target)
                     reply = error_reply(500, "internal error")
+                finally:
+                    # Decoded and answered: the body and its arrays are garbage now.
+                    del received, body
+                    self.budget.release(reserved)
                 try:
                     await self._send(conn, writer, reply, close=self._stopping)
                 finally:
@@ -276,39 +378,97 @@ class InferenceApi:
 
     async def _receive(
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[h11.Request, bytes] | None:
+    ) -> tuple[h11.Request, bytearray, int] | None:
+        """The next request, its body and the bytes of budget it holds (the caller releases
+        them once it is answered); None when the client is done."""
         request: h11.Request | None = None
-        chunks: list[bytes] = []
+        body = bytearray()
         size = 0
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                if conn.they_are_waiting_for_100_continue:
-                    writer.write(
-                        conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
-                    )
-                conn.receive_data(await reader.read(READ_CHUNK_BYTES))
-            elif isinstance(event, h11.Request):
-                request = event
-                for header, value in event.headers:
-                    if header == b"content-length" and int(value) > self.max_body_bytes:
-                        raise RequestTooLargeError(self._too_large(int(value)))
-            elif isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > self.max_body_bytes:
-                    raise RequestTooLargeError(self._too_large(size))
-                chunks.append(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                assert request is not None
-                return request, chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            else:  # ConnectionClosed, or PAUSED after a request the client did not wait for
-                return None
+        limit = self.max_body_bytes
+        reserved = 0
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    if conn.they_are_waiting_for_100_continue:
+                        writer.write(
+                            conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+                        )
+                    conn.receive_data(await reader.read(READ_CHUNK_BYTES))
+                elif isinstance(event, h11.Request):
+                    request = event
+                    length, limit, cost = self._body_cost(event)
+                    if cost:
+                        got = await self.budget.reserve(cost, wait_s=BODY_BUDGET_WAIT_S)
+                        if got is None:
+                            raise _BudgetExhaustedError(
+                                f"too many request bodies in flight (at most "
+                                f"{self.budget.limit_bytes} bytes); retry shortly"
+                            )
+                        reserved = got
+                    if length is not None:
+                        body = bytearray(length)  # filled in place: no chunks to join
+                elif isinstance(event, h11.Data):
+                    if size + len(event.data) > limit:
+                        raise RequestTooLargeError(self._too_large(size + len(event.data), limit))
+                    if len(body) >= size + len(event.data):
+                        body[size : size + len(event.data)] = event.data
+                    else:  # chunked: no Content-Length to size it by
+                        body += event.data
+                    size += len(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    assert request is not None
+                    del body[size:]
+                    return request, body, reserved
+                else:  # ConnectionClosed, or PAUSED after a request the client did not wait for
+                    self.budget.release(reserved)
+                    return None
+        except BaseException:
+            self.budget.release(reserved)
+            raise
 
-    def _too_large(self, size: int) -> str:
-        return f"the body of {size} bytes is over the limit of {self.max_body_bytes} bytes"
+    def _body_cost(self, request: h11.Request) -> tuple[int | None, int, int]:
+        """A request's Content-Length (None if chunked), its body limit and the bytes of
+        budget to reserve for it; ``RequestTooLargeError`` if its headers say it is over."""
+        length: int | None = 0  # neither Content-Length nor chunked: no body
+        json_length = None
+        for header, value in request.headers:
+            if header == b"content-length":
+                length = int(value)  # h11 checked it is a number
+            elif header == b"transfer-encoding":  # h11 accepts only chunked
+                length = None
+            elif header == b"inference-header-content-length":
+                with contextlib.suppress(ValueError):  # _route answers 400
+                    json_length = max(int(value), 0)
+        if json_length is None:  # all JSON
+            limit = self.max_json_body_bytes
+            json_bytes = limit if length is None else length
+        else:
+            limit = self.max_body_bytes
+            json_bytes = json_length
+            if json_bytes > self.max_json_body_bytes:
+                raise RequestTooLargeError(
+                    f"the JSON header of {json_bytes} bytes is over the limit of "
+                    f"{self.max_json_body_bytes} bytes"
+                )
+        if length is not None and length > limit:
+            raise RequestTooLargeError(self._too_large(length, limit))
+        body_bytes = limit if length is None else length
+        json_bytes = min(json_bytes, body_bytes)
+        return length, limit, body_bytes - json_bytes + json_bytes * JSON_EXPANSION
+
+    def _too_large(self, size: int, limit: int) -> str:
+        kind = "binary" if limit == self.max_body_bytes else "JSON"
+        return f"the body of {size} bytes is over the limit of {limit} bytes for a {kind} body"
 
     async def _send(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply, *, close: bool
+        self,
+        conn: h11.Connection,
+        writer: asyncio.StreamWriter,
+        reply: Reply,
+        *,
+        close: bool,
+        retry_after_s: int | None = None,
     ) -> None:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
@@ -325,6 +485,8 @@ class InferenceApi:
             headers.append((b"connection", b"close"))
         if allow:
             headers.append((b"allow", allow))
+        if retry_after_s is not None:
+            headers.append((b"retry-after", b"%d" % retry_after_s))
         head = conn.send(h11.Response(status_code=status, headers=headers, reason=_REASONS[status]))
         body = conn.send(h11.Data(data=payload))
         end = conn.send(h11.EndOfMessage())
@@ -332,7 +494,7 @@ class InferenceApi:
         writer.write(b"".join((head or b"", body or b"", end or b"")))
         await writer.drain()
 
-    async def _route(self, request: h11.Request, body: bytes) -> Reply:
+    async def _route(self, request: h11.Request, body: bytearray) -> Reply:
         method, target = request.method, request.target
         parts = target.split(b"?", 1)[0].decode("ascii", "replace").strip("/").split("/")
         if parts[0] != "v2":
@@ -362,7 +524,7 @@ class InferenceApi:
         return error_reply(404, f"no route {target.decode('ascii', 'replace')}")
 
     async def _route_model(
-        self, method: bytes, parts: list[str], body: bytes, json_length: int | None
+        self, method: bytes, parts: list[str], body: bytearray, json_length: int | None
     ) -> Reply:
         name, rest = parts[0], parts[1:]
         version = None
