@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from tensors import UnsafeNpyError, verify_npz_members
+
 from ..errors import ModelRejectedError
 
 __all__ = ["ValidationSetSummary", "check_validation_set"]
@@ -46,6 +50,14 @@ def check_validation_set(
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise _refuse(f"not an .npz archive: {exc}") from exc
+    try:
+        # Headers numpy would choke on (huge, nested) or that claim more than the member
+        # holds: refused before anything reads them for real (tensors.npz_headers).
+        with np.load(path, allow_pickle=False) as npz:
+            verify_npz_members(npz)
+    except (UnsafeNpyError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        archive.close()
+        raise _refuse(str(exc)) from exc
     with archive:
         members = archive.infolist()
         total = sum(member.file_size for member in members)

@@ -38,10 +38,6 @@ _OPENING, _CLOSING = "{'descr': '<f4', 'fortran_order': False, 'shape': (", "1, 
 SIXTY_THOUSAND_CHARACTER_HEADER = (
     _OPENING + "-" * (60_000 - len(_OPENING) - len(_CLOSING)) + _CLOSING
 )
-CONTROLLER_SIDE = (
-    "controller/registry/validation_set.py parses headers itself (ast.literal_eval, no "
-    "declared-size check); it must call tensors.verify_npz_members"
-)
 
 
 def npy_v1(header: str, data: bytes) -> bytes:
@@ -178,7 +174,6 @@ def _push_with_validation(
         )
 
 
-@pytest.mark.xfail(strict=True, reason=CONTROLLER_SIDE)
 def test_upload_with_a_60000_character_npy_header_gets_a_4xx(
     controller: ServedController, digits_model: Path
 ) -> None:
@@ -188,7 +183,6 @@ def test_upload_with_a_60000_character_npy_header_gets_a_4xx(
     assert 400 <= response.status_code < 500, response.text
 
 
-@pytest.mark.xfail(strict=True, reason=CONTROLLER_SIDE)
 def test_upload_of_an_npz_claiming_a_billion_rows_gets_a_4xx(
     controller: ServedController, digits_model: Path
 ) -> None:
