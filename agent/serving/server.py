@@ -302,6 +302,10 @@ class LoadedVersion:
                     f"input {name!r} has shape {_show(shape)}, model {self.name!r} takes "
                     f"{_show(spec.shape)} (-1: any size)"
                 )
+            if not value.size:
+                # Runtimes answer an empty batch with their own error: the client's, not
+                # the model's (it was a 500).
+                raise InputShapeError(f"input {name!r} has no values (shape {_show(shape)})")
 
     def _refuse_names(self, inputs: Mapping[str, Array]) -> NoReturn:
         given = sorted(inputs)

@@ -82,3 +82,10 @@ def test_a_shape_larger_than_its_body_gets_400(client: httpx.Client) -> None:
 def test_the_api_still_answers_a_well_formed_request(client: httpx.Client) -> None:
     response = client.post(INFER, json=json_tensor([1, 64], [0.0] * 64))
     assert response.status_code == 200, response.text
+
+
+def test_an_empty_batch_gets_400_not_500(client: httpx.Client) -> None:
+    response = client.post(INFER, json=json_tensor([0, 64], []))
+    assert response.status_code == 400, response.text
+    assert "no values" in response.json()["error"]
+    assert post_binary(client, [0, 64], b"").status_code == 400
