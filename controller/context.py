@@ -9,13 +9,11 @@ directory in it) so, and tightens one that others may enter, with a warning.
 from __future__ import annotations
 
 import logging
-import os
-import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sqlalchemy import Engine
 
+from .db import make_private
 from .metrics import Metrics
 from .registry.artifact_store import ArtifactStore
 from .registry.jobs import JobLimits
@@ -34,21 +32,9 @@ def prepare_data_dir(settings: Settings) -> None:
     """Create the data directory and its parts, private; make existing ones private."""
     for directory in (settings.data_dir, settings.keys_dir):
         directory.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
-        _make_private(directory)
+        make_private(directory)
     for directory in (settings.artifacts_dir, settings.work_dir):
         directory.mkdir(mode=DATA_DIR_MODE, exist_ok=True)
-
-
-def _make_private(directory: Path) -> None:
-    mode = stat.S_IMODE(directory.stat().st_mode)
-    if not mode & 0o077:
-        return
-    try:
-        os.chmod(directory, mode & 0o700)
-    except OSError as exc:
-        logger.warning("%s is open to other users (mode %o) and stays so: %s", directory, mode, exc)
-        return
-    logger.warning("%s was open to other users (mode %o): now %o", directory, mode, mode & 0o700)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from sqlmodel import Session
 
 from durable import PRIVATE_FILE_MODE
 
-__all__ = ["make_engine", "reader_engine", "session_scope"]
+__all__ = ["make_engine", "make_private", "reader_engine", "session_scope"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +58,15 @@ def _create_private_sqlite_file(path: Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
     except FileExistsError:
         for suffix in _SQLITE_FILE_SUFFIXES:
-            _make_private(path.with_name(path.name + suffix))
+            make_private(path.with_name(path.name + suffix))
     except FileNotFoundError:
         return
     else:
         os.close(fd)
 
 
-def _make_private(path: Path) -> None:
+def make_private(path: Path) -> None:
+    """Take away group and other access to ``path`` (if it exists), saying so."""
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
