@@ -46,6 +46,11 @@ class AgentConfig(BaseModel):
     # False: only the in-process Python API serves (the simulator runs thousands of
     # agents in one process, with no port each).
     inference_api: bool = True
+    # Request bodies (agent/serving/http_api.py): the largest, the largest JSON one, and
+    # what bodies in flight may take together (JSON counted 24 times: what it expands to).
+    inference_max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    inference_max_json_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    inference_body_budget_bytes: int = Field(default=96 * 1024 * 1024, gt=0)
     # ONNX Runtime: execution providers in order of preference, and threads per session
     # ("auto": the device's physical cores this process may run on).
     execution_providers: list[str] = ["CPUExecutionProvider"]

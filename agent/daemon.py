@@ -136,6 +136,9 @@ class AgentDaemon:
             port=config.inference_port,
             socket_path=config.inference_socket,
             load_backend=load_backend,
+            max_body_bytes=config.inference_max_body_bytes,
+            max_json_body_bytes=config.inference_max_json_body_bytes,
+            body_budget_bytes=config.inference_body_budget_bytes,
         )
         trust_path = data_dir / "trust.json"
         self.trust = TrustKeeper(trust_path, open_trust_state(config, trust_path))

@@ -41,12 +41,15 @@ class ServingHost:
         port: int = 8500,
         socket_path: Path | None = None,
         load_backend: BackendLoader = load_backend,
+        **body_limits: int,
     ) -> None:
+        """``body_limits``: ``InferenceApi``'s ``max_body_bytes``, ``max_json_body_bytes``
+        and ``body_budget_bytes``."""
         self.options = options
         self.window_s = window_s
         self._load_backend = load_backend
         self.servers: dict[str, ModelServer] = {}
-        self.api = InferenceApi({}, host=host, port=port, socket_path=socket_path)
+        self.api = InferenceApi({}, host=host, port=port, socket_path=socket_path, **body_limits)
 
     def current_of(self, name: str) -> LoadedVersion | None:
         """The version of model ``name`` that serves, if any."""

@@ -23,8 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import load_config
+from agent.daemon import AgentDaemon
 from agent.serving.http_api import BODY_BUDGET_BYTES, MAX_BODY_BYTES, BodyBudget
 from simulator.demo_models import build_digits_model
+from tests.factories import Keyring
 from tests.security.inference_api import MODEL_NAME, LocalApi, serve_local
 
 MIB = 1024 * 1024
@@ -141,3 +144,25 @@ def test_the_budget_grants_in_turn_and_refuses_what_finds_no_room() -> None:
         return [first, refused, granted, alone, budget.reserved_bytes]
 
     assert asyncio.run(scenario()) == [60, None, 60, 100, 100]
+
+
+def test_the_body_limits_are_settings_of_the_agent(tmp_path: Path) -> None:
+    trust_root = tmp_path / "trust-root.json"
+    trust_root.write_bytes(Keyring().signed_trust_root().to_bytes())
+    config = load_config(
+        None,
+        environ={
+            "EDGEFLEET_AGENT_DEVICE_ID": "cam-1",
+            "EDGEFLEET_AGENT_DATA_DIR": str(tmp_path / "data"),
+            "EDGEFLEET_AGENT_TRUST_ROOT": str(trust_root),
+            "EDGEFLEET_AGENT_INFERENCE_MAX_JSON_BODY_BYTES": "1048576",
+            "EDGEFLEET_AGENT_INFERENCE_BODY_BUDGET_BYTES": "33554432",
+        },
+    )
+
+    async def unused(*_args: object) -> object:
+        raise AssertionError("not called")
+
+    daemon = AgentDaemon(config, fetcher=unused, check_model=unused)  # type: ignore[arg-type]
+    assert daemon.serving.api.max_json_body_bytes == 1024 * 1024
+    assert daemon.serving.api.budget.limit_bytes == 32 * 1024 * 1024
