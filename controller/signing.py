@@ -66,10 +66,6 @@ class Signer:
         self._keys = self._load(self._stat())
 
     @property
-    def trust_root_path(self) -> Path:
-        return self._store.trust_root_path
-
-    @property
     def trust_root(self) -> TrustRoot:
         return self._current().trust_root
 
