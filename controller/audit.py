@@ -32,6 +32,7 @@ __all__ = [
     "AuditProblem",
     "append_audit",
     "audit_head",
+    "hash_of_entry",
     "list_audit",
     "verify_audit_chain",
 ]
@@ -159,6 +160,20 @@ def verify_audit_chain(
     return len(entries), problems
 
 
+def hash_of_entry(entry: AuditEntry) -> str:
+    """What ``entry.sha256`` must be, from its fields and ``entry.prev_sha256``."""
+    return _entry_hash(
+        entry.prev_sha256,
+        seq=entry.seq,
+        at=entry.at,
+        actor=entry.actor,
+        role=entry.role,
+        action=entry.action,
+        target=entry.target,
+        details=entry.details,
+    )
+
+
 def _walk(entries: Iterable[AuditEntry]) -> Iterable[AuditProblem]:
     expected_seq, prev = 1, GENESIS_SHA256
     for entry in entries:
@@ -166,17 +181,7 @@ def _walk(entries: Iterable[AuditEntry]) -> Iterable[AuditProblem]:
             yield AuditProblem(entry.seq, f"expected entry {expected_seq}: rows deleted")
         if entry.prev_sha256 != prev:
             yield AuditProblem(entry.seq, "link to the previous entry is broken")
-        recomputed = _entry_hash(
-            entry.prev_sha256,
-            seq=entry.seq,
-            at=entry.at,
-            actor=entry.actor,
-            role=entry.role,
-            action=entry.action,
-            target=entry.target,
-            details=entry.details,
-        )
-        if recomputed != entry.sha256:
+        if hash_of_entry(entry) != entry.sha256:
             yield AuditProblem(entry.seq, "entry was edited (hash mismatch)")
         expected_seq, prev = entry.seq + 1, entry.sha256
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sqlmodel import col, select
 from typer.testing import CliRunner
 
-from controller.audit import GENESIS_SHA256, _entry_hash
+from controller.audit import GENESIS_SHA256, hash_of_entry
 from controller.cli.main import app as controller_cli
 from controller.db import session_scope
 from controller.local_admin import create_token_locally
@@ -47,16 +47,7 @@ def rewrite_chain(app: FastAPI) -> None:
             if entry.seq == 1:
                 entry.details = {**entry.details, "role": "viewer"}  # hide an admin token
             entry.prev_sha256 = prev
-            entry.sha256 = _entry_hash(
-                prev,
-                seq=entry.seq,
-                at=entry.at,
-                actor=entry.actor,
-                role=entry.role,
-                action=entry.action,
-                target=entry.target,
-                details=entry.details,
-            )
+            entry.sha256 = hash_of_entry(entry)
             prev = entry.sha256
             session.add(entry)
         head = session.get(AuditHead, 1)
