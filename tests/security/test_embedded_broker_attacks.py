@@ -25,6 +25,7 @@ from controller.settings import Settings
 from tests.brokers import BrokerEndpoint, free_port, run_amqtt
 from tests.controller import conftest as controller_fixtures
 from tests.controller.devices.test_broker_auth import LoginClient, enroll, topic
+from tests.security.http_server import closed_by_server
 
 # The controller's fixtures: its app and settings over a fresh database.
 app, settings, ctx = controller_fixtures.app, controller_fixtures.settings, controller_fixtures.ctx
@@ -86,14 +87,7 @@ def raw_connection(endpoint: BrokerEndpoint) -> socket.socket:
 def closed_by_peer(sock: socket.socket, within_s: float) -> bool:
     """True when the broker closes ``sock`` within ``within_s`` (after any CONNACK)."""
     sock.settimeout(within_s)
-    try:
-        while sock.recv(65536):
-            pass
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        return True
-    return True
+    return closed_by_server(sock)
 
 
 def wrong_password_connect(
