@@ -128,10 +128,28 @@ def enroll(
             help="A provisioned trust root: accept only it or its next version.",
         ),
     ] = None,
+    ca_sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--ca-sha256",
+            envvar="EDGEFLEET_CA_SHA256",
+            help="The controller's CA (SHA-256 of its certificate, printed with the token): "
+            "trust only it for HTTPS and MQTT over TLS.",
+        ),
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option("--ca-file", help="The controller's CA certificate (PEM), provisioned."),
+    ] = None,
 ) -> None:
-    """Trade a one-time token for this device's identity; write agent.toml and the trust root."""
+    """Trade a one-time token for this device's identity; write agent.toml, the trust root
+    and, from a controller with a CA, the device's key and certificate."""
     if trust_root_sha256 is not None and not _is_sha256(trust_root_sha256):
         raise typer.BadParameter("64 hexadecimal digits", param_hint="--trust-root-sha256")
+    if ca_sha256 is not None and not _is_sha256(ca_sha256.replace(":", "")):
+        raise typer.BadParameter("64 hexadecimal digits", param_hint="--ca-sha256")
+    if ca_sha256 is not None and ca_file is not None:
+        raise typer.BadParameter("give --ca-sha256 or --ca-file, not both")
     raise typer.Exit(
         enroll_device(
             controller,
@@ -141,6 +159,8 @@ def enroll(
             force=force,
             trust_root_sha256=trust_root_sha256,
             trust_root=trust_root,
+            ca_sha256=ca_sha256,
+            ca_file=ca_file,
         )
     )
 
@@ -158,10 +178,12 @@ def enroll_device(
     force: bool,
     trust_root_sha256: str | None = None,
     trust_root: Path | None = None,
+    ca_sha256: str | None = None,
+    ca_file: Path | None = None,
 ) -> int:
     from protocol import Envelope, ProtocolError
 
-    from .errors import LocalStateError, RefusalError, TransportError
+    from .errors import ConfigurationError, LocalStateError, RefusalError, TransportError
     from .link import enroll as enrollment
 
     provisioned = None
@@ -173,8 +195,19 @@ def enroll_device(
             return EXIT_USAGE
     pin = enrollment.TrustRootPin(sha256=trust_root_sha256, provisioned=provisioned)
     try:
+        ca_pin = None
+        if ca_file is not None:
+            ca_pin = enrollment.CaPin.from_file(ca_file)
+        elif ca_sha256 is not None:
+            ca_pin = enrollment.CaPin(sha256=ca_sha256)
         device, config_path = enrollment.enroll(
-            controller, token, data_dir, device_id=device_id, force=force, pin=pin
+            controller,
+            token,
+            data_dir,
+            device_id=device_id,
+            force=force,
+            pin=pin,
+            ca_pin=ca_pin,
         )
     except enrollment.AgentConfigExistsError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -185,9 +218,14 @@ def enroll_device(
     except (enrollment.EnrollmentRefusedError, RefusalError, LocalStateError) as exc:
         typer.echo(f"error: {exc}", err=True)
         return EXIT_ENROLL_REFUSED
+    except ConfigurationError as exc:  # an unreadable --ca-file
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_USAGE
     labels = ",".join(f"{k}={v}" for k, v in sorted(device.labels.items())) or "none"
     typer.echo(f"enrolled as {device.device_id} (labels: {labels})")
     typer.echo(f"wrote {config_path} and {data_dir / enrollment.TRUST_ROOT_FILE}")
+    if enrollment.TLS_CERT_FILE in device.tls_files:
+        typer.echo(f"wrote this device's key and certificate to {data_dir / 'tls'}")
     typer.echo(f"start the agent with: edgefleet-agent run --config {config_path}")
     return EXIT_OK
 
@@ -266,6 +304,7 @@ def run_agent(config_file: Path | None) -> int:
 async def _serve(config: AgentConfig) -> int:
     from .daemon import AgentDaemon
     from .errors import AgentError, BrokerAuthError
+    from .tls import device_tls_context
     from .update.fetcher import FetchLimits, HttpFetcher
     from .update.sandbox import SandboxLimits, check_model
 
@@ -290,7 +329,8 @@ async def _serve(config: AgentConfig) -> int:
                     read_timeout_s=config.download_read_timeout_s,
                     max_attempts=config.download_max_attempts,
                     free_disk_margin_bytes=config.free_disk_margin_bytes,
-                )
+                ),
+                tls_context=device_tls_context(config),
             ),
             check_model=check,
         )

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from protocol import DEFAULT_PREFIX, DEVICE_ID_PATTERN
 
@@ -38,6 +45,11 @@ class AgentConfig(BaseModel):
     topic_prefix: str = DEFAULT_PREFIX
     controller_url: str = "http://127.0.0.1:8080"
     controller_token: str | None = None
+    # TLS as the enrolled device (written by enrollment with a CA): trust only this CA for
+    # the broker and the controller, and present this certificate (mTLS) to the broker.
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     inference_port: int = Field(default=8500, ge=0, le=65535)
     inference_host: str = "127.0.0.1"
     # Also serve the API on this Unix domain socket (mode 0660), e.g.
@@ -79,6 +91,14 @@ class AgentConfig(BaseModel):
     # Fault injection: a device clock this many seconds off (negative: behind).
     clock_offset_s: float = 0.0
 
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> AgentConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_cert_file is not None and self.tls_ca_file is None:
+            raise ValueError("a client certificate needs tls_ca_file, the CA that issued it")
+        return self
+
     @field_validator("broker_url")
     @classmethod
     def _mqtt_url(cls, value: str) -> str:
@@ -114,7 +134,7 @@ def load_config(config_file: Path | None, environ: Mapping[str, str] | None = No
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigurationError(f"cannot read {config_file}: {exc}") from exc
         base = config_file.resolve().parent
-        for key in ("data_dir", "trust_root"):
+        for key in ("data_dir", "trust_root", "tls_ca_file", "tls_cert_file", "tls_key_file"):
             if key in values and not Path(values[key]).is_absolute():
                 values[key] = base / values[key]
     for name in AgentConfig.model_fields:

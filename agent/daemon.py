@@ -36,6 +36,7 @@ from .link.reporting import LinkReporter, offline_state
 from .serving.host import ServingHost, recorder_of
 from .serving.server import BackendLoader
 from .stats.telemetry import to_telemetry_window
+from .tls import device_tls_context
 from .update.fetcher import Fetcher
 from .update.model_updates import ModelUpdates
 from .update.state_files import ReleaseIndex, TrustKeeper, load_trust_state, persist_trust_state
@@ -109,6 +110,7 @@ class AgentDaemon:
                 username=config.mqtt_username,
                 password=config.mqtt_password,
                 tls=config.broker_tls,
+                tls_context=device_tls_context(config) if config.broker_tls else None,
             ),
             outbox=self.outbox,
             will=self._state_message(offline_state(config.device_id).to_payload()),

@@ -19,7 +19,8 @@ Every failure is an ``AgentError``. Three families matter to callers:
     │   │       └── UnsupportedSchemaError  unsupported_schema  a schema_version it does not read
     │   ├── WrongDeviceError              wrong_device
     │   ├── EnrollmentAnswerError         enrollment_answer    the enrollment answer is unusable
-    │   │   └── TrustRootMismatchError    trust_root_mismatch  not the trust root expected
+    │   │   ├── TrustRootMismatchError    trust_root_mismatch  not the trust root expected
+    │   │   └── ControllerCaMismatchError controller_ca_mismatch  not the CA or certificate expected
     │   ├── ModelMismatchError            model_mismatch       a release of another model
     │   ├── InsufficientMemoryError       insufficient_memory  does not fit the memory budget
     │   ├── TooManyModelsError            too_many_models      beyond MAX_MODELS_PER_DEVICE
@@ -97,6 +98,7 @@ __all__ = [
     "CheckBundleError",
     "ConfigurationError",
     "ConnectionFailedError",
+    "ControllerCaMismatchError",
     "DowngradeError",
     "DownloadDeadlineError",
     "DownloadTooLargeError",
@@ -519,6 +521,13 @@ class TrustRootMismatchError(EnrollmentAnswerError):
     """The answer's trust root is not the one this device was told to expect."""
 
     reason = "trust_root_mismatch"
+
+
+class ControllerCaMismatchError(EnrollmentAnswerError):
+    """The controller's CA, or the certificate it issued, is not what this device expects
+    (the ``--ca-sha256`` pin, the key the device made, the device id)."""
+
+    reason = "controller_ca_mismatch"
 
 
 class AgentConfigExistsError(ConfigurationError):

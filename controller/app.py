@@ -22,6 +22,7 @@ from .api import artifacts, devices, health, models, releases, rollouts
 from .api.concurrency import HandlerConcurrencyLimit, HandlerSlots
 from .api.deps import Viewer
 from .api.limits import BodyRule, RequestLimits, token_admission
+from .ca import load_authority
 from .context import ControllerContext, prepare_data_dir
 from .db import make_engine, reader_engine
 from .devices.gauges import FleetCollector
@@ -76,6 +77,7 @@ def build_context(
         ),
         metrics=Metrics(),
         read_engine=reader_engine(engine),
+        authority=load_authority(settings, environ),
     )
 
 

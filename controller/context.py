@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
+from .ca import CertificateAuthority
 from .db import make_private
 from .metrics import Metrics
 from .registry.artifact_store import ArtifactStore
@@ -58,6 +59,8 @@ class ControllerContext:
     fleet_status: FleetStatus = field(default_factory=FleetStatus)
     # What device tokens may download; filled lazily from the releases table.
     released_artifacts: ReleasedArtifacts = field(default_factory=ReleasedArtifacts)
+    # The CA that issues device certificates at enrollment; None with TLS off.
+    authority: CertificateAuthority | None = None
 
     def __post_init__(self) -> None:
         # The app factory may have created the directories with the umask's mode.

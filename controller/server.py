@@ -22,11 +22,13 @@ import signal
 import socket
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .app import create_app
+from .ca import server_certificate_files
 from .context import ControllerContext
 from .devices.broker_auth import (
     controller_mqtt_credentials,
@@ -113,6 +115,7 @@ def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
     it counts open connections, so idle sockets would turn it into a way to get every
     request answered 503.
     """
+    cert_file, key_file = server_certificate_files(settings) if settings.tls else (None, None)
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -122,6 +125,8 @@ def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
         http=_h11_with_header_timeout(settings.request_header_timeout_s),
         h11_max_incomplete_event_size=MAX_REQUEST_HEADER_BYTES,
         timeout_keep_alive=KEEP_ALIVE_S,
+        ssl_certfile=cert_file,
+        ssl_keyfile=key_file,
     )
 
 
@@ -199,7 +204,9 @@ async def _start_broker(settings: Settings, ctx: ControllerContext) -> Any:
             )
         logger.info("using the MQTT broker at %s", settings.broker)
         return None
-    _check_port_free(settings.mqtt_host, settings.mqtt_port)
+    _check_port_free(urlsplit(settings.broker_url).hostname or "", settings.mqtt_port)
+    if settings.tls:
+        _check_port_free(settings.mqtt_host, settings.mqtts_port)
     from .mqtt.embedded_broker import EmbeddedBroker
 
     # Devices log in with the credentials enrollment gave them, and only to their topics.
@@ -211,7 +218,13 @@ async def _start_broker(settings: Settings, ctx: ControllerContext) -> Any:
         await broker.start()
     except Exception as exc:
         raise ConfigError(f"the embedded MQTT broker did not start: {exc}") from exc
-    logger.info("embedded MQTT broker listening on %s:%d", settings.mqtt_host, settings.mqtt_port)
+    logger.info("embedded MQTT broker listening on %s", settings.broker_url)
+    if settings.tls:
+        logger.info(
+            "embedded MQTT broker listening for devices on mqtts://%s:%d",
+            settings.mqtt_host,
+            settings.mqtts_port,
+        )
     return broker
 
 

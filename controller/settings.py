@@ -14,15 +14,17 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+__all__ = ["DEFAULT_CONTROLLER_MQTT_USERNAME", "ENV_PREFIX", "Settings", "load_settings"]
 
 ENV_PREFIX = "EDGEFLEET_"
 _MIB = 1024 * 1024
+DEFAULT_CONTROLLER_MQTT_USERNAME = "edgefleet-controller"
 
 
 class Settings(BaseModel):
@@ -38,6 +40,16 @@ class Settings(BaseModel):
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(default=1883, ge=0, le=65535)
     topic_prefix: str = "edgefleet/v1"
+    # TLS (docs/security.md): HTTPS for the API and dashboard, a TLS listener on
+    # mqtts_port for devices (the plain one then listens on loopback for the controller
+    # only) and a client certificate for every device enrolled. Needs `edgefleet ca init`.
+    tls: bool = False
+    mqtts_port: int = Field(default=8883, ge=0, le=65535)
+    # Names devices reach the controller and the broker by, put in the server certificate;
+    # empty: the hosts of public_url and public_broker_url, mqtt_host, host and localhost.
+    tls_hosts: list[str] = []
+    # Off: a device must log in with its certificate; its MQTT password is refused.
+    device_password_login: bool = True
 
     max_upload_bytes: int = Field(default=512 * _MIB, gt=0)
     # "offline": the release key stays on another machine; releases are prepared here,
@@ -96,7 +108,7 @@ class Settings(BaseModel):
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_max_attempts: int = Field(default=8, ge=1)
 
-    @field_validator("webhook_urls", mode="before")
+    @field_validator("webhook_urls", "tls_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -111,10 +123,23 @@ class Settings(BaseModel):
 
     @property
     def broker_url(self) -> str:
-        """Where the controller's own MQTT client connects."""
+        """Where the controller's own MQTT client connects (with TLS on, the embedded
+        broker's plain listener is on loopback, for this client only)."""
         if self.broker == "embedded":
-            return f"mqtt://{self.mqtt_host}:{self.mqtt_port}"
+            host = "127.0.0.1" if self.tls else self.mqtt_host
+            return f"mqtt://{host}:{self.mqtt_port}"
         return self.broker
+
+    @property
+    def embedded_device_broker_url(self) -> str:
+        if self.tls:
+            return f"mqtts://{self.mqtt_host}:{self.mqtts_port}"
+        return f"mqtt://{self.mqtt_host}:{self.mqtt_port}"
+
+    @property
+    def controller_mqtt_username(self) -> str:
+        """The controller's MQTT login name (``controller.devices.broker_auth``)."""
+        return self.mqtt_username or DEFAULT_CONTROLLER_MQTT_USERNAME
 
     @property
     def mqtt_client_id(self) -> str:
@@ -122,11 +147,28 @@ class Settings(BaseModel):
 
     @property
     def device_broker_url(self) -> str:
-        return self.public_broker_url or self.broker_url
+        if self.public_broker_url:
+            return self.public_broker_url
+        return self.embedded_device_broker_url if self.broker == "embedded" else self.broker
 
     @property
     def device_controller_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return self.public_url or f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def server_tls_hosts(self) -> list[str]:
+        """The names the server certificate must carry."""
+        if self.tls_hosts:
+            return list(self.tls_hosts)
+        hosts = [urlsplit(url).hostname for url in (self.public_url, self.public_broker_url)]
+        hosts += [self.mqtt_host, self.host, "localhost", "127.0.0.1"]
+        wildcard = {"0.0.0.0", "::", ""}  # noqa: S104 - names to leave out, not binds
+        return list(dict.fromkeys(h for h in hosts if h and h not in wildcard))
 
     @property
     def keys_dir(self) -> Path:

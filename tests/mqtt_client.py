@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import ssl
 import uuid
 from types import TracebackType
 from typing import Any
@@ -26,6 +27,7 @@ class TestClient:
         *,
         username: str | None = None,
         password: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
@@ -38,6 +40,8 @@ class TestClient:
         )
         if username is not None:
             self._client.username_pw_set(username, password)
+        if tls_context is not None:
+            self._client.tls_set_context(tls_context)
         self._client.on_connect = self._on_connect
         self._client.reconnect_delay_set(min_delay=0.1, max_delay=1)
         self._topic_filters: list[tuple[str, int]] = []

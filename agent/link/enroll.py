@@ -17,7 +17,11 @@ Invariants:
 - a trust root that verifies against itself proves only its integrity: anyone answering
   the enrollment can make one. With a ``TrustRootPin`` (the SHA-256 that
   ``edgefleet devices enroll`` prints, or a trust root provisioned on the device) any
-  other trust root is refused.
+  other trust root is refused;
+- the device makes its TLS key here and sends only a CSR (``device_identity``); a
+  certificate in the answer is kept only if it is for that key and device, from the CA
+  (the pinned one, with a ``CaPin``). The key is written mode 0600 under ``tls/`` with
+  the certificate and the CA, before ``agent.toml``, which then names them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +38,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from durable import PUBLIC_FILE_MODE, write_atomic
+from durable import PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, write_atomic
 from protocol import (
     Envelope,
     ProtocolError,
@@ -55,12 +60,20 @@ from ..errors import (
     translate_protocol_error,
 )
 from ..tls import default_tls_context
+from .device_identity import (
+    CaPin,
+    DeviceKey,
+    ca_context,
+    fetch_pinned_ca,
+    verify_issued_certificate,
+)
 
 __all__ = [
     "AGENT_CONFIG_FILE",
     "MAX_ENROLLMENT_ANSWER_BYTES",
     "TRUST_ROOT_FILE",
     "AgentConfigExistsError",
+    "CaPin",
     "EnrolledDevice",
     "EnrollmentAnswerError",
     "EnrollmentRefusedError",
@@ -76,6 +89,9 @@ logger = logging.getLogger(__name__)
 
 AGENT_CONFIG_FILE = "agent.toml"
 TRUST_ROOT_FILE = "trust-root.json"
+TLS_KEY_FILE = "tls/device.key"
+TLS_CERT_FILE = "tls/device.crt"
+TLS_CA_FILE = "tls/ca.crt"
 AGENT_STATE_DIR = "data"
 ENROLL_PATH = "/api/v1/enroll"
 MAX_ENROLLMENT_ANSWER_BYTES = 1024 * 1024
@@ -131,6 +147,8 @@ class EnrolledDevice:
     labels: dict[str, str]
     trust_root_envelope: Envelope = field(repr=False)
     trust_root: TrustRoot
+    # Files under the data directory (TLS_*_FILE -> bytes); the key among them.
+    tls_files: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def device_id(self) -> str:
@@ -142,9 +160,14 @@ def download_enrollment(
     token: str,
     *,
     device_id: str | None = None,
+    csr: str | None = None,
+    tls_context: ssl.SSLContext | None = None,
     timeout_s: float = ENROLL_TIMEOUT_S,
 ) -> Any:
-    """POST the token to the controller; return its decoded JSON answer.
+    """POST the token (and the CSR) to the controller; return its decoded JSON answer.
+
+    ``tls_context``: what an ``https`` controller must prove (the pinned CA); None: the
+    system's CAs.
 
     Raises ``EnrollmentRefusedError`` for a 4xx answer, ``HttpStatusError`` for a 5xx one,
     ``ConnectionFailedError``/``TransportTimeoutError`` when the controller is unreachable.
@@ -153,9 +176,11 @@ def download_enrollment(
     body: dict[str, str] = {"token": token}
     if device_id is not None:
         body["device_id"] = device_id
+    if csr is not None:
+        body["csr"] = csr
     try:
         with (
-            httpx.Client(timeout=timeout_s, verify=default_tls_context()) as client,
+            httpx.Client(timeout=timeout_s, verify=tls_context or default_tls_context()) as client,
             client.stream("POST", url, json=body) as response,
         ):
             content = _read_capped(response)
@@ -163,7 +188,10 @@ def download_enrollment(
     except httpx.TimeoutException as exc:
         raise TransportTimeoutError(f"no answer from {url}: {exc}") from exc
     except httpx.HTTPError as exc:
-        raise ConnectionFailedError(f"cannot reach the controller at {url}: {exc}") from exc
+        hint = ""
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc) and tls_context is None:
+            hint = " (a controller with its own CA: pass --ca-sha256 or --ca-file)"
+        raise ConnectionFailedError(f"cannot reach the controller at {url}: {exc}{hint}") from exc
     if status >= 400:
         detail = _detail(content)
         if status >= 500:
@@ -198,10 +226,17 @@ def _detail(content: bytes) -> str:
     return content[:500].decode("utf-8", "replace")
 
 
-def verify_enrollment(answer: Any, pin: TrustRootPin | None = None) -> EnrolledDevice:
+def verify_enrollment(
+    answer: Any,
+    pin: TrustRootPin | None = None,
+    *,
+    key: DeviceKey | None = None,
+    pinned_ca_pem: bytes | None = None,
+) -> EnrolledDevice:
     """Check an untrusted enrollment answer; raise ``EnrollmentAnswerError`` (or the
-    ``RefusalError`` of the trust root) unless every field is usable and the trust root
-    is the one ``pin`` expects."""
+    ``RefusalError`` of the trust root) unless every field is usable, the trust root is
+    the one ``pin`` expects, and a certificate in it is for ``key`` from the CA
+    (``pinned_ca_pem`` when given)."""
     if not isinstance(answer, dict):
         raise EnrollmentAnswerError("the enrollment answer is not a JSON object")
     missing = [name for name in _ANSWER_FIELDS if not isinstance(answer.get(name), str)]
@@ -222,6 +257,25 @@ def verify_enrollment(answer: Any, pin: TrustRootPin | None = None) -> EnrolledD
     if pin is not None:
         pin.verify(envelope)
     settings = {name: answer[name] for name in _ANSWER_FIELDS}
+    tls_files: dict[str, bytes] = {}
+    if key is not None and answer.get("client_certificate") is not None:
+        identity = verify_issued_certificate(
+            key=key,
+            device_id=settings["device_id"],
+            certificate_pem=answer["client_certificate"],
+            ca_pem=answer.get("ca_certificate"),
+            pinned_ca_pem=pinned_ca_pem,
+        )
+        tls_files = {
+            TLS_KEY_FILE: identity.private_key_pem,
+            TLS_CERT_FILE: identity.certificate_pem,
+            TLS_CA_FILE: identity.ca_pem,
+        }
+        settings |= {"tls_cert_file": TLS_CERT_FILE, "tls_key_file": TLS_KEY_FILE}
+    elif pinned_ca_pem is not None:
+        tls_files = {TLS_CA_FILE: pinned_ca_pem}
+    if TLS_CA_FILE in tls_files:
+        settings["tls_ca_file"] = TLS_CA_FILE
     try:
         # Every value must be one AgentConfig accepts (device id pattern, broker URL…).
         AgentConfig.model_validate(
@@ -235,6 +289,7 @@ def verify_enrollment(answer: Any, pin: TrustRootPin | None = None) -> EnrolledD
         labels=dict(labels),
         trust_root_envelope=envelope,
         trust_root=trust_root,
+        tls_files=tls_files,
     )
 
 
@@ -259,8 +314,9 @@ def render_agent_config(device: EnrolledDevice) -> str:
 
 
 def persist_enrollment(data_dir: Path, device: EnrolledDevice, *, force: bool) -> Path:
-    """Write ``trust-root.json`` then ``agent.toml`` (0600) into ``data_dir``; return the
-    path of ``agent.toml``. Refuses to replace it unless ``force``."""
+    """Write ``trust-root.json``, the TLS files (the key 0600), then ``agent.toml`` (0600)
+    into ``data_dir``; return the path of ``agent.toml``. Refuses to replace it unless
+    ``force``."""
     config_path = data_dir / AGENT_CONFIG_FILE
     _refuse_existing(config_path, force=force)
     try:
@@ -270,6 +326,11 @@ def persist_enrollment(data_dir: Path, device: EnrolledDevice, *, force: bool) -
             device.trust_root_envelope.to_bytes(),
             mode=PUBLIC_FILE_MODE,
         )
+        for name, content in device.tls_files.items():
+            path = data_dir / name
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            mode = PRIVATE_FILE_MODE if name == TLS_KEY_FILE else PUBLIC_FILE_MODE
+            write_atomic(path, content, mode=mode)
         write_atomic(config_path, render_agent_config(device).encode("utf-8"))
     except OSError as exc:
         raise LocalStateError(f"cannot write the enrollment into {data_dir}: {exc}") from exc
@@ -284,13 +345,27 @@ def enroll(
     device_id: str | None = None,
     force: bool = False,
     pin: TrustRootPin | None = None,
+    ca_pin: CaPin | None = None,
     timeout_s: float = ENROLL_TIMEOUT_S,
 ) -> tuple[EnrolledDevice, Path]:
-    """Enroll this device: check ``data_dir``, ask, verify, write. Returns the verified
-    enrollment and the path of ``agent.toml``."""
+    """Enroll this device: check ``data_dir``, make a key, ask, verify, write. Returns the
+    verified enrollment and the path of ``agent.toml``."""
     _refuse_existing(data_dir / AGENT_CONFIG_FILE, force=force)
-    answer = download_enrollment(controller_url, token, device_id=device_id, timeout_s=timeout_s)
-    device = verify_enrollment(answer, pin)
+    pinned_ca_pem = None
+    tls_context = None
+    if ca_pin is not None:
+        pinned_ca_pem = fetch_pinned_ca(controller_url, ca_pin, timeout_s=timeout_s)
+        tls_context = ca_context(pinned_ca_pem)
+    key = DeviceKey.generate(device_id or "edgefleet-device")
+    answer = download_enrollment(
+        controller_url,
+        token,
+        device_id=device_id,
+        csr=key.csr_pem,
+        tls_context=tls_context,
+        timeout_s=timeout_s,
+    )
+    device = verify_enrollment(answer, pin, key=key, pinned_ca_pem=pinned_ca_pem)
     config_path = persist_enrollment(data_dir, device, force=force)
     logger.info("enrolled as %s; wrote %s", device.device_id, config_path)
     return device, config_path

@@ -96,6 +96,9 @@ class LinkSettings:
     password: str | None = field(default=None, repr=False)
     keepalive_s: int = 30
     tls: bool = False
+    # With ``tls``: the context to use (the device's pinned CA and certificate,
+    # ``agent.tls.device_tls_context``); None: the system's CAs.
+    tls_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
     connect_timeout_s: float = 10.0
     ack_timeout_s: float = 10.0
     backoff_initial_s: float = 0.5
@@ -163,7 +166,7 @@ class MqttLink:
         self._settings = settings
         # Loading CA certificates reads the disk: once per process, not per reconnect.
         self._session_settings = settings.session_settings(
-            tls_context=default_tls_context() if settings.tls else None
+            tls_context=(settings.tls_context or default_tls_context()) if settings.tls else None
         )
         self._outbox = outbox
         self._will = will

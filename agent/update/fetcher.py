@@ -37,6 +37,7 @@ import os
 import random
 import re
 import shutil
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -170,9 +171,12 @@ class HttpFetcher:
         client: httpx.AsyncClient | None = None,
         sleep: Sleep = asyncio.sleep,
         free_bytes: Callable[[Path], int] | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.limits = limits or FetchLimits()
         self._client = client
+        # The device's pinned CA (agent.tls.device_tls_context); None: the system's CAs.
+        self._tls_context = tls_context
         self._sleep = sleep
         # How much a directory can still take (the simulator gives devices small disks).
         self._free_bytes = free_bytes or _disk_free_bytes
@@ -330,7 +334,7 @@ class HttpFetcher:
 
     def _session(self) -> httpx.AsyncClient | _Borrowed:
         if self._client is None:
-            return httpx.AsyncClient(verify=default_tls_context())
+            return httpx.AsyncClient(verify=self._tls_context or default_tls_context())
         return _Borrowed(self._client)
 
 

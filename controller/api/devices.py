@@ -1,9 +1,10 @@
 """Devices: enrollment tokens, enrollment, and the fleet's devices.
 
-``POST /api/v1/enroll`` is the one route without a bearer token: the one-time enrollment
-token in its body authenticates it, and it writes its own audit entry (actor
-``enrollment:<token id>``) since there is no principal for ``Audited``. A refused token
-answers 403 with one message whatever was wrong with it.
+``POST /api/v1/enroll`` is the one route without a bearer token that changes anything:
+the one-time enrollment token in its body authenticates it, and it writes its own audit
+entry (actor ``enrollment:<token id>``) since there is no principal for ``Audited``. A
+refused token answers 403 with one message whatever was wrong with it. ``GET
+/api/v1/ca.pem`` is open too: a CA certificate is public.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi.responses import PlainTextResponse
 
 from protocol import DEVICE_ID_PATTERN
 
@@ -137,6 +139,7 @@ def post_enrollment_token(
         device_id=row.device_id,
         controller_url=ctx.settings.device_controller_url,
         trust_root_sha256=hashlib.sha256(ctx.signer.trust_root_envelope.to_bytes()).hexdigest(),
+        ca_sha256=ctx.authority.sha256 if ctx.authority is not None else None,
     )
 
 
@@ -154,6 +157,8 @@ def post_enroll(body: EnrollRequest, ctx: Context, session: DbSession) -> Enroll
             device_id=body.device_id,
             settings=ctx.settings,
             trust_root_envelope=ctx.signer.trust_root_envelope,
+            csr=body.csr,
+            authority=ctx.authority,
         )
     except EnrollmentRefusedError as exc:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from exc
@@ -167,9 +172,26 @@ def post_enroll(body: EnrollRequest, ctx: Context, session: DbSession) -> Enroll
         actor,
         action="POST /api/v1/enroll",
         target=f"device {enrollment.device_id}",
-        details={"labels": enrollment.labels, "reenrolled": enrollment.reenrolled},
+        details={
+            "labels": enrollment.labels,
+            "reenrolled": enrollment.reenrolled,
+            "certificate": enrollment.client_certificate is not None,
+        },
     )
     return EnrollmentPublic.model_validate(enrollment.public_fields())
+
+
+@router.get(
+    "/ca.pem",
+    response_class=PlainTextResponse,
+    responses={404: {"description": "This controller runs without TLS."}},
+)
+def get_ca_certificate(ctx: Context) -> str:
+    """The CA certificate (PEM), open to anyone: a device fetches it before it enrolls
+    and trusts it only if its SHA-256 is the ``--ca-sha256`` it was given."""
+    if ctx.authority is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="this controller has no CA")
+    return ctx.authority.pem
 
 
 @router.get("/devices")

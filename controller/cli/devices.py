@@ -127,20 +127,21 @@ def enroll(
     answer = run_client(
         url, token, lambda c: c.request("POST", "/api/v1/enrollment-tokens", json=body)
     )
-    command = shlex.join(
-        [
-            "edgefleet-agent",
-            "enroll",
-            "--controller",
-            answer["controller_url"],
-            "--token",
-            answer["token"],
-            "--data-dir",
-            agent_data_dir,
-            "--trust-root-sha256",
-            answer["trust_root_sha256"],
-        ]
-    )
+    words = [
+        "edgefleet-agent",
+        "enroll",
+        "--controller",
+        answer["controller_url"],
+        "--token",
+        answer["token"],
+        "--data-dir",
+        agent_data_dir,
+        "--trust-root-sha256",
+        answer["trust_root_sha256"],
+    ]
+    if answer.get("ca_sha256"):
+        words += ["--ca-sha256", answer["ca_sha256"]]
+    command = shlex.join(words)
     if as_json:
         print_json({**answer, "command": command})
         return

@@ -10,6 +10,7 @@ import sys
 import typer
 
 from .audit import audit_app
+from .ca import ca_app
 from .devices import devices_app
 from .doc import doc_app
 from .keys import keys_app
@@ -24,6 +25,7 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(help="edgefleet: ship ML models to edge fleets safely.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(ca_app, name="ca")
 app.add_typer(doc_app, name="doc")
 app.add_typer(controller_app, name="controller")
 app.add_typer(tokens_app, name="tokens")

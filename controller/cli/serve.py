@@ -46,6 +46,18 @@ def controller_serve(
             help="'online', or 'offline' to keep it off this host (env EDGEFLEET_RELEASE_KEY).",
         ),
     ] = None,
+    tls: Annotated[
+        bool | None,
+        typer.Option(
+            "--tls/--no-tls",
+            help="HTTPS, MQTT over TLS and device certificates; needs `edgefleet ca init` "
+            "(env EDGEFLEET_TLS).",
+            show_default=False,
+        ),
+    ] = None,
+    mqtts_port: Annotated[
+        int | None, typer.Option(help="Embedded broker TLS port (env EDGEFLEET_MQTTS_PORT).")
+    ] = None,
     config: ConfigFile = None,
 ) -> None:
     """Serve the API (and the embedded MQTT broker) until SIGTERM or SIGINT."""
@@ -58,5 +70,7 @@ def controller_serve(
         broker=broker,
         mqtt_port=mqtt_port,
         release_key=release_key,
+        tls=tls,
+        mqtts_port=mqtts_port,
     )
     raise typer.Exit(serve(settings))

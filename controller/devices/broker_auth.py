@@ -11,10 +11,15 @@ The controller's own user may do anything under ``{prefix}/#``.
 - **Embedded amqtt broker**: ``embedded_broker_config(settings, engine)`` returns the
   ``amqtt.broker.Broker`` config. ``DeviceAuthPlugin`` checks logins against the
   ``devices`` table at every connect (decommissioned devices are refused) and
-  ``DeviceTopicPlugin`` applies the rules above. amqtt publishes a client's will without
-  any topic check, and re-sends retained messages of a persistent session without a
-  receive check, so the auth plugin also refuses a device whose will topic is not its own
-  ``state`` topic or whose client id is not its device id.
+  ``DeviceTopicPlugin`` applies the rules above. With ``settings.tls`` devices connect to
+  a TLS listener; one presenting a client certificate the CA issued is the device the
+  certificate names, if its ``device_certificates`` row is not revoked (the TLS handshake
+  already refused other CAs and expired certificates); a device with no certificate may
+  log in with its password only if ``device_password_login`` is on, and never over the
+  plain listener, which then listens on loopback for the controller alone. amqtt
+  publishes a client's will without any topic check, and re-sends retained messages of
+  a persistent session without a receive check, so the auth plugin also refuses a device
+  whose will topic is not its own ``state`` topic or whose client id is not its device id.
 - **Mosquitto**: ``write_mosquitto_files`` exports a password file (the ``$7$`` hashes as
   stored) and an ACL file of ``pattern`` lines with ``%u``.
 
@@ -28,6 +33,7 @@ may be called like that (``enrollment.RESERVED_DEVICE_ID_PREFIX``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import threading
@@ -35,6 +41,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
@@ -45,11 +52,12 @@ from sqlmodel import Session, col, select
 from durable import PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, write_atomic
 from protocol import Channel, ProtocolError, device_topic
 
+from ..ca import CA_CERT_FILE, server_certificate_files
 from ..db import make_engine
 from ..errors import ConfigError
-from ..settings import Settings
+from ..settings import DEFAULT_CONTROLLER_MQTT_USERNAME, Settings
 from .credentials import hash_mqtt_password, verify_mqtt_password
-from .tables import DeviceRecord
+from .tables import DeviceCertificate, DeviceRecord
 
 __all__ = [
     "DEFAULT_CONTROLLER_MQTT_USERNAME",
@@ -68,7 +76,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONTROLLER_MQTT_USERNAME = "edgefleet-controller"
 DEVICE_SUBSCRIBES: tuple[Channel, ...] = (Channel.DESIRED, Channel.CMD)
 DEVICE_PUBLISHES: tuple[Channel, ...] = (Channel.STATE, Channel.EVENTS, Channel.TELEMETRY)
 _PLUGIN_MODULE = __name__
@@ -124,6 +131,29 @@ def _password_text(password: Any) -> str | None:
     return password if isinstance(password, str) else None
 
 
+def _certificate_holder(engine: Engine, sha256: str) -> str | None:
+    """The enrolled device whose live certificate has this SHA-256, or None."""
+    with Session(engine) as session:
+        return session.exec(
+            select(DeviceCertificate.device_id)
+            .join(DeviceRecord, col(DeviceRecord.id) == col(DeviceCertificate.device_id))
+            .where(
+                col(DeviceCertificate.sha256) == sha256,
+                col(DeviceCertificate.revoked_at).is_(None),
+                col(DeviceRecord.decommissioned_at).is_(None),
+            )
+        ).first()
+
+
+def _peer_certificate(session: Any) -> bytes | None:
+    """The DER of the client certificate the TLS handshake verified, if any."""
+    ssl_object = getattr(session, "ssl_object", None)
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return der if isinstance(der, bytes) else None
+
+
 def _device_password_hash(engine: Engine, device_id: str) -> str | None:
     with Session(engine) as session:
         return session.exec(
@@ -161,22 +191,29 @@ class DeviceAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
         topic_prefix: str = ""
         controller_username: str = DEFAULT_CONTROLLER_MQTT_USERNAME
         controller_password_hash: str = ""
+        # Devices must come over TLS (settings.tls), and may use a password only if
+        # password_login (settings.device_password_login).
+        tls_required: bool = False
+        password_login: bool = True
 
     async def authenticate(self, *, session: Any) -> bool:
         config = self.config
         username = getattr(session, "username", None)
         password = _password_text(getattr(session, "password", None))
+        certificate = _peer_certificate(session)
+        if certificate is not None and username != config.controller_username:
+            return await self._certificate_login(session, certificate)
         if not username or password is None:
             return False
         if username == config.controller_username:
             return verify_mqtt_password(password, config.controller_password_hash)
-        if session.client_id != username:
-            logger.info("refused MQTT login of %s: client id %r", username, session.client_id)
+        if not self._may_log_in(session, username):
             return False
-        if session.will_flag and session.will_topic != device_topic(
-            config.topic_prefix, username, Channel.STATE
-        ):
-            logger.info("refused MQTT login of %s: will on %r", username, session.will_topic)
+        if config.tls_required and getattr(session, "ssl_object", None) is None:
+            logger.info("refused MQTT login of %s: plain TCP, TLS is required", username)
+            return False
+        if not config.password_login:
+            logger.info("refused MQTT login of %s: a password, a certificate is required", username)
             return False
         try:
             hashed = await asyncio.to_thread(_device_password_hash, config.engine, username)
@@ -186,6 +223,38 @@ class DeviceAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
             )
             return False
         return hashed is not None and verify_mqtt_password(password, hashed)
+
+    def _may_log_in(self, session: Any, device_id: str) -> bool:
+        """The client id and the will must be the device's own."""
+        if session.client_id != device_id:
+            logger.info("refused MQTT login of %s: client id %r", device_id, session.client_id)
+            return False
+        if session.will_flag and session.will_topic != device_topic(
+            self.config.topic_prefix, device_id, Channel.STATE
+        ):
+            logger.info("refused MQTT login of %s: will on %r", device_id, session.will_topic)
+            return False
+        return True
+
+    async def _certificate_login(self, session: Any, certificate: bytes) -> bool:
+        fingerprint = hashlib.sha256(certificate).hexdigest()
+        try:
+            holder = await asyncio.to_thread(_certificate_holder, self.config.engine, fingerprint)
+        except (SQLAlchemyError, ValueError) as exc:
+            logger.warning("refused an MQTT certificate login: cannot read the database: %s", exc)
+            return False
+        if holder is None:
+            logger.info("refused MQTT login by certificate %s: revoked or unknown", fingerprint)
+            return False
+        username = getattr(session, "username", None)
+        if username not in (None, "", holder):
+            logger.info("refused MQTT login of %s with the certificate of %s", username, holder)
+            return False
+        if not self._may_log_in(session, holder):
+            return False
+        # The topic rules read the username: the certificate's device, whatever was sent.
+        session.username = holder
+        return True
 
 
 class DeviceTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
@@ -208,20 +277,37 @@ class DeviceTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
 
 
 def embedded_broker_config(settings: Settings, engine: Engine) -> dict[str, Any]:
-    """The ``amqtt.broker.Broker`` config: a TCP listener on ``mqtt_host:mqtt_port`` and
+    """The ``amqtt.broker.Broker`` config: a TCP listener on ``mqtt_host:mqtt_port`` (on
+    loopback with TLS on), a TLS listener on ``mqtt_host:mqtts_port`` with TLS on, and
     the two plugins above. The controller's client logs in with
     ``controller_mqtt_credentials(settings)`` (call it in the same process)."""
     username, password = controller_mqtt_credentials(settings)
+    plain_host = urlsplit(settings.broker_url).hostname
+    listeners: dict[str, Any] = {
+        "default": {"type": "tcp", "bind": f"{plain_host}:{settings.mqtt_port}"}
+    }
+    if settings.tls:
+        cert_file, key_file = server_certificate_files(settings)
+        listeners["tls"] = {
+            "type": "tcp",
+            "bind": f"{settings.mqtt_host}:{settings.mqtts_port}",
+            "ssl": True,
+            # Client certificates are asked for and verified against the CA; a client
+            # without one may still log in with a password (DeviceAuthPlugin decides).
+            "cafile": str(settings.tls_dir / CA_CERT_FILE),
+            "certfile": str(cert_file),
+            "keyfile": str(key_file),
+        }
     return {
-        "listeners": {
-            "default": {"type": "tcp", "bind": f"{settings.mqtt_host}:{settings.mqtt_port}"}
-        },
+        "listeners": listeners,
         "plugins": {
             f"{_PLUGIN_MODULE}.DeviceAuthPlugin": {
                 "engine": engine,
                 "topic_prefix": settings.topic_prefix,
                 "controller_username": username,
                 "controller_password_hash": hash_mqtt_password(password),
+                "tls_required": settings.tls,
+                "password_login": settings.device_password_login,
             },
             f"{_PLUGIN_MODULE}.DeviceTopicPlugin": {
                 "topic_prefix": settings.topic_prefix,

@@ -19,7 +19,10 @@ Invariants:
   its deployment and command sequences keep growing, so nothing signed for the old
   enrollment can be replayed as newer;
 - device ids starting with ``edgefleet-controller`` are reserved for the controller's
-  own MQTT clients, and no device may be called like ``settings.mqtt_username``.
+  own MQTT clients, and no device may be called like ``settings.mqtt_username``;
+- with a certificate authority, a device that sends a CSR gets a client certificate
+  naming it (``controller.ca``); enrolling again and decommissioning revoke every
+  certificate the device had. With ``device_password_login`` off, a CSR is required.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from sqlmodel import Session, col, select
 
 from protocol import Envelope, ProtocolError, verify_device_id
 
+from ..ca import CertificateAuthority
 from ..errors import BadRequestError, ConflictError, EnrollmentRefusedError, NotFoundError
 from ..settings import Settings
 from ..tables import ApiToken, utcnow
@@ -45,7 +49,13 @@ from ..tokens import Role, create_token
 from .credentials import generate_mqtt_password, hash_mqtt_password
 from .desired import clear_desired
 from .selectors import verify_labels
-from .tables import DeviceEventRecord, DeviceModelRecord, DeviceRecord, EnrollmentToken
+from .tables import (
+    DeviceCertificate,
+    DeviceEventRecord,
+    DeviceModelRecord,
+    DeviceRecord,
+    EnrollmentToken,
+)
 
 __all__ = [
     "ENROLLMENT_TOKEN_PREFIX",
@@ -80,10 +90,15 @@ class Enrollment:
     trust_root: dict[str, Any] = field(repr=False)
     token_id: str
     reenrolled: bool
+    # PEM, when the controller has a CA and the device sent a CSR.
+    client_certificate: str | None = None
+    ca_certificate: str | None = None
 
     def public_fields(self) -> dict[str, Any]:
         """The answer to the device (the fields of ``EnrollmentPublic``)."""
         return {
+            "client_certificate": self.client_certificate,
+            "ca_certificate": self.ca_certificate,
             "device_id": self.device_id,
             "labels": dict(self.labels),
             "mqtt_username": self.mqtt_username,
@@ -165,16 +180,24 @@ def enroll_device(
     device_id: str | None,
     settings: Settings,
     trust_root_envelope: Envelope,
+    csr: str | None = None,
+    authority: CertificateAuthority | None = None,
 ) -> Enrollment:
     """Consume ``token`` and create (or re-create) the device it enrolls.
 
     The device id is the token's; else ``device_id`` as the device proposes it; else a
     generated ``dev-<12 hex>``. Raises ``EnrollmentRefusedError`` for any token problem,
     ``ConflictError`` when the id is enrolled now or differs from the token's, and
-    ``BadRequestError`` for an invalid or reserved proposed id.
+    ``BadRequestError`` for an invalid or reserved proposed id, a bad CSR, or no CSR when
+    devices must log in with a certificate.
     """
     row = _check_token(session, token)
     chosen = _choose_device_id(row, device_id, settings)
+    if authority is not None and csr is None and not settings.device_password_login:
+        raise BadRequestError(
+            "this controller admits devices by certificate only: enroll with an agent that "
+            "sends a certificate request (edgefleet-agent 0.16 or later)"
+        )
     now = utcnow()
     consumed = session.execute(
         update(EnrollmentToken)
@@ -206,6 +229,19 @@ def enroll_device(
     except IntegrityError as exc:
         # Another enrollment inserted the same id between our read and our insert.
         raise ConflictError(f"device {chosen!r} is already enrolled") from exc
+    client_certificate = None
+    if authority is not None and csr is not None:
+        issued = authority.issue_device_certificate(csr, chosen, now=now)
+        session.add(
+            DeviceCertificate(
+                serial=issued.serial,
+                device_id=chosen,
+                sha256=issued.sha256,
+                issued_at=now,
+                expires_at=issued.not_after,
+            )
+        )
+        client_certificate = issued.pem
     return Enrollment(
         device_id=chosen,
         labels=dict(row.labels),
@@ -218,14 +254,18 @@ def enroll_device(
         trust_root=trust_root_envelope.to_json_obj(),
         token_id=row.id,
         reenrolled=existing is not None,
+        client_certificate=client_certificate,
+        ca_certificate=authority.pem if client_certificate is not None and authority else None,
     )
 
 
 def decommission_device(session: Session, *, device_id: str) -> DeviceRecord:
-    """Retire a device: mark it, clear its desired state, revoke its API token. Idempotent.
+    """Retire a device: mark it, clear its desired state, revoke its API token and its
+    certificates. Idempotent.
 
     Its MQTT login stops working where the broker reads the database (the embedded
-    broker) at its next connect, and in Mosquitto after the next password-file export.
+    broker, which also ends its live session), and in Mosquitto after the next export of
+    the password file and the CRL (``edgefleet devices mosquitto-config``).
     """
     device = session.exec(
         select(DeviceRecord).where(DeviceRecord.id == device_id).with_for_update()
@@ -243,8 +283,21 @@ def decommission_device(session: Session, *, device_id: str) -> DeviceRecord:
         if api_token is not None and api_token.revoked_at is None:
             api_token.revoked_at = now
             session.add(api_token)
+    _revoke_certificates(session, device.id, now)
     session.flush()
     return device
+
+
+def _revoke_certificates(session: Session, device_id: str, now: datetime) -> None:
+    session.execute(
+        update(DeviceCertificate)
+        .where(
+            col(DeviceCertificate.device_id) == device_id,
+            col(DeviceCertificate.revoked_at).is_(None),
+        )
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _check_token(session: Session, token: str) -> EnrollmentToken:
@@ -284,6 +337,7 @@ def _refuse_enrolled(session: Session, device_id: str) -> None:
 
 def _reset_for_reenrollment(session: Session, device: DeviceRecord) -> None:
     """Forget what the old enrollment reported and wanted; keep the sequences growing."""
+    _revoke_certificates(session, device.id, utcnow())
     session.execute(
         delete(DeviceEventRecord)
         .where(col(DeviceEventRecord.device_id) == device.id)

@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 MAX_TOKEN_CHARS = 256
+MAX_CSR_BYTES = 8 * 1024  # controller.ca.MAX_CSR_BYTES; a P-256 CSR is under 600
 
 
 class EnrollmentTokenCreate(BaseModel):
@@ -51,6 +52,9 @@ class EnrollmentTokenPublic(BaseModel):
     # SHA-256 of the trust root file enrollment hands out, for ``--trust-root-sha256``:
     # the device then refuses any other trust root, whoever answers its enrollment.
     trust_root_sha256: str
+    # With TLS on: SHA-256 of the CA certificate (DER), for ``--ca-sha256``: the device
+    # checks the controller's HTTPS against that CA before it sends the token.
+    ca_sha256: str | None = None
 
 
 class EnrollRequest(BaseModel):
@@ -58,6 +62,8 @@ class EnrollRequest(BaseModel):
 
     token: str = Field(max_length=MAX_TOKEN_CHARS)
     device_id: str | None = Field(default=None, max_length=64)
+    # A PEM certificate request for the key the device made; it gets a client certificate.
+    csr: str | None = Field(default=None, max_length=MAX_CSR_BYTES)
 
 
 class EnrollmentPublic(BaseModel):
@@ -70,6 +76,8 @@ class EnrollmentPublic(BaseModel):
     controller_url: str
     controller_token: str
     trust_root: dict[str, Any]
+    client_certificate: str | None = None
+    ca_certificate: str | None = None
 
 
 class DeviceModelPublic(BaseModel):

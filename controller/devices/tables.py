@@ -40,6 +40,7 @@ from sqlmodel import Field, SQLModel
 from ..tables import timestamp_field
 
 __all__ = [
+    "DeviceCertificate",
     "DeviceEventRecord",
     "DeviceModelRecord",
     "DeviceRecord",
@@ -90,6 +91,25 @@ class DeviceRecord(SQLModel, table=True):
     desired_sequence: int | None = None
     # The sequence last handed to the broker; below desired_sequence means "publish again".
     published_sequence: int | None = None
+
+
+class DeviceCertificate(SQLModel, table=True):
+    """A client certificate issued to a device at enrollment (``controller.ca``).
+
+    The brokers accept a certificate only while its row has no ``revoked_at`` and its
+    device is enrolled: decommissioning and re-enrollment revoke the device's rows, and the
+    Mosquitto CRL lists the revoked ones that have not expired yet.
+    """
+
+    __tablename__ = "device_certificates"
+
+    serial: str = Field(primary_key=True, max_length=64)
+    device_id: str = Field(max_length=64, index=True)
+    # SHA-256 of the certificate's DER: what a TLS peer presents, looked up at login.
+    sha256: str = Field(max_length=64, unique=True)
+    issued_at: datetime = timestamp_field()
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    revoked_at: datetime | None = timestamp_field(nullable=True)
 
 
 class DeviceModelRecord(SQLModel, table=True):

@@ -63,6 +63,7 @@ from protocol import (
 )
 from protocol.topics import verify_prefix
 
+from ..ca import CA_CERT_FILE, controller_client_files
 from ..errors import BridgeError, BrokerAuthError, ConfigError
 from ..settings import Settings
 from .ingest import Dropped, QueuedReport, WrittenReports, decode_report, write_reports
@@ -131,6 +132,20 @@ def _session_settings(
         raise ConfigError(f"invalid MQTT settings: {exc}") from exc
 
 
+def broker_tls_context(settings: Settings) -> ssl.SSLContext:
+    """TLS to an external broker: the system's CAs and, when the controller has its own
+    CA, that one too and the controller's client certificate (for a broker that asks
+    every client for one, as the Mosquitto configuration edgefleet writes does)."""
+    context = ssl.create_default_context()
+    ca_file = settings.tls_dir / CA_CERT_FILE
+    if ca_file.exists():
+        context.load_verify_locations(cafile=str(ca_file))
+        cert_file, key_file = controller_client_files(settings)
+        if cert_file.exists() and key_file.exists():
+            context.load_cert_chain(str(cert_file), str(key_file))
+    return context
+
+
 def _broker_address(url: str) -> tuple[str, int, bool]:
     """Host, port and whether to use TLS, from ``mqtt://host:port`` or ``mqtts://…``."""
     parts = urlsplit(url)
@@ -172,7 +187,7 @@ class MqttBridge:
         self.metrics = BridgeMetrics(registry or CollectorRegistry())
         self._host, self._port, tls = _broker_address(settings.broker_url)
         self._session_settings = _session_settings(
-            settings, tls_context=ssl.create_default_context() if tls else None
+            settings, tls_context=broker_tls_context(settings) if tls else None
         )
         self._subscriptions = _subscriptions(settings)
         self._batch_size = settings.ingest_batch_size
