@@ -21,7 +21,7 @@ from . import __version__
 from .api import artifacts, devices, health, models, releases, rollouts
 from .api.concurrency import HandlerConcurrencyLimit, HandlerSlots
 from .api.deps import Viewer
-from .api.limits import BodyRule, RequestLimits, token_admission
+from .api.limits import REFUSAL_REASONS, BodyRule, RequestLimits, token_admission
 from .ca import load_authority
 from .context import ControllerContext, prepare_data_dir
 from .db import make_engine, reader_engine
@@ -117,6 +117,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     app.add_exception_handler(ControllerError, _controller_error)
     app.add_exception_handler(RolloutSpecError, _controller_error)
     app.middleware("http")(_measure(ctx))
+    for reason in REFUSAL_REASONS:  # at zero from the start, so rates and alerts work
+        ctx.metrics.http_requests_refused.labels(reason)
     # Requests wait here before they take a worker thread or a connection...
     slots = HandlerSlots()
     app.add_middleware(HandlerConcurrencyLimit, slots=slots)
@@ -136,6 +138,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
                 admission=token_admission(ctx.read_engine, Role.OPERATOR, slots),
             )
         ],
+        # A refused request never reaches _measure: it is counted here.
+        on_refusal=lambda refusal: ctx.metrics.http_requests_refused.labels(refusal.reason).inc(),
     )
     return app
 

@@ -20,6 +20,14 @@ class Metrics:
             ["route", "method", "status"],
             registry=self.registry,
         )
+        # Refused before the app ran (``api.limits``): no route, so not in http_requests.
+        self.http_requests_refused = Counter(
+            "edgefleet_http_requests_refused_total",
+            "HTTP requests refused before their route ran, by reason (too_large, too_slow,"
+            " bad_content_length, unauthorized, forbidden).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.http_latency = Histogram(
             "edgefleet_http_request_duration_seconds",
             "HTTP request latency by route template.",

@@ -17,6 +17,9 @@ Invariants it keeps:
   body. A client that sends slowly or never holds a socket
   and at most its limit in memory or on disk, never a handler slot, a worker thread or a
   database connection.
+- **Every refusal is reported.** ``on_refusal`` is called with each one before it is
+  sent (the app's metrics count them: a refused request never reaches the app's
+  middleware, so nothing else would).
 - **Uploads are admitted before they are spooled.** A rule may carry an admission check
   (for uploads: a bearer token with the operator role, checked under a handler slot), so
   a client without a token cannot make the controller write its body to disk; a small
@@ -55,6 +58,7 @@ from ..tokens import Role, authenticate
 from .concurrency import HandlerSlots
 
 __all__ = [
+    "REFUSAL_REASONS",
     "Admission",
     "BodyRule",
     "Refusal",
@@ -65,6 +69,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REPLAY_CHUNK_BYTES = 256 * 1024
+# Every ``Refusal.reason`` this module gives, so that a counter can start each at zero.
+REFUSAL_REASONS = ("too_large", "too_slow", "bad_content_length", "unauthorized", "forbidden")
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class Refusal:
     status: int
     detail: str
     kind: str
+    reason: str  # a metrics label, one of REFUSAL_REASONS
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
@@ -116,6 +123,7 @@ class RequestLimits:
         spool_dir: Path,
         rules: Sequence[BodyRule] = (),
         clock: Callable[[], float] = time.monotonic,
+        on_refusal: Callable[[Refusal], None] = lambda _refusal: None,
     ) -> None:
         self.app = app
         self.max_request_bytes = max_request_bytes
@@ -124,6 +132,7 @@ class RequestLimits:
         self.spool_dir = spool_dir
         self.rules = tuple(rules)
         self.clock = clock
+        self.on_refusal = on_refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -135,12 +144,16 @@ class RequestLimits:
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         declared = headers.get("content-length")
         if declared is not None and not declared.isdigit():
-            await _refuse(
-                scope, send, Refusal(400, "Content-Length is not a number", "BadRequestError")
+            await self._refuse(
+                scope,
+                send,
+                Refusal(
+                    400, "Content-Length is not a number", "BadRequestError", "bad_content_length"
+                ),
             )
             return
         if declared is not None and int(declared) > max_bytes:
-            await _refuse(scope, send, _too_large(max_bytes))
+            await self._refuse(scope, send, _too_large(max_bytes))
             return
         if not chunked and not int(declared or 0):
             await self.app(scope, receive, send)  # no body to wait for
@@ -148,14 +161,14 @@ class RequestLimits:
         if rule is not None and rule.admission is not None:
             refusal = await rule.admission(scope)
             if refusal is not None:
-                await _refuse(scope, send, refusal)
+                await self._refuse(scope, send, refusal)
                 return
         spool: _Sink = _Spool(self.spool_dir) if rule is not None and rule.spool else _Memory()
         try:
             try:
                 await self._receive_body(receive, spool, max_bytes)
             except _BodyRefusedError as refused:
-                await _refuse(scope, send, refused.refusal)
+                await self._refuse(scope, send, refused.refusal)
                 return
             except _DisconnectedError:
                 return
@@ -177,6 +190,7 @@ class RequestLimits:
                         408,
                         f"the request body did not arrive in time ({received} bytes received)",
                         "RequestTimeoutError",
+                        "too_slow",
                     )
                 ) from None
             if message["type"] == "http.disconnect":
@@ -189,9 +203,15 @@ class RequestLimits:
             if not message.get("more_body", False):
                 return
 
+    async def _refuse(self, scope: Scope, send: Send, refusal: Refusal) -> None:
+        self.on_refusal(refusal)
+        await _refuse(scope, send, refusal)
+
 
 def _too_large(max_bytes: int) -> Refusal:
-    return Refusal(413, f"the request body exceeds {max_bytes} bytes", "UploadTooLargeError")
+    return Refusal(
+        413, f"the request body exceeds {max_bytes} bytes", "UploadTooLargeError", "too_large"
+    )
 
 
 async def _refuse(scope: Scope, send: Send, refusal: Refusal) -> None:
@@ -307,6 +327,7 @@ def token_admission(engine: Engine, role: Role, slots: HandlerSlots) -> Admissio
                 403,
                 f"this needs the {role.value} role; the token has {principal.role.value}",
                 "ForbiddenError",
+                "forbidden",
             )
         return None
 
@@ -324,5 +345,6 @@ _UNAUTHORIZED = Refusal(
     401,
     "a valid bearer token is required",
     "UnauthorizedError",
+    "unauthorized",
     headers=((b"www-authenticate", b"Bearer"),),
 )

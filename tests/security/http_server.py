@@ -124,3 +124,17 @@ def get(served: ServedController, path: str) -> int:
         sock.sendall(request_head("GET", path, {"Connection": "close"}))
         status, _headers, _body = read_answer(sock)
         return status
+
+
+def metric(served: ServedController, sample: str) -> float:
+    """The value of one sample (``name{labels}``) of ``/metrics``, as a scraper reads it."""
+    with served.connect() as sock:
+        headers = {"Authorization": f"Bearer {served.token(Role.VIEWER)}", "Connection": "close"}
+        sock.sendall(request_head("GET", "/metrics", headers))
+        status, _headers, body = read_answer(sock)
+    assert status == 200, body
+    for line in body.decode().splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    raise AssertionError(f"{sample} is not in /metrics")

@@ -23,6 +23,7 @@ from tests.security.http_server import (
     ServedController,
     closed_by_server,
     controller_settings,
+    metric,
     read_answer,
     request_head,
     served,
@@ -198,3 +199,25 @@ def test_upload_over_the_json_limit_still_reaches_the_upload_route(
     assert status == 422, answer
     assert "bin" in json.loads(answer)["detail"]
     assert not list((controller.settings.work_dir / "uploads").glob("*"))
+
+
+def test_refused_bodies_are_counted_in_metrics(controller: ServedController) -> None:
+    """A refusal never reaches the route, so it is counted apart, for the operator to see."""
+    too_large = 'edgefleet_http_requests_refused_total{reason="too_large"}'
+    unauthorized = 'edgefleet_http_requests_refused_total{reason="unauthorized"}'
+    assert metric(controller, too_large) == 0
+    oversized = {"Content-Type": "application/json", "Content-Length": str(300 * MIB)}
+    with controller.connect() as sock:
+        sock.sendall(request_head("POST", "/api/v1/rollouts", oversized))
+        _refused_at_once(sock)
+    chunked = {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+    with controller.connect() as sock:
+        sock.sendall(request_head("POST", "/api/v1/enroll", chunked))
+        _stream_until_answered(sock)
+        _refused_at_once(sock)
+    upload = {"Content-Type": "multipart/form-data; boundary=x", "Content-Length": "1024"}
+    with controller.connect() as sock:
+        sock.sendall(request_head("POST", "/api/v1/models/m/versions", upload) + b"-" * 1024)
+        _refused_at_once(sock, 401)
+    assert metric(controller, too_large) == 2
+    assert metric(controller, unauthorized) == 1

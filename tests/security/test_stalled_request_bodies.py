@@ -24,6 +24,7 @@ from tests.security.http_server import (
     closed_by_server,
     controller_settings,
     get,
+    metric,
     read_answer,
     request_head,
     served,
@@ -118,3 +119,12 @@ def test_body_trickled_below_the_minimum_rate_is_cut_off(controller: ServedContr
         assert answered is not None, "the trickled body was never cut off"
         assert answered[0] == 408
         assert time.monotonic() - started < BODY_TIMEOUT_S + 1.0
+
+
+def test_stalled_bodies_are_counted_in_metrics(controller: ServedController) -> None:
+    too_slow = 'edgefleet_http_requests_refused_total{reason="too_slow"}'
+    assert metric(controller, too_slow) == 0
+    with controller.connect() as sock:
+        sock.sendall(request_head("POST", "/api/v1/enroll", {"Content-Length": "100"}))
+        assert read_answer(sock)[0] == 408
+    assert metric(controller, too_slow) == 1
