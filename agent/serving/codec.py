@@ -13,8 +13,9 @@ HTTP.
 Invariants:
 - request bodies are standard JSON: ``NaN``/``Infinity`` literals, invalid UTF-8 and
   nesting deeper than 1,024 levels are refused with a 400;
-- JSON ``data`` is never cast silently: integers outside the datatype's range, fractions
-  for integer types and numbers for ``BOOL`` are refused;
+- JSON ``data`` is never cast silently: integers outside the datatype's range, numbers
+  that would overflow a float datatype to infinity (``1e300`` for ``FP32``, ``70000``
+  for ``FP16``), fractions for integer types and numbers for ``BOOL`` are refused;
 - a shape has at most ``MAX_SHAPE_DIMS`` dimensions and its non-zero dimensions multiply
   to fewer bytes than numpy can index (``MAX_TENSOR_BYTES``), so ``[0, 2**62, 2**62]`` is
   a 400 and never reaches numpy, which would raise;
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -152,18 +153,71 @@ def decode_tensor(name: str, datatype: str, shape: list[int], data: list[Any]) -
             raise InputDataError(f"input {name!r} is BOOL: data must be true or false")
     elif dtype.kind in "iu":
         if kind not in "iu":
-            raise InputDataError(f"input {name!r} is {datatype}: data must be integers")
-        if array.dtype != dtype:
-            info = np.iinfo(dtype)
-            low, high = int(array.min()), int(array.max())
-            if low < info.min or high > info.max:
-                raise InputDataError(
-                    f"input {name!r} is {datatype}: data from {low} to {high} is out of "
-                    f"its range [{info.min}, {info.max}]"
-                )
-    elif kind not in "iuf":
-        raise InputDataError(f"input {name!r} is {datatype}: data must be numbers")
+            # numpy makes floats or objects of integers that none of its integer types
+            # holds all of ([-1, 2**64 - 1], [2**70]), and floats of [0, 2**64 - 1].
+            values = list(_leaves(data))
+            if not all(type(value) is int for value in values):
+                raise InputDataError(f"input {name!r} is {datatype}: data must be integers")
+            _verify_integer_range(name, datatype, min(values), max(values))
+            array = np.array(values, dtype=dtype)
+        elif array.dtype != dtype:
+            _verify_integer_range(name, datatype, int(array.min()), int(array.max()))
+    else:
+        return _to_float(name, datatype, array, data).reshape(shape)
     return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _leaves(data: list[Any]) -> Iterator[Any]:
+    """The values of nested lists, in order (on error paths only: one object per value)."""
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            yield value
+        else:
+            stack.pop()
+
+
+def _verify_integer_range(name: str, datatype: str, low: int, high: int) -> None:
+    info = np.iinfo(numpy_dtype_of(datatype))
+    if low < info.min or high > info.max:
+        raise InputDataError(
+            f"input {name!r} is {datatype}: data from {low} to {high} is out of "
+            f"its range [{info.min}, {info.max}]"
+        )
+
+
+def _to_float(name: str, datatype: str, array: Array, data: list[Any]) -> Array:
+    """``array`` as ``datatype``, refusing a finite value that becomes infinite in it."""
+    dtype = numpy_dtype_of(datatype)
+    limit = float(np.finfo(dtype).max)
+    if array.dtype.kind == "O":  # integers too large for int64 or uint64, maybe with floats
+        if not all(type(value) in (int, float) for value in _leaves(data)):
+            raise InputDataError(f"input {name!r} is {datatype}: data must be numbers")
+        try:
+            array = np.array([float(value) for value in _leaves(data)], dtype=np.float64)
+        except OverflowError:  # beyond FP64
+            raise InputDataError(
+                f"input {name!r} is {datatype}: data holds an integer out of its range "
+                f"[{-limit:.6g}, {limit:.6g}]"
+            ) from None
+    elif array.dtype.kind not in "iuf":
+        raise InputDataError(f"input {name!r} is {datatype}: data must be numbers")
+    with np.errstate(over="ignore"):  # overflow is checked below, once for the array
+        converted = array.astype(dtype, copy=False)
+    finite = np.isfinite(converted)
+    if not finite.all():
+        # Parsed JSON has no Infinity or NaN, but a caller's list may: those stay.
+        overflowed = ~finite & np.isfinite(array)
+        if overflowed.any():
+            value = float(array.flat[int(np.argmax(overflowed))])
+            raise InputDataError(
+                f"input {name!r} is {datatype}: {value:.6g} is out of its range "
+                f"[{-limit:.6g}, {limit:.6g}]"
+            )
+    return converted
 
 
 def decode_binary_tensor(

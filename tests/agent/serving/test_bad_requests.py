@@ -7,10 +7,14 @@ status it must get, and words the message must contain.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from agent.errors import InputDataError
 from agent.serving.codec import decode_tensor
@@ -121,6 +125,14 @@ def test_chunked_body_over_the_limit_is_refused_with_413(api: RunningApi) -> Non
     [
         ("UINT8", [300], "out of its range"),
         ("INT8", [-129], "out of its range"),
+        ("UINT16", [-1], "out of its range [0, 65535]"),
+        ("INT64", [2**70], "out of its range"),  # numpy makes objects of it
+        ("UINT64", [-1, 2**64 - 1], "out of its range"),  # numpy makes floats of these
+        ("FP32", [1e300], "1e+300 is out of its range"),
+        ("FP16", [1, 70000], "70000 is out of its range [-65504, 65504]"),
+        ("FP16", [-70000.0], "-70000 is out of its range"),
+        ("FP32", [2**200], "out of its range"),
+        ("FP64", [10**400], "out of its range"),
         ("INT32", [1.5], "integers"),
         ("INT64", [True], "integers"),
         ("BOOL", [1], "true or false"),
@@ -129,7 +141,7 @@ def test_chunked_body_over_the_limit_is_refused_with_413(api: RunningApi) -> Non
     ],
 )
 def test_data_is_never_cast_silently(datatype: str, data: list[Any], words: str) -> None:
-    with pytest.raises(InputDataError, match=words):
+    with pytest.raises(InputDataError, match=re.escape(words)):
         decode_tensor("x", datatype, [len(data)], data)
 
 
@@ -140,6 +152,9 @@ def test_data_is_never_cast_silently(datatype: str, data: list[Any], words: str)
         ("INT64", [-(2**63), 2**63 - 1], np.array([-(2**63), 2**63 - 1], dtype=np.int64)),
         ("BOOL", [True, False], np.array([True, False])),
         ("FP16", [1, 0.5], np.array([1, 0.5], dtype=np.float16)),
+        ("FP16", [65504, -65504], np.array([65504, -65504], dtype=np.float16)),
+        ("FP32", [2**70, 1e38], np.array([2**70, 1e38], dtype=np.float32)),
+        ("UINT64", [0, 2**64 - 1], np.array([0, 2**64 - 1], dtype=np.uint64)),
         ("FP32", [[1, 2.5]], np.array([1, 2.5], dtype=np.float32)),
     ],
 )
@@ -149,3 +164,78 @@ def test_data_of_every_kind_decodes_exactly(
     decoded = decode_tensor("x", datatype, [2], data)
     assert decoded.dtype == expected.dtype
     assert np.array_equal(decoded, expected)
+
+
+TYPED = {"FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "UINT8": TensorProto.UINT8}
+TYPED |= {"INT8": TensorProto.INT8, "UINT32": TensorProto.UINT32}
+
+
+def _identity_model(path: Path, elem_type: int) -> Path:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", elem_type, [1])],
+        [helper.make_tensor_value_info("y", elem_type, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def identity_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("identity-models")
+    return {
+        datatype: _identity_model(directory / f"{datatype}.onnx", elem_type)
+        for datatype, elem_type in TYPED.items()
+    }
+
+
+@pytest.fixture
+def typed_api(identity_models: dict[str, Path], serve: Any) -> RunningApi:
+    """One model per datatype, named after it: y = x, x of shape [1]."""
+    servers = {dt: loaded_server(dt, path) for dt, path in identity_models.items()}
+    running: RunningApi = serve(servers)
+    return running
+
+
+def _infer_one(api: RunningApi, datatype: str, value: Any) -> Any:
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": datatype, "data": [value]}]}
+    return api.client.post(f"/v2/models/{datatype}/infer", json=body)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value"),
+    [
+        ("FP16", 70000),
+        ("FP16", 1e300),
+        ("FP32", 1e300),
+        ("FP32", -1e39),
+        ("UINT8", 300),
+        ("UINT8", -1),
+        ("INT8", 300),
+        ("UINT32", -1),
+    ],
+)
+def test_value_beyond_its_datatype_is_refused_not_cast(
+    typed_api: RunningApi, datatype: str, value: Any
+) -> None:
+    """numpy would make 70000 an FP16 inf and 300 a UINT8 44; the model never sees either."""
+    response = _infer_one(typed_api, datatype, value)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert f"input 'x' is {datatype}" in error
+    assert "out of its range" in error
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value"),
+    [("FP16", 65504), ("FP16", -65504.0), ("FP32", 3.4e38), ("UINT8", 255), ("INT8", -128)],
+)
+def test_value_at_the_edge_of_its_datatype_is_served(
+    typed_api: RunningApi, datatype: str, value: Any
+) -> None:
+    response = _infer_one(typed_api, datatype, value)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == [pytest.approx(value, rel=1e-6)]
