@@ -4,7 +4,9 @@
 
     ControllerError                    500  root of every error the controller raises
     ├── ConfigError                    500  settings that cannot be read or are invalid
-    │   └── BrokerAuthError            500  the MQTT broker refused the controller's login
+    │   ├── BrokerAuthError            500  the MQTT broker refused the controller's login
+    │   ├── MissingPassphraseError     500  no variable, credential or file has a key's passphrase
+    │   └── WrongPassphraseError       500  a signing key's passphrase does not unlock it
     ├── KeyStoreError                  500  the key directory is missing, incomplete or used
     ├── NotFoundError                  404  a model, version, release, device or artifact
     ├── ConflictError                  409  a request that contradicts what is stored
@@ -38,11 +40,13 @@ __all__ = [
     "EnrollmentRefusedError",
     "JobError",
     "KeyStoreError",
+    "MissingPassphraseError",
     "ModelRejectedError",
     "NotFoundError",
     "ReleaseKeyOfflineError",
     "SelectorError",
     "UploadTooLargeError",
+    "WrongPassphraseError",
 ]
 
 
@@ -57,6 +61,15 @@ class ConfigError(ControllerError):
 class BrokerAuthError(ConfigError):
     """The MQTT broker refused the controller's credentials: retrying cannot help, an
     operator must fix ``mqtt_username``/``mqtt_password`` (or the broker's users)."""
+
+
+class MissingPassphraseError(ConfigError):
+    """No variable, systemd credential (or, for the controller, file) has a signing key's
+    passphrase."""
+
+
+class WrongPassphraseError(ConfigError):
+    """A signing key's passphrase does not unlock it (or the key file is damaged)."""
 
 
 class KeyStoreError(ControllerError):

@@ -8,6 +8,9 @@ Layout of a key directory::
     trust-roots/1.json, 2.json, ...                     every version, for devices to walk
     retired/ROLE.vN.key.pem                             keys replaced by rotation at version N
 
+Each private key is encrypted with its own role's passphrase, given by the caller
+(``controller.passphrases`` says where they come from); this module never stores one.
+
 Invariants: nothing is ever overwritten in place (temp file, fsync, ``os.replace``);
 ``init`` refuses a directory that already holds a trust root; a rotated trust root is
 verified against the previous one with the same rules devices use before it is written.
@@ -23,6 +26,7 @@ directory holds the old set or the new set, never a key its trust root does not 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -72,11 +76,19 @@ class KeyStore:
         return self.directory / "trust-roots" / f"{version}.json"
 
     def init(
-        self, *, passphrase: bytes, now: datetime, lifetime: timedelta = DEFAULT_TRUST_ROOT_LIFETIME
+        self,
+        *,
+        passphrases: Mapping[Role, bytes],
+        now: datetime,
+        lifetime: timedelta = DEFAULT_TRUST_ROOT_LIFETIME,
     ) -> TrustRoot:
-        """Create a key per role and trust root version 1, signed by the root key."""
+        """Create a key per role, each encrypted with its own passphrase, and trust root
+        version 1, signed by the root key."""
         if self.trust_root_path.exists():
             raise KeyStoreError(f"{self.trust_root_path} exists: refusing to replace keys")
+        missing = [role.value for role in Role if not passphrases.get(role)]
+        if missing:
+            raise KeyStoreError(f"no passphrase for the {', '.join(missing)} key")
         keys = {role: SigningKey.generate() for role in Role}
         trust_root = TrustRoot.build(
             version=1,
@@ -86,7 +98,7 @@ class KeyStore:
         envelope = trust_root.sign([keys[Role.ROOT]])
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # private keys inside
         for role, key in keys.items():
-            self._write_key_pair(role, key, passphrase)
+            self._write_key_pair(role, key, passphrases[role])
         self._write_trust_root(trust_root.version, envelope)
         return trust_root
 
@@ -94,14 +106,21 @@ class KeyStore:
         self,
         role: Role,
         *,
-        passphrase: bytes,
+        root_passphrase: bytes,
+        key_passphrase: bytes,
         now: datetime,
         lifetime: timedelta = DEFAULT_TRUST_ROOT_LIFETIME,
     ) -> TrustRoot:
-        """Replace ``role``'s key and write trust root N+1, signed for rotation."""
+        """Replace ``role``'s key and write trust root N+1, signed for rotation.
+
+        The new key is encrypted with ``key_passphrase``, which must unlock the key it
+        replaces: a controller reloading its keys after the rotation then unlocks the new
+        one with the passphrase it already has, and a mistyped one changes nothing.
+        """
         self.finish_interrupted_rotation()
         current = self.load_trust_root()
-        old_root_key = self.load_signing_key(Role.ROOT, passphrase)
+        old_root_key = self.load_signing_key(Role.ROOT, root_passphrase)
+        self.load_signing_key(role, key_passphrase)  # the check above, before any write
         new_key = SigningKey.generate()
         roles = {r: (list(current.role_keys(r).values()), current.threshold(r)) for r in Role}
         roles[role] = ([new_key.public_key], 1)
@@ -119,7 +138,7 @@ class KeyStore:
         retired = self.directory / "retired" / f"{role.value}.v{current.version}.key.pem"
         retired.parent.mkdir(exist_ok=True)
         write_atomic(retired, self.private_key_path(role).read_bytes(), mode=PRIVATE_FILE_MODE)
-        self._write_key_pair(role, new_key, passphrase, suffix=STAGED_SUFFIX)
+        self._write_key_pair(role, new_key, key_passphrase, suffix=STAGED_SUFFIX)
         self._write_trust_root(successor.version, envelope)  # the commit point
         self._promote_staged(role)
         return successor

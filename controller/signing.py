@@ -7,11 +7,17 @@ trust root lists (a rotation caught half-written keeps the old set, and says so)
 ``trust_roots_after`` hands every version a device still has to walk to the deployments
 signed for it, so a rotation reaches devices with the next deployment.
 
+Each key is unlocked with its own passphrase (``controller.passphrases``): the serving
+controller unlocks only what it signs with, the deployment key and, unless it is kept
+offline, the release key. It never loads the root key: the trust root it hands out is
+the signed ``trust-root.json``, and only ``edgefleet keys init|rotate`` sign one.
+
 On first start with an empty key directory the controller creates its keys, as
-``edgefleet keys init`` does. Without ``EDGEFLEET_KEY_PASSPHRASE`` it then generates a
-passphrase and keeps it beside the keys (mode 0600) so that a laptop demo restarts
-unattended; production operators run ``keys init`` themselves, keep ``root.key.pem``
-offline and pass the passphrase in the environment.
+``edgefleet keys init`` does. A key whose passphrase the environment does not give gets
+a generated one, in its own file beside the keys (``passphrase.ROLE``, mode 0600), so
+that a laptop demo restarts unattended; production operators run ``keys init``
+themselves, keep ``root.key.pem`` and ``release.key.pem`` offline and pass the
+deployment key's passphrase in the environment.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,18 +35,14 @@ from protocol import MAX_CARRIED_TRUST_ROOTS, Envelope, ProtocolError, Role, Sig
 
 from .errors import ConfigError, ControllerError, ReleaseKeyOfflineError
 from .keystore import KeyStore
+from .passphrases import SHARED_PASSPHRASE_FILE, Passphrases, unlock_key
 
 __all__ = [
-    "PASSPHRASE_ENV",
-    "PASSPHRASE_FILE",
     "Signer",
     "load_or_create_signer",
 ]
 
 logger = logging.getLogger(__name__)
-
-PASSPHRASE_ENV = "EDGEFLEET_KEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
-PASSPHRASE_FILE = "passphrase"  # noqa: S105 - a file name
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,10 @@ class Signer:
     """The trust root and the keys that sign, always the newest consistent set on disk."""
 
     def __init__(
-        self, store: KeyStore, passphrase: bytes, *, release_key_online: bool = True
+        self, store: KeyStore, passphrases: Passphrases, *, release_key_online: bool = True
     ) -> None:
         self._store = store
-        self._passphrase = passphrase
+        self._passphrases = passphrases
         self._release_key_online = release_key_online
         self._lock = threading.Lock()
         self._keys = self._load(self._stat())
@@ -131,7 +132,7 @@ class Signer:
         store = self._store
         trust_root = store.load_trust_root()
         roles = (Role.RELEASE, Role.DEPLOYMENT) if self._release_key_online else (Role.DEPLOYMENT,)
-        keys = {role: store.load_signing_key(role, self._passphrase) for role in roles}
+        keys = {role: unlock_key(store, role, self._passphrases.get(role)) for role in roles}
         for role, key in keys.items():
             if key.key_id not in trust_root.role_keys(role):
                 raise ConfigError(
@@ -150,34 +151,41 @@ class Signer:
 def load_or_create_signer(
     keys_dir: Path, environ: Mapping[str, str] | None = None, *, release_key_online: bool = True
 ) -> Signer:
-    env = os.environ if environ is None else environ
+    passphrases = Passphrases(os.environ if environ is None else environ, keys_dir)
     store = KeyStore(keys_dir)
-    passphrase_file = keys_dir / PASSPHRASE_FILE
-    passphrase = env.get(PASSPHRASE_ENV, "").encode()
     if not store.trust_root_path.exists():
-        if not passphrase:
-            passphrase = secrets.token_urlsafe(32).encode()
-            keys_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(passphrase_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(passphrase)
-            logger.warning(
-                "no %s: generated a passphrase in %s (development only)",
-                PASSPHRASE_ENV,
-                passphrase_file,
-            )
-        store.init(passphrase=passphrase, now=datetime.now(UTC))
+        _create_keys(store, passphrases)
+    elif (keys_dir / SHARED_PASSPHRASE_FILE).exists():
         logger.warning(
-            "created signing keys in %s; the trust root for devices is %s. In production run "
-            "'edgefleet keys init' yourself and keep root.key.pem offline.",
+            "%s holds the passphrase of every key in %s (an older edgefleet wrote it): "
+            "whoever reads it can unlock all of them (development only)",
+            keys_dir / SHARED_PASSPHRASE_FILE,
             keys_dir,
-            store.trust_root_path,
         )
-    if not passphrase:
-        if not passphrase_file.exists():
-            raise ConfigError(f"set {PASSPHRASE_ENV} to unlock the keys in {keys_dir}")
-        passphrase = passphrase_file.read_bytes().strip()
     try:
-        return Signer(store, passphrase, release_key_online=release_key_online)
+        return Signer(store, passphrases, release_key_online=release_key_online)
     except ProtocolError as exc:
         raise ConfigError(f"cannot load the signing keys in {keys_dir}: {exc}") from exc
+
+
+def _create_keys(store: KeyStore, passphrases: Passphrases) -> None:
+    from_environment = {role for role in Role if passphrases.from_environment(role) is not None}
+    chosen = {role: passphrases.get_or_generate(role) for role in Role}
+    generated = [chosen[role].origin for role in Role if role not in from_environment]
+    if generated:
+        logger.warning(
+            "no passphrase in the environment for %d of the keys: generated one for each, "
+            "in %s (development only)",
+            len(generated),
+            ", ".join(generated),
+        )
+    store.init(
+        passphrases={role: passphrase.secret for role, passphrase in chosen.items()},
+        now=datetime.now(UTC),
+    )
+    logger.warning(
+        "created signing keys in %s; the trust root for devices is %s. In production run "
+        "'edgefleet keys init' yourself and keep root.key.pem and release.key.pem offline.",
+        store.directory,
+        store.trust_root_path,
+    )

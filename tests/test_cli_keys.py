@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,11 +24,15 @@ PASSPHRASE = "correct horse battery staple"
 
 
 def edgefleet(
-    *args: str, passphrase: str | None = PASSPHRASE, stdin: str | None = None
+    *args: str,
+    passphrase: str | None = PASSPHRASE,
+    stdin: str | None = None,
+    environ: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "EDGEFLEET_KEY_PASSPHRASE"}
+    env = {k: v for k, v in os.environ.items() if not k.endswith("KEY_PASSPHRASE")}
     if passphrase is not None:
         env["EDGEFLEET_KEY_PASSPHRASE"] = passphrase
+    env.update(environ or {})
     return subprocess.run(
         [sys.executable, "-m", "controller", *args],
         env=env,
@@ -76,12 +81,53 @@ def test_passphrase_is_never_a_command_line_argument(tmp_path: Path) -> None:
     assert not (tmp_path / "trust-root.json").exists()
 
 
-def test_passphrase_can_be_typed_at_the_prompt(tmp_path: Path) -> None:
-    result = edgefleet(
-        "keys", "init", "--dir", str(tmp_path), passphrase=None, stdin="typed\ntyped\n"
-    )
+def test_each_key_s_passphrase_is_typed_at_a_prompt_that_names_it(tmp_path: Path) -> None:
+    typed = "".join(f"{role.value} typed\n" * 2 for role in Role)  # each one confirmed
+    result = edgefleet("keys", "init", "--dir", str(tmp_path), passphrase=None, stdin=typed)
     assert result.returncode == 0, result.stderr
-    KeyStore(tmp_path).load_signing_key(Role.RELEASE, b"typed")
+    for role in Role:
+        assert f"Passphrase for the {role.value} key" in result.stdout + result.stderr
+        KeyStore(tmp_path).load_signing_key(role, f"{role.value} typed".encode())
+
+
+def test_each_key_takes_its_own_variable(tmp_path: Path) -> None:
+    environ = {f"EDGEFLEET_{role.value.upper()}_KEY_PASSPHRASE": role.value for role in Role}
+    result = edgefleet("keys", "init", "--dir", str(tmp_path), passphrase=None, environ=environ)
+    assert result.returncode == 0, result.stderr
+    for role in Role:
+        KeyStore(tmp_path).load_signing_key(role, role.value.encode())
+
+    rotate = ("keys", "rotate", "--dir", str(tmp_path), "--role", "deployment")
+    rotated = edgefleet(*rotate, passphrase=None, environ=environ)
+    assert rotated.returncode == 0, rotated.stderr
+    KeyStore(tmp_path).load_signing_key(Role.DEPLOYMENT, b"deployment")  # the new key
+
+
+def test_keys_rotate_names_the_key_a_wrong_passphrase_does_not_unlock(key_dir: Path) -> None:
+    before = {p.name: p.read_bytes() for p in key_dir.iterdir() if p.is_file()}
+    rotate = ("keys", "rotate", "--dir", str(key_dir), "--role", "deployment")
+    result = edgefleet(*rotate, environ={"EDGEFLEET_DEPLOYMENT_KEY_PASSPHRASE": "no"})
+    assert result.returncode == 1
+    assert "EDGEFLEET_DEPLOYMENT_KEY_PASSPHRASE does not unlock the deployment key" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in key_dir.iterdir() if p.is_file()} == before
+
+
+def test_release_sign_names_the_release_key_and_its_variable(key_dir: Path, tmp_path: Path) -> None:
+    unsigned = tmp_path / "unsigned.json"
+    unsigned.write_text(json.dumps(make_release().to_json_obj()))
+    sign = ("release", "sign", str(unsigned), "--key", str(key_dir / "release.key.pem"))
+
+    refused = edgefleet(*sign, environ={"EDGEFLEET_RELEASE_KEY_PASSPHRASE": "no"})
+    assert refused.returncode == 1
+    assert "EDGEFLEET_RELEASE_KEY_PASSPHRASE does not unlock the release key" in refused.stderr
+    assert not unsigned.with_suffix(".signed.json").exists()
+
+    signed = edgefleet(*sign, environ={"EDGEFLEET_DEPLOYMENT_KEY_PASSPHRASE": "not used"})
+    assert signed.returncode == 0, signed.stderr  # EDGEFLEET_KEY_PASSPHRASE, the fallback
+    assert unsigned.with_suffix(".signed.json").exists()
 
 
 @pytest.mark.parametrize("role", list(Role))

@@ -1,8 +1,9 @@
 """``edgefleet release …``: releases signed with a release key kept off the controller.
 
 ``prepare`` and ``upload`` talk to the controller (``EDGEFLEET_URL``, ``EDGEFLEET_TOKEN``);
-``sign`` runs where the release key is and needs no network. The passphrase comes from
-``EDGEFLEET_KEY_PASSPHRASE`` or a prompt, never from an argument.
+``sign`` runs where the release key is and needs no network. The release key's passphrase
+comes from ``EDGEFLEET_RELEASE_KEY_PASSPHRASE`` (else ``EDGEFLEET_KEY_PASSPHRASE``) or a
+prompt, never from an argument.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Annotated
 
 import typer
 
-from protocol import Envelope, KeyFormatError, ProtocolError, Release, SigningKey
+from protocol import Envelope, ProtocolError, Release, Role
 
+from ..errors import WrongPassphraseError
+from ..passphrases import decrypt_key
 from .common import DEFAULT_URL, Token, Url, console, fail, run_client
 from .keys import read_passphrase
 
@@ -58,10 +61,13 @@ def sign(
     """Sign a prepared release with the release key; no network needed."""
     try:
         release = Release.from_json_obj(json.loads(unsigned.read_text()))
-        signing_key = SigningKey.from_encrypted_pem(
-            key.read_bytes(), read_passphrase(confirm=False)
-        )
-    except (OSError, ValueError, ProtocolError, KeyFormatError) as exc:
+        encrypted = key.read_bytes()
+    except (OSError, ValueError, ProtocolError) as exc:
+        raise fail(str(exc)) from exc
+    passphrase = read_passphrase(Role.RELEASE, confirm=False)
+    try:
+        signing_key = decrypt_key(encrypted, Role.RELEASE, passphrase, path=key)
+    except WrongPassphraseError as exc:
         raise fail(str(exc)) from exc
     target = output or unsigned.with_suffix(".signed.json")
     target.write_bytes(release.sign([signing_key]).to_bytes())

@@ -17,10 +17,12 @@ import pytest
 
 import controller.keystore as keystore_module
 from controller.keystore import KeyStore
+from controller.passphrases import Passphrases
 from controller.signing import Signer
 from protocol import Role
 
 PASSPHRASE = b"rotation test"
+PASSPHRASES = dict.fromkeys(Role, PASSPHRASE)
 NOW = datetime(2026, 12, 4, tzinfo=UTC)
 # What a rotation writes and moves: the retired copy, the staged public and private key,
 # the trust root's history entry and trust-root.json, then the two moves into place.
@@ -50,9 +52,13 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     monkeypatch.setattr(keystore_module, "os", SimpleNamespace(replace=counted(real_replace)))
 
 
+def rotate_deployment_key(store: KeyStore) -> None:
+    store.rotate(Role.DEPLOYMENT, root_passphrase=PASSPHRASE, key_passphrase=PASSPHRASE, now=NOW)
+
+
 def deployment_key_id(directory: Path) -> tuple[int, str]:
     """What a controller starting on ``directory`` would sign with."""
-    signer = Signer(KeyStore(directory), PASSPHRASE)
+    signer = Signer(KeyStore(directory), Passphrases.one_for_every_key(PASSPHRASE))
     return signer.trust_root.version, signer.deployment_key.key_id
 
 
@@ -61,20 +67,20 @@ def test_a_rotation_killed_at_any_step_leaves_the_old_or_the_new_key_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int
 ) -> None:
     store = KeyStore(tmp_path / "keys")
-    store.init(passphrase=PASSPHRASE, now=NOW)
+    store.init(passphrases=PASSPHRASES, now=NOW)
     old = deployment_key_id(store.directory)
 
     with monkeypatch.context() as patched:
         crash_at(patched, step)
         with pytest.raises(CrashError):
-            store.rotate(Role.DEPLOYMENT, passphrase=PASSPHRASE, now=NOW)
+            rotate_deployment_key(store)
 
     version, key_id = deployment_key_id(store.directory)  # finishes or undoes it
     assert (version, key_id) == old or (version == 2 and key_id != old[1])
     assert store.load_public_key(Role.DEPLOYMENT).key_id == key_id
     assert not list(store.directory.glob("*.next"))
     # And the next rotation works from there.
-    store.rotate(Role.DEPLOYMENT, passphrase=PASSPHRASE, now=NOW)
+    rotate_deployment_key(store)
     assert deployment_key_id(store.directory)[0] == version + 1
 
 
@@ -83,8 +89,8 @@ def test_the_crash_points_cover_the_whole_rotation(
 ) -> None:
     # STEPS is exactly the number of file operations: one more never fires.
     store = KeyStore(tmp_path / "keys")
-    store.init(passphrase=PASSPHRASE, now=NOW)
+    store.init(passphrases=PASSPHRASES, now=NOW)
     crash_at(monkeypatch, STEPS)
-    store.rotate(Role.DEPLOYMENT, passphrase=PASSPHRASE, now=NOW)
+    rotate_deployment_key(store)
     monkeypatch.undo()
     assert deployment_key_id(store.directory)[0] == 2

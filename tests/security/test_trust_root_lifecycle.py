@@ -44,7 +44,9 @@ def database_url(tmp_path: Any) -> str:
 
 def rotate_deployment_key(app: FastAPI, *, at: datetime) -> None:
     """``edgefleet keys rotate --role deployment`` on the running controller's keys."""
-    KeyStore(ctx(app).settings.keys_dir).rotate(Role.DEPLOYMENT, passphrase=PASSPHRASE, now=at)
+    KeyStore(ctx(app).settings.keys_dir).rotate(
+        Role.DEPLOYMENT, root_passphrase=PASSPHRASE, key_passphrase=PASSPHRASE, now=at
+    )
 
 
 def removal_for(app: FastAPI, device_id: str, *, at: datetime) -> bytes:
