@@ -25,10 +25,19 @@ from .backends import load_backend, runtime_options
 from .clock import Clock, SystemClock
 from .config import AgentConfig
 from .errors import (
+    AgentError,
     ConfigurationError,
     DuplicateCommandError,
     LocalStateError,
     RefusalError,
+)
+from .link.certificate_renewal import (
+    CHECK_INTERVAL_S,
+    RENEW_BEFORE,
+    RETRY_INTERVAL_S,
+    certificate_expiry,
+    finish_interrupted_renewal,
+    renew_certificate,
 )
 from .link.mqtt import LinkSettings, Message, MqttLink
 from .link.outbox import Outbox, OutboxQueue
@@ -36,7 +45,7 @@ from .link.reporting import LinkReporter, offline_state
 from .serving.host import ServingHost, recorder_of
 from .serving.server import BackendLoader
 from .stats.telemetry import to_telemetry_window
-from .tls import device_tls_context
+from .tls import device_tls_context, pinned_ca_context
 from .update.fetcher import Fetcher
 from .update.model_updates import ModelUpdates
 from .update.state_files import ReleaseIndex, TrustKeeper, load_trust_state, persist_trust_state
@@ -99,6 +108,8 @@ class AgentDaemon:
         self.clock = clock or SystemClock(config.clock_offset_s)
         data_dir = config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        # Before the TLS files are read: a crash may have left a renewal half done.
+        finish_interrupted_renewal(config)
         self.outbox: OutboxQueue = (
             outbox if outbox is not None else Outbox(data_dir / "outbox.sqlite")
         )
@@ -196,10 +207,12 @@ class AgentDaemon:
                     f"cannot serve the inference API on port {self.config.inference_port}: {exc}"
                 ) from exc
         telemetry = asyncio.create_task(self._publish_telemetry(), name="telemetry")
+        renewal = asyncio.create_task(self._renew_certificate(), name="certificate-renewal")
         try:
             await self.link.run(self._on_message, stop)
         finally:
             telemetry.cancel()
+            renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 # asyncio.timeout, not wait_for, which can lose a cancellation on 3.11.
                 async with asyncio.timeout(self.config.shutdown_timeout_s):
@@ -207,6 +220,29 @@ class AgentDaemon:
             if self.config.inference_api:
                 await self.serving.api.stop()
             self.outbox.close()
+
+    async def _renew_certificate(self) -> None:
+        """Renew the client certificate when it expires within ``RENEW_BEFORE``."""
+        if self.config.tls_cert_file is None or self.config.controller_token is None:
+            return
+        while True:
+            expiry = certificate_expiry(self.config)
+            delay_s = CHECK_INTERVAL_S
+            if expiry is None or expiry - self.clock.now() < RENEW_BEFORE:
+                try:
+                    expiry = await renew_certificate(self.config)
+                except AgentError as exc:
+                    logger.warning(
+                        "could not renew the client certificate (it expires %s): %s",
+                        expiry,
+                        exc,
+                    )
+                    delay_s = RETRY_INTERVAL_S
+                else:
+                    pinned_ca_context.cache_clear()
+                    self.link.use_tls_context(device_tls_context(self.config))
+                    logger.info("renewed the client certificate; it expires %s", expiry)
+            await asyncio.sleep(delay_s)
 
     async def _publish_telemetry(self) -> None:
         """Every statistics window, queue each serving model's window as telemetry."""

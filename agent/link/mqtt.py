@@ -178,6 +178,10 @@ class MqttLink:
         self._wakeup = asyncio.Event()
         self._connected = False
 
+    def use_tls_context(self, context: ssl.SSLContext) -> None:
+        """Connect with ``context`` from the next connection on (a renewed certificate)."""
+        self._session_settings = self._settings.session_settings(tls_context=context)
+
     @property
     def connected(self) -> bool:
         """True while the broker has accepted the connection and it has not been lost."""

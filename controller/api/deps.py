@@ -86,8 +86,20 @@ def require_role(role: Role) -> Callable[..., Principal]:
     return check
 
 
-# Device tokens may only download artifacts; every other route needs Viewer or more.
+def require_device(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    """A device's own token, and no other: the route acts on the calling device."""
+    if principal.role != Role.DEVICE:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail=f"this needs a device's token; the token has role {principal.role.value}",
+        )
+    return principal
+
+
+# Device tokens may only download artifacts (and renew their certificate, ThisDevice);
+# every other route needs Viewer or more.
 Device = Annotated[Principal, Depends(require_role(Role.DEVICE))]
+ThisDevice = Annotated[Principal, Depends(require_device)]
 Viewer = Annotated[Principal, Depends(require_role(Role.VIEWER))]
 Operator = Annotated[Principal, Depends(require_role(Role.OPERATOR))]
 Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]

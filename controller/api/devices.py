@@ -20,7 +20,12 @@ from protocol import DEVICE_ID_PATTERN
 
 from ..audit import append_audit
 from ..devices.desired import remove_model
-from ..devices.enrollment import create_enrollment_token, decommission_device, enroll_device
+from ..devices.enrollment import (
+    create_enrollment_token,
+    decommission_device,
+    enroll_device,
+    renew_device_certificate,
+)
 from ..devices.inventory import (
     DeviceView,
     ModelView,
@@ -32,6 +37,8 @@ from ..devices.inventory import (
 )
 from ..devices.schemas import (
     AssignmentPublic,
+    CertificatePublic,
+    CertificateRequest,
     DesiredPublic,
     DeviceDetail,
     DeviceEventPublic,
@@ -50,7 +57,7 @@ from ..errors import EnrollmentRefusedError
 from ..registry.schemas import MODEL_NAME_PATTERN
 from ..tables import utcnow
 from ..tokens import Principal, Role
-from .deps import Audited, Context, DbSession, Operator, Viewer
+from .deps import Audited, Context, DbSession, Operator, ThisDevice, Viewer
 
 __all__ = ["router"]
 
@@ -192,6 +199,34 @@ def get_ca_certificate(ctx: Context) -> str:
     if ctx.authority is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="this controller has no CA")
     return ctx.authority.pem
+
+
+@router.post(
+    "/device/certificate",
+    dependencies=[Audited],
+    responses={404: {"description": "No CA here, or the token is no enrolled device's."}},
+)
+def post_device_certificate(
+    body: CertificateRequest, request: Request, ctx: Context, session: DbSession, caller: ThisDevice
+) -> CertificatePublic:
+    """Renew the calling device's client certificate from its CSR; its older ones are
+    revoked. The agent asks a month before its certificate expires."""
+    if ctx.authority is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="this controller has no CA")
+    device_id, issued = renew_device_certificate(
+        session, token_id=caller.token_id, csr=body.csr, authority=ctx.authority
+    )
+    request.state.audit = {
+        "target": f"device {device_id}",
+        "serial": issued.serial,
+        "expires_at": issued.not_after.isoformat(),
+    }
+    return CertificatePublic(
+        device_id=device_id,
+        certificate=issued.pem,
+        ca_certificate=ctx.authority.pem,
+        expires_at=issued.not_after,
+    )
 
 
 @router.get("/devices")

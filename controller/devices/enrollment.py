@@ -41,7 +41,7 @@ from sqlmodel import Session, col, select
 
 from protocol import Envelope, ProtocolError, verify_device_id
 
-from ..ca import CertificateAuthority
+from ..ca import CertificateAuthority, IssuedCertificate
 from ..errors import BadRequestError, ConflictError, EnrollmentRefusedError, NotFoundError
 from ..settings import Settings
 from ..tables import ApiToken, utcnow
@@ -65,6 +65,7 @@ __all__ = [
     "create_enrollment_token",
     "decommission_device",
     "enroll_device",
+    "renew_device_certificate",
     "verify_new_device_id",
 ]
 
@@ -232,15 +233,7 @@ def enroll_device(
     client_certificate = None
     if authority is not None and csr is not None:
         issued = authority.issue_device_certificate(csr, chosen, now=now)
-        session.add(
-            DeviceCertificate(
-                serial=issued.serial,
-                device_id=chosen,
-                sha256=issued.sha256,
-                issued_at=now,
-                expires_at=issued.not_after,
-            )
-        )
+        _store_certificate(session, chosen, issued, now)
         client_certificate = issued.pem
     return Enrollment(
         device_id=chosen,
@@ -286,6 +279,48 @@ def decommission_device(session: Session, *, device_id: str) -> DeviceRecord:
     _revoke_certificates(session, device.id, now)
     session.flush()
     return device
+
+
+def renew_device_certificate(
+    session: Session, *, token_id: str, csr: str, authority: CertificateAuthority
+) -> tuple[str, IssuedCertificate]:
+    """A new client certificate for the device whose API token is ``token_id``; its older
+    certificates are revoked. Returns (device id, the certificate).
+
+    The device asks over HTTPS with its API token, not over MQTT, so a device whose
+    certificate expired or whose renewal was lost in a crash can still get a new one.
+    ``NotFoundError`` when the token is no enrolled device's.
+    """
+    device = session.exec(
+        select(DeviceRecord)
+        .where(
+            col(DeviceRecord.api_token_id) == token_id,
+            col(DeviceRecord.decommissioned_at).is_(None),
+        )
+        .with_for_update()
+    ).first()
+    if device is None:
+        raise NotFoundError("this token belongs to no enrolled device")
+    now = utcnow()
+    issued = authority.issue_device_certificate(csr, device.id, now=now)
+    _revoke_certificates(session, device.id, now)
+    _store_certificate(session, device.id, issued, now)
+    session.flush()
+    return device.id, issued
+
+
+def _store_certificate(
+    session: Session, device_id: str, issued: IssuedCertificate, now: datetime
+) -> None:
+    session.add(
+        DeviceCertificate(
+            serial=issued.serial,
+            device_id=device_id,
+            sha256=issued.sha256,
+            issued_at=now,
+            expires_at=issued.not_after,
+        )
+    )
 
 
 def _revoke_certificates(session: Session, device_id: str, now: datetime) -> None:

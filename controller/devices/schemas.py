@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "AssignmentPublic",
+    "CertificatePublic",
+    "CertificateRequest",
     "DesiredPublic",
     "DeviceDetail",
     "DeviceEventPublic",
@@ -78,6 +80,21 @@ class EnrollmentPublic(BaseModel):
     trust_root: dict[str, Any]
     client_certificate: str | None = None
     ca_certificate: str | None = None
+
+
+class CertificateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    csr: str = Field(max_length=MAX_CSR_BYTES)
+
+
+class CertificatePublic(BaseModel):
+    """A device's new client certificate (PEM) and the CA that issued it."""
+
+    device_id: str
+    certificate: str
+    ca_certificate: str
+    expires_at: datetime
 
 
 class DeviceModelPublic(BaseModel):

@@ -1,5 +1,6 @@
-"""Every route but the health probes, enrollment and the dashboard's login needs a token;
-viewers cannot change anything; device tokens open nothing but artifact downloads."""
+"""Every route but the health probes, enrollment, the CA certificate and the dashboard's
+login needs a token; viewers cannot change anything; device tokens open nothing but
+artifact downloads and the renewal of their own certificate."""
 
 from __future__ import annotations
 
@@ -19,10 +20,16 @@ from controller.tokens import Role
 from controller.ui.auth import ui_audited
 from tests.controller.conftest import bearer, ctx
 
-OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz")}
+# The CA certificate is public: a device fetches it before it has any credential.
+OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/api/v1/ca.pem")}
 # Authenticated by the one-time enrollment token in the body instead of a bearer token.
 ENROLL_ROUTE = ("POST", "/api/v1/enroll")
-DEVICE_ROUTES = {("GET", "/artifacts/sha256/{digest}")}
+# What each route a device token opens answers to a bare request: no such artifact; no
+# certificate request in the body.
+DEVICE_ROUTES = {
+    ("GET", "/artifacts/sha256/{digest}"): 404,
+    ("POST", "/api/v1/device/certificate"): 422,
+}
 # Where a dashboard session starts and ends, so they cannot need one: the login form, its
 # POST (which checks the token itself and stores nothing: the session is a signed
 # cookie), and the logout link (it only clears this browser's cookie). The dashboard's
@@ -89,8 +96,8 @@ def test_device_token_opens_only_artifact_downloads(
         response = client.request(method, concrete(path), headers=bearer(tokens[Role.DEVICE]))
         if response.status_code != 403:
             opened.append((method, path, response.status_code))
-    # The artifact route answers (404: no such artifact) instead of refusing.
-    assert opened == [("GET", path, 404) for _method, path in sorted(DEVICE_ROUTES)]
+    # The device routes answer instead of refusing.
+    assert sorted(opened) == sorted((*route, code) for route, code in DEVICE_ROUTES.items())
 
 
 def test_health_probes_answer_without_a_token(client: TestClient) -> None:

@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from controller.tokens import Role
 from tests.controller.conftest import bearer
 
-# Not JSON: Prometheus text and artifact bytes.
-NOT_JSON = {"/metrics", "/artifacts/sha256/{digest}"}
+# Not JSON: Prometheus text, artifact bytes and the CA certificate (PEM).
+NOT_JSON = {"/metrics", "/artifacts/sha256/{digest}", "/api/v1/ca.pem"}
 
 
 def _names_a_schema(schema: dict[str, Any]) -> bool:
