@@ -14,6 +14,7 @@ import pytest
 from sqlmodel import col, select
 
 from agent.config import AgentConfig
+from agent.daemon import AgentDaemon
 from agent.errors import HttpStatusError
 from agent.link.certificate_renewal import (
     certificate_expiry,
@@ -199,3 +200,62 @@ def test_a_staged_certificate_for_another_key_is_discarded(tmp_path: Path) -> No
     finish_interrupted_renewal(config)
     assert config.tls_cert_file.read_bytes() == old_cert  # type: ignore[union-attr]
     assert config.tls_key_file.read_bytes() == old_key
+
+
+# -- the daemon's schedule ---------------------------------------------------------------
+
+
+async def _not_called(*_args: object) -> object:
+    raise AssertionError("not called")
+
+
+def _run_renewal_loop(config: AgentConfig, *, until_changed: bool, seconds: float) -> bytes:
+    """Run the daemon's renewal task until the certificate file changes (or for
+    ``seconds``); return the certificate then."""
+    daemon = AgentDaemon(config, fetcher=_not_called, check_model=_not_called)  # type: ignore[arg-type]
+    assert config.tls_cert_file is not None
+    cert_file = config.tls_cert_file
+    before = cert_file.read_bytes()
+
+    async def scenario() -> bytes:
+        task = asyncio.create_task(daemon._renew_certificate())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while loop.time() < deadline and not (until_changed and cert_file.read_bytes() != before):
+            await asyncio.sleep(0.05)
+        task.cancel()
+        return cert_file.read_bytes()
+
+    try:
+        return asyncio.run(scenario())
+    finally:
+        daemon.outbox.close()
+
+
+def test_the_agent_renews_a_certificate_that_expires_within_a_month(
+    controller: ServedController, tmp_path: Path
+) -> None:
+    config = _enrolled_device(controller, tmp_path / "device")
+    before = config.tls_cert_file.read_bytes()  # type: ignore[union-attr]
+    # The device's clock 800 days on: its 825-day certificate expires within the month.
+    aged = config.model_copy(
+        update={
+            "clock_offset_s": 800 * 86400.0,
+            "trust_root": controller.settings.keys_dir / "trust-root.json",
+        }
+    )
+    after = _run_renewal_loop(aged, until_changed=True, seconds=30.0)
+    assert after != before
+    assert [row.revoked_at is None for row in _certificates(controller)] == [False, True]
+
+
+def test_the_agent_keeps_a_certificate_far_from_expiry(
+    controller: ServedController, tmp_path: Path
+) -> None:
+    config = _enrolled_device(controller, tmp_path / "device")
+    before = config.tls_cert_file.read_bytes()  # type: ignore[union-attr]
+    config = config.model_copy(
+        update={"trust_root": controller.settings.keys_dir / "trust-root.json"}
+    )
+    assert _run_renewal_loop(config, until_changed=False, seconds=1.0) == before
+    assert len(_certificates(controller)) == 1
