@@ -53,6 +53,7 @@ from ..devices.schemas import (
     TelemetryWindowPublic,
 )
 from ..devices.selectors import parse_selector
+from ..devices.tables import DeviceCertificate
 from ..errors import EnrollmentRefusedError
 from ..registry.schemas import MODEL_NAME_PATTERN
 from ..tables import utcnow
@@ -289,8 +290,20 @@ def get_device(device_id: DeviceId, session: DbSession, _caller: Viewer) -> Devi
             "assignments": assignments,
             "events": events,
             "telemetry": telemetry,
+            "certificate": _certificate_fields(detail.certificate),
         }
     )
+
+
+def _certificate_fields(certificate: DeviceCertificate | None) -> dict[str, Any] | None:
+    if certificate is None:
+        return None
+    return {
+        "serial": certificate.serial,
+        "sha256": certificate.sha256,
+        "issued_at": _utc(certificate.issued_at),
+        "expires_at": _utc(certificate.expires_at),
+    }
 
 
 @router.patch("/devices/{device_id}/labels", dependencies=[Audited])

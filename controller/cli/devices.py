@@ -211,6 +211,11 @@ def show(
         console.print(
             f"trust root: v{row['trust_root_version']}, expires {row['trust_root_expires_at']}"
         )
+    certificate = row.get("certificate")
+    if certificate:
+        console.print(
+            f"certificate: serial {certificate['serial']}, expires {certificate['expires_at']}"
+        )
     if row["decommissioned_at"]:
         console.print(f"decommissioned at {row['decommissioned_at']}")
     if row["assignments"]:

@@ -22,7 +22,13 @@ from ..errors import BadRequestError, ConflictError, NotFoundError
 from ..registry.tables import ReleaseRecord
 from ..rollouts.tables import RolloutAssignmentRecord, RolloutRecord
 from .selectors import Selector, verify_labels
-from .tables import DeviceEventRecord, DeviceModelRecord, DeviceRecord, telemetry_table
+from .tables import (
+    DeviceCertificate,
+    DeviceEventRecord,
+    DeviceModelRecord,
+    DeviceRecord,
+    telemetry_table,
+)
 
 __all__ = [
     "DETAIL_EVENTS",
@@ -74,6 +80,8 @@ class DeviceDetailView:
     assignments: list[AssignmentView]
     events: list[DeviceEventRecord]
     telemetry: list[dict[str, Any]]
+    # The device's live client certificate (None: it logs in with a password only).
+    certificate: DeviceCertificate | None = None
 
 
 @dataclass(frozen=True)
@@ -185,11 +193,20 @@ def get_device_detail(session: Session, *, device_id: str) -> DeviceDetailView:
         .order_by(telemetry_table.c.window_start.desc())
         .limit(DETAIL_TELEMETRY_WINDOWS)
     )
+    certificate = session.exec(
+        select(DeviceCertificate)
+        .where(
+            col(DeviceCertificate.device_id) == device_id,
+            col(DeviceCertificate.revoked_at).is_(None),
+        )
+        .order_by(col(DeviceCertificate.issued_at).desc())
+    ).first()
     return DeviceDetailView(
         summary=summary,
         assignments=[AssignmentView(a, m, v) for a, m, v in assignments],
         events=list(events),
         telemetry=[dict(window) for window in windows.mappings()],
+        certificate=certificate,
     )
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "AssignmentPublic",
     "CertificatePublic",
     "CertificateRequest",
+    "CertificateSummary",
     "DesiredPublic",
     "DeviceDetail",
     "DeviceEventPublic",
@@ -180,12 +181,22 @@ class TelemetryWindowPublic(BaseModel):
     merged: int
 
 
+class CertificateSummary(BaseModel):
+    """A device's live client certificate (``certificate: null``: none, it uses a password)."""
+
+    serial: str
+    sha256: str
+    issued_at: datetime
+    expires_at: datetime
+
+
 class DeviceDetail(DevicePublic):
     reported_state: dict[str, Any] | None
     desired: DesiredPublic
     assignments: list[AssignmentPublic]
     events: list[DeviceEventPublic]
     telemetry: list[TelemetryWindowPublic]
+    certificate: CertificateSummary | None = None
 
 
 class LabelsUpdate(BaseModel):

@@ -101,6 +101,14 @@ def test_renewal_installs_a_new_key_and_certificate_and_revokes_the_old_one(
     pinned_ca_context(config.tls_ca_file, config.tls_cert_file, config.tls_key_file)
     rows = _certificates(controller)
     assert [row.revoked_at is None for row in rows] == [False, True]
+    # Operators see the live certificate on the device.
+    shown = httpx.get(
+        f"https://127.0.0.1:{controller.port}/api/v1/devices/cam-1",
+        headers={"Authorization": f"Bearer {controller.token(Role.VIEWER)}"},
+        verify=ssl.create_default_context(cafile=controller.settings.tls_dir / CA_CERT_FILE),
+    ).json()["certificate"]
+    assert shown["serial"] == rows[1].serial
+    assert datetime.fromisoformat(shown["expires_at"]) == expiry
 
 
 def test_a_decommissioned_device_gets_no_new_certificate(
