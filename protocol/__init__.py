@@ -31,6 +31,7 @@ from .errors import (
     TopicError,
     UnsupportedSchemaError,
 )
+from .histograms import LATENCY_BOUNDS_MS, LATENCY_BUCKETS, histogram_quantile
 from .keys import ED25519_PUBLIC_KEY_BYTES, PublicKey, SigningKey, key_id_of
 from .release import (
     DATATYPE_BYTES,
@@ -98,6 +99,8 @@ __all__ = [
     "DEVICE_ID_PATTERN",
     "DOCUMENT_TYPES",
     "ED25519_PUBLIC_KEY_BYTES",
+    "LATENCY_BOUNDS_MS",
+    "LATENCY_BUCKETS",
     "MAX_CARRIED_TRUST_ROOTS",
     "MAX_CHECK_BUNDLE_BYTES",
     "MAX_ENVELOPE_BYTES",
@@ -152,6 +155,7 @@ __all__ = [
     "backoff_delay_s",
     "canonical_json",
     "device_topic",
+    "histogram_quantile",
     "key_id_of",
     "pae",
     "parse_device_topic",

@@ -1,29 +1,19 @@
-"""The latency histogram of a window and the percentiles read from it.
+"""The latency histogram of a window (``protocol.histograms`` defines its buckets) and the
+percentiles read from it.
 
-Buckets: ``LATENCY_BOUNDS_MS`` are 10 per decade, 0.05 ms to 12.56 s (each 26 % above the
-last); bucket ``i`` holds latencies in (bound ``i-1``, bound ``i``], and one overflow
-bucket above the last bound takes the rest, so there are ``len(LATENCY_BOUNDS_MS) + 1``.
-
-Percentiles (``percentile_ms``): with ``n`` latencies in buckets, the rank is ``q * n``;
-the bucket where the cumulative count reaches the rank is interpolated linearly between
-its lower and upper bound, and those bounds are first narrowed to the smallest and
-largest latency observed (so a constant latency gives itself back and the overflow
-bucket ends at the maximum). The error is at most one bucket width.
+Percentiles (``percentile_ms``) are ``protocol.histogram_quantile`` with the bounds
+narrowed to the smallest and largest latency the window observed, so a constant latency
+gives itself back and the overflow bucket ends at the maximum.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LATENCY_BOUNDS_MS", "latency_bucket_counts", "percentile_ms"]
+from protocol.histograms import LATENCY_BOUNDS_MS, histogram_quantile
 
-# 0.05 ms * 10**(k/10), k = 0..54, rounded to 4 significant digits: 0.05 ms .. 12.56 s.
-LATENCY_BOUNDS_MS: tuple[float, ...] = tuple(
-    float(f"{0.05 * 10 ** (k / 10):.4g}") for k in range(55)
-)
+__all__ = ["LATENCY_BOUNDS_MS", "latency_bucket_counts", "percentile_ms"]
 
 _BOUNDS_MS = np.asarray(LATENCY_BOUNDS_MS, dtype=np.float64)
 
@@ -37,18 +27,5 @@ def latency_bucket_counts(latencies_ms: npt.NDArray[np.float64]) -> npt.NDArray[
 def percentile_ms(
     latency_counts: list[int], q: float, *, min_ms: float, max_ms: float
 ) -> float | None:
-    """The ``q`` quantile of the counted latencies (see the module doc); None without any."""
-    total = sum(latency_counts)
-    if total == 0:
-        return None
-    rank = q * total
-    below = 0
-    for index, count in enumerate(latency_counts):
-        if count and below + count >= rank:
-            lower = LATENCY_BOUNDS_MS[index - 1] if index else 0.0
-            upper = LATENCY_BOUNDS_MS[index] if index < len(LATENCY_BOUNDS_MS) else math.inf
-            lower = max(lower, min_ms)
-            upper = min(upper, max_ms)
-            return lower + (upper - lower) * max(rank - below, 0.0) / count
-        below += count
-    return max_ms  # pragma: no cover - the loop always reaches the rank
+    """The ``q`` quantile of the counted latencies; None without any."""
+    return histogram_quantile(latency_counts, q, min_value=min_ms, max_value=max_ms)

@@ -176,6 +176,9 @@ telemetry_table = Table(
     Column("p99_ms", Float, nullable=True),
     Column("confidence_mean", Float, nullable=True),
     Column("max_drift_psi", Float, nullable=True),
+    # The latency histogram (protocol.histograms buckets) as a JSON list of counts, so a
+    # group's percentiles are read from all its requests; None from older agents.
+    Column("latency_counts", Text, nullable=True),
     # Windows merged by downsampling (1 when stored as the device sent it).
     Column("merged", Integer, nullable=False, default=1),
     UniqueConstraint("device_id", "model_name", "window_start", name="uq_telemetry_window"),

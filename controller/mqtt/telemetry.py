@@ -10,8 +10,11 @@ Invariants:
 - windows of devices the database does not know are skipped, never an error;
 - times are stored in UTC (SQLite keeps no offset, so every write converts first) and
   read back as aware UTC datetimes;
+- a window's latency histogram is kept (``latency_counts``, JSON) only in the buckets of
+  ``protocol.histograms``, the one layout whose counts can be added across devices;
 - downsampling keeps sums exact (requests, errors, non-finite outputs, seconds observed,
-  ``merged``) and the request-weighted means of p50/p95/p99 and confidence; a merged row
+  ``merged``, latency counts) and the request-weighted means of p50/p95/p99 and
+  confidence; a merged row
   takes the earliest ``window_start`` of its group, which no other row can hold (the
   merged rows are deleted in the same transaction), so the unique key survives even when
   one bucket holds windows of two versions.
@@ -19,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -38,7 +42,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 
-from protocol import TelemetryBatch
+from protocol import LatencySummary, TelemetryBatch
+from protocol.histograms import LATENCY_BOUNDS_MS, LATENCY_BUCKETS
 
 from ..devices.tables import DeviceRecord, telemetry_table
 
@@ -48,6 +53,7 @@ __all__ = [
     "TelemetryRow",
     "active_device_ids",
     "downsample_telemetry",
+    "parse_latency_counts",
     "prune_telemetry",
     "telemetry_rows",
     "to_utc",
@@ -154,10 +160,33 @@ def telemetry_rows(batches: Sequence[TelemetryBatch]) -> list[TelemetryRow]:
                     "p99_ms": _finite(latency.p99_ms) if latency else None,
                     "confidence_mean": window.top1_confidence_mean,
                     "max_drift_psi": drift if drift is not None and math.isfinite(drift) else None,
+                    "latency_counts": _latency_counts(latency),
                     "merged": 1,
                 }
             )
     return rows
+
+
+def _latency_counts(latency: LatencySummary | None) -> str | None:
+    """The histogram as stored: a JSON list, only in the shared bucket layout."""
+    if latency is None or tuple(latency.bounds_ms) != LATENCY_BOUNDS_MS:
+        return None
+    return json.dumps(latency.counts, separators=(",", ":"))
+
+
+def parse_latency_counts(text: str | None) -> list[int] | None:
+    """A stored histogram, or None when absent or not ``LATENCY_BUCKETS`` counts."""
+    if text is None:
+        return None
+    try:
+        counts = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(counts, list) or len(counts) != LATENCY_BUCKETS:
+        return None
+    if not all(isinstance(count, int) and count >= 0 for count in counts):
+        return None
+    return counts
 
 
 def _insert_ignoring_duplicates(connection: Connection, rows: Sequence[TelemetryRow]) -> int:
@@ -308,6 +337,13 @@ def _merge(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         merged[name] = _weighted_mean((row[name], row["requests"]) for row in rows)
     drifts = [row["max_drift_psi"] for row in rows if row["max_drift_psi"] is not None]
     merged["max_drift_psi"] = max(drifts) if drifts else None
+    histograms = [parse_latency_counts(row["latency_counts"]) for row in rows]
+    # Summed only when every merged window has one: a partial sum would under-count.
+    if all(counts is not None for counts in histograms):
+        total = [sum(column) for column in zip(*histograms, strict=True)]
+        merged["latency_counts"] = json.dumps(total, separators=(",", ":"))
+    else:
+        merged["latency_counts"] = None
     return merged
 
 

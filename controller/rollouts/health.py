@@ -6,15 +6,19 @@ asks it for the devices of a wave and for the control group still on the old rel
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import Engine, case, func, select
 
+from protocol.histograms import LATENCY_BUCKETS, histogram_quantile
+
 from ..devices.tables import telemetry_table
-from ..mqtt.telemetry import IN_CHUNK, to_utc
+from ..mqtt.telemetry import IN_CHUNK, parse_latency_counts, to_utc
 from .core import FleetHealth
 
 __all__ = ["fleet_health"]
@@ -33,6 +37,26 @@ class _HealthSums:
     confidence_sum: float = 0.0
     confidence_requests: int = 0
     max_drift_psi: float | None = None
+    latency_counts: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(LATENCY_BUCKETS, dtype=np.int64)
+    )
+
+    def add_histograms(self, texts: Iterable[str]) -> None:
+        # One parse of all the rows at once: a wave's thousands of windows would otherwise
+        # cost a json.loads each, at every plan tick.
+        texts = list(texts)
+        if not texts:
+            return
+        if all(text.startswith("[") and text.endswith("]") for text in texts):
+            # numpy's C parser reads the comma-separated counts of every row in one go.
+            values = np.fromstring(",".join(text[1:-1] for text in texts), dtype=np.int64, sep=",")
+            if values.size == len(texts) * LATENCY_BUCKETS:
+                self.latency_counts += values.reshape(len(texts), LATENCY_BUCKETS).sum(axis=0)
+                return
+        for text in texts:  # a row of another shape: checked one by one
+            counts = parse_latency_counts(text)
+            if counts is not None:
+                self.latency_counts += np.asarray(counts, dtype=np.int64)
 
     def add(self, row: Any) -> None:
         # PostgreSQL sums integers as numeric: Decimal in Python, hence the conversions.
@@ -52,12 +76,13 @@ class _HealthSums:
         def ratio(part: float, whole: int) -> float | None:
             return part / whole if whole else None
 
+        pooled_p95 = histogram_quantile(self.latency_counts.tolist(), 0.95)
         return FleetHealth(
             devices=self.devices,
             requests=self.requests,
             error_rate=ratio(self.errors, self.requests),
             nonfinite_rate=ratio(self.nonfinite, self.requests),
-            p95_ms=ratio(self.p95_sum, self.p95_requests),
+            p95_ms=pooled_p95 if pooled_p95 is not None else ratio(self.p95_sum, self.p95_requests),
             confidence_mean=ratio(self.confidence_sum, self.confidence_requests),
             max_drift_psi=self.max_drift_psi,
         )
@@ -75,10 +100,12 @@ def fleet_health(
     unless None) that started at or after ``since``.
 
     ``devices`` counts devices with at least one window. Rates are None when there were no
-    requests. ``p95_ms`` is the request-weighted mean of the windows' p95s: an
-    approximation (the p95 of the union is not recoverable from per-window summaries), good
-    for comparing two groups measured the same way. ``confidence_mean`` is request-weighted
-    too; ``max_drift_psi`` is the largest any window saw.
+    requests. ``p95_ms`` is the p95 of every request of the group: the windows' latency
+    histograms are added up first (``protocol.histograms``), so it does not depend on how
+    requests spread over windows and devices. Only when no window carries a histogram
+    (agents before 0.17) is it the request-weighted mean of the windows' p95s.
+    ``confidence_mean`` is request-weighted; ``max_drift_psi`` is the largest any window
+    saw.
     """
     ids = sorted(set(device_ids))
     sums = _HealthSums()
@@ -109,4 +136,10 @@ def fleet_health(
             if version is not None:
                 query = query.where(_T.c.version == version)
             sums.add(connection.execute(query).one())
+            sums.add_histograms(connection.scalars(_histograms_of(query)))
     return sums.health()
+
+
+def _histograms_of(query: Any) -> Any:
+    """The latency histograms of the windows ``query`` aggregates."""
+    return query.with_only_columns(_T.c.latency_counts).where(_T.c.latency_counts.is_not(None))

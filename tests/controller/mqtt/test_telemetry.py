@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta, timezone
@@ -15,7 +17,15 @@ from controller.devices.tables import DeviceRecord, telemetry_table
 from controller.migrate import upgrade_database
 from controller.mqtt.telemetry import downsample_telemetry, prune_telemetry, to_utc, write_telemetry
 from controller.rollouts.health import fleet_health
-from protocol import LatencySummary, ReleaseRef, TelemetryBatch, TelemetryWindow
+from protocol import (
+    LATENCY_BOUNDS_MS,
+    LATENCY_BUCKETS,
+    LatencySummary,
+    ReleaseRef,
+    TelemetryBatch,
+    TelemetryWindow,
+    histogram_quantile,
+)
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 SHA = "ab" * 32
@@ -163,6 +173,65 @@ def test_fleet_health_weights_p95_and_confidence_by_requests(engine: Engine) -> 
     assert health.p95_ms == pytest.approx((2.0 * 100 + 6.0 * 300) / 400)
     assert health.confidence_mean == pytest.approx((0.9 * 100 + 0.5 * 300) / 400)
     assert health.max_drift_psi == pytest.approx(0.7)
+
+
+def histogram(*latencies_ms: float) -> LatencySummary:
+    """A window's latency summary as an agent sends it, from its requests' latencies."""
+    counts = [0] * LATENCY_BUCKETS
+    for latency in latencies_ms:
+        counts[bisect_left(LATENCY_BOUNDS_MS, latency)] += 1
+    quantiles = [
+        histogram_quantile(counts, q, max_value=max(latencies_ms)) for q in (0.5, 0.95, 0.99)
+    ]
+    p50, p95, p99 = (value or 0.0 for value in quantiles)
+    return LatencySummary(
+        p50_ms=p50, p95_ms=p95, p99_ms=p99, bounds_ms=list(LATENCY_BOUNDS_MS), counts=counts
+    )
+
+
+def test_fleet_health_reads_p95_from_every_request_not_from_window_averages(
+    engine: Engine,
+) -> None:
+    """One busy device at 1 ms and five quiet windows at 100 ms: the group's p95 is 1 ms
+    (100 of its 105 requests took 1 ms), not the request-weighted mean of window p95s
+    (about 5.7 ms), which grows with how many quiet windows there are."""
+    add_devices(engine, "busy", "quiet")
+    quiet = [
+        window(T0 + timedelta(seconds=10 * i), requests=1, errors=0, latency=histogram(100.0))
+        for i in range(5)
+    ]
+    write_telemetry(
+        engine,
+        [
+            batch("busy", window(T0, requests=100, errors=0, latency=histogram(*[1.0] * 100))),
+            batch("quiet", *quiet),
+        ],
+    )
+
+    health = fleet_health(engine, device_ids=["busy", "quiet"], model="digits", version=2, since=T0)
+
+    assert health.requests == 105
+    assert health.p95_ms is not None
+    assert health.p95_ms <= 1.0 * 1.26  # within the 1 ms bucket (buckets are 26 % wide)
+
+
+def test_downsampling_adds_up_the_latency_histograms(engine: Engine) -> None:
+    add_devices(engine, "dev-1")
+    start = T0 - timedelta(minutes=30)
+    windows = [
+        window(start + timedelta(seconds=10 * i), requests=2, latency=histogram(1.0, 50.0))
+        for i in range(3)
+    ]
+    write_telemetry(engine, [batch("dev-1", *windows)])
+    before = fleet_health(engine, device_ids=["dev-1"], model="digits", version=2, since=start)
+
+    downsample_telemetry(engine, older_than=T0, bucket_s=300)
+
+    (row,) = stored(engine)
+    assert row["merged"] == 3
+    assert sum(json.loads(row["latency_counts"])) == 6
+    after = fleet_health(engine, device_ids=["dev-1"], model="digits", version=2, since=start)
+    assert after.p95_ms == pytest.approx(before.p95_ms)
 
 
 def test_fleet_health_without_requests_has_no_rates(engine: Engine) -> None:
