@@ -197,7 +197,7 @@ def enroll_device(
     if authority is not None and csr is None and not settings.device_password_login:
         raise BadRequestError(
             "this controller admits devices by certificate only: enroll with an agent that "
-            "sends a certificate request (edgefleet-agent 0.16 or later)"
+            "sends a certificate request (one with edgefleet-agent enroll --ca-sha256 support)"
         )
     now = utcnow()
     consumed = session.execute(

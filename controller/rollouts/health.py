@@ -103,7 +103,7 @@ def fleet_health(
     requests. ``p95_ms`` is the p95 of every request of the group: the windows' latency
     histograms are added up first (``protocol.histograms``), so it does not depend on how
     requests spread over windows and devices. Only when no window carries a histogram
-    (agents before 0.17) is it the request-weighted mean of the windows' p95s.
+    (older agents) is it the request-weighted mean of the windows' p95s.
     ``confidence_mean`` is request-weighted; ``max_drift_psi`` is the largest any window
     saw.
     """

@@ -256,3 +256,26 @@ def test_a_certificate_for_a_stolen_csr_key_is_not_issued(fleet: TlsFleet) -> No
     body[middle] = line[:10] + ("A" if line[10] != "A" else "B") + line[11:]
     with pytest.raises(BadRequestError):
         fleet.authority.issue_device_certificate("\n".join(body), "dev-a", now=datetime.now(UTC))
+
+
+def test_a_certificate_only_controller_refuses_an_enrollment_without_a_csr(
+    certificate_only_fleet: TlsFleet,
+) -> None:
+    """An old agent would get a password the broker refuses: it is told at enrollment."""
+    fleet = certificate_only_fleet
+    with session_scope(fleet.ctx.engine) as session:
+        token, _row = create_enrollment_token(
+            session, labels={}, device_id="dev-a", ttl_s=60, actor="test"
+        )
+    with (
+        pytest.raises(BadRequestError, match="certificate only"),
+        session_scope(fleet.ctx.engine) as session,
+    ):
+        enroll_device(
+            session,
+            token=token,
+            device_id=None,
+            settings=fleet.settings,
+            trust_root_envelope=fleet.ctx.signer.trust_root_envelope,
+            authority=fleet.authority,
+        )
