@@ -318,6 +318,28 @@ def decommission(
 def mosquitto_config(
     passwords: Annotated[Path, typer.Option("--passwords", help="Password file to write.")],
     acl: Annotated[Path, typer.Option("--acl", help="ACL file to write.")],
+    tls_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-config",
+            help="With a CA: the Mosquitto configuration to write (default: "
+            "edgefleet-tls.conf beside the ACL file; the certificates and the CRL go there).",
+            envvar="EDGEFLEET_MOSQUITTO_TLS_CONFIG",
+            show_default=False,
+        ),
+    ] = None,
+    password_port: Annotated[
+        int | None,
+        typer.Option(
+            "--password-port",
+            help="With a CA and device_password_login: the port of the TLS listener for "
+            "devices that log in with a password (default: mqtts_port + 1).",
+            envvar="EDGEFLEET_MOSQUITTO_PASSWORD_PORT",
+            min=1,
+            max=65535,
+            show_default=False,
+        ),
+    ] = None,
     data_dir: Annotated[
         Path | None,
         typer.Option(
@@ -331,23 +353,51 @@ def mosquitto_config(
         ),
     ] = None,
 ) -> None:
-    """Write Mosquitto's password and ACL files from the database (on the controller host).
+    """Write Mosquitto's password and ACL files from the database (on the controller host);
+    with a CA (edgefleet ca init) also its TLS listeners, certificates and CRL.
 
-    Reload Mosquitto afterwards (SIGHUP) so that it reads them.
+    Reload Mosquitto afterwards (SIGHUP) so that it reads them. The CA key's passphrase
+    comes from EDGEFLEET_CA_KEY_PASSPHRASE.
     """
+    raise typer.Exit(_mosquitto_config(passwords, acl, tls_config, password_port, data_dir, config))
+
+
+def _mosquitto_config(
+    passwords: Path,
+    acl: Path,
+    tls_config: Path | None,
+    password_port: int | None,
+    data_dir: Path | None,
+    config: Path | None,
+) -> int:
     try:
         settings = load_settings(config_file=config, overrides={"data_dir": data_dir})
-        export = write_mosquitto_files(settings, passwords=passwords, acl=acl)
+        export = write_mosquitto_files(
+            settings,
+            passwords=passwords,
+            acl=acl,
+            tls_config=tls_config,
+            password_port=password_port,
+        )
     except (ControllerError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from exc
+        return EXIT_FAILED
     controller = (
         f" and the controller user {export.controller_user}" if export.controller_user else ""
     )
     typer.echo(f"wrote {passwords} ({export.devices} devices{controller}) and {acl}")
-    if not export.controller_user:
+    if export.tls is not None:
+        listeners = f"certificates on port {settings.mqtts_port}"
+        if export.tls.password_port is not None:
+            listeners += f", passwords on port {export.tls.password_port}"
+        typer.echo(
+            f"wrote {export.tls.config} ({listeners}), the certificates and the CRL "
+            f"({export.tls.revoked} revoked) beside {acl}"
+        )
+    elif not export.controller_user:
         typer.echo(
             "note: mqtt_username/mqtt_password are not set, so the controller has no login "
             "in these files",
             err=True,
         )
+    return 0

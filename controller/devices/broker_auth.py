@@ -21,7 +21,9 @@ The controller's own user may do anything under ``{prefix}/#``.
   a persistent session without a receive check, so the auth plugin also refuses a device
   whose will topic is not its own ``state`` topic or whose client id is not its device id.
 - **Mosquitto**: ``write_mosquitto_files`` exports a password file (the ``$7$`` hashes as
-  stored) and an ACL file of ``pattern`` lines with ``%u``.
+  stored) and an ACL file of ``pattern`` lines with ``%u``; with a CA in the data
+  directory also a TLS configuration and a CRL (``mosquitto_tls``), whose certificate
+  listener takes the certificate's common name, the device id, as ``%u``.
 
 The controller's MQTT login is ``settings.mqtt_username``/``mqtt_password`` when set.
 Without them the embedded broker accepts the user ``edgefleet-controller`` with a random
@@ -37,7 +39,7 @@ import hashlib
 import logging
 import secrets
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,11 @@ from ..db import make_engine
 from ..errors import ConfigError
 from ..settings import DEFAULT_CONTROLLER_MQTT_USERNAME, Settings
 from .credentials import hash_mqtt_password, verify_mqtt_password
+from .mosquitto_tls import (
+    MosquittoTlsExport,
+    has_certificate_authority,
+    write_mosquitto_tls_files,
+)
 from .tables import DeviceCertificate, DeviceRecord
 
 __all__ = [
@@ -334,11 +341,24 @@ def mosquitto_acl(prefix: str, controller_username: str | None) -> str:
 @dataclass(frozen=True)
 class MosquittoExport:
     devices: int
-    controller_user: str | None
+    controller_user: str | None  # the controller's login in the password file
+    # With a CA in the data directory: the TLS files; the ACL then also names
+    # ``controller_mqtt_username``, the common name of the controller's client certificate.
+    tls: MosquittoTlsExport | None = None
 
 
-def write_mosquitto_files(settings: Settings, *, passwords: Path, acl: Path) -> MosquittoExport:
-    """Write the password file (mode 0600) and the ACL file from the database.
+def write_mosquitto_files(
+    settings: Settings,
+    *,
+    passwords: Path,
+    acl: Path,
+    tls_config: Path | None = None,
+    password_port: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> MosquittoExport:
+    """Write the password file (mode 0600) and the ACL file from the database, and with a
+    CA in the data directory the TLS files of ``mosquitto_tls.write_mosquitto_tls_files``
+    (``tls_config``, ``password_port`` and ``environ`` go to it).
 
     Run on the controller host (it reads the database directly, like ``tokens create``).
     Enrolled devices that are not decommissioned get their stored ``$7$`` hash; the
@@ -346,29 +366,45 @@ def write_mosquitto_files(settings: Settings, *, passwords: Path, acl: Path) -> 
     file is replaced atomically (Mosquitto never reads half of one) and keeps the owner of
     the file it replaces.
     """
+    with_tls = has_certificate_authority(settings)
     engine = make_engine(settings.resolved_database_url)
     try:
-        with Session(engine) as session:
-            rows = session.exec(
-                select(DeviceRecord.id, DeviceRecord.mqtt_password_hash)
-                .where(col(DeviceRecord.decommissioned_at).is_(None))
-                .order_by(col(DeviceRecord.id))
-            ).all()
-    except SQLAlchemyError as exc:
-        raise ConfigError(f"cannot read the devices from the database: {exc}") from exc
+        try:
+            with Session(engine) as session:
+                rows = session.exec(
+                    select(DeviceRecord.id, DeviceRecord.mqtt_password_hash)
+                    .where(col(DeviceRecord.decommissioned_at).is_(None))
+                    .order_by(col(DeviceRecord.id))
+                ).all()
+        except SQLAlchemyError as exc:
+            raise ConfigError(f"cannot read the devices from the database: {exc}") from exc
+        lines = [f"{device_id}:{hashed}" for device_id, hashed in rows]
+        controller_user = None
+        if settings.mqtt_username:
+            controller_user, password = controller_mqtt_credentials(settings)
+            lines.append(f"{controller_user}:{hash_mqtt_password(password)}")
+        # Over TLS the controller logs in by its certificate, named controller_mqtt_username.
+        acl_user = settings.controller_mqtt_username if with_tls else controller_user
+        # Each file keeps the owner and group of the one it replaces, so a file chown'ed to
+        # Mosquitto's user stays readable by it.
+        for path, text, mode in (
+            (passwords, "".join(f"{line}\n" for line in lines), PRIVATE_FILE_MODE),
+            (acl, mosquitto_acl(settings.topic_prefix, acl_user), PUBLIC_FILE_MODE),
+        ):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, text.encode("utf-8"), mode=mode, keep_owner=True)
+        # Last: its configuration names the two files above.
+        tls = None
+        if with_tls:
+            tls = write_mosquitto_tls_files(
+                settings,
+                engine,
+                passwords=passwords,
+                acl=acl,
+                config=tls_config,
+                password_port=password_port,
+                environ=environ,
+            )
     finally:
         engine.dispose()
-    lines = [f"{device_id}:{hashed}" for device_id, hashed in rows]
-    controller_user = None
-    if settings.mqtt_username:
-        controller_user, password = controller_mqtt_credentials(settings)
-        lines.append(f"{controller_user}:{hash_mqtt_password(password)}")
-    # Each file keeps the owner and group of the one it replaces, so a file chown'ed to
-    # Mosquitto's user stays readable by it.
-    for path, text, mode in (
-        (passwords, "".join(f"{line}\n" for line in lines), PRIVATE_FILE_MODE),
-        (acl, mosquitto_acl(settings.topic_prefix, controller_user), PUBLIC_FILE_MODE),
-    ):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, text.encode("utf-8"), mode=mode, keep_owner=True)
-    return MosquittoExport(devices=len(rows), controller_user=controller_user)
+    return MosquittoExport(devices=len(rows), controller_user=controller_user, tls=tls)
