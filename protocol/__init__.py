@@ -47,6 +47,8 @@ from .release import (
     TensorSpec,
 )
 from .reports import (
+    MAX_DRIFT_BINS,
+    MAX_DRIFT_TENSORS,
     Event,
     LatencySummary,
     ModelState,
@@ -103,6 +105,8 @@ __all__ = [
     "LATENCY_BUCKETS",
     "MAX_CARRIED_TRUST_ROOTS",
     "MAX_CHECK_BUNDLE_BYTES",
+    "MAX_DRIFT_BINS",
+    "MAX_DRIFT_TENSORS",
     "MAX_ENVELOPE_BYTES",
     "MAX_MODELS_PER_DEVICE",
     "MAX_RELEASE_ENVELOPE_BYTES",

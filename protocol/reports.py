@@ -14,7 +14,7 @@ from pydantic import AwareDatetime, Field, model_validator
 
 from .deployment import MAX_MODELS_PER_DEVICE
 from .document import DeviceId, Document, Model, Name
-from .release import ReleaseRef
+from .release import ReleaseRef, TensorName
 
 __all__ = [
     "Event",
@@ -97,6 +97,13 @@ class LatencySummary(Model):
         return self
 
 
+MAX_DRIFT_TENSORS = 256
+MAX_DRIFT_BINS = 256
+DriftCounts = Annotated[
+    list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_DRIFT_BINS)
+]
+
+
 class TelemetryWindow(Document):
     PAYLOAD_TYPE: ClassVar[str] = "application/vnd.edgefleet.telemetry-window+json"
 
@@ -115,6 +122,11 @@ class TelemetryWindow(Document):
     # The worst output's PSI, only for a window with enough requests to judge it
     # (docs/protocol.md §11); input drift is the data's and never gates a rollout.
     output_drift_psi: float | None = Field(default=None, ge=0)
+    # How many live values fell in each bin of the reference profile's histogram, per
+    # tensor (inputs and outputs), whatever the window's size: the controller adds them
+    # up over a group's windows and devices before it reads a PSI, which a window's own
+    # PSI (biased upwards by about 9/N on N values) cannot give.
+    drift_counts: dict[TensorName, DriftCounts] = Field(default={}, max_length=MAX_DRIFT_TENSORS)
 
     @model_validator(mode="after")
     def _errors_within_requests(self) -> TelemetryWindow:

@@ -50,6 +50,7 @@ from .onnx_backend import OnnxBackend
 from .profile import (
     HISTOGRAM_BINS,
     MIN_DRIFT_REQUESTS,
+    MIN_DRIFT_VALUES,
     PROBABILITY_SLACK,
     PSI_EPSILON,
     ReferenceBins,
@@ -66,6 +67,7 @@ __all__ = [
     "HISTOGRAM_BINS",
     "MAX_NPY_HEADER_BYTES",
     "MIN_DRIFT_REQUESTS",
+    "MIN_DRIFT_VALUES",
     "OIP_DATATYPES",
     "PROBABILITY_SLACK",
     "PSI_EPSILON",

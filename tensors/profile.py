@@ -35,6 +35,7 @@ import numpy.typing as npt
 __all__ = [
     "HISTOGRAM_BINS",
     "MIN_DRIFT_REQUESTS",
+    "MIN_DRIFT_VALUES",
     "PROBABILITY_SLACK",
     "PSI_EPSILON",
     "ReferenceBins",
@@ -52,6 +53,8 @@ PSI_EPSILON = 1e-4
 # features of one row, the pixels of one image): PSI over a few dozen requests is noise (a
 # good first model was once rolled back at PSI 0.30 over about 50 requests).
 MIN_DRIFT_REQUESTS = 200
+# Values a PSI is read from at least (agent.stats.recorder explains the 9/N bias below it).
+MIN_DRIFT_VALUES = 200
 # FP16 has a 1e-3 epsilon: a softmax computed in FP16 (an FP16 variant, or a device that
 # computes FP16 natively) gives rows that sum to 1 only within about 1e-2. A tighter
 # slack would make the same model a classifier in FP32 and not in FP16.

@@ -67,6 +67,7 @@ import numpy.typing as npt
 
 import protocol
 from tensors import ReferenceBins, population_stability_index
+from tensors.profile import MIN_DRIFT_VALUES
 
 from .classes import Classifier, find_classifier
 from .columns import Arrays, Column, columns_of
@@ -83,7 +84,6 @@ __all__ = [
 ]
 
 WINDOW_S = 10.0
-MIN_DRIFT_VALUES = 200
 # Enough requests per batch that numpy's fixed cost per call is spread thin.
 PENDING_REQUESTS = 256
 MAX_PENDING_REQUEST_BYTES = 16 * 1024
@@ -131,6 +131,9 @@ class WindowStats:
     class_counts: tuple[int, ...] | None = None
     drift_psi: dict[str, float] = field(default_factory=dict)
     output_drift_psi: dict[str, float] = field(default_factory=dict)
+    # Live values per reference bin, every tensor with a reference histogram, whatever
+    # the count: what the controller pools across windows and devices.
+    drift_counts: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def error_rate(self) -> float:
@@ -212,6 +215,10 @@ class _Accumulator:
             ),
             drift_psi=psi,
             output_drift_psi={name: v for name, v in psi.items() if name in output_names},
+            drift_counts={
+                name: tuple(int(count) for count in counts)
+                for name, counts in sorted(self.drift.items())
+            },
         )
 
     def _percentile_ms(self, latency_counts: list[int], q: float) -> float | None:

@@ -3,12 +3,14 @@
 Invariant: whatever a window holds, the result is within the schema: the confidence is
 clipped to [0, 1] (a width-matched output that is not quite a probability), errors never
 exceed requests, a zero-length window gets ``MIN_WINDOW_S`` and non-finite PSI values
-are left out. ``output_drift_psi`` (the worst output's PSI, the only drift a rollout gate
-may weigh) is set only for a window of at least ``tensors.MIN_DRIFT_REQUESTS`` requests.
+are left out, as are drift counts past the schema's limits. ``output_drift_psi`` (the
+worst output's PSI) is set only for a window of at least ``tensors.MIN_DRIFT_REQUESTS``
+requests; ``drift_counts`` are sent for every window, for the controller to pool.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import datetime
 
@@ -60,4 +62,14 @@ def to_telemetry_window(
         class_counts=None if stats.class_counts is None else list(stats.class_counts),
         drift_psi={name: psi for name, psi in stats.drift_psi.items() if math.isfinite(psi)},
         output_drift_psi=max(outputs) if judged else None,
+        drift_counts=dict(
+            itertools.islice(
+                (
+                    (name, list(counts))
+                    for name, counts in stats.drift_counts.items()
+                    if 0 < len(counts) <= protocol.MAX_DRIFT_BINS
+                ),
+                protocol.MAX_DRIFT_TENSORS,
+            )
+        ),
     )

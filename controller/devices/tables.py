@@ -179,6 +179,9 @@ telemetry_table = Table(
     # The latency histogram (protocol.histograms buckets) as a JSON list of counts, so a
     # group's percentiles are read from all its requests; None from older agents.
     Column("latency_counts", Text, nullable=True),
+    # Live values per reference-profile bin, per tensor: a JSON object of lists, pooled
+    # like the latency counts so a group's drift is one PSI over all its values.
+    Column("drift_counts", Text, nullable=True),
     # Windows merged by downsampling (1 when stored as the device sent it).
     Column("merged", Integer, nullable=False, default=1),
     UniqueConstraint("device_id", "model_name", "window_start", name="uq_telemetry_window"),

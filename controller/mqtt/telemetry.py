@@ -11,9 +11,10 @@ Invariants:
 - times are stored in UTC (SQLite keeps no offset, so every write converts first) and
   read back as aware UTC datetimes;
 - a window's latency histogram is kept (``latency_counts``, JSON) only in the buckets of
-  ``protocol.histograms``, the one layout whose counts can be added across devices;
+  ``protocol.histograms``, the one layout whose counts can be added across devices; its
+  drift counts (``drift_counts``, per tensor) as sent;
 - downsampling keeps sums exact (requests, errors, non-finite outputs, seconds observed,
-  ``merged``, latency counts) and the request-weighted means of p50/p95/p99 and
+  ``merged``, latency and drift counts) and the request-weighted means of p50/p95/p99 and
   confidence; a merged row
   takes the earliest ``window_start`` of its group, which no other row can hold (the
   merged rows are deleted in the same transaction), so the unique key survives even when
@@ -52,7 +53,9 @@ __all__ = [
     "IN_CHUNK",
     "TelemetryRow",
     "active_device_ids",
+    "add_drift_counts",
     "downsample_telemetry",
+    "parse_drift_counts",
     "parse_latency_counts",
     "prune_telemetry",
     "telemetry_rows",
@@ -161,17 +164,54 @@ def telemetry_rows(batches: Sequence[TelemetryBatch]) -> list[TelemetryRow]:
                     "confidence_mean": window.top1_confidence_mean,
                     "max_drift_psi": drift if drift is not None and math.isfinite(drift) else None,
                     "latency_counts": _latency_counts(latency),
+                    "drift_counts": _json(window.drift_counts) if window.drift_counts else None,
                     "merged": 1,
                 }
             )
     return rows
 
 
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _latency_counts(latency: LatencySummary | None) -> str | None:
     """The histogram as stored: a JSON list, only in the shared bucket layout."""
     if latency is None or tuple(latency.bounds_ms) != LATENCY_BOUNDS_MS:
         return None
-    return json.dumps(latency.counts, separators=(",", ":"))
+    return _json(latency.counts)
+
+
+def parse_drift_counts(text: str | None) -> dict[str, list[int]]:
+    """Stored drift counts (tensor -> counts per bin); empty when absent or malformed."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {
+        name: counts
+        for name, counts in value.items()
+        if isinstance(counts, list)
+        and all(isinstance(count, int) and count >= 0 for count in counts)
+    }
+
+
+def add_drift_counts(
+    total: dict[str, list[int]], counts: Mapping[str, list[int]]
+) -> dict[str, list[int]]:
+    """``total`` plus ``counts``, tensor by tensor; a tensor whose bins differ in number
+    from the total's (another reference) is left out of the sum."""
+    for name, values in counts.items():
+        have = total.get(name)
+        if have is None:
+            total[name] = list(values)
+        elif len(have) == len(values):
+            total[name] = [a + b for a, b in zip(have, values, strict=True)]
+    return total
 
 
 def parse_latency_counts(text: str | None) -> list[int] | None:
@@ -340,10 +380,13 @@ def _merge(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     histograms = [parse_latency_counts(row["latency_counts"]) for row in rows]
     # Summed only when every merged window has one: a partial sum would under-count.
     if all(counts is not None for counts in histograms):
-        total = [sum(column) for column in zip(*histograms, strict=True)]
-        merged["latency_counts"] = json.dumps(total, separators=(",", ":"))
+        merged["latency_counts"] = _json([sum(column) for column in zip(*histograms, strict=True)])
     else:
         merged["latency_counts"] = None
+    drift: dict[str, list[int]] = {}
+    for row in rows:
+        add_drift_counts(drift, parse_drift_counts(row["drift_counts"]))
+    merged["drift_counts"] = _json(drift) if drift else None
     return merged
 
 

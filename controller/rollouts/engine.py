@@ -53,6 +53,7 @@ from .core import (
     plan,
 )
 from .health import fleet_health
+from .references import release_reference_profile
 from .tables import RolloutAssignmentRecord, RolloutCommandRecord, RolloutEventRecord, RolloutRecord
 
 __all__ = [
@@ -179,12 +180,16 @@ def _measure_health(fleet: FleetContext, rollout_id: str) -> _Health | None:
     new, control = health_groups(
         devices, assigned=state.assigned_ids, release=state.release, last_good=state.last_good
     )
+    artifacts = fleet.settings.artifacts_dir
     new_health = fleet_health(
         fleet.engine,
         device_ids=new,
         model=state.release.model,
         version=state.release.version,
         since=since,
+        reference=release_reference_profile(
+            fleet.engine, artifacts, model=state.release.model, version=state.release.version
+        ),
     )
     control_health = None
     if state.last_good is not None:
@@ -194,6 +199,12 @@ def _measure_health(fleet: FleetContext, rollout_id: str) -> _Health | None:
             model=state.last_good.model,
             version=state.last_good.version,
             since=since,
+            reference=release_reference_profile(
+                fleet.engine,
+                artifacts,
+                model=state.last_good.model,
+                version=state.last_good.version,
+            ),
         )
     return _Health(key, new_health, control_health)
 

@@ -6,7 +6,9 @@ asks it for the devices of a wave and for the control group still on the old rel
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import json
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,10 +17,12 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Engine, case, func, select
 
+from protocol import ReferenceProfile
 from protocol.histograms import LATENCY_BUCKETS, histogram_quantile
+from tensors.profile import MIN_DRIFT_REQUESTS, MIN_DRIFT_VALUES, population_stability_index
 
 from ..devices.tables import telemetry_table
-from ..mqtt.telemetry import IN_CHUNK, parse_latency_counts, to_utc
+from ..mqtt.telemetry import IN_CHUNK, parse_drift_counts, parse_latency_counts, to_utc
 from .core import FleetHealth
 
 __all__ = ["fleet_health"]
@@ -40,6 +44,7 @@ class _HealthSums:
     latency_counts: npt.NDArray[np.int64] = field(
         default_factory=lambda: np.zeros(LATENCY_BUCKETS, dtype=np.int64)
     )
+    drift_counts: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
 
     def add_histograms(self, texts: Iterable[str]) -> None:
         # One parse of all the rows at once: a wave's thousands of windows would otherwise
@@ -58,6 +63,40 @@ class _HealthSums:
             if counts is not None:
                 self.latency_counts += np.asarray(counts, dtype=np.int64)
 
+    def add_drift(self, texts: Iterable[str], outputs: Mapping[str, int]) -> None:
+        """Add the windows' counts of the ``outputs`` (name -> bins of the reference)."""
+        texts = list(texts)
+        if not texts or not outputs:
+            return
+        try:
+            windows = json.loads("[" + ",".join(texts) + "]")
+        except ValueError:  # a malformed row (not ours): each row parsed alone
+            windows = [parse_drift_counts(text) for text in texts]
+        for window in windows:
+            if not isinstance(window, dict):
+                continue
+            for name, bins in outputs.items():
+                counts = window.get(name)
+                if isinstance(counts, list) and len(counts) == bins:
+                    total = self.drift_counts.setdefault(name, np.zeros(bins, dtype=np.int64))
+                    total += np.asarray(counts, dtype=np.int64)
+
+    def pooled_drift(self, fractions: Mapping[str, Sequence[float]]) -> tuple[float, int] | None:
+        """The worst output's PSI over the pooled counts and its number of values, for
+        outputs with ``MIN_DRIFT_VALUES`` values and a group with ``MIN_DRIFT_REQUESTS``
+        requests; None when there is no such output."""
+        if self.requests < MIN_DRIFT_REQUESTS:
+            return None
+        worst: tuple[float, int] | None = None
+        for name, counts in self.drift_counts.items():
+            values = int(counts.sum())
+            if values < MIN_DRIFT_VALUES:
+                continue
+            psi = population_stability_index(counts, fractions[name])
+            if math.isfinite(psi) and (worst is None or psi > worst[0]):
+                worst = (psi, values)
+        return worst
+
     def add(self, row: Any) -> None:
         # PostgreSQL sums integers as numeric: Decimal in Python, hence the conversions.
         self.devices += int(row.devices or 0)
@@ -72,11 +111,16 @@ class _HealthSums:
             drift = float(row.max_drift_psi)
             self.max_drift_psi = max(drift, self.max_drift_psi or drift)
 
-    def health(self) -> FleetHealth:
+    def health(self, fractions: Mapping[str, Sequence[float]] | None = None) -> FleetHealth:
         def ratio(part: float, whole: int) -> float | None:
             return part / whole if whole else None
 
         pooled_p95 = histogram_quantile(self.latency_counts.tolist(), 0.95)
+        # Pooled counts when the devices sent them; else the worst window's own figure.
+        drift, drift_values = self.max_drift_psi, None
+        if self.drift_counts and fractions is not None:
+            pooled = self.pooled_drift(fractions)
+            drift, drift_values = pooled if pooled is not None else (None, None)
         return FleetHealth(
             devices=self.devices,
             requests=self.requests,
@@ -84,7 +128,8 @@ class _HealthSums:
             nonfinite_rate=ratio(self.nonfinite, self.requests),
             p95_ms=pooled_p95 if pooled_p95 is not None else ratio(self.p95_sum, self.p95_requests),
             confidence_mean=ratio(self.confidence_sum, self.confidence_requests),
-            max_drift_psi=self.max_drift_psi,
+            max_drift_psi=drift,
+            drift_values=drift_values,
         )
 
 
@@ -95,6 +140,7 @@ def fleet_health(
     model: str,
     version: int | None,
     since: datetime,
+    reference: ReferenceProfile | None = None,
 ) -> FleetHealth:
     """Model health over the windows of ``device_ids`` for ``model`` (and ``version``,
     unless None) that started at or after ``since``.
@@ -104,13 +150,23 @@ def fleet_health(
     histograms are added up first (``protocol.histograms``), so it does not depend on how
     requests spread over windows and devices. Only when no window carries a histogram
     (older agents) is it the request-weighted mean of the windows' p95s.
-    ``confidence_mean`` is request-weighted; ``max_drift_psi`` is the largest any window
-    saw.
+    ``confidence_mean`` is request-weighted.
+
+    ``max_drift_psi`` is the worst output's PSI against ``reference`` (the release's
+    profile of its validation data) over the drift counts of all the group's windows
+    added up, read only from ``MIN_DRIFT_VALUES`` values and ``MIN_DRIFT_REQUESTS``
+    requests on: a window's own PSI is biased upwards by about 9/N on N values, so the
+    worst of thousands of small windows grows with the fleet even when nothing drifts.
+    Without a reference of validation data or counts (older agents) it is the largest
+    any window judged by itself. Input drift is never read here: it is the data's.
     """
     ids = sorted(set(device_ids))
     sums = _HealthSums()
+    judged = reference if reference is not None and reference.source == "validation" else None
+    outputs = {name: len(h.fractions) for name, h in judged.outputs.items()} if judged else {}
+    fractions = {name: h.fractions for name, h in judged.outputs.items()} if judged else None
     if not ids:
-        return sums.health()
+        return sums.health(fractions)
     has_p95 = _T.c.p95_ms.is_not(None)
     has_confidence = _T.c.confidence_mean.is_not(None)
     columns = (
@@ -137,7 +193,14 @@ def fleet_health(
                 query = query.where(_T.c.version == version)
             sums.add(connection.execute(query).one())
             sums.add_histograms(connection.scalars(_histograms_of(query)))
-    return sums.health()
+            if outputs:
+                sums.add_drift(connection.scalars(_drift_counts_of(query)), outputs)
+    return sums.health(fractions)
+
+
+def _drift_counts_of(query: Any) -> Any:
+    """The drift counts of the windows ``query`` aggregates."""
+    return query.with_only_columns(_T.c.drift_counts).where(_T.c.drift_counts.is_not(None))
 
 
 def _histograms_of(query: Any) -> Any:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from protocol import ReleaseRef
-from tensors.profile import MIN_DRIFT_REQUESTS
+from tensors.profile import MIN_DRIFT_REQUESTS, MIN_DRIFT_VALUES
 
 from .waves import GateResult, GateThresholds, RolloutSpecError
 
@@ -82,6 +82,9 @@ class FleetHealth:
     p95_ms: float | None = None
     confidence_mean: float | None = None
     max_drift_psi: float | None = None
+    # Values the drift figure was read from, pooled over the group's windows (None: the
+    # figure is the worst single window's, from devices that send no counts).
+    drift_values: int | None = None
 
 
 @dataclass(frozen=True)
@@ -276,8 +279,9 @@ def _drift_excess(new: FleetHealth, control: FleetHealth | None) -> tuple[float 
     """Output drift of the new release over the control group's (see the module doc)."""
     if new.max_drift_psi is None:
         return None, (
-            f"skipped: no output drift judged on updated devices (windows of at least "
-            f"{MIN_DRIFT_REQUESTS} requests against a reference profile of validation data)"
+            f"skipped: no output drift judged on updated devices (at least "
+            f"{MIN_DRIFT_REQUESTS} requests and {MIN_DRIFT_VALUES} values pooled, against a "
+            "reference profile of validation data)"
         )
     if control is None or control.max_drift_psi is None:
         return None, (
@@ -286,9 +290,15 @@ def _drift_excess(new: FleetHealth, control: FleetHealth | None) -> tuple[float 
         )
     excess = new.max_drift_psi - control.max_drift_psi
     return excess, (
-        f"output PSI {new.max_drift_psi:.3g}, control {control.max_drift_psi:.3g}: "
-        f"excess {excess:.3g}"
+        f"output PSI {new.max_drift_psi:.3g}{_pooled(new)}, control "
+        f"{control.max_drift_psi:.3g}{_pooled(control)}: excess {excess:.3g}"
     )
+
+
+def _pooled(health: FleetHealth) -> str:
+    if health.drift_values is None:
+        return " (worst window)"
+    return f" over {health.drift_values} values from {health.devices} devices"
 
 
 def _gate(name: str, value: float | None, threshold: float | None, note: str) -> GateResult:

@@ -174,6 +174,10 @@ def test_telemetry_window_validates_and_round_trips(tabular_reference: Reference
     assert window.top1_confidence_mean == pytest.approx(0.7)
     assert set(window.drift_psi) == {"x", "probs"}
     assert window.output_drift_psi is None  # 121 requests: too few to judge
+    # The counts behind the PSIs go out whatever the window's size, for the controller
+    # to pool: 4 input values and 3 probabilities per classified request.
+    assert sum(window.drift_counts["x"]) == 120 * 4
+    assert sum(window.drift_counts["probs"]) == 120 * 3
 
 
 def test_output_drift_reaches_the_wire_only_from_the_minimum_requests(
@@ -201,6 +205,7 @@ def test_empty_window_has_no_latency_or_classifier_figures() -> None:
     assert (window.requests, window.latency, window.top1_confidence_mean) == (0, None, None)
     assert window.class_counts is None
     assert window.drift_psi == {}
+    assert window.drift_counts == {}
 
 
 def test_zero_length_window_still_has_a_positive_length_on_the_wire() -> None:

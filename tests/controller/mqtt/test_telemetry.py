@@ -9,6 +9,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import Engine, func, insert, select
 
@@ -20,7 +21,9 @@ from controller.rollouts.health import fleet_health
 from protocol import (
     LATENCY_BOUNDS_MS,
     LATENCY_BUCKETS,
+    Histogram,
     LatencySummary,
+    ReferenceProfile,
     ReleaseRef,
     TelemetryBatch,
     TelemetryWindow,
@@ -363,3 +366,93 @@ def test_pruning_deletes_windows_before_the_cutoff(engine: Engine) -> None:
     assert prune_telemetry(engine, older_than=T0 - timedelta(days=30)) == 1
     with engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(telemetry_table)) == 1
+
+
+REFERENCE = ReferenceProfile(
+    source="validation",
+    inputs={"x": Histogram(bin_edges=[float(i) for i in range(11)], fractions=[0.1] * 10)},
+    outputs={"y": Histogram(bin_edges=[float(i) for i in range(11)], fractions=[0.1] * 10)},
+)
+
+
+def _small_windows(
+    engine: Engine, rng: np.random.Generator, *, devices: int, fractions: list[float]
+) -> list[str]:
+    """Each device sends one window of 4 requests, one output value each, drawn from
+    ``fractions`` over the reference's 10 bins; its input drifts wildly, always."""
+    device_ids = [f"dev-{index:04d}" for index in range(devices)]
+    add_devices(engine, *device_ids)
+    batches = []
+    for device_id in device_ids:
+        counts = rng.multinomial(4, fractions).tolist()
+        batches.append(
+            batch(
+                device_id,
+                window(
+                    T0,
+                    requests=4,
+                    errors=0,
+                    output_drift_psi=None,  # a window of 4 requests judges nothing itself
+                    drift_counts={"y": counts, "x": [4] + [0] * 9},
+                ),
+            )
+        )
+    write_telemetry(engine, batches)
+    return device_ids
+
+
+def test_fleet_drift_is_one_psi_over_every_windows_values_not_the_worst_window(
+    engine: Engine,
+) -> None:
+    """500 devices on exactly the reference distribution, 4 values each: any one window's
+    PSI would be far above 0.25 (about 9/N on N values); pooled, 2,000 values read low."""
+    rng = np.random.default_rng(17)
+    device_ids = _small_windows(engine, rng, devices=500, fractions=[0.1] * 10)
+
+    health = fleet_health(
+        engine, device_ids=device_ids, model="digits", version=2, since=T0, reference=REFERENCE
+    )
+
+    assert health.drift_values == 2000
+    assert health.max_drift_psi is not None
+    assert health.max_drift_psi < 0.05  # the input "x" drifts wildly: never read here
+
+
+def test_fleet_drift_sees_a_shift_the_reference_did_not_have(engine: Engine) -> None:
+    rng = np.random.default_rng(18)
+    shifted = [0.02] * 5 + [0.18] * 5
+    device_ids = _small_windows(engine, rng, devices=500, fractions=shifted)
+
+    health = fleet_health(
+        engine, device_ids=device_ids, model="digits", version=2, since=T0, reference=REFERENCE
+    )
+
+    assert health.max_drift_psi is not None
+    assert health.max_drift_psi > 0.25
+
+
+def test_fleet_drift_needs_enough_pooled_values(engine: Engine) -> None:
+    """Below MIN_DRIFT_REQUESTS requests pooled there is no figure, so no gate reads noise."""
+    rng = np.random.default_rng(19)
+    device_ids = _small_windows(engine, rng, devices=40, fractions=[0.1] * 10)
+
+    health = fleet_health(
+        engine, device_ids=device_ids, model="digits", version=2, since=T0, reference=REFERENCE
+    )
+
+    assert health.requests == 160
+    assert (health.max_drift_psi, health.drift_values) == (None, None)
+
+
+def test_without_a_validation_reference_drift_is_what_windows_judged_themselves(
+    engine: Engine,
+) -> None:
+    add_devices(engine, "dev-1")
+    write_telemetry(engine, [batch("dev-1", window(T0, drift_counts={"y": [400] + [0] * 9}))])
+    generated = REFERENCE.model_copy(update={"source": "generated"})
+
+    for reference in (None, generated):
+        health = fleet_health(
+            engine, device_ids=["dev-1"], model="digits", version=2, since=T0, reference=reference
+        )
+        assert (health.max_drift_psi, health.drift_values) == (0.2, None)

@@ -307,3 +307,14 @@ def test_health_groups(last_good: ReleaseRef | None, new: list[str], control: li
     )
 
     assert groups == (new, control)
+
+
+def test_the_drift_gate_says_how_many_pooled_values_it_read() -> None:
+    new = replace(HEALTHY, max_drift_psi=0.5, drift_values=2400, devices=600)
+    control = replace(HEALTHY, max_drift_psi=0.1, drift_values=None)
+
+    result = gates(ALL_COMMITTED, new=new, control=control)["drift_psi"]
+
+    assert not result.passed
+    assert "over 2400 values from 600 devices" in result.note
+    assert "control 0.1 (worst window)" in result.note

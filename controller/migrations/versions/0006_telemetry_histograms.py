@@ -1,4 +1,4 @@
-"""telemetry latency counts: pooled percentiles per group (issue 17)
+"""telemetry histograms: latency and drift counts, pooled per group (issue 17)
 
 Revision ID: 0006
 Revises: 0005
@@ -19,8 +19,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("telemetry", schema=None) as batch_op:
         batch_op.add_column(sa.Column("latency_counts", sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column("drift_counts", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("telemetry", schema=None) as batch_op:
+        batch_op.drop_column("drift_counts")
         batch_op.drop_column("latency_counts")
