@@ -83,7 +83,7 @@ def build_context(
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> FastAPI:
     ctx = build_context(settings, environ)
-    ctx.metrics.registry.register(FleetCollector(ctx.read_engine))
+    ctx.metrics.registry.register(FleetCollector(ctx.read_engine, settings.artifacts_dir))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

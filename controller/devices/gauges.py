@@ -3,12 +3,19 @@
 Counting at scrape time keeps every replica's ``/metrics`` true for the whole fleet (the
 database is the truth), with no state to keep in step. Each scrape runs a few grouped
 queries; a failed query skips its gauges and is logged, never failing the scrape.
+
+Model health (``edgefleet_model_*{model,version}``) is read, like the rollout gates, from
+the telemetry of the last ``MODEL_HEALTH_WINDOW_S`` seconds of every device, pooled per
+release (``rollouts.health.fleet_health``): requests, error and non-finite rates, p95,
+mean confidence and output drift, so a Grafana alert can watch each release.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -16,25 +23,86 @@ from sqlalchemy import Engine, func
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
+from ..rollouts.health import fleet_health
+from ..rollouts.references import release_reference_profile
 from ..rollouts.tables import RolloutAssignmentRecord, RolloutRecord
-from .tables import DeviceModelRecord, DeviceRecord
+from .tables import DeviceModelRecord, DeviceRecord, telemetry_table
 
-__all__ = ["FleetCollector"]
+__all__ = ["MODEL_HEALTH_WINDOW_S", "FleetCollector"]
 
 logger = logging.getLogger(__name__)
 
 
+MODEL_HEALTH_WINDOW_S = 300.0
+# (name suffix, help, FleetHealth attribute)
+_MODEL_HEALTH = (
+    ("devices", "Devices that sent telemetry", "devices"),
+    ("requests", "Requests served", "requests"),
+    ("error_rate", "Share of requests that failed", "error_rate"),
+    ("nonfinite_rate", "Share of requests with a NaN or infinite output", "nonfinite_rate"),
+    ("p95_latency_ms", "p95 latency of every request, from pooled histograms", "p95_ms"),
+    ("confidence_mean", "Mean top-1 confidence", "confidence_mean"),
+    (
+        "output_drift_psi",
+        "Worst output's PSI against the release's reference, over pooled counts",
+        "max_drift_psi",
+    ),
+)
+
+
 class FleetCollector(Collector):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, artifacts_dir: Path | None = None) -> None:
         self.engine = engine
+        # Where release check bundles are, for output drift; None: drift not reported.
+        self.artifacts_dir = artifacts_dir
 
     def collect(self) -> Iterator[Metric]:
         try:
             with Session(self.engine) as session:
                 yield from self._devices(session)
                 yield from self._rollouts(session)
+            yield from self._model_health()
         except SQLAlchemyError as exc:
             logger.warning("fleet metrics skipped: %s", exc)
+
+    def _model_health(self) -> Iterator[Metric]:
+        since = datetime.now(UTC) - timedelta(seconds=MODEL_HEALTH_WINDOW_S)
+        families = [
+            GaugeMetricFamily(
+                f"edgefleet_model_{suffix}",
+                f"{text} over the last {MODEL_HEALTH_WINDOW_S:.0f} s, per release.",
+                labels=["model", "version"],
+            )
+            for suffix, text, _attribute in _MODEL_HEALTH
+        ]
+        with self.engine.connect() as connection:
+            releases = connection.execute(
+                select(telemetry_table.c.model_name, telemetry_table.c.version)
+                .where(
+                    telemetry_table.c.window_start >= since,
+                    telemetry_table.c.version.is_not(None),
+                )
+                .distinct()
+            ).all()
+        for model, version in sorted(releases):
+            reference = None
+            if self.artifacts_dir is not None:
+                reference = release_reference_profile(
+                    self.engine, self.artifacts_dir, model=model, version=version
+                )
+            health = fleet_health(
+                self.engine,
+                device_ids=None,
+                model=model,
+                version=version,
+                since=since,
+                reference=reference,
+            )
+            for family, (_suffix, _text, attribute) in zip(families, _MODEL_HEALTH, strict=True):
+                value = getattr(health, attribute)
+                if value is not None:
+                    family.add_metric([model, str(version)], float(value))
+        yield from families
 
     def _devices(self, session: Session) -> Iterator[Metric]:
         devices = GaugeMetricFamily(

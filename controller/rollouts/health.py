@@ -136,14 +136,14 @@ class _HealthSums:
 def fleet_health(
     engine: Engine,
     *,
-    device_ids: Collection[str],
+    device_ids: Collection[str] | None,
     model: str,
     version: int | None,
     since: datetime,
     reference: ReferenceProfile | None = None,
 ) -> FleetHealth:
-    """Model health over the windows of ``device_ids`` for ``model`` (and ``version``,
-    unless None) that started at or after ``since``.
+    """Model health over the windows of ``device_ids`` (None: every device) for ``model``
+    (and ``version``, unless None) that started at or after ``since``.
 
     ``devices`` counts devices with at least one window. Rates are None when there were no
     requests. ``p95_ms`` is the p95 of every request of the group: the windows' latency
@@ -160,12 +160,16 @@ def fleet_health(
     Without a reference of validation data or counts (older agents) it is the largest
     any window judged by itself. Input drift is never read here: it is the data's.
     """
-    ids = sorted(set(device_ids))
+    # One chunk of no device filter for the whole fleet; the ids in IN_CHUNK pieces else.
+    chunks: list[list[str] | None] = [None]
+    if device_ids is not None:
+        ids = sorted(set(device_ids))
+        chunks = [ids[start : start + IN_CHUNK] for start in range(0, len(ids), IN_CHUNK)]
     sums = _HealthSums()
     judged = reference if reference is not None and reference.source == "validation" else None
     outputs = {name: len(h.fractions) for name, h in judged.outputs.items()} if judged else {}
     fractions = {name: h.fractions for name, h in judged.outputs.items()} if judged else None
-    if not ids:
+    if not chunks:
         return sums.health(fractions)
     has_p95 = _T.c.p95_ms.is_not(None)
     has_confidence = _T.c.confidence_mean.is_not(None)
@@ -183,12 +187,12 @@ def fleet_health(
         func.max(_T.c.max_drift_psi).label("max_drift_psi"),
     )
     with engine.connect() as connection:
-        for start in range(0, len(ids), IN_CHUNK):
+        for chunk in chunks:
             query = select(*columns).where(
-                _T.c.device_id.in_(ids[start : start + IN_CHUNK]),
-                _T.c.model_name == model,
-                _T.c.window_start >= to_utc(since),
+                _T.c.model_name == model, _T.c.window_start >= to_utc(since)
             )
+            if chunk is not None:
+                query = query.where(_T.c.device_id.in_(chunk))
             if version is not None:
                 query = query.where(_T.c.version == version)
             sums.add(connection.execute(query).one())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,11 +13,19 @@ from sqlmodel import Session, col, select
 
 from controller.devices.desired import mark_published, unpublished_messages
 from controller.devices.tables import DeviceModelRecord
+from controller.mqtt.telemetry import write_telemetry
 from controller.registry.tables import ReleaseRecord
 from controller.rollouts.engine import plan_rollout
 from controller.rollouts.tables import RolloutAssignmentRecord, RolloutEventRecord, RolloutRecord
 from controller.tokens import Role
-from protocol import Deployment, Envelope, verify_document
+from protocol import (
+    Deployment,
+    Envelope,
+    ReleaseRef,
+    TelemetryBatch,
+    TelemetryWindow,
+    verify_document,
+)
 from tests.controller.conftest import bearer, ctx
 from tests.controller.fleet_fixtures import add_devices, add_release, fleet_of, set_running
 
@@ -305,6 +314,41 @@ def test_metrics_show_devices_rollouts_and_their_outcomes(
     assert 'edgefleet_devices{online="true"} 3.0' in text
     assert 'edgefleet_rollouts{status="running"} 1.0' in text
     assert f'edgefleet_rollout_devices{{outcome="pending",rollout="{rollout["id"]}"}} 1.0' in text
+
+
+def test_metrics_show_each_releases_health_pooled_over_the_fleet(
+    fleet_app: FastAPI, client: TestClient, tokens: dict[Role, str]
+) -> None:
+    devices = add_devices(ctx(fleet_app).engine, 2)
+    now = datetime.now(UTC)
+    release = ReleaseRef(model="digits", version=2, sha256="ab" * 32)
+    write_telemetry(
+        ctx(fleet_app).engine,
+        [
+            TelemetryBatch(
+                device_id=device_id,
+                seq=1,
+                windows=[
+                    TelemetryWindow(
+                        model="digits",
+                        release=release,
+                        window_start=now - timedelta(seconds=30),
+                        window_s=10.0,
+                        requests=100,
+                        errors=errors,
+                        nonfinite_outputs=0,
+                    )
+                ],
+            )
+            for device_id, errors in zip(devices, (2, 8), strict=True)
+        ],
+    )
+
+    text = client.get("/metrics", headers=bearer(tokens[Role.VIEWER])).text
+
+    assert 'edgefleet_model_requests{model="digits",version="2"} 200.0' in text
+    assert 'edgefleet_model_error_rate{model="digits",version="2"} 0.05' in text
+    assert 'edgefleet_model_devices{model="digits",version="2"} 2.0' in text
 
 
 def test_a_decommissioned_device_gets_its_desired_state_cleared_on_the_broker(
