@@ -47,6 +47,11 @@ _MODEL_HEALTH = (
         "Worst output's PSI against the release's reference, over pooled counts",
         "max_drift_psi",
     ),
+    (
+        "input_drift_psi",
+        "Worst input's PSI against the release's reference, over pooled counts (the data's)",
+        "max_input_drift_psi",
+    ),
 )
 
 
@@ -97,6 +102,7 @@ class FleetCollector(Collector):
                 version=version,
                 since=since,
                 reference=reference,
+                input_drift=True,
             )
             for family, (_suffix, _text, attribute) in zip(families, _MODEL_HEALTH, strict=True):
                 value = getattr(health, attribute)

@@ -63,10 +63,10 @@ class _HealthSums:
             if counts is not None:
                 self.latency_counts += np.asarray(counts, dtype=np.int64)
 
-    def add_drift(self, texts: Iterable[str], outputs: Mapping[str, int]) -> None:
-        """Add the windows' counts of the ``outputs`` (name -> bins of the reference)."""
+    def add_drift(self, texts: Iterable[str], tensors: Mapping[str, int]) -> None:
+        """Add the windows' counts of the ``tensors`` (name -> bins of the reference)."""
         texts = list(texts)
-        if not texts or not outputs:
+        if not texts or not tensors:
             return
         try:
             windows = json.loads("[" + ",".join(texts) + "]")
@@ -75,20 +75,22 @@ class _HealthSums:
         for window in windows:
             if not isinstance(window, dict):
                 continue
-            for name, bins in outputs.items():
+            for name, bins in tensors.items():
                 counts = window.get(name)
                 if isinstance(counts, list) and len(counts) == bins:
                     total = self.drift_counts.setdefault(name, np.zeros(bins, dtype=np.int64))
                     total += np.asarray(counts, dtype=np.int64)
 
     def pooled_drift(self, fractions: Mapping[str, Sequence[float]]) -> tuple[float, int] | None:
-        """The worst output's PSI over the pooled counts and its number of values, for
-        outputs with ``MIN_DRIFT_VALUES`` values and a group with ``MIN_DRIFT_REQUESTS``
-        requests; None when there is no such output."""
+        """The worst PSI among the tensors of ``fractions`` over the pooled counts, and its
+        number of values, for tensors with ``MIN_DRIFT_VALUES`` values and a group with
+        ``MIN_DRIFT_REQUESTS`` requests; None when there is no such tensor."""
         if self.requests < MIN_DRIFT_REQUESTS:
             return None
         worst: tuple[float, int] | None = None
         for name, counts in self.drift_counts.items():
+            if name not in fractions:
+                continue
             values = int(counts.sum())
             if values < MIN_DRIFT_VALUES:
                 continue
@@ -111,7 +113,11 @@ class _HealthSums:
             drift = float(row.max_drift_psi)
             self.max_drift_psi = max(drift, self.max_drift_psi or drift)
 
-    def health(self, fractions: Mapping[str, Sequence[float]] | None = None) -> FleetHealth:
+    def health(
+        self,
+        fractions: Mapping[str, Sequence[float]] | None = None,
+        input_fractions: Mapping[str, Sequence[float]] | None = None,
+    ) -> FleetHealth:
         def ratio(part: float, whole: int) -> float | None:
             return part / whole if whole else None
 
@@ -121,6 +127,7 @@ class _HealthSums:
         if self.drift_counts and fractions is not None:
             pooled = self.pooled_drift(fractions)
             drift, drift_values = pooled if pooled is not None else (None, None)
+        input_drift = self.pooled_drift(input_fractions) if input_fractions else None
         return FleetHealth(
             devices=self.devices,
             requests=self.requests,
@@ -130,6 +137,7 @@ class _HealthSums:
             confidence_mean=ratio(self.confidence_sum, self.confidence_requests),
             max_drift_psi=drift,
             drift_values=drift_values,
+            max_input_drift_psi=input_drift[0] if input_drift is not None else None,
         )
 
 
@@ -141,6 +149,7 @@ def fleet_health(
     version: int | None,
     since: datetime,
     reference: ReferenceProfile | None = None,
+    input_drift: bool = False,
 ) -> FleetHealth:
     """Model health over the windows of ``device_ids`` (None: every device) for ``model``
     (and ``version``, unless None) that started at or after ``since``.
@@ -158,7 +167,9 @@ def fleet_health(
     requests on: a window's own PSI is biased upwards by about 9/N on N values, so the
     worst of thousands of small windows grows with the fleet even when nothing drifts.
     Without a reference of validation data or counts (older agents) it is the largest
-    any window judged by itself. Input drift is never read here: it is the data's.
+    any window judged by itself. Input drift is the data's, not the release's: it is read
+    (``max_input_drift_psi``, pooled likewise) only when ``input_drift`` is asked, for
+    alerts and metrics, never for a rollout gate.
     """
     # One chunk of no device filter for the whole fleet; the ids in IN_CHUNK pieces else.
     chunks: list[list[str] | None] = [None]
@@ -167,10 +178,16 @@ def fleet_health(
         chunks = [ids[start : start + IN_CHUNK] for start in range(0, len(ids), IN_CHUNK)]
     sums = _HealthSums()
     judged = reference if reference is not None and reference.source == "validation" else None
-    outputs = {name: len(h.fractions) for name, h in judged.outputs.items()} if judged else {}
     fractions = {name: h.fractions for name, h in judged.outputs.items()} if judged else None
+    # An output shadows an input of the same name, as on the device.
+    input_fractions = (
+        {n: h.fractions for n, h in judged.inputs.items() if n not in judged.outputs}
+        if judged and input_drift
+        else None
+    )
+    tensors = {n: len(f) for n, f in {**(fractions or {}), **(input_fractions or {})}.items()}
     if not chunks:
-        return sums.health(fractions)
+        return sums.health(fractions, input_fractions)
     has_p95 = _T.c.p95_ms.is_not(None)
     has_confidence = _T.c.confidence_mean.is_not(None)
     columns = (
@@ -197,9 +214,9 @@ def fleet_health(
                 query = query.where(_T.c.version == version)
             sums.add(connection.execute(query).one())
             sums.add_histograms(connection.scalars(_histograms_of(query)))
-            if outputs:
-                sums.add_drift(connection.scalars(_drift_counts_of(query)), outputs)
-    return sums.health(fractions)
+            if tensors:
+                sums.add_drift(connection.scalars(_drift_counts_of(query)), tensors)
+    return sums.health(fractions, input_fractions)
 
 
 def _drift_counts_of(query: Any) -> Any:

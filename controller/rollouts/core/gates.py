@@ -85,6 +85,8 @@ class FleetHealth:
     # Values the drift figure was read from, pooled over the group's windows (None: the
     # figure is the worst single window's, from devices that send no counts).
     drift_values: int | None = None
+    # The worst input's PSI, pooled likewise: the data's drift, for alerts, never a gate.
+    max_input_drift_psi: float | None = None
 
 
 @dataclass(frozen=True)

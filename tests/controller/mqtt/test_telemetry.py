@@ -416,6 +416,20 @@ def test_fleet_drift_is_one_psi_over_every_windows_values_not_the_worst_window(
     assert health.drift_values == 2000
     assert health.max_drift_psi is not None
     assert health.max_drift_psi < 0.05  # the input "x" drifts wildly: never read here
+    assert health.max_input_drift_psi is None
+    # Asked for (alerts do), the input's drift is pooled the same way.
+    with_inputs = fleet_health(
+        engine,
+        device_ids=device_ids,
+        model="digits",
+        version=2,
+        since=T0,
+        reference=REFERENCE,
+        input_drift=True,
+    )
+    assert with_inputs.max_input_drift_psi is not None
+    assert with_inputs.max_input_drift_psi > 1.0
+    assert with_inputs.max_drift_psi == health.max_drift_psi
 
 
 def test_fleet_drift_sees_a_shift_the_reference_did_not_have(engine: Engine) -> None:
