@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from . import __version__
-from .api import artifacts, devices, health, models, releases, rollouts
+from .api import alerts, artifacts, devices, health, models, releases, rollouts
 from .api.concurrency import HandlerConcurrencyLimit, HandlerSlots
 from .api.deps import Viewer
 from .api.limits import REFUSAL_REASONS, BodyRule, RequestLimits, token_admission
@@ -106,6 +106,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         artifacts.router,
         devices.router,
         rollouts.router,
+        alerts.router,
     ):
         app.include_router(router)
 

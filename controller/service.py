@@ -1,4 +1,4 @@
-"""The fleet service: the MQTT bridge and the rollout, publish, reconcile and webhook loops.
+"""The fleet service: the MQTT bridge and the rollout, publish, reconcile, alert and webhook loops.
 
 ``serve`` runs it beside the HTTP server. Phases: start (check settings, open the
 bridge), run (loops until cancelled), stop (cancel, wait). Each loop's iteration is
@@ -39,6 +39,7 @@ from .devices.desired import (
 )
 from .devices.reconciler import renew_expiring_deployments
 from .errors import BridgeError, BrokerAuthError
+from .monitoring.alerts import evaluate_alerts
 from .mqtt.bridge import MqttBridge, check_bridge_settings
 from .mqtt.telemetry import downsample_telemetry, prune_telemetry
 from .rollouts.engine import FleetContext, active_rollout_ids, plan_rollout
@@ -94,6 +95,9 @@ class FleetService:
                 self._every(WEBHOOK_INTERVAL_S, lambda: deliver_webhooks(self.fleet, http)),
                 name="webhooks",
             )
+            group.create_task(
+                self._every(settings.alert_interval_s, self.evaluate_alerts_once), name="alerts"
+            )
 
     async def plan_once(self) -> None:
         now_s = time.time()
@@ -101,6 +105,14 @@ class FleetService:
             result = await asyncio.to_thread(plan_rollout, self.fleet, rollout_id, now_s=now_s)
             if result is not None and result.actions:
                 self._publish_wanted.set()
+
+    async def evaluate_alerts_once(self) -> None:
+        await asyncio.to_thread(
+            evaluate_alerts,
+            self.fleet.engine,
+            self.fleet.settings.artifacts_dir,
+            now=datetime.now(UTC),
+        )
 
     async def reconcile_once(self) -> None:
         now = datetime.now(UTC)

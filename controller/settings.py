@@ -107,6 +107,8 @@ class Settings(BaseModel):
     webhook_secret: str = ""
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_max_attempts: int = Field(default=8, ge=1)
+    # How often alert rules are evaluated (controller.monitoring.alerts).
+    alert_interval_s: float = Field(default=30.0, gt=0)
 
     @field_validator("webhook_urls", "tls_hosts", mode="before")
     @classmethod

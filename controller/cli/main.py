@@ -9,6 +9,7 @@ import sys
 
 import typer
 
+from .alerts import alert_app
 from .audit import audit_app
 from .ca import ca_app
 from .devices import devices_app
@@ -34,6 +35,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(release_app, name="release")
 app.add_typer(devices_app, name="devices")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(alert_app, name="alert")
 app.add_typer(simulator_app)
 
 

@@ -8,6 +8,7 @@ from sqlmodel import SQLModel
 # Importing the table modules registers every table on the metadata.
 from controller import tables  # noqa: F401
 from controller.devices import tables as device_tables  # noqa: F401
+from controller.monitoring import tables as monitoring_tables  # noqa: F401
 from controller.registry import tables as registry_tables  # noqa: F401
 from controller.rollouts import tables as rollout_tables  # noqa: F401
 

@@ -69,7 +69,15 @@ logger = logging.getLogger(__name__)
 # Rollouts the loop still plans: completed ones keep adding devices that match later.
 PLANNED_STATUSES = ("pending", "running", "soaking", "paused", "completed")
 WEBHOOK_KINDS = frozenset(
-    {"rollout_paused", "rollout_aborted", "rollout_completed", "device_rolled_back"}
+    {
+        "rollout_paused",
+        "rollout_aborted",
+        "rollout_completed",
+        "device_rolled_back",
+        # Written by controller.monitoring.alerts, with no rollout.
+        "model_degraded",
+        "model_recovered",
+    }
 )
 
 
