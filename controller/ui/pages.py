@@ -13,11 +13,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, status
 from fastapi.responses import HTMLResponse
+from sqlmodel import col, select
 
 from ..audit import list_audit
 from ..devices.inventory import get_device_detail, list_devices
 from ..devices.selectors import parse_selector
 from ..errors import BadRequestError, NotFoundError
+from ..monitoring.tables import AlertEpisode, AlertRule
 from ..registry.models import list_models, list_versions, version_public_fields
 from ..registry.releases import list_releases
 from ..rollouts.records import describe_rollout, get_rollout, list_rollouts, rollout_summary
@@ -31,6 +33,7 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 
 DEVICES_PAGE = 100
 AUDIT_PAGE = 50
+ALERT_EPISODES = 100
 Name = Annotated[str, Path(max_length=128)]
 
 
@@ -161,6 +164,16 @@ def rollout_live(
 ) -> HTMLResponse:
     """The live part of the rollout page (status, waves, gates, buttons, events)."""
     return render(request, "_rollout_live.html", _rollout_context(session, rollout_id, user))
+
+
+@router.get("/alerts")
+def alerts_page(request: Request, session: ReadSession, user: CurrentUser) -> HTMLResponse:
+    """Alert rules, the releases each finds degraded now, and recent episodes."""
+    rules = session.exec(select(AlertRule).order_by(col(AlertRule.model_name))).all()
+    episodes = session.exec(
+        select(AlertEpisode).order_by(col(AlertEpisode.id).desc()).limit(ALERT_EPISODES)
+    ).all()
+    return _page(request, user, "alerts.html", "alerts", rules=rules, episodes=episodes)
 
 
 @router.get("/audit")

@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 
 from controller.audit import append_audit
 from controller.db import session_scope
+from controller.monitoring.alerts import create_rule
+from controller.monitoring.tables import AlertEpisode
 from controller.tokens import Principal, Role
 from controller.ui.rendering import SECURITY_HEADERS
 from tests.controller.conftest import ctx
@@ -47,6 +49,7 @@ def cells(html: str) -> list[str]:
         ("/ui/devices/dev-0000", "Device dev-0000"),
         ("/ui/models", "Models"),
         ("/ui/models/digits", "Model digits"),
+        ("/ui/alerts", "Alerts"),
         ("/ui/audit", "Audit log"),
     ],
 )
@@ -196,3 +199,35 @@ def test_the_audit_log_pages_back_fifty_entries_at_a_time(app: FastAPI, viewer: 
 def test_static_files_need_no_session(client: TestClient) -> None:
     assert client.get("/ui/static/dashboard.css").status_code == 200
     assert client.get("/ui/static/dashboard.js").status_code == 200
+
+
+def test_the_alerts_page_shows_rules_and_a_degraded_release(
+    app: FastAPI, viewer: TestClient
+) -> None:
+    with session_scope(ctx(app).engine) as session:
+        rule = create_rule(
+            session,
+            model="digits",
+            metric="input_drift_psi",
+            threshold=0.25,
+            window_s=600.0,
+            min_devices=1,
+            min_requests=100,
+            actor="test",
+        )
+        session.add(
+            AlertEpisode(
+                rule_id=rule.id,
+                model_name="digits",
+                version=2,
+                value=0.61,
+                evidence={"device_count": 7, "note": f"input_drift_psi 0.61 above 0.25 {EVIL}"},
+            )
+        )
+
+    html = page(viewer, "/ui/alerts")
+
+    assert rule.id in html
+    assert "digits:2" in html
+    assert '<span class="badge bad">degraded</span>' in html
+    assert EVIL not in html  # escaped
