@@ -49,6 +49,9 @@ GRACEFUL_SHUTDOWN_S = 30
 FLEET_STOP_TIMEOUT_S = 10
 MAX_REQUEST_HEADER_BYTES = 16 * 1024  # request line and headers together
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
+# At shutdown a TLS connection that is closing is dropped after this: its close waits for
+# the client's close_notify, which an idle client never sends (asyncio waits 30 s).
+TLS_CLOSE_GRACE_S = 1.0
 
 
 def serve(settings: Settings) -> int:
@@ -154,6 +157,20 @@ def _h11_with_header_timeout(header_timeout_s: float) -> type[H11Protocol]:
             # No request began since: the connection is idle or its headers are stalled.
             if self.cycle is current and not self.transport.is_closing():
                 self.transport.close()
+
+        def shutdown(self) -> None:
+            super().shutdown()
+            if self.transport.get_extra_info("sslcontext") is not None:
+                self.loop.call_later(TLS_CLOSE_GRACE_S, self._drop_once_closing)
+
+        def _drop_once_closing(self) -> None:
+            # Closing: the answer is sent and only the TLS close handshake is left, which
+            # would hold the server's shutdown until the client answers it or asyncio
+            # gives up. Still answering: look again later.
+            if self.transport.is_closing():
+                self.transport.abort()
+            else:
+                self.loop.call_later(TLS_CLOSE_GRACE_S, self._drop_once_closing)
 
     return H11WithHeaderTimeout
 
