@@ -302,11 +302,16 @@ class CertificateAuthority:
         self, hosts: Sequence[str], controller_name: str, *, now: datetime
     ) -> bool:
         """(Re-)issue ``server.crt`` and ``controller-client.crt`` when missing, close to
-        expiry or (the server's) not naming ``hosts``. True when anything was written."""
+        expiry or (the server's) not naming ``hosts``. True when anything was written.
+
+        A re-issued server certificate keeps the names the old one had besides ``hosts``:
+        ``ca init --host`` names are not settings, and ``serve`` (which passes the
+        settings' names) must not drop them. Remove the file to drop a name."""
         changed = False
         server = _read_certificate(self.tls_dir / SERVER_CERT_FILE)
         if server is None or _needs_renewal(server, now) or not _names_all(server, hosts):
-            issued, key = self.issue_server_certificate(hosts, now=now)
+            kept = [] if server is None else _host_strings(server)
+            issued, key = self.issue_server_certificate([*hosts, *kept], now=now)
             self._write_pair(SERVER_CERT_FILE, SERVER_KEY_FILE, issued, key)
             changed = True
         client = _read_certificate(self.tls_dir / CONTROLLER_CLIENT_CERT_FILE)
@@ -338,6 +343,16 @@ def _needs_renewal(cert: x509.Certificate, now: datetime) -> bool:
 def _common_name(cert: x509.Certificate) -> str | None:
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else None
+
+
+def _host_strings(cert: x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses a certificate's subjectAltName holds, as text."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    addresses = [str(address) for address in san.get_values_for_type(x509.IPAddress)]
+    return [*san.get_values_for_type(x509.DNSName), *addresses]
 
 
 def _names_all(cert: x509.Certificate, hosts: Sequence[str]) -> bool:

@@ -118,6 +118,19 @@ def test_service_certificates_are_renewed_when_due_or_when_the_names_change(
     )
 
 
+def test_a_renewed_server_certificate_keeps_the_names_ca_init_was_given(
+    tmp_path: Path,
+) -> None:
+    # `ca init --host fleet.example`, then `serve` with the settings' default names.
+    authority = init_ca(tmp_path, name="test CA", now=NOW)
+    authority.ensure_service_certificates(["fleet.example"], "ctl", now=NOW)
+    assert authority.ensure_service_certificates(["127.0.0.1", "localhost"], "ctl", now=NOW)
+    certificate = x509.load_pem_x509_certificate((tmp_path / SERVER_CERT_FILE).read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["localhost", "fleet.example"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+
 def test_an_operators_ca_is_imported_and_must_be_a_ca_with_its_key(tmp_path: Path) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Corp Root")])
