@@ -19,6 +19,7 @@ amqtt release drops one. Check them before raising amqtt's upper bound in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from typing import Any
 
@@ -107,14 +108,14 @@ class CompatBroker(Broker):  # type: ignore[misc]
                     reader, writer, self.plugins_manager
                 )
         except (TimeoutError, AMQTTError, MQTTError, NoDataError) as exc:
-            await writer.close()
+            await _close_quietly(writer)
             what = "no CONNECT" if isinstance(exc, TimeoutError) else f"a bad CONNECT: {exc!r}"
             raise AMQTTError(f"{peer} sent {what}") from exc
         session.parent = 0
         if not await self._authenticate(session, None):
             handler.attach(session, reader, writer)
             await handler.mqtt_connack_authorize(False)
-            await writer.close()
+            await _close_quietly(writer)
             raise AMQTTError(f"{peer} was refused the login as {session.username!r}")
         # From here on as amqtt does, now that the client proved who it is.
         sessions: dict[str, tuple[Any, Any]] = getattr(self, "_sessions")  # noqa: B009
@@ -168,3 +169,10 @@ async def missing_attributes() -> list[str]:
         elif list(inspect.signature(method).parameters) != parameters:
             missing.append(f"{name}({', '.join(parameters[1:])})")
     return missing
+
+
+async def _close_quietly(writer: Any) -> None:
+    """Close a refused client's connection; one that has gone already (a reset, as a TLS
+    client that read its refusal and dropped the socket sends) is not an error."""
+    with contextlib.suppress(ConnectionError):
+        await writer.close()
