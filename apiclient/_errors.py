@@ -22,7 +22,13 @@ class ApiError(Exception):
 
 
 def unreachable(base_url: httpx.URL, exc: httpx.HTTPError) -> ApiError:
-    return ApiError(f"cannot reach the controller at {base_url}: {exc}")
+    hint = ""
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        hint = (
+            " (a controller with its own CA: set SSL_CERT_FILE to the CA's certificate, "
+            "<data dir>/tls/ca.crt on the controller host)"
+        )
+    return ApiError(f"cannot reach the controller at {base_url}: {exc}{hint}")
 
 
 def answer_of(response: httpx.Response) -> Any:

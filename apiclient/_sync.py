@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -33,12 +34,18 @@ class _ProgressReader:
 
 
 class ControllerClient:
-    def __init__(self, base_url: str, token: str | None) -> None:
+    """``verify``: what an ``https`` controller must prove, e.g. a context trusting only
+    its CA; True: the system's CAs, or the file ``SSL_CERT_FILE`` names."""
+
+    def __init__(
+        self, base_url: str, token: str | None, *, verify: ssl.SSLContext | bool = True
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(CONNECT_TIMEOUT_S, read=JOB_TIMEOUT_S),
+            verify=verify,
         )
 
     def close(self) -> None:

@@ -5,7 +5,10 @@ use it. With ``broker="embedded"`` the controller runs its own amqtt broker on
 ``mqtt_port``; otherwise ``broker`` is the ``mqtt://`` URL of a broker others share.
 Replicas share a ``data_dir`` (keys and artifacts, as on a shared volume) and a
 ``database_url``; the key passphrase lives beside the data directory, so every replica
-of one data directory reads the same keys.
+of one data directory reads the same keys. With ``tls=True`` it serves HTTPS and the
+embedded broker's TLS listener on ``mqtts_port``, with the CA that ``edgefleet ca init``
+made in the data directory (run it first); ``ca_file`` is that CA, which the readiness
+probe and clients verify the controller against.
 
 Invariants: the process gets a clean environment (no ``EDGEFLEET_*`` of the caller's);
 ``start`` returns only once ``/readyz`` answers 200, and raises if the process exits
@@ -20,6 +23,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -63,6 +67,9 @@ class ControllerProcess:
     database_url: str = ""  # default: SQLite in the data directory
     controller_id: str = ""
     shared_group: str = ""
+    # HTTPS and MQTT over TLS (needs `edgefleet ca init` in data_dir first).
+    tls: bool = False
+    mqtts_port: int = 0  # the embedded broker's TLS port, with tls; 0: a free port
     # More EDGEFLEET_* settings; these win over the defaults below.
     settings: Mapping[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
@@ -72,12 +79,25 @@ class ControllerProcess:
         self.http_port = port_or_free(self.http_port)
         if self.broker == "embedded":
             self.mqtt_port = port_or_free(self.mqtt_port)
+            if self.tls:
+                self.mqtts_port = port_or_free(self.mqtts_port)
         if self.data_dir is None:
             self.data_dir = self.state_dir / "controller"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate ``edgefleet ca init`` wrote (what clients verify against)."""
+        assert self.data_dir is not None
+        return self.data_dir / "tls" / "ca.crt"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an HTTP client of this controller verifies: its CA with TLS on."""
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.tls else True
 
     @property
     def log(self) -> Path:
@@ -98,6 +118,10 @@ class ControllerProcess:
         }
         if self.broker == "embedded":
             env |= {"EDGEFLEET_MQTT_HOST": "127.0.0.1", "EDGEFLEET_MQTT_PORT": str(self.mqtt_port)}
+            if self.tls:
+                env["EDGEFLEET_MQTTS_PORT"] = str(self.mqtts_port)
+        if self.tls:
+            env["EDGEFLEET_TLS"] = "true"
         optional = {
             "EDGEFLEET_DATABASE_URL": self.database_url,
             "EDGEFLEET_CONTROLLER_ID": self.controller_id,
@@ -123,6 +147,7 @@ class ControllerProcess:
                 stdout=log,
                 stderr=log,
             )
+        verify = self.verify()
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if not self.alive():
@@ -130,7 +155,7 @@ class ControllerProcess:
                     f"the controller exited with {self.process.returncode}; see {self.log}"
                 )
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/readyz", timeout=2, verify=verify).status_code == 200:
                     return
             time.sleep(READY_POLL_S)
         raise RuntimeError(f"the controller did not become ready in {STARTUP_TIMEOUT_S:.0f} s")

@@ -3,7 +3,9 @@
 ``EDGEFLEET_URL`` and ``EDGEFLEET_TOKEN`` say where and as whom; ``--json`` prints the
 API's answer for scripts instead of tables. An API error prints one line and exits 1;
 so does any other failure, through ``fail``. Commands that run on the controller host
-read its settings with ``settings_from``.
+read its settings with ``settings_from``. An ``https`` controller with its own CA is
+verified against the certificate file ``SSL_CERT_FILE`` names (httpx reads it), e.g.
+``<data dir>/tls/ca.crt`` from ``edgefleet ca init``.
 """
 
 from __future__ import annotations

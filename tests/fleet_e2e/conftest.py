@@ -73,11 +73,12 @@ class Fleet:
     def enroll(self, count: int, *, labels: str = "site=berlin", prefix: str = "cam") -> None:
         first = len(self.agents)
         for index in range(first, first + count):
-            token = self.api.call(
+            answer = self.api.call(
                 "POST", "/api/v1/enrollment-tokens", json={"labels": _labels(labels)}
-            )["token"]
+            )
             agent = FleetAgent(self.directory / f"agent-{index}", f"{prefix}-{index:03d}")
-            agent.enroll(self.controller.url, token)
+            # A controller with a CA names it: the agent pins it, as the printed command does.
+            agent.enroll(self.controller.url, answer["token"], ca_sha256=answer.get("ca_sha256"))
             self.agents.append(agent)
 
     def start_agents(self, agents: list[FleetAgent] | None = None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -49,8 +50,8 @@ class Api:
     """The controller's HTTP API as an operator's script uses it (``apiclient``), with the
     waits a test needs."""
 
-    def __init__(self, url: str, token: str) -> None:
-        self.client = ControllerClient(url, token)
+    def __init__(self, url: str, token: str, *, verify: ssl.SSLContext | bool = True) -> None:
+        self.client = ControllerClient(url, token, verify=verify)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.client.request(method, path, **kwargs)
@@ -156,9 +157,18 @@ class FleetAgent:
         self.traffics: dict[str, Traffic] = {}  # by model
         self._traffic_threads: list[threading.Thread] = []
 
-    def enroll(self, controller_url: str, token: str) -> None:
+    def enroll(self, controller_url: str, token: str, *, ca_sha256: str | None = None) -> None:
+        """``edgefleet-agent enroll``; with ``ca_sha256`` pinning the controller's CA."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(
+        result = self.run_enroll(controller_url, token, ca_sha256=ca_sha256)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def run_enroll(
+        self, controller_url: str, token: str, *, ca_sha256: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``edgefleet-agent enroll`` as it is, whatever it answers."""
+        pin = ["--ca-sha256", ca_sha256] if ca_sha256 is not None else []
+        return subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -172,13 +182,13 @@ class FleetAgent:
                 str(self.directory),
                 "--device-id",
                 self.device_id,
+                *pin,
             ],
             env=_clean_env(),
             capture_output=True,
             text=True,
             timeout=60,
         )
-        assert result.returncode == 0, result.stdout + result.stderr
 
     def start(self) -> None:
         env = _clean_env(
