@@ -6,7 +6,6 @@ asks it for the devices of a wave and for the control group still on the old rel
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 from sqlalchemy import Engine, case, func, select
 
 from protocol import ReferenceProfile
@@ -46,40 +46,50 @@ class _HealthSums:
     )
     drift_counts: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
 
+    def add_joined_histograms(self, joined: str | None, rows: int) -> bool:
+        """Add ``rows`` latency histograms the database joined with commas into one text
+        (``[c,…],[c,…]``); False when it is not that (the rows are then read one by one)."""
+        if not rows:
+            return True
+        if joined is None:
+            return False
+        # numpy's C parser reads every row's counts in one go.
+        values = np.fromstring(joined.replace("[", "").replace("]", ""), dtype=np.int64, sep=",")
+        if values.size != rows * LATENCY_BUCKETS or (values < 0).any():
+            return False
+        self.latency_counts += values.reshape(rows, LATENCY_BUCKETS).sum(axis=0)
+        return True
+
     def add_histograms(self, texts: Iterable[str]) -> None:
-        # One parse of all the rows at once: a wave's thousands of windows would otherwise
-        # cost a json.loads each, at every plan tick.
-        texts = list(texts)
-        if not texts:
-            return
-        if all(text.startswith("[") and text.endswith("]") for text in texts):
-            # numpy's C parser reads the comma-separated counts of every row in one go.
-            values = np.fromstring(",".join(text[1:-1] for text in texts), dtype=np.int64, sep=",")
-            if values.size == len(texts) * LATENCY_BUCKETS:
-                self.latency_counts += values.reshape(len(texts), LATENCY_BUCKETS).sum(axis=0)
-                return
-        for text in texts:  # a row of another shape: checked one by one
+        for text in texts:
             counts = parse_latency_counts(text)
             if counts is not None:
                 self.latency_counts += np.asarray(counts, dtype=np.int64)
 
-    def add_drift(self, texts: Iterable[str], tensors: Mapping[str, int]) -> None:
-        """Add the windows' counts of the ``tensors`` (name -> bins of the reference)."""
-        texts = list(texts)
-        if not texts or not tensors:
-            return
-        try:
-            windows = json.loads("[" + ",".join(texts) + "]")
-        except ValueError:  # a malformed row (not ours): each row parsed alone
-            windows = [parse_drift_counts(text) for text in texts]
+    def add_drift(self, windows: Iterable[object], tensors: Mapping[str, int]) -> None:
+        """Add the windows' counts (parsed ``drift_counts``) of the ``tensors`` (name ->
+        bins of the reference)."""
+        # Gathered per tensor, then added up in one numpy call each: one small array per
+        # window and tensor cost more than the rest of the health read together.
+        gathered: dict[str, list[list[int]]] = {name: [] for name in tensors}
         for window in windows:
             if not isinstance(window, dict):
                 continue
             for name, bins in tensors.items():
                 counts = window.get(name)
                 if isinstance(counts, list) and len(counts) == bins:
-                    total = self.drift_counts.setdefault(name, np.zeros(bins, dtype=np.int64))
-                    total += np.asarray(counts, dtype=np.int64)
+                    gathered[name].append(counts)
+        for name, rows in gathered.items():
+            if not rows:
+                continue
+            try:
+                summed = np.asarray(rows, dtype=np.int64).sum(axis=0)
+            except (ValueError, TypeError, OverflowError):  # a count that is not an integer
+                continue
+            if (summed < 0).any():
+                continue
+            total = self.drift_counts.setdefault(name, np.zeros(tensors[name], dtype=np.int64))
+            total += summed
 
     def pooled_drift(self, fractions: Mapping[str, Sequence[float]]) -> tuple[float, int] | None:
         """The worst PSI among the tensors of ``fractions`` over the pooled counts, and its
@@ -213,17 +223,39 @@ def fleet_health(
             if version is not None:
                 query = query.where(_T.c.version == version)
             sums.add(connection.execute(query).one())
-            sums.add_histograms(connection.scalars(_histograms_of(query)))
+            # Each window's histogram and counts come joined into one text by the database:
+            # fetching tens of thousands of rows cost more than everything else together.
+            joined, rows = connection.execute(_joined(query, _T.c.latency_counts)).one()
+            if not sums.add_joined_histograms(joined, rows):
+                sums.add_histograms(connection.scalars(_each(query, _T.c.latency_counts)).all())
             if tensors:
-                sums.add_drift(connection.scalars(_drift_counts_of(query)), tensors)
+                joined, rows = connection.execute(_joined(query, _T.c.drift_counts)).one()
+                sums.add_drift(_parsed_drift(connection, query, joined, rows), tensors)
     return sums.health(fractions, input_fractions)
 
 
-def _drift_counts_of(query: Any) -> Any:
-    """The drift counts of the windows ``query`` aggregates."""
-    return query.with_only_columns(_T.c.drift_counts).where(_T.c.drift_counts.is_not(None))
+def _parsed_drift(connection: Any, query: Any, joined: str | None, rows: int) -> list[object]:
+    if not rows:
+        return []
+    try:
+        parsed: list[object] = orjson.loads("[" + (joined or "") + "]")
+        if len(parsed) == rows:
+            return parsed
+    except orjson.JSONDecodeError:
+        pass
+    # A malformed row (not one of ours): each row parsed alone, the bad ones left out.
+    return [
+        parse_drift_counts(text) for text in connection.scalars(_each(query, _T.c.drift_counts))
+    ]
 
 
-def _histograms_of(query: Any) -> Any:
-    """The latency histograms of the windows ``query`` aggregates."""
-    return query.with_only_columns(_T.c.latency_counts).where(_T.c.latency_counts.is_not(None))
+def _joined(query: Any, column: Any) -> Any:
+    """The texts of ``column`` over the windows ``query`` aggregates, joined with commas,
+    and how many there are."""
+    return query.with_only_columns(func.aggregate_strings(column, ","), func.count(column)).where(
+        column.is_not(None)
+    )
+
+
+def _each(query: Any, column: Any) -> Any:
+    return query.with_only_columns(column).where(column.is_not(None))

@@ -137,6 +137,7 @@ def make_fleet(
     database_url: str = "",
     controllers: int = 1,
     shared_group: str = "",
+    settings: dict[str, str] | None = None,
 ) -> Fleet:
     processes = []
     data_dir = directory / "controller-data"
@@ -148,7 +149,11 @@ def make_fleet(
             controller_id=f"c{index}",
             shared_group=shared_group,
             data_dir=data_dir,  # replicas share keys and artifacts (a shared volume)
-            settings={"EDGEFLEET_RECONCILE_INTERVAL_S": "5", "EDGEFLEET_INGEST_FLUSH_S": "0.1"},
+            settings={
+                "EDGEFLEET_RECONCILE_INTERVAL_S": "5",
+                "EDGEFLEET_INGEST_FLUSH_S": "0.1",
+                **(settings or {}),
+            },
         )
         process.start()
         processes.append(process)

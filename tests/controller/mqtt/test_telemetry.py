@@ -470,3 +470,22 @@ def test_without_a_validation_reference_drift_is_what_windows_judged_themselves(
             engine, device_ids=["dev-1"], model="digits", version=2, since=T0, reference=reference
         )
         assert (health.max_drift_psi, health.drift_values) == (0.2, None)
+
+
+def test_a_malformed_stored_histogram_is_left_out_not_an_error(engine: Engine) -> None:
+    """Rows the bridge never writes (a hand edit, another tool): the rest still pools."""
+    rng = np.random.default_rng(20)
+    device_ids = _small_windows(engine, rng, devices=100, fractions=[0.1] * 10)
+    with engine.begin() as connection:
+        connection.execute(
+            telemetry_table.update()
+            .where(telemetry_table.c.device_id == device_ids[0])
+            .values(drift_counts="{not json", latency_counts="[1,2,3]")
+        )
+
+    health = fleet_health(
+        engine, device_ids=device_ids, model="digits", version=2, since=T0, reference=REFERENCE
+    )
+
+    assert health.drift_values == 99 * 4
+    assert health.requests == 400
