@@ -16,6 +16,7 @@ else. So after a crash at any step the device has the old pair or the new one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -23,22 +24,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from durable import PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, write_atomic
 
 from ..config import AgentConfig
-from ..errors import (
-    ConfigurationError,
-    ConnectionFailedError,
-    EnrollmentAnswerError,
-    HttpStatusError,
-    LocalStateError,
-    TransportTimeoutError,
-)
+from ..errors import ConfigurationError, EnrollmentAnswerError, HttpStatusError, LocalStateError
 from ..tls import device_tls_context
+from .capped_http import capped_request
 from .device_identity import DeviceKey, verify_issued_certificate
 
 __all__ = [
@@ -165,22 +159,17 @@ async def renew_certificate(config: AgentConfig) -> datetime:
 
 async def _ask(config: AgentConfig, csr: str) -> dict[str, object]:
     url = config.controller_url.rstrip("/") + RENEW_PATH
-    headers = {"Authorization": f"Bearer {config.controller_token}"}
-    try:
-        async with (
-            httpx.AsyncClient(timeout=TIMEOUT_S, verify=device_tls_context(config)) as client,
-            client.stream("POST", url, json={"csr": csr}, headers=headers) as response,
-        ):
-            body = b""
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_ANSWER_BYTES:
-                    raise EnrollmentAnswerError(f"{url} answered over {MAX_ANSWER_BYTES} bytes")
-            status = response.status_code
-    except httpx.TimeoutException as exc:
-        raise TransportTimeoutError(f"no answer from {url}: {exc}") from exc
-    except httpx.HTTPError as exc:
-        raise ConnectionFailedError(f"cannot reach the controller at {url}: {exc}") from exc
+    status, body = await asyncio.to_thread(
+        capped_request,
+        "POST",
+        url,
+        verify=device_tls_context(config),
+        max_bytes=MAX_ANSWER_BYTES,
+        timeout_s=TIMEOUT_S,
+        too_large=EnrollmentAnswerError,
+        json={"csr": csr},
+        headers={"Authorization": f"Bearer {config.controller_token}"},
+    )
     if status != 200:
         detail = body[:300].decode("utf-8", "replace")
         raise HttpStatusError(f"{url} answered {status}: {detail}", status=status)

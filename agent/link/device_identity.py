@@ -25,20 +25,14 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ..errors import (
-    ConfigurationError,
-    ConnectionFailedError,
-    ControllerCaMismatchError,
-    EnrollmentAnswerError,
-    TransportTimeoutError,
-)
+from ..errors import ConfigurationError, ControllerCaMismatchError, EnrollmentAnswerError
+from .capped_http import capped_request
 
 __all__ = [
     "CA_PATH",
@@ -126,23 +120,16 @@ def fetch_pinned_ca(controller_url: str, pin: CaPin, *, timeout_s: float) -> byt
     if pin.pem is not None:
         return pin.pem
     url = controller_url.rstrip("/") + CA_PATH
-    try:
-        # Not verified on purpose: the answer is checked against the pin below, and
-        # nothing secret goes out on this connection.
-        with (
-            httpx.Client(timeout=timeout_s, verify=False) as client,  # noqa: S501
-            client.stream("GET", url) as response,
-        ):
-            body = b""
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > MAX_CA_BYTES:
-                    raise ControllerCaMismatchError(f"{url} sent over {MAX_CA_BYTES} bytes")
-            status = response.status_code
-    except httpx.TimeoutException as exc:
-        raise TransportTimeoutError(f"no answer from {url}: {exc}") from exc
-    except httpx.HTTPError as exc:
-        raise ConnectionFailedError(f"cannot reach the controller at {url}: {exc}") from exc
+    # Not verified on purpose: the answer is checked against the pin below, and nothing
+    # secret goes out on this connection.
+    status, body = capped_request(
+        "GET",
+        url,
+        verify=False,
+        max_bytes=MAX_CA_BYTES,
+        timeout_s=timeout_s,
+        too_large=ControllerCaMismatchError,
+    )
     if status != 200:
         raise ControllerCaMismatchError(
             f"{url} answered {status}: the controller has no CA (is TLS on?)"

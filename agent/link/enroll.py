@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
 from durable import PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, write_atomic
@@ -55,11 +54,11 @@ from ..errors import (
     EnrollmentRefusedError,
     HttpStatusError,
     LocalStateError,
-    TransportTimeoutError,
     TrustRootMismatchError,
     translate_protocol_error,
 )
 from ..tls import default_tls_context
+from .capped_http import capped_request
 from .device_identity import (
     CaPin,
     DeviceKey,
@@ -179,19 +178,20 @@ def download_enrollment(
     if csr is not None:
         body["csr"] = csr
     try:
-        with (
-            httpx.Client(timeout=timeout_s, verify=tls_context or default_tls_context()) as client,
-            client.stream("POST", url, json=body) as response,
-        ):
-            content = _read_capped(response)
-            status = response.status_code
-    except httpx.TimeoutException as exc:
-        raise TransportTimeoutError(f"no answer from {url}: {exc}") from exc
-    except httpx.HTTPError as exc:
-        hint = ""
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc) and tls_context is None:
-            hint = " (a controller with its own CA: pass --ca-sha256 or --ca-file)"
-        raise ConnectionFailedError(f"cannot reach the controller at {url}: {exc}{hint}") from exc
+        status, content = capped_request(
+            "POST",
+            url,
+            verify=tls_context or default_tls_context(),
+            max_bytes=MAX_ENROLLMENT_ANSWER_BYTES,
+            timeout_s=timeout_s,
+            too_large=EnrollmentAnswerError,
+            json=body,
+        )
+    except ConnectionFailedError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" not in str(exc) or tls_context is not None:
+            raise
+        hint = " (a controller with its own CA: pass --ca-sha256 or --ca-file)"
+        raise ConnectionFailedError(f"{exc}{hint}") from exc
     if status >= 400:
         detail = _detail(content)
         if status >= 500:
@@ -201,19 +201,6 @@ def download_enrollment(
         return json.loads(content)
     except ValueError as exc:
         raise EnrollmentAnswerError(f"the controller's answer is not JSON: {exc}") from exc
-
-
-def _read_capped(response: httpx.Response) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in response.iter_bytes():
-        size += len(chunk)
-        if size > MAX_ENROLLMENT_ANSWER_BYTES:
-            raise EnrollmentAnswerError(
-                f"the controller's answer exceeds {MAX_ENROLLMENT_ANSWER_BYTES} bytes"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _detail(content: bytes) -> str:

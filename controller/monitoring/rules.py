@@ -17,19 +17,14 @@ rule's devices or requests, or the metric was not measured: silence is not recov
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 from ..rollouts.core import FleetHealth
+from .schemas import Metric
 
 __all__ = ["METRICS", "Judgement", "judge", "measure"]
 
-METRICS = (
-    "error_rate",
-    "nonfinite_rate",
-    "p95_latency_ms",
-    "confidence_drop",
-    "output_drift_psi",
-    "input_drift_psi",
-)
+METRICS: tuple[str, ...] = get_args(Metric)
 
 
 @dataclass(frozen=True)

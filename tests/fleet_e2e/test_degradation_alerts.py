@@ -13,10 +13,8 @@ fire.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import pytest
 
 from simulator.demo_models import build_digits_model
 from tests.brokers import BrokerEndpoint
+from tests.controller.rollouts import test_webhooks as webhook_tests
 from tests.controller.rollouts.test_webhooks import Receiver
 
 from .conftest import Fleet, make_fleet
@@ -32,21 +31,10 @@ from .test_drift_is_not_a_release_gate import digits_requests, rollout_completes
 
 pytestmark = pytest.mark.timeout(600)
 
+# A real HTTP receiver for the webhooks (the webhook tests' fixture).
+receiver = webhook_tests.receiver
 WINDOW_S = 30.0  # the shortest window a rule takes
 WAIT_S = 180.0
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[Receiver, str]]:
-    state = Receiver()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), state.handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state, f"http://127.0.0.1:{server.server_address[1]}/hook"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
