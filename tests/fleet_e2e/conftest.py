@@ -20,16 +20,16 @@ from .harness import Api, FleetAgent
 MODEL = "affine"
 # Short windows so a test takes seconds; a generous latency ratio because 20 agents, a
 # controller and a broker share 2 cores here, and a good model must not fail on noise.
-# Drift is not what these scenarios test, and PSI over a few dozen requests is noise (a
-# good model was once rolled back at PSI 0.30): its limits are set out of reach here.
+# Drift limits stay at their defaults: devices judge drift only from 200 requests, and the
+# controller reads one PSI over every window's pooled counts, so small windows are no
+# longer noise (a good model was once rolled back at PSI 0.30 when they were).
 PROBATION = {
     "window_s": 3.0,
     "min_requests": 10,
     "max_extension_s": 20.0,
     "max_p95_latency_ratio": 4.0,
-    "max_drift_psi": 100.0,
 }
-GATES = {"max_p95_latency_ratio": 4.0, "min_health_requests": 20, "max_drift_psi": None}
+GATES = {"max_p95_latency_ratio": 4.0, "min_health_requests": 20}
 WAIT_S = 240.0
 
 

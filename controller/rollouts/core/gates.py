@@ -288,7 +288,8 @@ def _drift_excess(new: FleetHealth, control: FleetHealth | None) -> tuple[float 
     if control is None or control.max_drift_psi is None:
         return None, (
             "skipped: no control group data to tell the data's drift from the release's "
-            f"(output PSI {new.max_drift_psi:.3g}); input drift is never the release's"
+            f"(output PSI {new.max_drift_psi:.3g}{_pooled(new)}); input drift is never the "
+            "release's"
         )
     excess = new.max_drift_psi - control.max_drift_psi
     return excess, (

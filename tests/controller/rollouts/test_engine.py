@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +31,8 @@ from protocol import (
 )
 from tests.controller.conftest import bearer, ctx
 from tests.controller.fleet_fixtures import add_devices, add_release, fleet_of, set_running
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 NOW_S = 1_900_000_000.0
 
@@ -349,6 +354,23 @@ def test_metrics_show_each_releases_health_pooled_over_the_fleet(
     assert 'edgefleet_model_requests{model="digits",version="2"} 200.0' in text
     assert 'edgefleet_model_error_rate{model="digits",version="2"} 0.05' in text
     assert 'edgefleet_model_devices{model="digits",version="2"} 2.0' in text
+
+
+def test_the_example_grafana_dashboard_reads_only_metrics_the_controller_exports(
+    client: TestClient, tokens: dict[Role, str]
+) -> None:
+    dashboard = json.loads((EXAMPLES / "grafana-dashboard.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    names = {name for expr in expressions for name in re.findall(r"edgefleet_[a-z0-9_]+", expr)}
+
+    text = client.get("/metrics", headers=bearer(tokens[Role.VIEWER])).text
+
+    declared = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    undeclared = [
+        n for n in names if n not in declared and n.removesuffix("_total") not in declared
+    ]
+    assert names
+    assert sorted(undeclared) == []
 
 
 def test_a_decommissioned_device_gets_its_desired_state_cleared_on_the_broker(
