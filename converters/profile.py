@@ -32,6 +32,7 @@ from tensors import (
     datatype_of_numpy,
     histogram,
 )
+from tensors.profile import drift_sample, feature_axis, feature_histograms
 
 from .errors import BadValidationSetError, UnsupportedDatatypeError
 from .evaluate import validation_or_generated
@@ -176,12 +177,14 @@ def _reference_profile(
     output_specs: Sequence[TensorSpec],
     outputs: Mapping[str, Array],
 ) -> dict[str, Any]:
-    input_hists = {
-        spec.name: hist
-        for spec in input_specs
-        if spec.is_float and inputs[spec.name].ndim == 2
-        if (hist := histogram(inputs[spec.name])) is not None
-    }
+    input_hists: dict[str, Any] = {}
+    for spec in input_specs:
+        array = inputs[spec.name]
+        if not spec.is_float or feature_axis(array.shape) is None:
+            continue
+        if (hist := histogram(drift_sample(array))) is not None:
+            input_hists[spec.name] = hist
+            input_hists.update(feature_histograms(spec.name, array))
     output_hists = {
         spec.name: hist
         for spec in output_specs

@@ -49,14 +49,21 @@ from .npz_headers import MAX_NPY_HEADER_BYTES, UnsafeNpyError, verify_npz_member
 from .onnx_backend import OnnxBackend
 from .profile import (
     HISTOGRAM_BINS,
+    MAX_DRIFT_PIXELS,
+    MAX_FEATURE_HISTOGRAMS,
     MIN_DRIFT_REQUESTS,
     MIN_DRIFT_VALUES,
     PROBABILITY_SLACK,
     PSI_EPSILON,
     ReferenceBins,
     are_class_probabilities,
+    drift_sample,
+    feature_axis,
+    feature_histograms,
+    feature_key,
     histogram,
     population_stability_index,
+    split_feature_key,
 )
 from .spec import TensorSpec, declared_bytes
 
@@ -65,6 +72,8 @@ __all__ = [
     "DATATYPE_BYTES",
     "FLOAT_DATATYPES",
     "HISTOGRAM_BINS",
+    "MAX_DRIFT_PIXELS",
+    "MAX_FEATURE_HISTOGRAMS",
     "MAX_NPY_HEADER_BYTES",
     "MIN_DRIFT_REQUESTS",
     "MIN_DRIFT_VALUES",
@@ -95,6 +104,10 @@ __all__ = [
     "datatype_of_numpy",
     "datatype_of_ort",
     "declared_bytes",
+    "drift_sample",
+    "feature_axis",
+    "feature_histograms",
+    "feature_key",
     "histogram",
     "import_runtime",
     "installed_runtimes",
@@ -106,6 +119,7 @@ __all__ = [
     "read_check_bundle",
     "read_reference_profile",
     "reported_datatype",
+    "split_feature_key",
     "verify_npz_members",
     "write_check_bundle",
 ]

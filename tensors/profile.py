@@ -16,6 +16,14 @@ Class probabilities (``are_class_probabilities``): a 2-D float array, at least 2
 and 1 tall, finite, within [0, 1] and with every row summing to 1, all up to
 ``PROBABILITY_SLACK``.
 
+Features and channels (``feature_axis``, ``feature_key``): an input is profiled as a
+whole and, when it has at most ``MAX_FEATURE_HISTOGRAMS`` of them, per feature (the
+columns of a 2-D input) or per channel (an image, 4-D, whose axis 1 or else axis 3 holds
+1 to 4 channels), under the key ``name[i]``: drift in one feature or colour is not
+diluted by the rest. Images are counted on a strided grid of at most
+``MAX_DRIFT_PIXELS`` pixels per channel (``drift_sample``), so the cost per request is
+bounded whatever the resolution.
+
 Drift (``population_stability_index``): with live fractions ``a_i = c_i / N`` and
 reference fractions ``e_i`` (normalised to sum to 1), both floored at ``PSI_EPSILON`` so
 empty bins stay finite::
@@ -25,6 +33,8 @@ empty bins stay finite::
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,14 +44,21 @@ import numpy.typing as npt
 
 __all__ = [
     "HISTOGRAM_BINS",
+    "MAX_DRIFT_PIXELS",
+    "MAX_FEATURE_HISTOGRAMS",
     "MIN_DRIFT_REQUESTS",
     "MIN_DRIFT_VALUES",
     "PROBABILITY_SLACK",
     "PSI_EPSILON",
     "ReferenceBins",
     "are_class_probabilities",
+    "drift_sample",
+    "feature_axis",
+    "feature_histograms",
+    "feature_key",
     "histogram",
     "population_stability_index",
+    "split_feature_key",
 ]
 
 Counts = npt.NDArray[np.int64]
@@ -59,6 +76,65 @@ MIN_DRIFT_VALUES = 200
 # computes FP16 natively) gives rows that sum to 1 only within about 1e-2. A tighter
 # slack would make the same model a classifier in FP32 and not in FP16.
 PROBABILITY_SLACK = 1e-2
+# Per-feature histograms only up to this many features: each is a PSI and ten counts in
+# every telemetry window of every device.
+MAX_FEATURE_HISTOGRAMS = 16
+MAX_IMAGE_CHANNELS = 4
+MAX_DRIFT_PIXELS = 1024
+_FEATURE_KEY = re.compile(r"^(?P<name>.+)\[(?P<index>\d{1,3})\]$")
+
+
+def feature_axis(shape: Sequence[int]) -> int | None:
+    """The axis of features (2-D: the columns) or channels (4-D: axis 1 if it holds 1 to
+    ``MAX_IMAGE_CHANNELS``, else axis 3 if that does); None for any other shape."""
+    if len(shape) == 2:
+        return 1
+    if len(shape) == 4:
+        if 1 <= shape[1] <= MAX_IMAGE_CHANNELS:
+            return 1
+        if 1 <= shape[3] <= MAX_IMAGE_CHANNELS:
+            return 3
+    return None
+
+
+def feature_key(name: str, index: int) -> str:
+    return f"{name}[{index}]"
+
+
+def split_feature_key(key: str) -> tuple[str, int] | None:
+    """(input name, feature index) of a ``feature_key``; None for a whole tensor's key."""
+    match = _FEATURE_KEY.match(key)
+    return None if match is None else (match["name"], int(match["index"]))
+
+
+def drift_sample(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """The values drift is counted on: an image's pixels on a strided grid of at most
+    ``MAX_DRIFT_PIXELS`` per channel (a view), anything else whole."""
+    axis = feature_axis(array.shape)
+    if array.ndim != 4 or axis is None:
+        return array
+    spatial = (2, 3) if axis == 1 else (1, 2)
+    pixels = array.shape[spatial[0]] * array.shape[spatial[1]]
+    stride = max(1, math.ceil(math.sqrt(pixels / MAX_DRIFT_PIXELS)))
+    if stride == 1:
+        return array
+    if axis == 1:
+        return array[:, :, ::stride, ::stride]
+    return array[:, ::stride, ::stride, :]
+
+
+def feature_histograms(name: str, array: npt.NDArray[Any]) -> dict[str, dict[str, list[float]]]:
+    """Histograms of each feature or channel of ``array``, by ``feature_key``; none when it
+    has no feature axis or more than ``MAX_FEATURE_HISTOGRAMS`` features."""
+    axis = feature_axis(array.shape)
+    if axis is None or not 1 < array.shape[axis] <= MAX_FEATURE_HISTOGRAMS:
+        return {}
+    sample = drift_sample(array)
+    histograms = {}
+    for index in range(array.shape[axis]):
+        if (hist := histogram(np.take(sample, index, axis=axis))) is not None:
+            histograms[feature_key(name, index)] = hist
+    return histograms
 
 
 def histogram(values: npt.ArrayLike) -> dict[str, list[float]] | None:

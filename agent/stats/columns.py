@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tensors.profile import feature_axis
+
 from .classes import classify
 
 __all__ = ["Arrays", "Column", "columns_of"]
@@ -115,6 +117,21 @@ class Column:
         if not fitting:
             return None
         return classify(np.concatenate(fitting, axis=0), width)
+
+    def feature_values(self, index: int) -> np.ndarray | None:
+        """The numbers of feature or channel ``index`` (``tensors.feature_axis``),
+        flattened; None when the arrays have no such feature."""
+        stacked = self.stacked
+        arrays = [stacked] if stacked is not None else self.arrays
+        picked = []
+        for array in arrays:
+            axis = feature_axis(array.shape)
+            if axis is None or index >= array.shape[axis] or array.dtype.kind not in "biuf":
+                continue
+            picked.append(np.take(array, index, axis=axis).ravel())
+        if not picked:
+            return None
+        return picked[0] if len(picked) == 1 else np.concatenate(picked)
 
     def values(self) -> np.ndarray | None:
         """Every number of the column, flattened (strings and the like left out)."""

@@ -67,7 +67,7 @@ import numpy.typing as npt
 
 import protocol
 from tensors import ReferenceBins, population_stability_index
-from tensors.profile import MIN_DRIFT_VALUES
+from tensors.profile import MIN_DRIFT_VALUES, drift_sample, split_feature_key
 
 from .classes import Classifier, find_classifier
 from .columns import Arrays, Column, columns_of
@@ -265,6 +265,10 @@ class StatsRecorder:
             name: bins for name, bins in input_bins.items() if name not in self._output_bins
         }
         self._drift_bins = {**self._input_bins, **self._output_bins}
+        # The inputs to copy: a feature's key (``x[2]``) is counted from its input (``x``).
+        self._input_sources = {
+            (split[0] if (split := split_feature_key(key)) else key) for key in self._input_bins
+        }
         self._classes_hint = (
             len(reference.class_distribution)
             if reference is not None and reference.class_distribution
@@ -297,11 +301,12 @@ class StatsRecorder:
             for array in outputs.values():
                 size_bytes += array.nbytes
         copies = None
-        if inputs and self._input_bins:
+        if inputs and self._input_sources:
             copies = {}
-            for name in self._input_bins:
+            for name in self._input_sources:
                 if (given := inputs.get(name)) is not None:
-                    copies[name] = copy = np.array(given, copy=True)
+                    # An image is kept as its strided drift sample (a small copy).
+                    copies[name] = copy = np.array(drift_sample(given), copy=True)
                     size_bytes += copy.nbytes
         pending = self._pending
         pending.append((latency_s, error, outputs, copies))
@@ -380,13 +385,21 @@ class StatsRecorder:
                 self._add_drift(acc, name, bins, output)
         if self._input_bins:
             input_columns = columns_of(inputs)
-            for name, bins in self._input_bins.items():
-                if (given := input_columns.get(name)) is not None:
-                    self._add_drift(acc, name, bins, given)
+            for key, bins in self._input_bins.items():
+                split = split_feature_key(key)
+                given = input_columns.get(split[0] if split else key)
+                if given is not None:
+                    self._add_drift(acc, key, bins, given, None if split is None else split[1])
 
     @staticmethod
-    def _add_drift(acc: _Accumulator, name: str, bins: ReferenceBins, column: Column) -> None:
-        values = column.values()
+    def _add_drift(
+        acc: _Accumulator,
+        name: str,
+        bins: ReferenceBins,
+        column: Column,
+        feature: int | None = None,
+    ) -> None:
+        values = column.values() if feature is None else column.feature_values(feature)
         counts = None if values is None else bins.count(values)
         if counts is not None:
             acc.drift[name] = _add_counts(acc.drift.get(name), counts)

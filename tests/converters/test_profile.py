@@ -80,7 +80,8 @@ def test_without_validation_set_golden_inputs_are_generated_and_recorded(cnn_mod
     profile = result.bundle.reference_profile
     assert profile is not None
     assert profile.source == "generated"  # never to drive a drift judgement
-    assert profile.inputs == {}  # image input: no tabular histogram
+    # An image input is profiled too (one channel here: no per-channel histograms).
+    assert list(profile.inputs) == [next(iter(result.bundle.golden[0].inputs))]
     assert profile.class_distribution is not None
 
 
@@ -150,3 +151,33 @@ def test_histogram_edges_always_increase(values: np.ndarray) -> None:
 
 def test_histogram_of_nothing_finite_is_none() -> None:
     assert histogram(np.array([np.nan, np.inf])) is None
+
+
+def test_squeezenets_profile_has_each_colour_channel_and_a_device_sees_one_shift(
+    tmp_path: Path,
+) -> None:
+    """A real image network (1x3x224x224): the converter profiles each colour channel of
+    its validation frames, and a recorder fed frames whose red channel moved reads drift
+    there, and less in the whole image, where the other two channels dilute it."""
+    from agent.stats.recorder import StatsRecorder
+
+    squeezenet = next(p for p in onnx_reference_models() if p.stem == "light_squeezenet")
+    rng = np.random.default_rng(12)
+    frames = rng.uniform(0.0, 1.0, (12, 3, 224, 224)).astype(np.float32)
+    validation = tmp_path / "frames.npz"
+    np.savez(validation, data_0=frames)
+
+    profile = profile_model(squeezenet, validation, golden_count=1).bundle.reference_profile
+
+    assert profile is not None
+    assert profile.source == "validation"
+    assert set(profile.inputs) == {"data_0", "data_0[0]", "data_0[1]", "data_0[2]"}
+    recorder = StatsRecorder(reference=profile, now_s=0.0)
+    for _ in range(4):
+        live = rng.uniform(0.0, 1.0, (1, 3, 224, 224)).astype(np.float32)
+        live[:, 0] = np.clip(live[:, 0] + 0.3, 0.0, 1.0)
+        recorder.record(latency_s=0.002, inputs={"data_0": live}, outputs=None, error=False)
+    psi = recorder.cumulative().drift_psi
+    assert psi["data_0[0]"] > 0.25
+    assert psi["data_0[1]"] < 0.1
+    assert psi["data_0"] < psi["data_0[0]"]
