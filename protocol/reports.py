@@ -127,11 +127,17 @@ class TelemetryWindow(Document):
     # up over a group's windows and devices before it reads a PSI, which a window's own
     # PSI (biased upwards by about 9/N on N values) cannot give.
     drift_counts: dict[TensorName, DriftCounts] = Field(default={}, max_length=MAX_DRIFT_TENSORS)
+    # Requests whose true class the application sent back (the agent's feedback API),
+    # and how many of them the model classified right.
+    labeled: int = Field(default=0, ge=0)
+    labeled_correct: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _errors_within_requests(self) -> TelemetryWindow:
         if self.errors > self.requests:
             raise ValueError("errors exceed requests")
+        if self.labeled_correct > self.labeled:
+            raise ValueError("labeled_correct exceeds labeled")
         return self
 
 

@@ -253,6 +253,27 @@ def _flag(parameters: dict[str, Any], key: str, what: str) -> bool | None:
     return value
 
 
+MAX_REQUEST_ID_CHARS = 256
+
+
+def decode_feedback(body: bytes | bytearray) -> tuple[str, int]:
+    """A feedback body, ``{"id": <an inference response's id>, "label": <class index>}``."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequestError(f"the body is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise MalformedRequestError('the body must be {"id": "...", "label": <class index>}')
+    request_id, label = document.get("id"), document.get("label")
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID_CHARS:
+        raise MalformedRequestError(
+            f"'id' must be the inference response's id, 1 to {MAX_REQUEST_ID_CHARS} characters"
+        )
+    if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+        raise MalformedRequestError("'label' must be the true class index, an integer >= 0")
+    return request_id, label
+
+
 def decode_infer_request(body: bytes | bytearray, json_length: int | None = None) -> InferRequest:
     """An infer request's body; ``json_length`` is its ``Inference-Header-Content-Length``."""
     header, binary = body, memoryview(b"")
@@ -272,8 +293,10 @@ def decode_infer_request(body: bytes | bytearray, json_length: int | None = None
     if not isinstance(document, dict):
         raise MalformedRequestError("the body must be a JSON object with an 'inputs' list")
     request_id = document.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise MalformedRequestError("'id' must be a string")
+    if request_id is not None and (
+        not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_CHARS
+    ):
+        raise MalformedRequestError(f"'id' must be a string of at most {MAX_REQUEST_ID_CHARS}")
     tensors = document.get("inputs")
     if not isinstance(tensors, list) or not tensors:
         raise MalformedRequestError("'inputs' must be a non-empty list of tensors")

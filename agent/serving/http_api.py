@@ -11,6 +11,7 @@ serving)::
     GET  /v2/models/{name}/ready     200, or 503 while no version serves
     POST /v2/models/{name}/infer     tensors in, tensors out: JSON, or binary tensor data
                                      (Inference-Header-Content-Length, as Triton/KServe)
+    POST /v2/models/{name}/feedback  {"id": <a response's id>, "label": <true class>}
 
 Invariants:
 - it binds loopback unless told otherwise; it has no authentication, so it must not be
@@ -50,6 +51,7 @@ import http
 import ipaddress
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,6 +63,7 @@ from .. import __version__
 from ..errors import InferenceError, OutputNameError, RequestTooLargeError
 from .codec import (
     Reply,
+    decode_feedback,
     decode_infer_request,
     encode_infer_response,
     encode_json,
@@ -123,7 +126,39 @@ def _infer(loaded: LoadedVersion, body: bytes | bytearray, json_length: int | No
         outputs = loaded.infer(request.inputs)
     except InferenceError as exc:
         return error_reply(status_of(exc), str(exc))
+    # Every response carries an id (the request's, else a new one) that the application
+    # can send back with the true class (POST …/feedback).
+    if request.request_id is None:
+        request = request._replace(request_id=uuid.uuid4().hex)
+    remember = getattr(loaded.observer, "remember", None)
+    if remember is not None:
+        assert request.request_id is not None
+        remember(request.request_id, outputs)
     return encode_infer_response(loaded.name, loaded.version, outputs, request)
+
+
+def _feedback(loaded: LoadedVersion, body: bytes | bytearray) -> Reply:
+    """Count a request's true class against the class the model answered."""
+    try:
+        request_id, label = decode_feedback(body)
+    except InferenceError as exc:
+        return error_reply(status_of(exc), str(exc))
+    take = getattr(loaded.observer, "feedback", None)
+    outcome = None if take is None else take(request_id, label)
+    value = getattr(outcome, "value", None)
+    if value == "counted":
+        return Reply(200, encode_json({"id": request_id, "counted": True}))
+    if value == "not_one_classified_row":
+        return error_reply(
+            409,
+            f"model {loaded.name!r} {loaded.version}: the answer to {request_id!r} was not "
+            "one row of class probabilities, so a label cannot be compared with it",
+        )
+    return error_reply(
+        404,
+        f"no answer {request_id!r} of model {loaded.name!r} {loaded.version} awaits feedback "
+        "(unknown, labeled already, from another version, or too old)",
+    )
 
 
 class BodyBudget:
@@ -530,10 +565,10 @@ class InferenceApi:
         version = None
         if len(rest) >= 2 and rest[0] == "versions":
             version, rest = rest[1], rest[2:]
-        if len(rest) > 1 or (rest and rest[0] not in ("ready", "infer")):
+        if len(rest) > 1 or (rest and rest[0] not in ("ready", "infer", "feedback")):
             return error_reply(404, f"no route for model {name!r}: {'/'.join(rest)}")
         action = rest[0] if rest else "metadata"
-        wanted = b"POST" if action == "infer" else b"GET"
+        wanted = b"POST" if action in ("infer", "feedback") else b"GET"
         if method != wanted:
             return error_reply(405, f"use {wanted.decode()} for {action}", allow=wanted)
         server = self._servers.get(name)
@@ -550,6 +585,8 @@ class InferenceApi:
             )
         if action == "ready":
             return Reply(200, encode_json({"name": name, "ready": True}))
+        if action == "feedback":
+            return _feedback(loaded, body)
         if action == "metadata":
             signature = loaded.signature
             return Reply(

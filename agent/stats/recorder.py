@@ -55,9 +55,10 @@ on.
 
 from __future__ import annotations
 
+import enum
 import math
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -74,10 +75,12 @@ from .columns import Arrays, Column, columns_of
 from .latency import LATENCY_BOUNDS_MS, latency_bucket_counts, percentile_ms
 
 __all__ = [
+    "FEEDBACK_MEMORY",
     "MAX_PENDING_REQUEST_BYTES",
     "MIN_DRIFT_VALUES",
     "PENDING_REQUESTS",
     "WINDOW_S",
+    "Feedback",
     "InferenceObserver",
     "StatsRecorder",
     "WindowStats",
@@ -91,6 +94,16 @@ MAX_PENDING_REQUEST_BYTES = 16 * 1024
 _Counts = npt.NDArray[np.int64]
 # A request waiting to be measured: latency (s), error, outputs, copies of drift inputs.
 _Pending = tuple[float, bool, Arrays | None, dict[str, np.ndarray] | None]
+
+
+# Requests whose outputs wait for their ground truth (``StatsRecorder.remember``).
+FEEDBACK_MEMORY = 1024
+
+
+class Feedback(enum.Enum):
+    COUNTED = "counted"
+    UNKNOWN_REQUEST = "unknown_request"  # never seen, already labeled, or forgotten
+    NOT_ONE_CLASSIFIED_ROW = "not_one_classified_row"  # no class to compare a label with
 
 
 class InferenceObserver(Protocol):
@@ -134,6 +147,10 @@ class WindowStats:
     # Live values per reference bin, every tensor with a reference histogram, whatever
     # the count: what the controller pools across windows and devices.
     drift_counts: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Requests whose true class the application sent back, and how many the model got
+    # right (``StatsRecorder.feedback``).
+    labeled: int = 0
+    labeled_correct: int = 0
 
     @property
     def error_rate(self) -> float:
@@ -159,6 +176,9 @@ class _Accumulator:
         self.confidence_sum = 0.0
         self.class_counts: _Counts | None = None
         self.drift: dict[str, _Counts] = {}
+        # Ground truth the application sent back (``StatsRecorder.feedback``).
+        self.labeled = 0
+        self.labeled_correct = 0
 
     def add_latencies(self, latencies_ms: npt.NDArray[np.float64]) -> None:
         self.latency_counts += latency_bucket_counts(latencies_ms)
@@ -174,6 +194,8 @@ class _Accumulator:
         self.latency_max_ms = max(self.latency_max_ms, other.latency_max_ms)
         self.classified_rows += other.classified_rows
         self.confidence_sum += other.confidence_sum
+        self.labeled += other.labeled
+        self.labeled_correct += other.labeled_correct
         if other.class_counts is not None:
             self.class_counts = _add_counts(self.class_counts, other.class_counts)
         for name, counts in other.drift.items():
@@ -205,6 +227,8 @@ class _Accumulator:
             p95_ms=self._percentile_ms(latency_counts, 0.95),
             p99_ms=self._percentile_ms(latency_counts, 0.99),
             classified_rows=self.classified_rows,
+            labeled=self.labeled,
+            labeled_correct=self.labeled_correct,
             top1_confidence_mean=(
                 self.confidence_sum / self.classified_rows if classified else None
             ),
@@ -276,8 +300,34 @@ class StatsRecorder:
         )
         self._classifier: Classifier | None = None
         self._classifier_decided = False
+        self._feedback_lock = threading.Lock()
+        self._awaiting_feedback: OrderedDict[str, Mapping[str, np.ndarray]] = OrderedDict()
         self._total = _Accumulator(now_s)
         self._current = _Accumulator(now_s)
+
+    def remember(self, request_id: str, outputs: Mapping[str, np.ndarray]) -> None:
+        """Keep a request's outputs (by reference) for its ground truth to come back
+        (``feedback``); the ``FEEDBACK_MEMORY`` most recent are kept."""
+        with self._feedback_lock:
+            self._awaiting_feedback[request_id] = outputs
+            while len(self._awaiting_feedback) > FEEDBACK_MEMORY:
+                self._awaiting_feedback.popitem(last=False)
+
+    def feedback(self, request_id: str, label: int) -> Feedback:
+        """Count the true class of an earlier request against what the model answered."""
+        with self._feedback_lock:
+            outputs = self._awaiting_feedback.pop(request_id, None)
+        if outputs is None:
+            return Feedback.UNKNOWN_REQUEST
+        name = self.classifier_output
+        scores = None if name is None else outputs.get(name)
+        if scores is None or scores.ndim != 2 or scores.shape[0] != 1:
+            return Feedback.NOT_ONE_CLASSIFIED_ROW
+        predicted = int(np.argmax(scores[0]))
+        with self._lock:
+            self._current.labeled += 1
+            self._current.labeled_correct += int(predicted == label)
+        return Feedback.COUNTED
 
     @property
     def classifier_output(self) -> str | None:

@@ -72,4 +72,6 @@ def to_telemetry_window(
                 protocol.MAX_DRIFT_TENSORS,
             )
         ),
+        labeled=stats.labeled,
+        labeled_correct=min(stats.labeled_correct, stats.labeled),
     )

@@ -47,6 +47,7 @@ _MODEL_HEALTH = (
         "Worst output's PSI against the release's reference, over pooled counts",
         "max_drift_psi",
     ),
+    ("label_accuracy", "Share of labeled requests classified right (feedback)", "label_accuracy"),
     (
         "input_drift_psi",
         "Worst input's PSI against the release's reference, over pooled counts (the data's)",

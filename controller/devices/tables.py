@@ -182,6 +182,9 @@ telemetry_table = Table(
     # Live values per reference-profile bin, per tensor: a JSON object of lists, pooled
     # like the latency counts so a group's drift is one PSI over all its values.
     Column("drift_counts", Text, nullable=True),
+    # Requests whose true class the application sent back, and how many were right.
+    Column("labeled", Integer, nullable=False, default=0, server_default="0"),
+    Column("labeled_correct", Integer, nullable=False, default=0, server_default="0"),
     # Windows merged by downsampling (1 when stored as the device sent it).
     Column("merged", Integer, nullable=False, default=1),
     UniqueConstraint("device_id", "model_name", "window_start", name="uq_telemetry_window"),

@@ -8,7 +8,9 @@ Every metric is "higher is worse" and compared with the rule's threshold:
   the fleet's mean top-1 confidence;
 - ``output_drift_psi``: the worst output's PSI, pooled, against the release's reference;
 - ``input_drift_psi``: the worst input's PSI, pooled: the data moved away from what the
-  model was validated on, the usual reason to retrain.
+  model was validated on, the usual reason to retrain;
+- ``label_error_rate``: the share of labeled requests the model got wrong, from the true
+  classes applications sent back (the agent's ``/v2/models/{name}/feedback``).
 
 A judgement is ``None`` (no change to the alert) when the window holds fewer than the
 rule's devices or requests, or the metric was not measured: silence is not recovery.
@@ -50,6 +52,8 @@ def measure(metric: str, health: FleetHealth, reference_confidence: float | None
         return health.max_drift_psi
     if metric == "input_drift_psi":
         return health.max_input_drift_psi
+    if metric == "label_error_rate":
+        return None if health.label_accuracy is None else 1.0 - health.label_accuracy
     raise ValueError(f"unknown metric {metric!r}")
 
 

@@ -18,6 +18,7 @@ Metric = Literal[
     "confidence_drop",
     "output_drift_psi",
     "input_drift_psi",
+    "label_error_rate",
 ]
 
 

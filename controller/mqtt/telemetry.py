@@ -165,6 +165,8 @@ def telemetry_rows(batches: Sequence[TelemetryBatch]) -> list[TelemetryRow]:
                     "max_drift_psi": drift if drift is not None and math.isfinite(drift) else None,
                     "latency_counts": _latency_counts(latency),
                     "drift_counts": _json(window.drift_counts) if window.drift_counts else None,
+                    "labeled": window.labeled,
+                    "labeled_correct": window.labeled_correct,
                     "merged": 1,
                 }
             )
@@ -371,6 +373,8 @@ def _merge(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "requests": sum(row["requests"] for row in rows),
         "errors": sum(row["errors"] for row in rows),
         "nonfinite": sum(row["nonfinite"] for row in rows),
+        "labeled": sum(row["labeled"] for row in rows),
+        "labeled_correct": sum(row["labeled_correct"] for row in rows),
         "merged": sum(row["merged"] for row in rows),
     }
     for name in _WEIGHTED:

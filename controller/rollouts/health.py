@@ -40,6 +40,8 @@ class _HealthSums:
     p95_requests: int = 0
     confidence_sum: float = 0.0
     confidence_requests: int = 0
+    labeled: int = 0
+    labeled_correct: int = 0
     max_drift_psi: float | None = None
     latency_counts: npt.NDArray[np.int64] = field(
         default_factory=lambda: np.zeros(LATENCY_BUCKETS, dtype=np.int64)
@@ -119,6 +121,8 @@ class _HealthSums:
         self.p95_requests += int(row.p95_requests or 0)
         self.confidence_sum += float(row.confidence_sum or 0.0)
         self.confidence_requests += int(row.confidence_requests or 0)
+        self.labeled += int(row.labeled or 0)
+        self.labeled_correct += int(row.labeled_correct or 0)
         if row.max_drift_psi is not None:
             drift = float(row.max_drift_psi)
             self.max_drift_psi = max(drift, self.max_drift_psi or drift)
@@ -148,6 +152,8 @@ class _HealthSums:
             max_drift_psi=drift,
             drift_values=drift_values,
             max_input_drift_psi=input_drift[0] if input_drift is not None else None,
+            labeled=self.labeled,
+            label_accuracy=ratio(self.labeled_correct, self.labeled),
         )
 
 
@@ -212,6 +218,8 @@ def fleet_health(
         ),
         func.sum(case((has_confidence, _T.c.requests))).label("confidence_requests"),
         func.max(_T.c.max_drift_psi).label("max_drift_psi"),
+        func.sum(_T.c.labeled).label("labeled"),
+        func.sum(_T.c.labeled_correct).label("labeled_correct"),
     )
     with engine.connect() as connection:
         for chunk in chunks:

@@ -87,6 +87,9 @@ class FleetHealth:
     drift_values: int | None = None
     # The worst input's PSI, pooled likewise: the data's drift, for alerts, never a gate.
     max_input_drift_psi: float | None = None
+    # Requests the applications labeled (their feedback) and the share the model got right.
+    labeled: int = 0
+    label_accuracy: float | None = None
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,16 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
 from controller.db import session_scope
 from controller.monitoring.alerts import create_rule, evaluate_alerts
+from controller.monitoring.rules import judge
 from controller.mqtt.telemetry import write_telemetry
+from controller.rollouts.core import FleetHealth
 from controller.rollouts.tables import RolloutEventRecord
 from controller.rollouts.webhooks import sign_body
 from controller.tokens import Role
@@ -206,3 +209,15 @@ def test_the_degraded_webhook_reaches_a_receiver_signed_with_its_evidence(
     assert headers["X-Edgefleet-Signature"] == sign_body(SECRET, body)
     assert (event["kind"], event["rollout_id"]) == ("model_degraded", None)
     assert (event["details"]["model"], event["details"]["devices"]) == ("digits", devices)
+
+
+def test_label_error_rate_reads_the_ground_truth_applications_sent_back() -> None:
+    health = FleetHealth(devices=3, requests=500, labeled=200, label_accuracy=0.8)
+    unlabeled = FleetHealth(devices=3, requests=500)
+    common = {"metric": "label_error_rate", "threshold": 0.1, "min_devices": 1}
+
+    fired = judge(**common, min_requests=100, health=health, reference_confidence=None)
+    silent = judge(**common, min_requests=100, health=unlabeled, reference_confidence=None)
+
+    assert (fired.degraded, fired.value) == (True, pytest.approx(0.2))
+    assert silent.degraded is None  # no labels: nothing to say

@@ -489,3 +489,23 @@ def test_a_malformed_stored_histogram_is_left_out_not_an_error(engine: Engine) -
 
     assert health.drift_values == 99 * 4
     assert health.requests == 400
+
+
+def test_fleet_health_pools_the_labels_applications_sent_back(engine: Engine) -> None:
+    add_devices(engine, "dev-1", "dev-2")
+    write_telemetry(
+        engine,
+        [
+            batch("dev-1", window(T0, labeled=10, labeled_correct=9)),
+            batch("dev-2", window(T0, labeled=30, labeled_correct=21)),
+        ],
+    )
+
+    health = fleet_health(
+        engine, device_ids=["dev-1", "dev-2"], model="digits", version=2, since=T0
+    )
+
+    assert health.labeled == 40
+    assert health.label_accuracy == pytest.approx(30 / 40)
+    alone = fleet_health(engine, device_ids=["dev-1"], model="digits", version=2, since=T0)
+    assert alone.label_accuracy == pytest.approx(0.9)
