@@ -75,6 +75,7 @@ from .columns import Arrays, Column, columns_of
 from .latency import LATENCY_BOUNDS_MS, latency_bucket_counts, percentile_ms
 
 __all__ = [
+    "FEEDBACK_MAX_BYTES",
     "FEEDBACK_MEMORY",
     "MAX_PENDING_REQUEST_BYTES",
     "MIN_DRIFT_VALUES",
@@ -98,6 +99,7 @@ _Pending = tuple[float, bool, Arrays | None, dict[str, np.ndarray] | None]
 
 # Requests whose outputs wait for their ground truth (``StatsRecorder.remember``).
 FEEDBACK_MEMORY = 1024
+FEEDBACK_MAX_BYTES = 16 * 1024
 
 
 class Feedback(enum.Enum):
@@ -306,8 +308,17 @@ class StatsRecorder:
         self._current = _Accumulator(now_s)
 
     def remember(self, request_id: str, outputs: Mapping[str, np.ndarray]) -> None:
-        """Keep a request's outputs (by reference) for its ground truth to come back
-        (``feedback``); the ``FEEDBACK_MEMORY`` most recent are kept."""
+        """Keep a request's class scores (by reference) for its ground truth to come back
+        (``feedback``): the ``FEEDBACK_MEMORY`` most recent answers, each at most
+        ``FEEDBACK_MAX_BYTES`` (so at most 16 MiB whatever the model's outputs)."""
+        classifier = self._classifier  # decided once; read without the lock
+        if classifier is not None:
+            scores = outputs.get(classifier.name)
+            if scores is None:
+                return
+            outputs = {classifier.name: scores}
+        if sum(array.nbytes for array in outputs.values()) > FEEDBACK_MAX_BYTES:
+            return
         with self._feedback_lock:
             self._awaiting_feedback[request_id] = outputs
             while len(self._awaiting_feedback) > FEEDBACK_MEMORY:

@@ -97,3 +97,11 @@ def test_only_the_most_recent_answers_wait_for_feedback(models: Models) -> None:
         recorder.remember(f"r{index}", outputs)
 
     assert recorder.feedback("r0", 1).value == "unknown_request"  # forgotten: bounded memory
+
+
+def test_big_outputs_are_not_kept_waiting_for_a_label() -> None:
+    """A segmentation map is no class: it is not held in memory for feedback."""
+    recorder = StatsRecorder(reference=None, now_s=0.0)
+    recorder.remember("map", {"mask": np.zeros((1, 21, 224, 224), dtype=np.float32)})
+
+    assert recorder.feedback("map", 3).value == "unknown_request"
