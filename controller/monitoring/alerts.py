@@ -87,11 +87,7 @@ def delete_rule(session: Session, rule_id: str) -> None:
     rule = session.get(AlertRule, rule_id)
     if rule is None:
         raise NotFoundError(f"no alert rule {rule_id!r}")
-    for episode in session.exec(
-        select(AlertEpisode).where(
-            AlertEpisode.rule_id == rule_id, col(AlertEpisode.ended_at).is_(None)
-        )
-    ):
+    for episode in _open_episodes(session, rule_id).values():
         episode.ended_at = utcnow()
         session.add(episode)
     session.delete(rule)

@@ -220,6 +220,10 @@ def fleet_health(
         func.max(_T.c.max_drift_psi).label("max_drift_psi"),
         func.sum(_T.c.labeled).label("labeled"),
         func.sum(_T.c.labeled_correct).label("labeled_correct"),
+        # Each window's histogram and counts joined into one text by the database, in the
+        # same scan: fetching tens of thousands of rows cost more than everything else.
+        *_joined(_T.c.latency_counts, "latency"),
+        *(_joined(_T.c.drift_counts, "drift") if tensors else ()),
     )
     with engine.connect() as connection:
         for chunk in chunks:
@@ -230,15 +234,13 @@ def fleet_health(
                 query = query.where(_T.c.device_id.in_(chunk))
             if version is not None:
                 query = query.where(_T.c.version == version)
-            sums.add(connection.execute(query).one())
-            # Each window's histogram and counts come joined into one text by the database:
-            # fetching tens of thousands of rows cost more than everything else together.
-            joined, rows = connection.execute(_joined(query, _T.c.latency_counts)).one()
-            if not sums.add_joined_histograms(joined, rows):
+            row = connection.execute(query).one()
+            sums.add(row)
+            if not sums.add_joined_histograms(row.latency_joined, row.latency_rows):
                 sums.add_histograms(connection.scalars(_each(query, _T.c.latency_counts)).all())
             if tensors:
-                joined, rows = connection.execute(_joined(query, _T.c.drift_counts)).one()
-                sums.add_drift(_parsed_drift(connection, query, joined, rows), tensors)
+                drift = _parsed_drift(connection, query, row.drift_joined, row.drift_rows)
+                sums.add_drift(drift, tensors)
     return sums.health(fractions, input_fractions)
 
 
@@ -257,11 +259,11 @@ def _parsed_drift(connection: Any, query: Any, joined: str | None, rows: int) ->
     ]
 
 
-def _joined(query: Any, column: Any) -> Any:
-    """The texts of ``column`` over the windows ``query`` aggregates, joined with commas,
-    and how many there are."""
-    return query.with_only_columns(func.aggregate_strings(column, ","), func.count(column)).where(
-        column.is_not(None)
+def _joined(column: Any, name: str) -> tuple[Any, Any]:
+    """The non-null texts of ``column`` joined with commas, and how many there are."""
+    return (
+        func.aggregate_strings(column, ",").label(f"{name}_joined"),
+        func.count(column).label(f"{name}_rows"),
     )
 
 
