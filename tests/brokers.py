@@ -118,12 +118,7 @@ class MosquittoServer:
         process, self._process = self._process, None
         if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
         if process.stderr is not None:
             process.stderr.close()
 
@@ -131,6 +126,16 @@ class MosquittoServer:
         """Stop, then start with the same config on the same port."""
         self.stop()
         self.start()
+
+
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s, and wait for the process to end."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextlib.contextmanager

@@ -40,7 +40,13 @@ from controller.devices.tables import DeviceCertificate, DeviceRecord
 from controller.mqtt.bridge import MqttBridge, broker_tls_context
 from controller.settings import Settings, load_settings
 from protocol import Channel, State, device_topic
-from tests.brokers import BROKER_START_TIMEOUT_S, BrokerEndpoint, free_port, wait_for_port
+from tests.brokers import (
+    BROKER_START_TIMEOUT_S,
+    BrokerEndpoint,
+    free_port,
+    terminate,
+    wait_for_port,
+)
 from tests.conftest import mosquitto_binary
 from tests.controller.conftest import TEST_PASSPHRASE
 from tests.controller.devices.test_broker_auth import assert_confined
@@ -115,14 +121,8 @@ class ExportedMosquitto:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            terminate(process)
 
 
 @pytest.fixture
