@@ -61,6 +61,7 @@ import h11
 
 from .. import __version__
 from ..errors import InferenceError, OutputNameError, RequestTooLargeError
+from ..stats.recorder import Feedback, StatsRecorder
 from .codec import (
     Reply,
     decode_feedback,
@@ -128,12 +129,10 @@ def _infer(loaded: LoadedVersion, body: bytes | bytearray, json_length: int | No
         return error_reply(status_of(exc), str(exc))
     # Every response carries an id (the request's, else a new one) that the application
     # can send back with the true class (POST …/feedback).
-    if request.request_id is None:
-        request = request._replace(request_id=uuid.uuid4().hex)
-    remember = getattr(loaded.observer, "remember", None)
-    if remember is not None:
-        assert request.request_id is not None
-        remember(request.request_id, outputs)
+    request_id = request.request_id or uuid.uuid4().hex
+    if isinstance(loaded.observer, StatsRecorder):
+        loaded.observer.remember(request_id, outputs)
+    request = request._replace(request_id=request_id)
     return encode_infer_response(loaded.name, loaded.version, outputs, request)
 
 
@@ -143,12 +142,15 @@ def _feedback(loaded: LoadedVersion, body: bytes | bytearray) -> Reply:
         request_id, label = decode_feedback(body)
     except InferenceError as exc:
         return error_reply(status_of(exc), str(exc))
-    take = getattr(loaded.observer, "feedback", None)
-    outcome = None if take is None else take(request_id, label)
-    value = getattr(outcome, "value", None)
-    if value == "counted":
+    observer = loaded.observer
+    outcome = (
+        observer.feedback(request_id, label)
+        if isinstance(observer, StatsRecorder)
+        else Feedback.UNKNOWN_REQUEST
+    )
+    if outcome is Feedback.COUNTED:
         return Reply(200, encode_json({"id": request_id, "counted": True}))
-    if value == "not_one_classified_row":
+    if outcome is Feedback.NOT_ONE_CLASSIFIED_ROW:
         return error_reply(
             409,
             f"model {loaded.name!r} {loaded.version}: the answer to {request_id!r} was not "
