@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from . import __version__
-from .api import alerts, artifacts, devices, health, models, releases, rollouts
+from .api import alerts, artifacts, devices, health, model_health, models, releases, rollouts
 from .api.concurrency import HandlerConcurrencyLimit, HandlerSlots
 from .api.deps import Viewer
 from .api.limits import REFUSAL_REASONS, BodyRule, RequestLimits, token_admission
@@ -107,6 +107,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         devices.router,
         rollouts.router,
         alerts.router,
+        model_health.router,
     ):
         app.include_router(router)
 
