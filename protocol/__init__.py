@@ -6,6 +6,14 @@ come out. This namespace is the public API; the submodules are its implementatio
 
 from .backoff import UniformSource, backoff_delay_s
 from .canonical import MAX_SAFE_INTEGER, canonical_json, parse_json
+from .capture import (
+    CAPTURE_ACTION,
+    MAX_CAPTURE_BYTES,
+    MAX_CAPTURE_PER_HOUR,
+    CapturePolicy,
+    CaptureReason,
+    SampleMeta,
+)
 from .deployment import (
     MAX_CARRIED_TRUST_ROOTS,
     MAX_MODELS_PER_DEVICE,
@@ -95,6 +103,7 @@ DOCUMENT_TYPES: dict[str, type[Document]] = {
 }
 
 __all__ = [
+    "CAPTURE_ACTION",
     "CHANNELS",
     "DATATYPE_BYTES",
     "DEFAULT_PREFIX",
@@ -103,6 +112,8 @@ __all__ = [
     "ED25519_PUBLIC_KEY_BYTES",
     "LATENCY_BOUNDS_MS",
     "LATENCY_BUCKETS",
+    "MAX_CAPTURE_BYTES",
+    "MAX_CAPTURE_PER_HOUR",
     "MAX_CARRIED_TRUST_ROOTS",
     "MAX_CHECK_BUNDLE_BYTES",
     "MAX_DRIFT_BINS",
@@ -115,6 +126,8 @@ __all__ = [
     "SIGNING_ROLE",
     "Artifact",
     "BadSignatureError",
+    "CapturePolicy",
+    "CaptureReason",
     "Channel",
     "ChannelSpec",
     "CheckBundleRef",
@@ -144,6 +157,7 @@ __all__ = [
     "RotationError",
     "RotationVersionError",
     "RuntimeRequirements",
+    "SampleMeta",
     "Signature",
     "SignatureError",
     "SigningKey",

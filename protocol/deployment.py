@@ -124,5 +124,5 @@ class Command(_DeviceOrder):
 
     PAYLOAD_TYPE: ClassVar[str] = "application/vnd.edgefleet.command+json"
 
-    action: Literal["resync", "rollback", "diagnostics"]
+    action: Literal["resync", "rollback", "diagnostics", "capture"]
     args: dict[str, Any] = {}

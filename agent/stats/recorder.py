@@ -26,6 +26,9 @@ Invariants:
   float output of *that request* holds a NaN or an infinity; class counts, classified
   rows and drift counts are the same integers; the confidence sum differs by rounding.
 - Windows are contiguous: a closed window ends where the next one starts.
+- Sample capture (``agent.stats.capture``) costs one attribute read per request while
+  it is off (``capture`` None); while it is on, one budget check, and with budget left
+  one numpy pass over the request's scores; inputs are copied only for a request kept.
 
 Figures come from the modules that own their rules: latency buckets and percentiles
 from ``agent.stats.latency``; which output holds class probabilities, and per-row
@@ -70,6 +73,7 @@ import protocol
 from tensors import ReferenceBins, population_stability_index
 from tensors.profile import MIN_DRIFT_VALUES, drift_sample, split_feature_key
 
+from .capture import ModelCapture, request_confidence
 from .classes import Classifier, find_classifier
 from .columns import Arrays, Column, columns_of
 from .latency import LATENCY_BOUNDS_MS, latency_bucket_counts, percentile_ms
@@ -306,6 +310,8 @@ class StatsRecorder:
         self._awaiting_feedback: OrderedDict[str, Mapping[str, np.ndarray]] = OrderedDict()
         self._total = _Accumulator(now_s)
         self._current = _Accumulator(now_s)
+        # Set while a capture policy is on for the model (``agent.stats.capture``).
+        self.capture: ModelCapture | None = None
 
     def remember(self, request_id: str, outputs: Mapping[str, np.ndarray]) -> None:
         """Keep a request's class scores (by reference) for its ground truth to come back
@@ -374,6 +380,32 @@ class StatsRecorder:
         if len(pending) >= PENDING_REQUESTS or size_bytes > MAX_PENDING_REQUEST_BYTES:
             with self._lock:
                 self._measure_pending()
+        capture = self.capture
+        if capture is not None and inputs and outputs and not error:
+            self._offer_capture(capture, inputs, outputs)
+
+    def _offer_capture(
+        self,
+        capture: ModelCapture,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+    ) -> None:
+        """Hand capture a request whose lowest top-1 confidence is below its policy's.
+
+        Only with budget left; one numpy pass over this request's scores
+        (``capture.request_confidence``); the inputs are copied (by ``offer``) only for a
+        request that is kept. Until the classifier is decided, the pending requests are
+        measured at once to decide it.
+        """
+        if not capture.has_budget():
+            return
+        if not self._classifier_decided:
+            with self._lock:
+                self._measure_pending()
+        classifier = self._classifier
+        confidence = request_confidence(outputs, None if classifier is None else classifier.name)
+        if confidence is not None and confidence < capture.below_confidence:
+            capture.offer(inputs, outputs, confidence)
 
     def roll(self, now_s: float, *, force: bool = False) -> WindowStats | None:
         """Close the current window if ``window_s`` has passed (or ``force``) and return it.
