@@ -69,6 +69,8 @@ class AgentConfig(BaseModel):
     inference_threads: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     # Statistics windows, published as telemetry and kept for probation.
     stats_window_s: float = Field(default=10.0, gt=0)
+    # Captured samples (only under a capture order): how often the queue is uploaded.
+    capture_upload_interval_s: float = Field(default=30.0, gt=0)
 
     # Downloads.
     download_min_rate_bytes_per_s: int = Field(default=64 * 1024, gt=0)

@@ -42,8 +42,11 @@ from .link.certificate_renewal import (
 from .link.mqtt import LinkSettings, Message, MqttLink
 from .link.outbox import Outbox, OutboxQueue
 from .link.reporting import LinkReporter, offline_state
+from .link.sample_upload import run_capture
 from .serving.host import ServingHost, recorder_of
 from .serving.server import BackendLoader
+from .stats.capture import BadCapturePolicyError, CaptureKeeper
+from .stats.recorder import StatsRecorder
 from .stats.telemetry import to_telemetry_window
 from .tls import device_tls_context, pinned_ca_context
 from .update.fetcher import Fetcher
@@ -157,6 +160,10 @@ class AgentDaemon:
         self.trust = TrustKeeper(trust_path, open_trust_state(config, trust_path))
         _warn_if_trust_root_expires_soon(self.trust.state, self.clock.now())
         self.releases = ReleaseIndex(data_dir / "releases.json")
+        # Sample capture: off for every model until a signed capture command.
+        self.capture = CaptureKeeper(
+            data_dir / "capture", device_id=config.device_id, clock=self.clock
+        )
         self.models = ModelUpdates(
             config,
             trust=self.trust,
@@ -208,11 +215,21 @@ class AgentDaemon:
                 ) from exc
         telemetry = asyncio.create_task(self._publish_telemetry(), name="telemetry")
         renewal = asyncio.create_task(self._renew_certificate(), name="certificate-renewal")
+        capture = asyncio.create_task(
+            run_capture(
+                self.config,
+                self.capture,
+                self._serving_recorders,
+                upload_interval_s=self.config.capture_upload_interval_s,
+            ),
+            name="sample-capture",
+        )
         try:
             await self.link.run(self._on_message, stop)
         finally:
             telemetry.cancel()
             renewal.cancel()
+            capture.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 # asyncio.timeout, not wait_for, which can lose a cancellation on 3.11.
                 async with asyncio.timeout(self.config.shutdown_timeout_s):
@@ -272,6 +289,14 @@ class AgentDaemon:
             )
             self._publish(Message(topic, batch.to_payload(), qos=1, retain=False))
 
+    def _serving_recorders(self) -> list[tuple[str, int | None, StatsRecorder | None]]:
+        serving = []
+        for loaded in self.serving.serving():
+            release = self._release_serving(loaded.name)
+            version = release.version if release is not None else None
+            serving.append((loaded.name, version, recorder_of(loaded)))
+        return serving
+
     def _release_serving(self, model: str) -> ReleaseRef | None:
         updater = self.models.updaters.get(model)
         return updater.release_of(updater.store.current_sha256()) if updater else None
@@ -305,6 +330,17 @@ class AgentDaemon:
         details: dict[str, Any] = {"action": action, "sequence": verified.command.sequence}
         if action == "resync":
             self.reporter.state_changed()
+        elif action == "capture":
+            try:
+                details |= self.capture.order(verified.command.args)
+            except BadCapturePolicyError as exc:
+                self.reporter.event(
+                    "command_refused",
+                    journal=None,
+                    reason=exc.reason,
+                    details={**details, "error": str(exc)},
+                )
+                return
         elif action == "diagnostics":
             details |= {
                 "phase": self.models.phase,

@@ -9,7 +9,7 @@ from typing import IO, Any
 
 import httpx
 
-from ._errors import answer_of, unreachable
+from ._errors import ApiError, answer_of, unreachable
 
 __all__ = ["DEFAULT_URL", "ControllerClient"]
 
@@ -58,6 +58,23 @@ class ControllerClient:
         except httpx.HTTPError as exc:
             raise unreachable(self._http.base_url, exc) from exc
         return answer_of(response)
+
+    def download(self, path: str, *, max_bytes: int) -> bytes:
+        """The raw bytes at ``path`` (at most ``max_bytes``), or raise ``ApiError``."""
+        try:
+            with self._http.stream("GET", path) as response:
+                if response.is_error:
+                    response.read()
+                    answer_of(response)
+                chunks, size = [], 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ApiError(f"{path} answered over {max_bytes} bytes")
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise unreachable(self._http.base_url, exc) from exc
+        return b"".join(chunks)
 
     def push(
         self,

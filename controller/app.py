@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from . import __version__
 from .api import alerts, artifacts, devices, health, model_health, models, releases, rollouts
+from .api import samples as samples_api
 from .api.concurrency import HandlerConcurrencyLimit, HandlerSlots
 from .api.deps import Viewer
 from .api.limits import REFUSAL_REASONS, BodyRule, RequestLimits, token_admission
@@ -107,6 +108,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         devices.router,
         rollouts.router,
         alerts.router,
+        samples_api.router,
         model_health.router,
     ):
         app.include_router(router)
@@ -138,7 +140,15 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
                 settings.max_upload_bytes + settings.max_validation_bytes + MULTIPART_SLACK_BYTES,
                 spool=True,
                 admission=token_admission(ctx.read_engine, Role.OPERATOR, slots),
-            )
+            ),
+            # A device's captured sample: its own limit, and only with a token.
+            BodyRule(
+                "PUT",
+                re.compile(samples_api.SAMPLE_UPLOAD_PATH),
+                settings.max_sample_bytes,
+                spool=True,
+                admission=token_admission(ctx.read_engine, Role.DEVICE, slots),
+            ),
         ],
         # A refused request never reaches _measure: it is counted here.
         on_refusal=lambda refusal: ctx.metrics.http_requests_refused.labels(refusal.reason).inc(),

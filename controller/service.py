@@ -44,12 +44,14 @@ from .mqtt.bridge import MqttBridge, check_bridge_settings
 from .mqtt.telemetry import downsample_telemetry, prune_telemetry
 from .rollouts.engine import FleetContext, active_rollout_ids, plan_rollout
 from .rollouts.webhooks import deliver_webhooks
+from .samples.capture import CaptureMessage, due_capture_orders, mark_capture_published
 
 __all__ = ["FleetService"]
 
 logger = logging.getLogger(__name__)
 
 PUBLISH_BATCH = 500
+CAPTURE_PUBLISH_INTERVAL_S = 1.0
 WEBHOOK_INTERVAL_S = 2.0
 
 
@@ -98,6 +100,10 @@ class FleetService:
             group.create_task(
                 self._every(settings.alert_interval_s, self.evaluate_alerts_once), name="alerts"
             )
+            group.create_task(
+                self._every(CAPTURE_PUBLISH_INTERVAL_S, self.publish_capture_orders),
+                name="capture-orders",
+            )
 
     async def plan_once(self) -> None:
         now_s = time.time()
@@ -112,7 +118,31 @@ class FleetService:
             self.fleet.engine,
             self.fleet.settings.artifacts_dir,
             now=datetime.now(UTC),
+            signer=self.fleet.signer,
         )
+
+    async def publish_capture_orders(self) -> int:
+        """Send recorded capture orders to their devices once online (not retained: a
+        command is one-off); each is marked published once the broker acknowledged it."""
+        prefix = self.fleet.settings.topic_prefix
+        sent = 0
+        while self.bridge.connected:
+            due = await asyncio.to_thread(self._due_captures, prefix)
+            if not due:
+                break
+            for message in due:
+                await self.bridge.publish(message.topic, message.payload, retain=False)
+                await asyncio.to_thread(self._mark_capture, message.order_id)
+                sent += 1
+        return sent
+
+    def _due_captures(self, prefix: str) -> list[CaptureMessage]:
+        with session_scope(self.fleet.engine) as session:
+            return due_capture_orders(session, prefix, limit=PUBLISH_BATCH)
+
+    def _mark_capture(self, order_id: int) -> None:
+        with session_scope(self.fleet.engine) as session:
+            mark_capture_published(session, [order_id], now=datetime.now(UTC))
 
     async def reconcile_once(self) -> None:
         now = datetime.now(UTC)

@@ -68,6 +68,11 @@ class Settings(BaseModel):
     job_cpu_s: int = Field(default=600, gt=0)
     job_wall_s: float = Field(default=900.0, gt=0)
     max_tensor_bytes: int = Field(default=1024 * _MIB, gt=0)
+    # Captured samples (controller.samples): the largest one upload may be, and what one
+    # device may hold here in all (beyond it, 507 until samples are deleted).
+    max_sample_bytes: int = Field(default=8 * _MIB, gt=0)
+    sample_quota_bytes_per_device: int = Field(default=256 * _MIB, gt=0)
+    sample_quota_per_device: int = Field(default=10_000, gt=0)
 
     # The quality gate for variants.
     max_accuracy_drop_points: float = Field(default=1.0, ge=0)
@@ -183,6 +188,10 @@ class Settings(BaseModel):
     @property
     def work_dir(self) -> Path:
         return self.data_dir / "work"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.data_dir / "samples"
 
 
 def load_settings(

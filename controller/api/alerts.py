@@ -13,7 +13,12 @@ from fastapi import APIRouter, Path, Query, Request, status
 from sqlmodel import Session, col, select
 
 from ..monitoring.alerts import create_rule, delete_rule
-from ..monitoring.schemas import AlertEpisodePublic, AlertRuleCreate, AlertRulePublic
+from ..monitoring.schemas import (
+    AlertCapture,
+    AlertEpisodePublic,
+    AlertRuleCreate,
+    AlertRulePublic,
+)
 from ..monitoring.tables import AlertEpisode, AlertRule
 from .deps import Audited, DbSession, Operator, Viewer
 
@@ -61,6 +66,7 @@ def _rule(session: Session, rule: AlertRule) -> AlertRulePublic:
         created_by=rule.created_by,
         created_at=_utc(rule.created_at),
         last_evaluated_at=_utc(rule.last_evaluated_at) if rule.last_evaluated_at else None,
+        capture=AlertCapture.model_validate(rule.capture) if rule.capture else None,
         firing=[_episode(episode) for episode in open_episodes],
     )
 
@@ -79,6 +85,7 @@ def post_alert_rule(
         min_devices=body.min_devices,
         min_requests=body.min_requests,
         actor=caller.name,
+        capture=body.capture.model_dump() if body.capture is not None else None,
     )
     request.state.audit = {"target": rule.id, **body.model_dump()}
     return _rule(session, rule)

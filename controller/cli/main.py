@@ -18,6 +18,7 @@ from .keys import keys_app
 from .models import model_app
 from .releases import release_app
 from .rollouts import rollout_app
+from .samples import samples_app
 from .serve import controller_app
 from .simulator import simulator_app
 from .tokens import tokens_app
@@ -36,6 +37,7 @@ app.add_typer(release_app, name="release")
 app.add_typer(devices_app, name="devices")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(alert_app, name="alert")
+app.add_typer(samples_app, name="samples")
 app.add_typer(simulator_app)
 
 

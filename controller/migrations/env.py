@@ -11,6 +11,7 @@ from controller.devices import tables as device_tables  # noqa: F401
 from controller.monitoring import tables as monitoring_tables  # noqa: F401
 from controller.registry import tables as registry_tables  # noqa: F401
 from controller.rollouts import tables as rollout_tables  # noqa: F401
+from controller.samples import tables as sample_tables  # noqa: F401
 
 connection = context.config.attributes["connection"]
 context.configure(

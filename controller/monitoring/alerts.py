@@ -29,6 +29,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from ..db import session_scope
+from ..devices.desired import DeploymentSigner
 from ..devices.tables import telemetry_table
 from ..errors import BadRequestError, NotFoundError
 from ..mqtt.telemetry import to_utc
@@ -36,6 +37,7 @@ from ..rollouts.core import FleetHealth
 from ..rollouts.health import fleet_health
 from ..rollouts.references import release_reference_profile
 from ..rollouts.tables import RolloutEventRecord
+from ..samples.capture import active_captures, order_capture, samples_link
 from ..tables import utcnow
 from .rules import METRICS, Judgement, judge
 from .tables import AlertEpisode, AlertRule
@@ -64,6 +66,7 @@ def create_rule(
     min_devices: int,
     min_requests: int,
     actor: str,
+    capture: dict[str, Any] | None = None,
 ) -> AlertRule:
     if metric not in METRICS:
         raise BadRequestError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
@@ -76,6 +79,7 @@ def create_rule(
         min_devices=min_devices,
         min_requests=min_requests,
         created_by=actor,
+        capture=capture,
     )
     session.add(rule)
     session.flush()
@@ -94,14 +98,23 @@ def delete_rule(session: Session, rule_id: str) -> None:
     session.flush()
 
 
-def evaluate_alerts(engine: Engine, artifacts_dir: Path, *, now: datetime) -> list[str]:
-    """Evaluate every rule once; returns the kinds of the events queued."""
+def evaluate_alerts(
+    engine: Engine,
+    artifacts_dir: Path,
+    *,
+    now: datetime,
+    signer: DeploymentSigner | None = None,
+) -> list[str]:
+    """Evaluate every rule once; returns the kinds of the events queued.
+
+    ``signer`` signs the capture orders of rules that capture samples when they fire
+    (without one, such a rule fires without turning capture on)."""
     with Session(engine) as session:
         rule_ids = list(session.exec(select(AlertRule.id).order_by(col(AlertRule.id))))
     queued: list[str] = []
     for rule_id in rule_ids:
         try:
-            queued += _evaluate_rule(engine, artifacts_dir, rule_id, now=now)
+            queued += _evaluate_rule(engine, artifacts_dir, rule_id, now=now, signer=signer)
         except Exception:
             # One broken rule (a release without a readable profile...) must not stop the rest.
             logger.exception("alert rule %s could not be evaluated", rule_id)
@@ -116,7 +129,12 @@ class _Measured:
 
 
 def _evaluate_rule(
-    engine: Engine, artifacts_dir: Path, rule_id: str, *, now: datetime
+    engine: Engine,
+    artifacts_dir: Path,
+    rule_id: str,
+    *,
+    now: datetime,
+    signer: DeploymentSigner | None = None,
 ) -> list[str]:
     # Measured first, outside the rule's lock and any transaction: on SQLite a transaction
     # holds the only write lock, which the health queries' connection would wait for.
@@ -155,6 +173,8 @@ def _evaluate_rule(
                 queued.append(
                     _open(session, rule, each.version, now, judgement.value, each.evidence)
                 )
+                if rule.capture is not None and signer is not None:
+                    _capture_on_firing(session, signer, rule, each.evidence, now)
             elif judgement.degraded is False and episode is not None:
                 queued.append(
                     _close(
@@ -243,6 +263,9 @@ def _evidence(
         .order_by(_T.c.device_id)
     )
     devices = [device_id for (device_id,) in device_rows]
+    capturing = rule.capture is not None or bool(
+        active_captures(session, now=utcnow(), model=rule.model_name)
+    )
     return {
         "rule": _rule_fields(rule),
         "model": rule.model_name,
@@ -252,9 +275,38 @@ def _evidence(
         "health": asdict(health),
         "device_count": len(devices),
         "devices": devices[:EVIDENCE_DEVICES],
-        # Sample capture (raw inputs kept on devices) is not built yet.
-        "samples": None,
+        # Where the captured samples of the model are, when capture is (or turns) on.
+        "samples": samples_link(model=rule.model_name, since=since) if capturing else None,
     }
+
+
+def _capture_on_firing(
+    session: Session,
+    signer: DeploymentSigner,
+    rule: AlertRule,
+    evidence: dict[str, Any],
+    now: datetime,
+) -> None:
+    """Turn capture on, as the rule says, on the devices the evidence names."""
+    assert rule.capture is not None
+    policy = rule.capture
+    devices = [d for d in evidence.get("devices", []) if isinstance(d, str)]
+    try:
+        with session.begin_nested():  # all the devices or none
+            order_capture(
+                session,
+                signer,
+                devices,
+                model=rule.model_name,
+                below_confidence=float(policy["below_confidence"]),
+                per_hour=int(policy["per_hour"]),
+                max_bytes=int(policy["max_bytes"]),
+                until=now + timedelta(seconds=float(policy["for_s"])),
+                source=f"alert {rule.id}",
+                now=now,
+            )
+    except (BadRequestError, NotFoundError, KeyError, ValueError) as exc:
+        logger.warning("alert %s: could not turn sample capture on: %s", rule.id, exc)
 
 
 def _rule_fields(rule: AlertRule) -> dict[str, Any]:
@@ -265,6 +317,7 @@ def _rule_fields(rule: AlertRule) -> dict[str, Any]:
         "window_s": rule.window_s,
         "min_devices": rule.min_devices,
         "min_requests": rule.min_requests,
+        "capture": rule.capture,
     }
 
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..registry.schemas import MODEL_NAME_PATTERN
 
-__all__ = ["AlertEpisodePublic", "AlertRuleCreate", "AlertRulePublic"]
+__all__ = ["AlertCapture", "AlertEpisodePublic", "AlertRuleCreate", "AlertRulePublic"]
 
 Metric = Literal[
     "error_rate",
@@ -22,6 +22,17 @@ Metric = Literal[
 ]
 
 
+class AlertCapture(BaseModel):
+    """Capture a firing rule turns on for the degraded release's devices, for ``for_s``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    below_confidence: float = Field(gt=0, le=1)
+    per_hour: int = Field(default=20, ge=1, le=3600)
+    max_bytes: int = Field(default=50 * 1024 * 1024, ge=1, le=1024 * 1024 * 1024)
+    for_s: float = Field(default=86400.0, gt=0, le=30 * 86400.0)
+
+
 class AlertRuleCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -32,6 +43,7 @@ class AlertRuleCreate(BaseModel):
     window_s: float = Field(default=600.0, ge=30.0, le=7 * 86400.0)
     min_devices: int = Field(default=1, ge=1, le=1_000_000)
     min_requests: int = Field(default=100, ge=1, le=10**9)
+    capture: AlertCapture | None = None
 
 
 class AlertEpisodePublic(BaseModel):
@@ -57,4 +69,5 @@ class AlertRulePublic(BaseModel):
     created_by: str
     created_at: datetime
     last_evaluated_at: datetime | None
+    capture: AlertCapture | None = None
     firing: list[AlertEpisodePublic]  # the open episodes, one per degraded release

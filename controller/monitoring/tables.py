@@ -34,6 +34,9 @@ class AlertRule(SQLModel, table=True):
     created_by: str = Field(max_length=128)
     created_at: datetime = timestamp_field()
     last_evaluated_at: datetime | None = timestamp_field(nullable=True)
+    # Sample capture turned on for the degraded release's devices when the rule fires
+    # (``schemas.AlertCapture`` as JSON); None: the rule captures nothing.
+    capture: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class AlertEpisode(SQLModel, table=True):
