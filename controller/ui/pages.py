@@ -15,6 +15,8 @@ from fastapi import APIRouter, Path, Query, Request, status
 from fastapi.responses import HTMLResponse
 from sqlmodel import col, select
 
+from ..api.deps import Context
+from ..api.model_health import model_health
 from ..audit import list_audit
 from ..devices.inventory import get_device_detail, list_devices
 from ..devices.selectors import parse_selector
@@ -24,6 +26,7 @@ from ..registry.models import list_models, list_versions, version_public_fields
 from ..registry.releases import list_releases
 from ..rollouts.records import describe_rollout, get_rollout, list_rollouts, rollout_summary
 from .auth import CurrentUser, DashboardHTTPError, DashboardUser, ReadSession
+from .charts import health_charts
 from .rendering import render
 from .views import DashboardCommand, commands_for, fleet_overview, wave_progress
 
@@ -107,10 +110,16 @@ def models_page(request: Request, session: ReadSession, user: CurrentUser) -> HT
 
 @router.get("/models/{name}")
 def model_page(
-    name: Name, request: Request, session: ReadSession, user: CurrentUser
+    name: Name,
+    request: Request,
+    session: ReadSession,
+    user: CurrentUser,
+    ctx: Context,
+    range_name: Annotated[str, Query(alias="range", max_length=16)] = "24h",
 ) -> HTMLResponse:
     with _page_errors():
         versions = list_versions(session, name)
+        health = health_charts(model_health(ctx, model=name, range_name=range_name))
     rows = [(row, version_public_fields(session, row)) for row in reversed(versions)]
     rollouts = [rollout_summary(session, r) for r in list_rollouts(session, model=name)]
     return _page(
@@ -122,6 +131,7 @@ def model_page(
         versions=rows,
         releases=list_releases(session, name),
         rollouts=rollouts,
+        health=health,
     )
 
 

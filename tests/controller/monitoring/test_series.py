@@ -11,9 +11,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from controller.db import session_scope
 from controller.monitoring.alerts import evaluate_alerts
 from controller.monitoring.series import BUCKETS, HealthSeries, model_health_series
 from controller.mqtt.telemetry import write_telemetry
+from controller.registry.artifact_store import ArtifactStore
+from controller.registry.tables import ReleaseRecord
 from controller.tokens import Role
 from protocol import (
     Histogram,
@@ -25,8 +28,10 @@ from protocol import (
 )
 from protocol.histograms import LATENCY_BOUNDS_MS, LATENCY_BUCKETS
 from tensors.profile import PSI_EPSILON
+from tests.check_bundles import bundle_bytes, ref_of
 from tests.controller.conftest import bearer, ctx
 from tests.controller.fleet_fixtures import add_devices, add_release
+from tests.factories import make_release
 
 # A whole minute: the 1h range ends exactly here, its buckets are 60 s from 09:00.
 NOW = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
@@ -201,6 +206,41 @@ def test_at_most_max_windows_are_read_the_newest(app: FastAPI) -> None:
 
     assert (answer.windows, answer.truncated, answer.covered_from) == (2, True, times[1])
     assert [p.start for p in answer.releases[0].points] == times[1:]
+
+
+def _release_with_reference(app: FastAPI, version: int, reference: ReferenceProfile) -> None:
+    """``digits:version`` signed with a check bundle holding ``reference``, in the store."""
+    data = bundle_bytes(reference_profile=reference)
+    spooled = ctx(app).settings.work_dir / "bundle.npz"
+    spooled.parent.mkdir(parents=True, exist_ok=True)
+    spooled.write_bytes(data)
+    ArtifactStore(ctx(app).settings.artifacts_dir).put(spooled)
+    record = add_release(ctx(app), "digits", version)
+    release = make_release(model="digits", version=version, check_bundle=ref_of(data))
+    with session_scope(ctx(app).engine) as session:
+        row = session.get(ReleaseRecord, record.id)
+        assert row is not None
+        row.envelope = release.sign([ctx(app).signer.release_key]).to_bytes().decode()
+        session.add(row)
+
+
+def test_the_api_reads_drift_against_the_releases_reference_in_its_check_bundle(
+    app: FastAPI, client: TestClient, tokens: dict[Role, str]
+) -> None:
+    _release_with_reference(app, 2, REFERENCE)
+    devices = add_devices(ctx(app).engine, 3)
+    now = datetime.now(UTC).replace(microsecond=0)
+    for device in devices:
+        send(app, device, now - timedelta(minutes=1), drift_counts={"x": [100] + [0] * 9})
+
+    answer = _get(client, "/api/v1/models/digits/health?range=1h", tokens[Role.VIEWER])
+
+    assert answer.status_code == 200, answer.text
+    [point] = answer.json()["releases"][0]["points"]
+    one_bin = (1.0 - 0.1) * math.log(1.0 / 0.1) + 9 * (PSI_EPSILON - 0.1) * math.log(
+        PSI_EPSILON / 0.1
+    )
+    assert point["input_drift_psi"] == pytest.approx(one_bin)
 
 
 def _get(client: TestClient, path: str, token: str | None) -> Any:
