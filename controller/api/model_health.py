@@ -1,6 +1,6 @@
 """Each release's fleet health over time (``controller.monitoring.series``).
 
-``GET /api/v1/models/{name}/health?range=24h[&version=N]``: 60 buckets over the range,
+``GET /api/v1/models/{name}/health?range=1h[&version=N]``: 60 buckets over the range,
 per release: requests, error and non-finite rates, p95 latency, mean confidence, output
 and input drift, labeled accuracy, pooled over the fleet like the rollout gates and the
 alerts; and the model's alert episodes in the range. A range other than ``1h``, ``6h``,
@@ -57,7 +57,7 @@ def get_model_health(
     session: DbSession,
     ctx: Context,
     _caller: Viewer,
-    range_name: Annotated[str, Query(alias="range", max_length=16)] = "24h",
+    range_name: Annotated[str, Query(alias="range", max_length=16)] = "1h",
     version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
 ) -> HealthSeries:
     """Each release's fleet health over ``range``, in 60 buckets, with the alert episodes."""

@@ -58,9 +58,10 @@ __all__ = [
 
 RANGES_S: dict[str, int] = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
 BUCKETS = 60
-# Windows read per call at most: a thousand devices sending a window every 10 s fill
-# this in about 17 minutes; older telemetry is downsampled (5-minute rows by default).
-MAX_WINDOWS = 200_000
+# Windows read per call at most, about 1.5 s of a page load on SQLite
+# (bench/model_health_series.py): 277 devices sending a window every 10 s fill it in an
+# hour; older telemetry is downsampled (5-minute rows after a day, by default).
+MAX_WINDOWS = 100_000
 MAX_ALERT_EPISODES = 200
 # Newline cannot occur in a stored histogram (compact JSON), so it splits them again.
 _SEPARATOR = "\n"

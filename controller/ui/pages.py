@@ -115,7 +115,7 @@ def model_page(
     session: ReadSession,
     user: CurrentUser,
     ctx: Context,
-    range_name: Annotated[str, Query(alias="range", max_length=16)] = "24h",
+    range_name: Annotated[str, Query(alias="range", max_length=16)] = "1h",
 ) -> HTMLResponse:
     with _page_errors():
         versions = list_versions(session, name)
