@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from controller.db import session_scope
+from controller.devices.tables import telemetry_table
 from controller.monitoring.alerts import evaluate_alerts
 from controller.monitoring.series import BUCKETS, HealthSeries, model_health_series
 from controller.mqtt.telemetry import write_telemetry
@@ -194,6 +195,30 @@ def test_without_a_reference_drift_is_the_worst_windows_own(app: FastAPI) -> Non
     [point] = series(app, reference=None).releases[0].points
 
     assert (point.output_drift_psi, point.input_drift_psi) == (0.3, None)
+
+
+def test_a_malformed_stored_histogram_is_left_out_of_its_bucket_not_an_error(
+    app: FastAPI,
+) -> None:
+    """Rows the bridge never writes (a hand edit, another tool): the rest still pools."""
+    first, second, third = add_devices(ctx(app).engine, 3)
+    at = RANGE_START + timedelta(minutes=40)
+    for device in (first, second, third):
+        counts = [0] * 10
+        counts[0] = 100
+        send(app, device, at, latency=latency(b20=100), drift_counts={"x": counts})
+    with ctx(app).engine.begin() as connection:
+        connection.execute(
+            telemetry_table.update()
+            .where(telemetry_table.c.device_id == first)
+            .values(latency_counts="[1,2,3]", drift_counts="{not json")
+        )
+
+    [point] = series(app, reference=REFERENCE).releases[0].points
+
+    assert point.requests == 300
+    assert point.p95_ms == pytest.approx(3.972 + (5.0 - 3.972) * 0.95)
+    assert point.input_drift_psi is not None  # 200 values of the two good windows
 
 
 def test_at_most_max_windows_are_read_the_newest(app: FastAPI) -> None:
