@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, status
@@ -25,6 +26,7 @@ from ..monitoring.tables import AlertEpisode, AlertRule
 from ..registry.models import list_models, list_versions, version_public_fields
 from ..registry.releases import list_releases
 from ..rollouts.records import describe_rollout, get_rollout, list_rollouts, rollout_summary
+from ..samples.capture import active_captures
 from .auth import CurrentUser, DashboardHTTPError, DashboardUser, ReadSession
 from .charts import health_charts
 from .rendering import render
@@ -100,7 +102,8 @@ def device_page(
 ) -> HTMLResponse:
     with _page_errors():
         detail = get_device_detail(session, device_id=device_id)
-    return _page(request, user, "device.html", "devices", detail=detail)
+    capture = active_captures(session, now=datetime.now(UTC), device_id=device_id)
+    return _page(request, user, "device.html", "devices", detail=detail, capture=capture)
 
 
 @router.get("/models")
@@ -132,6 +135,7 @@ def model_page(
         releases=list_releases(session, name),
         rollouts=rollouts,
         health=health,
+        capture=active_captures(session, now=datetime.now(UTC), model=name),
     )
 
 
