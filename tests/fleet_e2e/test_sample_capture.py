@@ -81,6 +81,10 @@ def test_capture_turned_on_uploads_low_confidence_inputs_that_export_and_reload(
     assert all(s["confidence"] < 0.9 for s in samples)
     assert traffic.failures == []
 
+    listed = _cli(fleet, "samples", "list", "--model", "digits", "--since", "1d")
+    assert f"{PER_HOUR} samples" in listed
+    assert agent.device_id in _cli(fleet, "samples", "status", "--model", "digits")
+
     out = tmp_path / "retrain" / "digits.npz"
     exported = _cli(fleet, "samples", "export", "--model", "digits", "--since", "1d", str(out))
     assert f"{PER_HOUR} samples" in exported
@@ -94,3 +98,6 @@ def test_capture_turned_on_uploads_low_confidence_inputs_that_export_and_reload(
         # The inputs are the inverted digits the application sent.
         assert dataset["input:input"].min() >= 0.0
         assert dataset["input:input"].max() <= 1.0
+
+    _cli(fleet, "samples", "capture", "--model", "digits", "--off")
+    assert "capture is off everywhere" in _cli(fleet, "samples", "status", "--model", "digits")
