@@ -113,11 +113,19 @@ async def run_capture(
 ) -> None:
     """The daemon's capture task (see the module's docstring); runs until cancelled."""
     last_upload_s = -float("inf")
+    attached = False
     while True:
         try:
+            # Capture off everywhere (the usual case, and a simulator's thousands of
+            # agents): one dict read per interval, nothing else.
+            if not keeper.policies and not attached:
+                await asyncio.sleep(interval_s)
+                continue
+            attached = False
             for name, version, recorder in serving():
                 if recorder is not None:
                     recorder.capture = keeper.capture_for(name, version)
+                    attached |= recorder.capture is not None
             await asyncio.to_thread(keeper.flush)
             now_s = time.monotonic()
             if now_s - last_upload_s >= upload_interval_s and keeper.queued():

@@ -81,22 +81,24 @@ class BadCapturePolicyError(RefusalError):
 
 def request_confidence(
     outputs: Mapping[str, np.ndarray], classifier: str | None
-) -> float | None:
-    """The lowest top-1 confidence among one request's rows, or None: not a classifier.
+) -> tuple[str, float] | None:
+    """The output read as class scores and the lowest top-1 confidence among one
+    request's rows; None: no classifier output, or a NaN or infinite one.
 
-    The scores are the recorder's classifier output when it found one; otherwise the
-    request's only float output, when it holds class probabilities once trailing
-    dimensions of 1 are dropped (an image classifier's ``(N, K, 1, 1)``).
+    The scores are output ``classifier`` when named (the recorder's classifier, or one
+    found here before); otherwise the request's only float output, when it holds class
+    probabilities once trailing dimensions of 1 are dropped (an image classifier's
+    ``(N, K, 1, 1)``), a check the caller need make once (``ModelCapture.scores_output``).
     """
     if classifier is not None:
-        scores = outputs.get(classifier)
+        name, scores = classifier, outputs.get(classifier)
         if scores is None:
             return None
     else:
-        floats = [a for a in outputs.values() if a.dtype.kind == "f" and a.ndim >= 2]
+        floats = [(n, a) for n, a in outputs.items() if a.dtype.kind == "f" and a.ndim >= 2]
         if len(floats) != 1:
             return None
-        scores = floats[0]
+        [(name, scores)] = floats
     if scores.ndim > 2 and all(d == 1 for d in scores.shape[2:]):
         scores = scores.reshape(scores.shape[:2])
     if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] < 2:
@@ -104,7 +106,7 @@ def request_confidence(
     if classifier is None and not are_class_probabilities(scores):
         return None
     lowest = float(scores.max(axis=1).min())
-    return lowest if math.isfinite(lowest) else None
+    return (name, lowest) if math.isfinite(lowest) else None
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,8 @@ class ModelCapture:
         # Bytes on disk plus bytes waiting in memory; the flush keeps it exact.
         self._bytes = queued_bytes
         self.refused_full = 0
+        # The output found to hold class probabilities when the recorder has no classifier.
+        self.scores_output: str | None = None
 
     def has_budget(self) -> bool:
         """Whether one more sample may be kept now (O(1): the hour's count and the bytes)."""

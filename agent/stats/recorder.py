@@ -403,9 +403,13 @@ class StatsRecorder:
             with self._lock:
                 self._measure_pending()
         classifier = self._classifier
-        confidence = request_confidence(outputs, None if classifier is None else classifier.name)
-        if confidence is not None and confidence < capture.below_confidence:
-            capture.offer(inputs, outputs, confidence)
+        name = capture.scores_output if classifier is None else classifier.name
+        found = request_confidence(outputs, name)
+        if found is None:
+            return
+        capture.scores_output = found[0]
+        if found[1] < capture.below_confidence:
+            capture.offer(inputs, outputs, found[1])
 
     def roll(self, now_s: float, *, force: bool = False) -> WindowStats | None:
         """Close the current window if ``window_s`` has passed (or ``force``) and return it.

@@ -201,5 +201,10 @@ def test_bad_capture_policy_is_refused(
 def test_request_confidence(
     outputs: dict[str, np.ndarray], classifier: str | None, expected: float | None
 ) -> None:
-    confidence = request_confidence(outputs, classifier)
-    assert confidence == (None if expected is None else pytest.approx(expected))
+    found = request_confidence(outputs, classifier)
+    if expected is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert found[0] == next(iter(outputs))
+        assert found[1] == pytest.approx(expected)
