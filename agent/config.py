@@ -84,6 +84,10 @@ class AgentConfig(BaseModel):
     # The agent's resident memory with every model loaded; None: no budget (ADR 0003).
     memory_budget_bytes: int | None = Field(default=None, gt=0)
     sandbox_cpu_s: int = Field(default=120, gt=0)
+    # The most of the elapsed time a shadow model (a candidate run beside the serving one
+    # on copies of live requests) may spend running; a shadow order may ask for less.
+    # 0 refuses every shadow order.
+    shadow_max_cpu_fraction: float = Field(default=0.2, ge=0, le=1)
     sandbox_wall_s: float = Field(default=180.0, gt=0)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     # Fault injection for crash tests and the simulator: stop making progress once the

@@ -278,6 +278,7 @@ class AgentDaemon:
                         model=loaded.name,
                         release=self._release_serving(loaded.name),
                         window_start=self.clock.now() - timedelta(seconds=window.window_s),
+                        shadow=self.models.shadows.take_window(loaded.name),
                     )
                 )
             if not windows:

@@ -64,6 +64,7 @@ from .reports import (
     TelemetryBatch,
     TelemetryWindow,
 )
+from .shadow import DEFAULT_SHADOW_CPU_FRACTION, ShadowOrder, ShadowWindow
 from .topics import (
     CHANNELS,
     DEFAULT_PREFIX,
@@ -107,6 +108,7 @@ __all__ = [
     "CHANNELS",
     "DATATYPE_BYTES",
     "DEFAULT_PREFIX",
+    "DEFAULT_SHADOW_CPU_FRACTION",
     "DEVICE_ID_PATTERN",
     "DOCUMENT_TYPES",
     "ED25519_PUBLIC_KEY_BYTES",
@@ -158,6 +160,8 @@ __all__ = [
     "RotationVersionError",
     "RuntimeRequirements",
     "SampleMeta",
+    "ShadowOrder",
+    "ShadowWindow",
     "Signature",
     "SignatureError",
     "SigningKey",

@@ -3,10 +3,11 @@ or to remove that model) or a command.
 
 Invariants: each names exactly one device and carries a per-device sequence number and an
 expiry after its issue time; a deployment names exactly one model, and either carries a
-release of that model or says ``remove`` (never both); the release inside stays a
-separately signed envelope, so the deployment key alone can choose among releases but
-never create one. Schema 2 added the model (several models per device, ADR 0003); a
-schema 1 deployment is refused with ``UnsupportedSchemaError``.
+release of that model, says ``remove``, or orders a shadow (``protocol.shadow``: a
+candidate run beside the serving model, which does not change) — exactly one of them;
+the release inside stays a separately signed envelope, so the deployment key alone can
+choose among releases but never create one. Schema 2 added the model (several models per
+device, ADR 0003); a schema 1 deployment is refused with ``UnsupportedSchemaError``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import AwareDatetime, Field, model_validator
 
 from .document import DeviceId, Document, EnvelopeObject, Model, Name
 from .dsse import Envelope
+from .shadow import ShadowOrder
 
 __all__ = [
     "MAX_CARRIED_TRUST_ROOTS",
@@ -90,16 +92,22 @@ class Deployment(_DeviceOrder):
     probation: ProbationPolicy = ProbationPolicy()
     rollout_id: str | None = None
     artifact_url: str | None = None
+    # Run a candidate beside the serving model, or stop running one; serving does not
+    # change (added without a schema bump: an older agent refuses it as malformed).
+    shadow: ShadowOrder | None = None
 
     @model_validator(mode="after")
     def _release_or_remove(self) -> Deployment:
-        if self.remove == (self.release is not None):
-            raise ValueError("a deployment carries a release or says remove, not both")
+        orders = (self.release is not None) + self.remove + (self.shadow is not None)
+        if orders != 1:
+            raise ValueError(
+                "a deployment carries a release, says remove, or orders a shadow: one of them"
+            )
         return self
 
     def release_envelope(self) -> Envelope:
         if self.release is None:
-            raise ValueError(f"deployment {self.sequence} removes {self.model}: no release")
+            raise ValueError(f"deployment {self.sequence} of {self.model} has no release")
         return Envelope.from_json_obj(self.release)
 
 

@@ -15,6 +15,7 @@ from pydantic import AwareDatetime, Field, model_validator
 from .deployment import MAX_MODELS_PER_DEVICE
 from .document import DeviceId, Document, Model, Name
 from .release import ReleaseRef, TensorName
+from .shadow import ShadowWindow
 
 __all__ = [
     "Event",
@@ -131,6 +132,8 @@ class TelemetryWindow(Document):
     # and how many of them the model classified right.
     labeled: int = Field(default=0, ge=0)
     labeled_correct: int = Field(default=0, ge=0)
+    # How a shadow model (a candidate run beside this one) compared over the window.
+    shadow: ShadowWindow | None = None
 
     @model_validator(mode="after")
     def _errors_within_requests(self) -> TelemetryWindow:

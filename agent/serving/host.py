@@ -51,6 +51,11 @@ class ServingHost:
         self.servers: dict[str, ModelServer] = {}
         self.api = InferenceApi({}, host=host, port=port, socket_path=socket_path, **body_limits)
 
+    @property
+    def load_backend(self) -> BackendLoader:
+        """How this host loads models (the simulator's shares sessions among devices)."""
+        return self._load_backend
+
     def current_of(self, name: str) -> LoadedVersion | None:
         """The version of model ``name`` that serves, if any."""
         server = self.servers.get(name)

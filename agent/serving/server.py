@@ -19,6 +19,9 @@ Invariants:
   so a misbehaving client can neither roll back a good model on probation nor count
   toward its ``min_requests``. A request made while nothing serves is not recorded
   either;
+- a request a version answered is then offered to its ``tap``, if one is set (a shadow
+  model, ``agent.shadow``): the answer is made before, and a failing tap is logged, so a
+  tap can neither change nor fail the request;
 - inputs are never cast or reshaped: a value of the wrong datatype or shape is refused
   with a message that names the input, what was given and what the model takes.
 
@@ -80,6 +83,7 @@ __all__ = [
     "LoadedVersion",
     "ModelServer",
     "ModelSignature",
+    "RequestTap",
     "file_version",
 ]
 
@@ -109,6 +113,17 @@ class InferenceObserver(Protocol):
         inputs: Mapping[str, Array] | None,
         outputs: Mapping[str, Array] | None,
         error: bool,
+    ) -> None: ...
+
+
+class RequestTap(Protocol):
+    """Offered each request a version answered, after its answer is made (a shadow).
+
+    Called from many threads at once; must return at once and never modify the arrays.
+    """
+
+    def offer(
+        self, inputs: Mapping[str, Array], outputs: Mapping[str, Array], latency_s: float
     ) -> None: ...
 
 
@@ -145,6 +160,7 @@ class LoadedVersion:
         "_path",
         "_run",
         "_signature",
+        "_tap",
         "_version",
         "_warm_latency_s",
     )
@@ -167,6 +183,7 @@ class LoadedVersion:
         self._backend = backend
         self._run = backend.run
         self._observer = observer
+        self._tap: RequestTap | None = None
         self._warm_latency_s = float("inf")
         for spec in backend.inputs:
             if not spec.is_oip:  # the runtime's own type string: no numpy dtype to check
@@ -252,8 +269,19 @@ class LoadedVersion:
         except ModelLoadError as exc:
             self._record(time.perf_counter() - started, None, None, error=True)
             raise InferenceFailedError(f"model {self.name!r} {self.version}: {exc}") from exc
-        self._record(time.perf_counter() - started, inputs, outputs, error=False)
+        latency_s = time.perf_counter() - started
+        self._record(latency_s, inputs, outputs, error=False)
+        tap = self._tap
+        if tap is not None:
+            try:
+                tap.offer(inputs, outputs, latency_s)
+            except Exception:  # a shadow must never fail the request it copies
+                logger.exception("the request tap of %r failed", self)
         return outputs
+
+    def tap(self, tap: RequestTap | None) -> None:
+        """Hand every request this version answers to ``tap`` too (None: stop)."""
+        self._tap = tap
 
     def _record(
         self,

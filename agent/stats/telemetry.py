@@ -31,6 +31,7 @@ def to_telemetry_window(
     model: str,
     release: protocol.ReleaseRef | None,
     window_start: datetime,
+    shadow: protocol.ShadowWindow | None = None,
 ) -> protocol.TelemetryWindow:
     """The window as the protocol reports it; ``window_start`` is its wall-clock start.
 
@@ -74,4 +75,5 @@ def to_telemetry_window(
         ),
         labeled=stats.labeled,
         labeled_correct=min(stats.labeled_correct, stats.labeled),
+        shadow=shadow,
     )

@@ -5,7 +5,9 @@ arrives, which drops the redelivered ones quietly and names the model it is for;
 waits in that model's queue (only the newest waits) for the model's worker, which
 verifies it again against the marks of that moment and applies it, or removes the model.
 Workers never wait for each other: an update of one model, probation and rollback
-included, does not block serving, updating or rolling back another.
+included, does not block serving, updating or rolling back another. A deployment that
+orders a shadow (``agent.shadow``) is accepted by the model's worker and handed to the
+``ShadowKeeper``; serving does not change. A release or a removal ends the model's shadow.
 
 Invariants:
 - nothing an entry says is acted on before it verified in the worker that acts on it, for
@@ -36,6 +38,7 @@ from ..errors import (
     TransitionCapError,
 )
 from ..serving.host import ServingHost
+from ..shadow.keeper import ShadowKeeper
 from .fetcher import Fetcher
 from .legacy_layout import adopt_one_model_layout
 from .state_files import ReleaseIndex, TrustKeeper, load_journal, recover_journal
@@ -98,6 +101,15 @@ class ModelUpdates:
         self.updaters: dict[str, Updater] = {}
         self._pending: dict[str, asyncio.Queue[bytes]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self.shadows = ShadowKeeper(
+            config,
+            trust=trust,
+            fetcher=fetcher,
+            check_model=check_model,
+            reporter=reporter,
+            clock=clock,
+            serving=serving,
+        )
         adopt_one_model_layout(config.data_dir, releases)
         known = set(ModelStore.models_in(self.store_root))
         known |= set(UpdaterPaths.models_under(config.data_dir))
@@ -139,6 +151,7 @@ class ModelUpdates:
     def set_config(self, config: AgentConfig) -> None:
         """Use ``config`` from the next step of every model on (the simulator's kills)."""
         self.config = config
+        self.shadows.config = config
         for updater in self.updaters.values():
             updater.config = config
 
@@ -163,8 +176,10 @@ class ModelUpdates:
                 await updater.resume(journal)
 
     async def serve_current(self) -> None:
+        """Serve every model's current version, then run again the shadows still on."""
         for updater in list(self.updaters.values()):
             await updater.serve_current()
+        await self.shadows.resume()
 
     # -- while running ---------------------------------------------------------------
 
@@ -191,6 +206,7 @@ class ModelUpdates:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._workers.values(), return_exceptions=True)
         self._workers.clear()
+        await self.shadows.close()
 
     def _queue_for(self, model: str, envelope: bytes) -> None:
         self.updater(model)
@@ -230,6 +246,15 @@ class ModelUpdates:
             self._refused(exc, model=model)
             return
         sequence = verified.deployment.sequence
+        if verified.deployment.shadow is not None:
+            # Serving does not change: the order is accepted and the shadow runs beside it.
+            self.trust.accept_deployment(verified)
+            updater.deployment_sequence = sequence
+            self.shadows.order(verified, envelope)
+            self.reporter.state_changed()
+            return
+        # A release or a removal of the model ends its shadow first.
+        self.shadows.stop(model, reason="update" if verified.release else "removed")
         if verified.release is None:
             updater.remove(verified)
             # Nothing of the model is left: its updater goes too (a later deployment of

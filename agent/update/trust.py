@@ -19,6 +19,9 @@ A deployment is checked in this order, stopping at the first failure:
 9. no downgrade below the highest committed version unless ``rollback``;
 10. the artifact file name (defence in depth beyond the schema).
 
+A shadow order's candidate release goes through steps 7, 8 and 10 (never served, it is
+never a downgrade).
+
 The desired state that carries deployments is not signed (ADR 0003): ``read_desired_state``
 only splits it into deployment envelopes, each verified here on its own.
 
@@ -85,40 +88,64 @@ def read_desired_state(payload: bytes, *, device_id: str) -> list[bytes]:
 
 
 def verify_deployment(
-    envelope_bytes: bytes, state: TrustState, *, device_id: str, now: datetime
+    envelope_bytes: bytes,
+    state: TrustState,
+    *,
+    device_id: str,
+    now: datetime,
+    accepted: bool = False,
 ) -> VerifiedDeployment:
-    """Verify a deployment for ``device_id`` as received; see the module for the order."""
+    """Verify a deployment for ``device_id`` as received; see the module for the order.
+
+    ``accepted``: verify again one this device accepted before (a shadow order kept on
+    disk, at start): its sequence must still be its model's mark, the newest accepted,
+    and its expiry is not checked (it was accepted in time).
+    """
     effective = state.effective_time(now)
     deployment, root_envelope, root = _verify_order(
         envelope_bytes, Deployment, state, device_id=device_id
     )
     what = f"deployment {deployment.sequence} of {deployment.model}"
     mark = state.deployment_sequence(deployment.model)
-    if deployment.sequence <= mark:
+    if accepted:
+        if deployment.sequence != mark:
+            raise ReplayedDeploymentError(f"{what} is no longer the newest accepted ({mark})")
+    elif deployment.sequence <= mark:
         if deployment.sequence == mark:
             raise DuplicateDeploymentError(f"{what} was already accepted")
         raise ReplayedDeploymentError(f"{what} is below the highest accepted, {mark}")
-    if effective >= deployment.expires:
+    elif effective >= deployment.expires:
         raise ExpiredDeploymentError(
             f"{what} expired at {deployment.expires.isoformat()} "
             f"(effective time {effective.isoformat()})"
         )
     _verify_trust_root_fresh(root, effective)
+    shadow = deployment.shadow
+    if shadow is not None and shadow.release is not None:
+        # Never served, so never a downgrade: only whose it is and what it names.
+        candidate = _verify_release(
+            shadow.release, deployment.model, root, what=f"shadow in {what}"
+        )
+        return VerifiedDeployment(deployment, None, effective, root, root_envelope, candidate)
     if deployment.release is None:
         return VerifiedDeployment(deployment, None, effective, root, root_envelope)
-    release = _shared_release(
-        _verify_signed(deployment.release, Release, root, what=f"release in {what}")
-    )
-    if release.model != deployment.model:
-        raise ModelMismatchError(f"{what} carries a release of {release.model}")
+    release = _verify_release(deployment.release, deployment.model, root, what=what)
     highest = state.committed_version(release.model)
     if release.version < highest and not deployment.rollback:
         raise DowngradeError(
             f"{what}: {release.model} v{release.version} is below committed v{highest} "
             "and the deployment does not say rollback"
         )
-    verify_safe_file_name(release.artifact.filename)
     return VerifiedDeployment(deployment, release, effective, root, root_envelope)
+
+
+def _verify_release(source: dict[str, Any], model: str, root: TrustRoot, *, what: str) -> Release:
+    """Steps 7, 8 and 10 for a release carried in an order about ``model``."""
+    release = _shared_release(_verify_signed(source, Release, root, what=f"release in {what}"))
+    if release.model != model:
+        raise ModelMismatchError(f"{what} carries a release of {release.model}")
+    verify_safe_file_name(release.artifact.filename)
+    return release
 
 
 def verify_command(

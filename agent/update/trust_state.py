@@ -58,10 +58,12 @@ class VerifiedDeployment:
     """A deployment that passed every check, with what it was checked against."""
 
     deployment: Deployment
-    release: Release | None  # None: the deployment removes its model
+    release: Release | None  # None: the deployment removes its model, or orders a shadow
     effective_time: datetime
     trust_root: TrustRoot
     trust_root_envelope: Envelope
+    # The candidate a shadow order carries (``deployment.shadow``), verified like a release.
+    shadow_release: Release | None = None
 
 
 @dataclass(frozen=True)

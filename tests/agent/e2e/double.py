@@ -32,6 +32,7 @@ from protocol import (
     Release,
     ReleaseRef,
     Role,
+    ShadowOrder,
     State,
     device_topic,
     parse_device_topic,
@@ -229,6 +230,18 @@ class ControllerDouble:
             issued_at=now,
             expires=now + timedelta(hours=1),
             remove=True,
+        ).sign(self.keyring.keys[Role.DEPLOYMENT])
+
+    def shadow(self, device_id: str, model: str, order: ShadowOrder, *, now: datetime) -> Envelope:
+        """A signed deployment that orders a shadow of ``model`` (serving does not change)."""
+        self._sequence += 1
+        return Deployment(
+            device_id=device_id,
+            model=model,
+            sequence=self._sequence,
+            issued_at=now,
+            expires=now + timedelta(hours=1),
+            shadow=order,
         ).sign(self.keyring.keys[Role.DEPLOYMENT])
 
     def command(self, device_id: str, action: str, *, now: datetime, **overrides: Any) -> Envelope:

@@ -1,0 +1,127 @@
+"""The shadow's comparison of outputs, its budget and its tap on a real ONNX Runtime model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.backends import load_backend
+from agent.serving.server import ModelServer
+from agent.shadow.compare import compare_outputs
+from agent.shadow.runner import MAX_CREDIT_S, ShadowRunner
+from protocol import ReleaseRef
+from tensors import RuntimeOptions
+from tests.agent.e2e.models import affine_model
+
+SHA = "a" * 64
+
+
+def test_identical_outputs_agree_and_have_no_distance() -> None:
+    scores = np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)
+    result = compare_outputs({"p": scores}, {"p": scores.copy()}, classifier="p")
+    assert (result.compared_rows, result.agreed_rows, result.distance) == (2, 2, 0.0)
+    assert result.confidence_sum == pytest.approx(1.7)
+    assert result.serving_confidence_sum == pytest.approx(1.7)
+
+
+def test_a_flipped_class_disagrees_and_a_nan_is_nonfinite() -> None:
+    serving = {"p": np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)}
+    flipped = {"p": np.array([[0.9, 0.1], [0.8, 0.2]], dtype=np.float32)}
+    result = compare_outputs(serving, flipped, classifier="p")
+    assert (result.compared_rows, result.agreed_rows) == (2, 1)
+    assert result.distance == pytest.approx(1.6 / 2.0)
+    nan = {"p": np.array([[np.nan, 0.1], [0.8, 0.2]], dtype=np.float32)}
+    assert compare_outputs(serving, nan, classifier="p").nonfinite
+
+
+def test_a_missing_or_reshaped_output_is_entirely_different() -> None:
+    serving = {"y": np.ones((1, 4), dtype=np.float32)}
+    assert compare_outputs(serving, {}, classifier=None).distance == 1.0
+    reshaped = {"y": np.ones((4, 1), dtype=np.float32)}
+    assert compare_outputs(serving, reshaped, classifier=None).distance == 1.0
+
+
+def loaded(tmp_path: Path, bias: float, name: str) -> ModelServer:
+    server = ModelServer("affine", options=RuntimeOptions(), load_backend=load_backend)
+    version = server.load(affine_model(tmp_path / f"{name}.onnx", bias), "onnx", version=name)
+    server.swap(version)
+    return server
+
+
+def test_the_shadow_sees_copies_of_requests_and_never_changes_an_answer(tmp_path: Path) -> None:
+    serving = loaded(tmp_path, 1.0, "serving")
+    candidate = ModelServer("affine", options=RuntimeOptions(), load_backend=load_backend)
+    path = affine_model(tmp_path / "candidate.onnx", 2.0)
+    runner = ShadowRunner(
+        ReleaseRef(model="affine", version=2, sha256=SHA),
+        lambda: candidate.load(path, "onnx", version="2"),
+        max_cpu_fraction=1.0,
+    )
+    runner.start()
+    current = serving.current
+    assert current is not None
+    current.tap(runner)
+    x = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
+    answers = []
+    for _ in range(200):
+        answers.append(serving.infer({"x": x}))
+        time.sleep(0.001)
+    runner.close()
+    window = runner.take_window()
+    assert window is not None
+    assert all(np.array_equal(a["y"], x + 1) for a in answers)
+    assert window.samples + window.skipped == 200
+    assert window.samples > 0
+    assert window.distance_sum / window.samples == pytest.approx(4 / 14, rel=1e-5)
+    assert sum(window.latency_counts) == sum(window.serving_latency_counts) == window.samples
+    assert runner.take_window() is None  # every sample counted once
+
+
+def test_the_budget_bounds_the_time_the_shadow_runs(tmp_path: Path) -> None:
+    serving = loaded(tmp_path, 1.0, "serving")
+    busy = {"s": 0.0}
+
+    class Slow:
+        """A shadow that takes 20 ms per sample, to spend the budget fast."""
+
+        name = "affine"
+
+        def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            started = time.perf_counter()
+            time.sleep(0.02)
+            busy["s"] += time.perf_counter() - started
+            return {"y": inputs["x"] + 1}
+
+    runner = ShadowRunner(
+        ReleaseRef(model="affine", version=2, sha256=SHA),
+        lambda: Slow(),  # type: ignore[arg-type,return-value]
+        max_cpu_fraction=0.1,
+    )
+    runner.start()
+    x = np.ones((1, 4), dtype=np.float32)
+    started = time.perf_counter()
+    stop = threading.Event()
+
+    def offer() -> None:
+        while not stop.is_set():
+            runner.offer({"x": x}, serving.infer({"x": x}), 0.001)
+
+    threads = [threading.Thread(target=offer) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    runner.close()
+    elapsed = time.perf_counter() - started
+    window = runner.take_window()
+    assert window is not None
+    assert window.skipped > window.samples > 0
+    # The invariant the budget keeps: shadow time <= fraction of elapsed + the saved credit
+    # (plus the one sample that may be running when the credit runs out).
+    assert busy["s"] <= 0.1 * elapsed + MAX_CREDIT_S + 0.05
