@@ -5,8 +5,8 @@ token lists and downloads them (``controller.samples``).
 and a body of at most ``max_sample_bytes`` (``RequestLimits`` answers 413 before reading
 a longer one; see ``controller.app``). Answers: 201 stored, 200 already stored, 400 not a
 sample or not these bytes' hash, 403 another device's sample, 507 the device's quota is
-full. Samples are not audited one by one (a device may send thousands); capture orders
-are.
+full. Every upload is audited, as every mutating call is (the devices' per-hour budgets
+bound how many there are), and so is every capture order.
 """
 
 from __future__ import annotations
@@ -69,9 +69,10 @@ async def _body(request: Request) -> bytes:
     return await request.body()
 
 
-@router.put("/device/samples/{sha256}", status_code=status.HTTP_201_CREATED)
+@router.put("/device/samples/{sha256}", status_code=status.HTTP_201_CREATED, dependencies=[Audited])
 def put_device_sample(
     sha256: Sha256,
+    request: Request,
     response: Response,
     data: Annotated[bytes, Depends(_body)],
     ctx: Context,
@@ -100,6 +101,13 @@ def put_device_sample(
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from exc
     except SampleQuotaError as exc:
         raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, detail=str(exc)) from exc
+    request.state.audit = {
+        "target": f"sample {sha256}",
+        "device_id": row.device_id,
+        "model": row.model_name,
+        "size_bytes": row.size_bytes,
+        "new": created,
+    }
     if not created:
         response.status_code = status.HTTP_200_OK
     return _public(row)

@@ -29,6 +29,7 @@ ENROLL_ROUTE = ("POST", "/api/v1/enroll")
 DEVICE_ROUTES = {
     ("GET", "/artifacts/sha256/{digest}"): 404,
     ("POST", "/api/v1/device/certificate"): 422,
+    ("PUT", "/api/v1/device/samples/{sha256}"): 422,
 }
 # Where a dashboard session starts and ends, so they cannot need one: the login form, its
 # POST (which checks the token itself and stores nothing: the session is a signed

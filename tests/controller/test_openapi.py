@@ -10,7 +10,12 @@ from controller.tokens import Role
 from tests.controller.conftest import bearer
 
 # Not JSON: Prometheus text, artifact bytes and the CA certificate (PEM).
-NOT_JSON = {"/metrics", "/artifacts/sha256/{digest}", "/api/v1/ca.pem"}
+NOT_JSON = {
+    "/metrics",
+    "/artifacts/sha256/{digest}",
+    "/api/v1/ca.pem",
+    "/api/v1/samples/{sha256}",  # a sample's .npz
+}
 
 
 def _names_a_schema(schema: dict[str, Any]) -> bool:
