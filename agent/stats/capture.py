@@ -226,6 +226,8 @@ class CaptureKeeper:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._captures: dict[str, ModelCapture] = {}
+        # Captures of a release that no longer serves, until their last samples are written.
+        self._retired: list[tuple[str, ModelCapture]] = []
         self.policies: dict[str, CapturePolicy] = self._load()
 
     # --- policies -------------------------------------------------------------------
@@ -272,6 +274,7 @@ class CaptureKeeper:
     def _forget(self, model: str) -> None:
         self.policies.pop(model, None)
         self._captures.pop(model, None)
+        self._retired = [(name, c) for name, c in self._retired if name != model]
         for path in self._queue_files(model):
             path.unlink(missing_ok=True)
 
@@ -305,6 +308,7 @@ class CaptureKeeper:
                 previous = self._captures.get(model)
                 if previous is not None:  # the hour's count survives a new release
                     capture._kept_at = previous._kept_at
+                    self._retired.append((model, previous))
                 self._captures[model] = capture
             return capture
 
@@ -340,7 +344,8 @@ class CaptureKeeper:
     def flush(self) -> int:
         """Write the samples kept in memory to the queue; returns how many were written."""
         with self._lock:
-            captures = list(self._captures.items())
+            captures = [*self._retired, *self._captures.items()]
+            self._retired = []
         written = 0
         for model, capture in captures:
             for kept in capture.take():
@@ -362,8 +367,8 @@ class CaptureKeeper:
                 stamp = int(kept.captured_at.timestamp() * 1e9)
                 path = self.directory / QUEUE_DIR / model / f"{stamp:020d}-{sha256}.npz"
                 with self._lock:
-                    # A policy turned off meanwhile: nothing more is written for it.
-                    if self._captures.get(model) is not capture:
+                    # A policy turned off or replaced meanwhile: nothing more is written.
+                    if self.policies.get(model) is not capture.policy:
                         continue
                     try:
                         path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,12 +27,14 @@ from ..samples.schemas import (
     CaptureOrderPublic,
     CapturePublic,
     SamplePublic,
+    SamplesDeleted,
 )
 from ..samples.store import (
     SampleDeviceMismatchError,
     SampleQuotaError,
     SampleStore,
     accept_sample,
+    delete_samples,
 )
 from ..samples.tables import SampleRecord
 from .deps import Audited, Context, DbSession, Operator, ThisDevice, Viewer
@@ -147,7 +149,39 @@ def get_sample(sha256: Sha256, ctx: Context, session: DbSession, _caller: Viewer
     if session.get(SampleRecord, sha256) is None:
         raise NotFoundError(f"no sample sha256:{sha256}")
     path = SampleStore(ctx.settings.samples_dir).path_for(sha256)
+    if not path.exists():
+        raise NotFoundError(f"sample sha256:{sha256} has no file")
     return FileResponse(path, media_type="application/octet-stream")
+
+
+@router.delete("/samples", dependencies=[Audited])
+def delete_samples_route(
+    request: Request,
+    ctx: Context,
+    session: DbSession,
+    _caller: Operator,
+    model: Annotated[str, Query(pattern=MODEL_NAME_PATTERN)],
+    before: Annotated[datetime | None, Query(description="Captured before.")] = None,
+    device: Annotated[str | None, Query(max_length=64)] = None,
+) -> SamplesDeleted:
+    """Delete ``model``'s samples (those captured ``before``, of ``device``): rows and
+    files, which frees the devices' quota here."""
+    if before is not None and before.tzinfo is None:
+        before = before.replace(tzinfo=UTC)
+    count = delete_samples(
+        session,
+        SampleStore(ctx.settings.samples_dir),
+        model=model,
+        before=before,
+        device_id=device,
+    )
+    request.state.audit = {
+        "target": f"samples of {model}",
+        "before": before.isoformat() if before else None,
+        "device": device,
+        "deleted": count,
+    }
+    return SamplesDeleted(deleted=count)
 
 
 @router.get("/capture")

@@ -147,6 +147,26 @@ def export(
     console.print(f"wrote {out}: {dataset.samples} samples, {dataset.rows} rows{skipped}")
 
 
+@samples_app.command("delete")
+def delete(
+    model: Annotated[str, typer.Option(help="The model whose samples to delete.")],
+    before: Annotated[
+        str | None, typer.Option(help="Only those captured before: 30d, or a time.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="Only this device's samples.")] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Delete MODEL's samples on the controller (frees the devices' quota there)."""
+    params: dict[str, Any] = {"model": model}
+    if before:
+        params["before"] = parse_since(before).isoformat()
+    if device:
+        params["device"] = device
+    answer = run_client(url, token, lambda c: c.request("DELETE", "/api/v1/samples", params=params))
+    console.print(f"deleted {answer['deleted']} samples of {model}")
+
+
 @samples_app.command("capture")
 def capture(
     model: Annotated[str, typer.Option(help="The model whose inputs devices keep.")],

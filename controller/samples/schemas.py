@@ -10,7 +10,13 @@ from protocol import MAX_CAPTURE_BYTES, MAX_CAPTURE_PER_HOUR
 
 from ..registry.schemas import MODEL_NAME_PATTERN
 
-__all__ = ["CaptureOrderCreate", "CaptureOrderPublic", "CapturePublic", "SamplePublic"]
+__all__ = [
+    "CaptureOrderCreate",
+    "CaptureOrderPublic",
+    "CapturePublic",
+    "SamplePublic",
+    "SamplesDeleted",
+]
 
 # The longest a capture order may last.
 MAX_CAPTURE_FOR_S = 30 * 86400.0
@@ -27,6 +33,10 @@ class SamplePublic(BaseModel):
     confidence: float | None
     size_bytes: int
     url: str  # where to download it (GET, a viewer's token)
+
+
+class SamplesDeleted(BaseModel):
+    deleted: int
 
 
 class CaptureOrderCreate(BaseModel):

@@ -19,9 +19,10 @@ import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import func
+from sqlalchemy import delete, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -38,6 +39,7 @@ __all__ = [
     "SampleQuotaError",
     "SampleStore",
     "accept_sample",
+    "delete_samples",
     "device_of_token",
 ]
 
@@ -164,3 +166,27 @@ def accept_sample(
             raise
         return known, False
     return row, True
+
+
+def delete_samples(
+    session: Session,
+    store: SampleStore,
+    *,
+    model: str,
+    before: datetime | None = None,
+    device_id: str | None = None,
+) -> int:
+    """Forget ``model``'s samples (captured before ``before``, of ``device_id``, when
+    given): rows and files. Frees the devices' quota. Returns how many."""
+    conditions = [col(SampleRecord.model_name) == model]
+    if before is not None:
+        conditions.append(col(SampleRecord.captured_at) < before)
+    if device_id is not None:
+        conditions.append(col(SampleRecord.device_id) == device_id)
+    hashes = list(session.exec(select(SampleRecord.sha256).where(*conditions)).all())
+    if hashes:
+        session.execute(delete(SampleRecord).where(col(SampleRecord.sha256).in_(hashes)))
+        session.flush()
+    for sha256 in hashes:
+        store.path_for(sha256).unlink(missing_ok=True)
+    return len(hashes)

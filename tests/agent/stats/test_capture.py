@@ -208,3 +208,22 @@ def test_request_confidence(
         assert found is not None
         assert found[0] == next(iter(outputs))
         assert found[1] == pytest.approx(expected)
+
+
+def test_samples_kept_before_a_new_release_are_still_written(
+    tmp_path: Path, clocks: Clocks
+) -> None:
+    keeper = _keeper(tmp_path, clocks)
+    keeper.order(_policy(per_hour=3))
+    old = _recorder(keeper)
+    _request(old, LOW, 1)
+    new = StatsRecorder(reference=None, now_s=0.0)
+    new.capture = keeper.capture_for("digits", 4)  # the update to release 4 serves now
+    for seed in range(10):
+        _request(new, LOW, seed)
+    assert keeper.flush() == 3  # the hour's budget spans both releases
+    versions = [
+        read_sample(s.path.read_bytes(), max_bytes=1 << 20).meta.release_version
+        for s in keeper.queued()
+    ]
+    assert sorted(versions) == [3, 4, 4]

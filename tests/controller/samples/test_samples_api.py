@@ -250,3 +250,26 @@ def test_stored_sample_reads_back_as_a_sample(
     _put(client, devices["cam-1"], data)
     [path] = _files(app)
     assert read_sample(path.read_bytes(), max_bytes=1 << 20).meta.device_id == "cam-1"
+
+
+def test_deleting_samples_frees_the_quota_and_the_files(
+    app: FastAPI, client: TestClient, devices: dict[str, str], tokens: dict[Role, str]
+) -> None:
+    for seed in range(3):
+        assert _put(client, devices["cam-1"], _sample(seed=seed)).status_code == 201
+    assert _put(client, devices["cam-1"], _sample(seed=3)).status_code == 507
+    operator = bearer(tokens[Role.OPERATOR])
+    # Captured before 09:00:02: the first two (seeds 0 and 1).
+    answer = client.delete(
+        "/api/v1/samples",
+        params={"model": MODEL, "before": "2026-12-04T09:00:02Z"},
+        headers=operator,
+    )
+    assert answer.json() == {"deleted": 2}
+    assert len(_stored(app)) == 1
+    assert len(_files(app)) == 1
+    assert _put(client, devices["cam-1"], _sample(seed=3)).status_code == 201
+    viewer = bearer(tokens[Role.VIEWER])
+    assert (
+        client.delete("/api/v1/samples", params={"model": MODEL}, headers=viewer).status_code == 403
+    )
