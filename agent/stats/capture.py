@@ -13,7 +13,9 @@ lowest top-1 confidence is below the policy's. Invariants:
   O(1) work besides copying the inputs of a request that *is* kept; files are written
   by ``CaptureKeeper.flush``, off the request path.
 - **At most ``per_hour`` samples in any hour** (a sliding hour of monotonic time): a
-  flood beyond it is not copied at all. The count starts again after a restart.
+  flood beyond it is not copied at all. The times of the samples written in the last
+  hour are kept on disk (``kept.json``), so a restart does not start a new budget; a
+  new order does.
 - **At most ``max_bytes`` on disk per model, new ones refused.** A sample that would
   take the model's queue over ``max_bytes`` is not written (nor, once the queue is full,
   copied): the samples already waiting are older and were kept first, and the queue
@@ -37,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,7 @@ MAX_PENDING_SAMPLES = 32
 # take, so the bytes written never exceed what was counted.
 SAMPLE_OVERHEAD_BYTES = 8 * 1024
 POLICIES_FILE = "policies.json"
+KEPT_FILE = "kept.json"
 QUEUE_DIR = "queue"
 
 
@@ -229,6 +232,8 @@ class CaptureKeeper:
         # Captures of a release that no longer serves, until their last samples are written.
         self._retired: list[tuple[str, ModelCapture]] = []
         self.policies: dict[str, CapturePolicy] = self._load()
+        # When the samples written within the last hour were captured, per model.
+        self._kept_wall: dict[str, list[datetime]] = self._load_kept()
 
     # --- policies -------------------------------------------------------------------
 
@@ -243,6 +248,32 @@ class CaptureKeeper:
             # Off is the safe reading of a policy that cannot be read.
             logger.warning("capture policies unreadable, capture is off: %s", exc)
             return {}
+
+    def _load_kept(self) -> dict[str, list[datetime]]:
+        try:
+            raw = json.loads((self.directory / KEPT_FILE).read_bytes())
+            return {
+                str(model): [datetime.fromisoformat(t) for t in times]
+                for model, times in raw.items()
+            }
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            logger.warning("capture budget unreadable, counting from now: %s", exc)
+            return {}
+
+    def _persist_kept(self) -> None:
+        hour_ago = self._clock.now() - timedelta(seconds=HOUR_S)
+        self._kept_wall = {
+            model: recent
+            for model, times in self._kept_wall.items()
+            if (recent := [t for t in times if t > hour_ago])
+        }
+        data = {m: [t.isoformat() for t in times] for m, times in self._kept_wall.items()}
+        try:
+            write_atomic(self.directory / KEPT_FILE, json.dumps(data).encode())
+        except OSError as exc:
+            logger.warning("could not keep the capture budget: %s", exc)
 
     def _persist(self) -> None:
         data = {name: policy.to_args() for name, policy in sorted(self.policies.items())}
@@ -263,7 +294,9 @@ class CaptureKeeper:
                 self._forget(policy.model)
             else:
                 self.policies[policy.model] = policy
-                self._captures.pop(policy.model, None)  # a new budget under the new policy
+                # A new budget under the new policy.
+                self._captures.pop(policy.model, None)
+                self._kept_wall.pop(policy.model, None)
             self._persist()
         return {
             "model": policy.model,
@@ -309,6 +342,14 @@ class CaptureKeeper:
                 if previous is not None:  # the hour's count survives a new release
                     capture._kept_at = previous._kept_at
                     self._retired.append((model, previous))
+                else:  # and a restart: the samples written within the hour count
+                    now, now_s = self._clock.now(), self._monotonic()
+                    ages_s = sorted(
+                        (now - t).total_seconds() for t in self._kept_wall.get(model, [])
+                    )
+                    capture._kept_at.extend(
+                        now_s - age for age in reversed(ages_s) if 0 <= age < HOUR_S
+                    )
                 self._captures[model] = capture
             return capture
 
@@ -378,7 +419,11 @@ class CaptureKeeper:
                         logger.warning("could not keep a sample of %s: %s", model, exc)
                         continue
                 capture.settle(kept.nbytes, len(data))
+                self._kept_wall.setdefault(model, []).append(kept.captured_at)
                 written += 1
+        if written:
+            with self._lock:
+                self._persist_kept()
         return written
 
     def delete(self, sample: QueuedSample) -> None:

@@ -121,23 +121,21 @@ def export(
     token: Token = None,
 ) -> None:
     """Write MODEL's samples as one dataset for numpy.load (see ``docs/operations.md``)."""
-    from tensors.samples import SampleFormatError, dataset_of, read_sample
+    from tensors.samples import Sample, SampleFormatError, dataset_of, read_sample
 
     params = _params(model, device, since)
 
-    def fetch(client: ControllerClient) -> list[tuple[str, bytes]]:
-        listed = _list(client, params)
-        return [
-            (s["sha256"], client.download(s["url"], max_bytes=MAX_DOWNLOAD_BYTES)) for s in listed
-        ]
+    def fetch(client: ControllerClient) -> list[tuple[str, Sample]]:
+        samples = []
+        for listed in _list(client, params):
+            data = client.download(listed["url"], max_bytes=MAX_DOWNLOAD_BYTES)
+            try:  # read as it comes: the bytes of one sample at a time in memory
+                samples.append((listed["sha256"], read_sample(data, max_bytes=len(data))))
+            except SampleFormatError as exc:
+                raise fail(f"sample {listed['sha256']} does not read: {exc}") from exc
+        return samples
 
-    samples = []
-    for sha256, data in run_client(url, token, fetch):
-        try:
-            samples.append((sha256, read_sample(data, max_bytes=MAX_DOWNLOAD_BYTES)))
-        except SampleFormatError as exc:
-            raise fail(f"sample {sha256} does not read: {exc}") from exc
-    dataset = dataset_of(samples)
+    dataset = dataset_of(run_client(url, token, fetch))
     if dataset.samples == 0:
         raise fail(f"no samples of {model} to export")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -227,3 +227,23 @@ def test_samples_kept_before_a_new_release_are_still_written(
         for s in keeper.queued()
     ]
     assert sorted(versions) == [3, 4, 4]
+
+
+def test_restart_does_not_start_a_new_hourly_budget(tmp_path: Path, clocks: Clocks) -> None:
+    keeper = _keeper(tmp_path, clocks)
+    keeper.order(_policy(per_hour=3))
+    recorder = _recorder(keeper)
+    for seed in range(10):
+        _request(recorder, LOW, seed)
+    assert keeper.flush() == 3
+    clocks.advance(600)
+    clocks.mono_s = 5.0  # a new process: another monotonic origin
+    restarted = _keeper(tmp_path, clocks)
+    recorder = _recorder(restarted)
+    for seed in range(10):
+        _request(recorder, LOW, seed)
+    assert restarted.flush() == 0  # the crash loop gets no fresh budget
+    clocks.advance(HOUR_S - 600)
+    for seed in range(10):
+        _request(recorder, LOW, seed)
+    assert restarted.flush() == 3
