@@ -22,7 +22,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DemoModels", "build_demo_models", "build_digits_model"]
+__all__ = [
+    "DemoModels",
+    "build_demo_models",
+    "build_digits_model",
+    "build_mislabeled_digits_model",
+]
 
 SEED = 0
 OPSET = 17
@@ -81,6 +86,20 @@ def build_digits_model(directory: Path) -> tuple[Path, Path]:
     model = directory / "digits.onnx"
     _save_onnx(trained.classifier, model)
     return model, _save_validation(trained, directory)
+
+
+def build_mislabeled_digits_model(directory: Path) -> Path:
+    """``directory/digits-mislabeled.onnx``: the digits network with its classes shifted by
+    one (what a label-mapping bug in a training pipeline makes): as confident as the good
+    one and wrong on nearly every input, its own golden outputs still reproduce."""
+    directory.mkdir(parents=True, exist_ok=True)
+    classifier = _train_digits_classifier().classifier
+    shift = np.roll(np.arange(classifier.coefs_[-1].shape[1]), 1)
+    classifier.coefs_[-1] = classifier.coefs_[-1][:, shift]
+    classifier.intercepts_[-1] = classifier.intercepts_[-1][shift]
+    model = directory / "digits-mislabeled.onnx"
+    _save_onnx(classifier, model)
+    return model
 
 
 def build_demo_models(directory: Path) -> DemoModels:

@@ -51,11 +51,35 @@ def create(
     probation_max_drift_psi: Annotated[
         float, typer.Option(help="Largest input/output drift (PSI) a device accepts.")
     ] = 0.25,
+    shadow: Annotated[
+        str | None,
+        typer.Option(
+            help="Start with a shadow stage on this many devices (3 or 10%): they run the "
+            "release beside what they serve, on copies of live requests, before the canary."
+        ),
+    ] = None,
+    shadow_for: Annotated[str, typer.Option(help="How long the shadow stage watches.")] = "10m",
+    shadow_min_samples: Annotated[
+        int, typer.Option(help="Samples the shadow stage needs to judge the release.")
+    ] = 200,
+    shadow_cpu: Annotated[
+        float, typer.Option(help="Share of the time a device may spend running the shadow.")
+    ] = 0.2,
+    min_agreement: Annotated[
+        float, typer.Option(help="Least top-1 agreement with the serving model (classifiers).")
+    ] = 0.98,
+    max_shadow_latency_ratio: Annotated[
+        float, typer.Option(help="Largest median latency of the shadow over the serving one.")
+    ] = 1.5,
+    max_shadow_distance: Annotated[
+        float | None,
+        typer.Option(help="Largest mean relative L1 distance of the outputs (default: off)."),
+    ] = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
-    """Start rolling RELEASE out, canary first."""
+    """Start rolling RELEASE out, canary first (or a shadow stage first, with --shadow)."""
     from ..rollouts.core import RolloutSpecError, parse_duration
 
     try:
@@ -79,6 +103,16 @@ def create(
             "max_drift_psi": probation_max_drift_psi,
         },
     }
+    if shadow is not None:
+        body["shadow"] = {
+            "devices": shadow,
+            "duration": shadow_for,
+            "min_samples": shadow_min_samples,
+            "max_cpu_fraction": shadow_cpu,
+            "min_agreement": min_agreement,
+            "max_latency_ratio": max_shadow_latency_ratio,
+            "max_distance": max_shadow_distance,
+        }
     answer = run_client(url, token, lambda c: c.request("POST", "/api/v1/rollouts", json=body))
     if as_json:
         print_json(answer)
@@ -170,19 +204,36 @@ def _print_status(answer: dict[str, Any]) -> None:
         f"status: [bold]{answer['status']}[/bold]  wave {answer['wave'] + 1} of "
         f"{len(answer['waves'])}  matching devices: {answer['matching_devices']}"
     )
+    stage = answer.get("shadow")
+    if stage is not None:
+        verdict = stage["judgement"]
+        state = (
+            "running"
+            if stage["running"]
+            else "passed"
+            if verdict and verdict["passed"]
+            else "stopped"
+        )
+        console.print(f"shadow stage on {len(stage['devices'])} devices: {state}")
+        if verdict and verdict["gates"] and verdict["gates"] != answer["gates"]:
+            _print_gates(verdict["gates"])  # a wave's gates came after them
     waves = Table("wave", "size", "target", "outcomes")
     for wave in answer["waves"]:
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(wave["outcomes"].items())) or "-"
         waves.add_row(str(wave["wave"] + 1), wave["size"], str(wave["target"]), outcomes)
     console.print(waves)
     if answer["gates"]:
-        gates = Table("gate", "value", "threshold", "passed", "note")
-        for gate in answer["gates"]:
-            value = "-" if gate["value"] is None else f"{gate['value']:.4g}"
-            threshold = "-" if gate["threshold"] is None else f"{gate['threshold']:.4g}"
-            gates.add_row(
-                gate["name"], value, threshold, "yes" if gate["passed"] else "NO", gate["note"]
-            )
-        console.print(gates)
+        _print_gates(answer["gates"])
     for note in answer["notes"]:
         console.print(f"  {note}")
+
+
+def _print_gates(rows: list[dict[str, Any]]) -> None:
+    gates = Table("gate", "value", "threshold", "passed", "note")
+    for gate in rows:
+        value = "-" if gate["value"] is None else f"{gate['value']:.4g}"
+        threshold = "-" if gate["threshold"] is None else f"{gate['threshold']:.4g}"
+        gates.add_row(
+            gate["name"], value, threshold, "yes" if gate["passed"] else "NO", gate["note"]
+        )
+    console.print(gates)

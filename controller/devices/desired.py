@@ -8,7 +8,8 @@ Invariants:
   sequences only grow: (device, deployment sequence) names one deployment;
 - each (device, model) holds at most one desired deployment, the newest signed for it (a
   release, or a signed removal); signing one model's deployment never touches another
-  model's row;
+  model's row; a shadow order (``sign_shadow``) leaves the release the device should
+  serve as it was, and marks the row ``desired_shadow``;
 - the signed envelope is stored with the sequence in the same transaction; publishing it
   happens after the commit and may repeat (the device ignores a sequence it has seen), so
   a crash between the two only delays the device until the reconciler publishes it;
@@ -36,6 +37,7 @@ from protocol import (
     DesiredState,
     Envelope,
     ProbationPolicy,
+    ShadowOrder,
     SigningKey,
     device_topic,
 )
@@ -55,6 +57,7 @@ __all__ = [
     "remove_model",
     "sign_deployment",
     "sign_removal",
+    "sign_shadow",
     "unpublished_messages",
 ]
 
@@ -108,6 +111,7 @@ def _sign(
     rollout_id: str | None,
     rollback: bool,
     probation: ProbationPolicy | None,
+    shadow: ShadowOrder | None = None,
 ) -> int:
     device = lock_device(session, device_id)
     sequence = device.next_deployment_sequence
@@ -122,9 +126,10 @@ def _sign(
         expires=now + timedelta(seconds=ttl_s),
         model=model,
         release=None
-        if release is None
+        if release is None or shadow is not None
         else Envelope.from_bytes(release.envelope.encode("utf-8")).to_json_obj(),
-        remove=release is None,
+        remove=release is None and shadow is None,
+        shadow=shadow,
         rollback=rollback,
         probation=probation or ProbationPolicy(),
         rollout_id=rollout_id,
@@ -134,10 +139,13 @@ def _sign(
     device.next_deployment_sequence = sequence + 1
     device.desired_sequence = sequence
     row = _model_row(session, device_id, model)
-    row.desired_release_id = None if release is None else release.id
-    row.desired_rollout_id = rollout_id
-    row.desired_rollback = rollback
-    row.desired_remove = release is None
+    if shadow is None:
+        row.desired_release_id = None if release is None else release.id
+        row.desired_rollout_id = rollout_id
+        row.desired_rollback = rollback
+        row.desired_remove = release is None
+    # A shadow order leaves what the device should serve as it was.
+    row.desired_shadow = shadow is not None
     row.desired_sequence = sequence
     row.desired_expires_at = deployment.expires
     row.desired_envelope = envelope.to_bytes().decode("utf-8")
@@ -171,6 +179,43 @@ def sign_deployment(
         rollout_id=rollout_id,
         rollback=rollback,
         probation=probation,
+    )
+
+
+def sign_shadow(
+    session: Session,
+    *,
+    device_id: str,
+    model: str,
+    candidate: ReleaseRecord | None,
+    until: datetime | None,
+    max_cpu_fraction: float,
+    signer: DeploymentSigner,
+    now: datetime,
+    ttl_s: float,
+    rollout_id: str,
+) -> int:
+    """Sign an order to run ``candidate`` as a shadow of ``model`` until ``until`` (None: stop
+    the shadow), store it as that model's desired deployment; returns its sequence."""
+    order = ShadowOrder(
+        release=None
+        if candidate is None
+        else Envelope.from_bytes(candidate.envelope.encode("utf-8")).to_json_obj(),
+        until=until,
+        max_cpu_fraction=max_cpu_fraction,
+    )
+    return _sign(
+        session,
+        device_id=device_id,
+        model=model,
+        signer=signer,
+        now=now,
+        ttl_s=ttl_s,
+        release=None,
+        rollout_id=rollout_id,
+        rollback=False,
+        probation=None,
+        shadow=order,
     )
 
 
@@ -219,7 +264,7 @@ def remove_model(
         raise NotFoundError(f"device {device_id!r} has no model {model!r}")
     if row.desired_rollout_id is not None:
         rollout = session.get(RolloutRecord, row.desired_rollout_id)
-        if rollout is not None and rollout.status in ("pending", "running", "soaking", "paused"):
+        if rollout is not None and rollout.status in ("pending", "shadow", "running", "soaking", "paused"):
             raise ConflictError(
                 f"rollout {rollout.id} of {model} is {rollout.status} on {device_id}: "
                 "abort it first"

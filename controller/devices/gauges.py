@@ -150,7 +150,7 @@ class FleetCollector(Collector):
         yield by_status
         live = session.exec(
             select(RolloutRecord).where(
-                col(RolloutRecord.status).in_(("pending", "running", "soaking", "paused"))
+                col(RolloutRecord.status).in_(("pending", "shadow", "running", "soaking", "paused"))
             )
         ).all()
         wave = GaugeMetricFamily(

@@ -7,6 +7,8 @@ Invariants, per (device, model):
   it returns;
 - a deployment the device already accepted is never renewed: a new sequence for the
   same release would make the device install it again (or reinstall one it rolled back);
+- a shadow order is never renewed: it is bounded in time, and a device that missed it
+  is simply left out of the shadow stage;
 - a removal is renewed only while the device still lists the model (``phase`` is set):
   once its state leaves the model out, the removal has nothing left to do;
 - device rows are locked (skipping those another controller holds) before any of their
@@ -51,6 +53,7 @@ def renew_expiring_deployments(fleet: FleetContext, *, now: datetime) -> int:
             .where(
                 col(DeviceRecord.decommissioned_at).is_(None),
                 col(DeviceModelRecord.desired_envelope).is_not(None),
+                col(DeviceModelRecord.desired_shadow).is_(False),
                 or_(
                     col(DeviceModelRecord.desired_release_id).is_not(None),
                     and_(

@@ -130,6 +130,9 @@ class DeviceModelRecord(SQLModel, table=True):
     desired_rollout_id: str | None = Field(default=None, max_length=32)
     desired_rollback: bool = False
     desired_remove: bool = False
+    # The desired deployment orders a shadow (or stops one): serving is unchanged, and it
+    # is never renewed (a shadow is bounded in time; a device that missed it is left out).
+    desired_shadow: bool = False
     desired_sequence: int | None = None
     desired_expires_at: datetime | None = timestamp_field(nullable=True)
     desired_envelope: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -185,6 +188,10 @@ telemetry_table = Table(
     # Requests whose true class the application sent back, and how many were right.
     Column("labeled", Integer, nullable=False, default=0, server_default="0"),
     Column("labeled_correct", Integer, nullable=False, default=0, server_default="0"),
+    # How a shadow model compared over the window (protocol.ShadowWindow as JSON), and
+    # the shadow's version, to read one candidate's windows.
+    Column("shadow", Text, nullable=True),
+    Column("shadow_version", Integer, nullable=True),
     # Windows merged by downsampling (1 when stored as the device sent it).
     Column("merged", Integer, nullable=False, default=1),
     UniqueConstraint("device_id", "model_name", "window_start", name="uq_telemetry_window"),

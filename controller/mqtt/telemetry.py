@@ -12,9 +12,10 @@ Invariants:
   read back as aware UTC datetimes;
 - a window's latency histogram is kept (``latency_counts``, JSON) only in the buckets of
   ``protocol.histograms``, the one layout whose counts can be added across devices; its
-  drift counts (``drift_counts``, per tensor) as sent;
+  drift counts (``drift_counts``, per tensor) as sent; its shadow figures
+  (``shadow``, a ``protocol.ShadowWindow`` as JSON) with the shadow's version;
 - downsampling keeps sums exact (requests, errors, non-finite outputs, seconds observed,
-  ``merged``, latency and drift counts) and the request-weighted means of p50/p95/p99 and
+  ``merged``, latency, drift and shadow counts) and the request-weighted means of p50/p95/p99 and
   confidence; a merged row
   takes the earliest ``window_start`` of its group, which no other row can hold (the
   merged rows are deleted in the same transaction), so the unique key survives even when
@@ -43,7 +44,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 
-from protocol import LatencySummary, TelemetryBatch
+from protocol import LatencySummary, ShadowWindow, TelemetryBatch
 from protocol.histograms import LATENCY_BOUNDS_MS, LATENCY_BUCKETS
 
 from ..devices.tables import DeviceRecord, telemetry_table
@@ -54,9 +55,11 @@ __all__ = [
     "TelemetryRow",
     "active_device_ids",
     "add_drift_counts",
+    "add_shadow_windows",
     "downsample_telemetry",
     "parse_drift_counts",
     "parse_latency_counts",
+    "parse_shadow",
     "prune_telemetry",
     "telemetry_rows",
     "to_utc",
@@ -167,6 +170,12 @@ def telemetry_rows(batches: Sequence[TelemetryBatch]) -> list[TelemetryRow]:
                     "drift_counts": _json(window.drift_counts) if window.drift_counts else None,
                     "labeled": window.labeled,
                     "labeled_correct": window.labeled_correct,
+                    "shadow": None
+                    if window.shadow is None
+                    else window.shadow.model_dump_json(exclude_defaults=False),
+                    "shadow_version": None
+                    if window.shadow is None
+                    else window.shadow.release.version,
                     "merged": 1,
                 }
             )
@@ -391,7 +400,53 @@ def _merge(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for row in rows:
         add_drift_counts(drift, parse_drift_counts(row["drift_counts"]))
     merged["drift_counts"] = _json(drift) if drift else None
+    merged["shadow"], merged["shadow_version"] = _merge_shadows(rows)
     return merged
+
+
+def _merge_shadows(rows: Sequence[Mapping[str, Any]]) -> tuple[str | None, int | None]:
+    """The shadow figures of the first shadow's release, added up (a device shadows one
+    candidate at a time; another's windows in the same bucket are left out)."""
+    shadows = [parse_shadow(row.get("shadow")) for row in rows]
+    kept = [shadow for shadow in shadows if shadow is not None]
+    if not kept:
+        return None, None
+    total = kept[0]
+    for shadow in kept[1:]:
+        if shadow.release == total.release:
+            total = add_shadow_windows(total, shadow)
+    return total.model_dump_json(), total.release.version
+
+
+def parse_shadow(text: str | None) -> ShadowWindow | None:
+    """A stored shadow window; None when absent or malformed."""
+    if text is None:
+        return None
+    try:
+        return ShadowWindow.model_validate_json(text)
+    except ValueError:
+        return None
+
+
+def add_shadow_windows(total: ShadowWindow, more: ShadowWindow) -> ShadowWindow:
+    """Two shadow windows of one release as one: every figure is a sum or a count."""
+    sums = {name: getattr(total, name) + getattr(more, name) for name in _SHADOW_SUMS}
+    for name in ("latency_counts", "serving_latency_counts"):
+        sums[name] = [a + b for a, b in zip(getattr(total, name), getattr(more, name), strict=True)]
+    return total.model_copy(update=sums)
+
+
+_SHADOW_SUMS = (
+    "samples",
+    "skipped",
+    "errors",
+    "nonfinite",
+    "compared_rows",
+    "agreed_rows",
+    "confidence_sum",
+    "serving_confidence_sum",
+    "distance_sum",
+)
 
 
 def _weighted_mean(pairs: Iterable[tuple[float | None, int]]) -> float | None:

@@ -22,6 +22,7 @@ from .core import (
     RolloutPolicy,
     RolloutState,
     RolloutStatus,
+    ShadowPolicy,
     WaveJudgement,
     parse_quota,
     parse_waves,
@@ -52,7 +53,18 @@ def encode_policy(policy: RolloutPolicy, probation: ProbationPolicy) -> dict[str
         "require_observed": policy.require_observed,
         "gates": asdict(policy.gates),
         "probation": probation.model_dump(mode="json"),
+        "shadow": None if policy.shadow is None else _encode_shadow(policy.shadow),
     }
+
+
+def _encode_shadow(shadow: ShadowPolicy) -> dict[str, Any]:
+    return {**asdict(shadow), "devices": str(shadow.devices)}
+
+
+def _decode_shadow(data: dict[str, Any] | None) -> ShadowPolicy | None:
+    if data is None:
+        return None
+    return ShadowPolicy(**{**data, "devices": parse_quota(data["devices"])})
 
 
 def decode_policy(data: dict[str, Any]) -> RolloutPolicy:
@@ -64,6 +76,7 @@ def decode_policy(data: dict[str, Any]) -> RolloutPolicy:
         on_failure=OnFailure(data["on_failure"]),
         require_observed=bool(data["require_observed"]),
         gates=GateThresholds(**data["gates"]),
+        shadow=_decode_shadow(data.get("shadow")),
     )
 
 
@@ -95,18 +108,35 @@ def encode_state(state: RolloutState) -> dict[str, Any]:
         "promoted_wave": state.promoted_wave,
         "pause_reason": None if state.pause_reason is None else state.pause_reason.value,
         "last_command_id": state.last_command_id,
-        "judgements": [
-            {
-                "wave": j.wave,
-                "at_s": j.at_s,
-                "passed": j.passed,
-                "overridden": j.overridden,
-                "gates": encode_gates(j.gates),
-            }
-            for j in state.judgements
-        ],
+        "judgements": [_encode_judgement(j) for j in state.judgements],
         "rolled_back": list(state.rolled_back),
+        "shadow_devices": list(state.shadow_devices),
+        "shadow_started_s": state.shadow_started_s,
+        "shadow_promoted": state.shadow_promoted,
+        "shadow_judgement": None
+        if state.shadow_judgement is None
+        else _encode_judgement(state.shadow_judgement),
     }
+
+
+def _encode_judgement(judgement: WaveJudgement) -> dict[str, Any]:
+    return {
+        "wave": judgement.wave,
+        "at_s": judgement.at_s,
+        "passed": judgement.passed,
+        "overridden": judgement.overridden,
+        "gates": encode_gates(judgement.gates),
+    }
+
+
+def _decode_judgement(data: dict[str, Any]) -> WaveJudgement:
+    return WaveJudgement(
+        wave=data["wave"],
+        at_s=data["at_s"],
+        passed=data["passed"],
+        gates=_decode_gates(data["gates"]),
+        overridden=data.get("overridden", False),
+    )
 
 
 def decode_state(
@@ -126,15 +156,12 @@ def decode_state(
         promoted_wave=data.get("promoted_wave"),
         pause_reason=None if pause_reason is None else PauseReason(pause_reason),
         last_command_id=int(data.get("last_command_id", 0)),
-        judgements=tuple(
-            WaveJudgement(
-                wave=j["wave"],
-                at_s=j["at_s"],
-                passed=j["passed"],
-                gates=_decode_gates(j["gates"]),
-                overridden=j.get("overridden", False),
-            )
-            for j in data.get("judgements", [])
-        ),
+        judgements=tuple(_decode_judgement(j) for j in data.get("judgements", [])),
         rolled_back=tuple(data.get("rolled_back", [])),
+        shadow_devices=tuple(data.get("shadow_devices", [])),
+        shadow_started_s=data.get("shadow_started_s"),
+        shadow_promoted=bool(data.get("shadow_promoted", False)),
+        shadow_judgement=None
+        if data.get("shadow_judgement") is None
+        else _decode_judgement(data["shadow_judgement"]),
     )

@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 from protocol import ProbationPolicy, ReleaseRef
 
 from ..db import session_scope
-from ..devices.desired import DeploymentSigner, clear_desired, sign_deployment
+from ..devices.desired import DeploymentSigner, clear_desired, sign_deployment, sign_shadow
 from ..devices.selectors import parse_selector
 from ..devices.tables import DeviceModelRecord, DeviceRecord
 from ..registry.tables import ReleaseRecord
@@ -49,11 +49,15 @@ from .core import (
     Plan,
     RollbackDevices,
     RolloutState,
+    ShadowDevices,
+    ShadowHealth,
+    StopShadow,
     health_groups,
     plan,
 )
 from .health import fleet_health
 from .references import release_reference_profile
+from .shadow_health import shadow_health
 from .tables import RolloutAssignmentRecord, RolloutCommandRecord, RolloutEventRecord, RolloutRecord
 
 __all__ = [
@@ -67,7 +71,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Rollouts the loop still plans: completed ones keep adding devices that match later.
-PLANNED_STATUSES = ("pending", "running", "soaking", "paused", "completed")
+PLANNED_STATUSES = ("pending", "shadow", "running", "soaking", "paused", "completed")
 WEBHOOK_KINDS = frozenset(
     {
         "rollout_paused",
@@ -129,13 +133,14 @@ class _Health:
     the figures to the state they were measured for.
     """
 
-    key: tuple[int, float | None, int]
+    key: tuple[int, float | None, int, int]
     new: FleetHealth | None
     control: FleetHealth | None
+    shadow: ShadowHealth | None = None
 
 
-def _health_key(state: RolloutState) -> tuple[int, float | None, int]:
-    return (state.wave, state.wave_started_s, len(state.assignments))
+def _health_key(state: RolloutState) -> tuple[int, float | None, int, int]:
+    return (state.wave, state.wave_started_s, len(state.assignments), len(state.shadow_devices))
 
 
 def _load_state(
@@ -182,6 +187,15 @@ def _measure_health(fleet: FleetContext, rollout_id: str) -> _Health | None:
         state, _rows = _load_state(session, record)
         devices = _matching_devices(session, record)
     key = _health_key(state)
+    if state.shadow_running and state.shadow_started_s is not None:
+        shadow = shadow_health(
+            fleet.engine,
+            device_ids=state.shadow_devices,
+            model=state.release.model,
+            version=state.release.version,
+            since=datetime.fromtimestamp(state.shadow_started_s, UTC),
+        )
+        return _Health(key, None, None, shadow)
     if state.wave_started_s is None:
         return _Health(key, None, None)
     since = datetime.fromtimestamp(state.wave_started_s, UTC)
@@ -242,7 +256,7 @@ def _observe(
         ).all()
     )
     devices = _matching_devices(session, record)
-    return Observations(devices, reports, health.new, health.control, commands)
+    return Observations(devices, reports, health.new, health.control, commands, health.shadow)
 
 
 def _reported_release(model: str, row: DeviceModelRecord | None) -> ReleaseRef | None:
@@ -281,6 +295,8 @@ def _store(
                 )
         elif isinstance(action, RollbackDevices):
             _roll_back(fleet, session, record, action, by_device, probation, now)
+        elif isinstance(action, ShadowDevices | StopShadow):
+            _order_shadows(fleet, session, record, action, now)
         elif isinstance(action, EmitEvent):
             session.add(_event_record(fleet.settings, action))
     record.state = encode_state(result.state)
@@ -325,6 +341,35 @@ def _roll_back(
         if row is not None:
             row.rolled_back_by_rollout = True
             session.add(row)
+
+
+def _order_shadows(
+    fleet: FleetContext,
+    session: Session,
+    record: RolloutRecord,
+    action: ShadowDevices | StopShadow,
+    now: datetime,
+) -> None:
+    """Sign each device's order to start (or stop) shadowing the rollout's release."""
+    starting = isinstance(action, ShadowDevices)
+    candidate = _release(session, record.release_id) if starting else None
+    until = (
+        datetime.fromtimestamp(action.until_s, UTC) if isinstance(action, ShadowDevices) else None
+    )
+    fraction = action.max_cpu_fraction if isinstance(action, ShadowDevices) else 0.2
+    for device_id in action.device_ids:
+        sign_shadow(
+            session,
+            device_id=device_id,
+            model=record.model_name,
+            candidate=candidate,
+            until=until,
+            max_cpu_fraction=fraction,
+            signer=fleet.signer,
+            now=now,
+            ttl_s=fleet.settings.deployment_ttl_s,
+            rollout_id=record.id,
+        )
 
 
 def _sign(

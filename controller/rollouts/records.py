@@ -18,6 +18,7 @@ import secrets
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -44,7 +45,7 @@ __all__ = [
     "rollout_summary",
 ]
 
-UNFINISHED_STATUSES = ("pending", "running", "soaking", "paused")
+UNFINISHED_STATUSES = ("pending", "shadow", "running", "soaking", "paused")
 FINISHED_STATUSES = ("aborted", "superseded")
 
 
@@ -207,6 +208,7 @@ def describe_rollout(session: Session, record: RolloutRecord) -> RolloutDetail:
             ],
             "gates": record.last_gates,
             "judgements": record.state.get("judgements", []),
+            "shadow": _shadow_stage(record.state),
             "notes": record.notes,
             "pending_commands": int(pending_commands),
             "events": [
@@ -215,6 +217,20 @@ def describe_rollout(session: Session, record: RolloutRecord) -> RolloutDetail:
             ],
         }
     )
+
+
+def _shadow_stage(state: dict[str, Any]) -> dict[str, Any] | None:
+    started = state.get("shadow_started_s")
+    if started is None:
+        return None
+    judgement = state.get("shadow_judgement")
+    return {
+        "devices": state.get("shadow_devices", []),
+        "started_at_s": started,
+        "running": judgement is None,
+        "promoted": state.get("shadow_promoted", False),
+        "judgement": judgement,
+    }
 
 
 def rollout_summary(session: Session, record: RolloutRecord) -> RolloutSummary:

@@ -11,13 +11,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from protocol import ProbationPolicy
+from protocol import DEFAULT_SHADOW_CPU_FRACTION, ProbationPolicy
 
 from .core import (
     CommandKind,
     GateThresholds,
     OnFailure,
     RolloutPolicy,
+    ShadowPolicy,
     parse_duration,
     parse_quota,
     parse_waves,
@@ -33,6 +34,9 @@ __all__ = [
     "RolloutEventPublic",
     "RolloutPolicyPublic",
     "RolloutSummary",
+    "ShadowIn",
+    "ShadowPolicyPublic",
+    "ShadowStagePublic",
     "WavePublic",
 ]
 
@@ -52,6 +56,30 @@ class GatesIn(BaseModel):
     min_health_requests: int = Field(default=100, ge=0)
 
 
+class ShadowIn(BaseModel):
+    """The shadow stage before the canary: how many devices run the release as a shadow of
+    what they serve, for how long, and the gates it must pass (null disables one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    devices: str = Field(default="1", max_length=16, description="a count or a percentage")
+    duration: str = Field(default="10m", max_length=32)
+    min_samples: int = Field(default=200, ge=0)
+    max_cpu_fraction: float = Field(default=DEFAULT_SHADOW_CPU_FRACTION, gt=0, le=1)
+    min_agreement: float | None = Field(default=0.98, ge=0, le=1)
+    max_latency_ratio: float | None = Field(default=1.5, ge=0)
+    max_error_rate: float | None = Field(default=0.0, ge=0)
+    max_nonfinite_rate: float | None = Field(default=0.0, ge=0)
+    max_confidence_drop: float | None = Field(default=0.1, ge=0)
+    max_distance: float | None = Field(default=None, ge=0)
+
+    def policy(self) -> ShadowPolicy:
+        fields = self.model_dump(exclude={"devices", "duration"})
+        return ShadowPolicy(
+            devices=parse_quota(self.devices), duration_s=parse_duration(self.duration), **fields
+        )
+
+
 class RolloutCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -65,6 +93,7 @@ class RolloutCreate(BaseModel):
     require_observed: bool = False
     gates: GatesIn = GatesIn()
     probation: ProbationPolicy = ProbationPolicy()
+    shadow: ShadowIn | None = None
 
     def policy(self) -> RolloutPolicy:
         """The core's policy; a bad wave list, quota or duration is a ``RolloutSpecError``."""
@@ -76,6 +105,7 @@ class RolloutCreate(BaseModel):
             on_failure=self.on_failure,
             require_observed=self.require_observed,
             gates=GateThresholds(**self.gates.model_dump()),
+            shadow=None if self.shadow is None else self.shadow.policy(),
         )
 
 
@@ -110,6 +140,20 @@ class RolloutPolicyPublic(BaseModel):
     require_observed: bool
     gates: GatesIn
     probation: ProbationPolicy
+    shadow: ShadowPolicyPublic | None = None
+
+
+class ShadowPolicyPublic(BaseModel):
+    devices: str
+    duration_s: float
+    min_samples: int
+    max_cpu_fraction: float
+    min_agreement: float | None
+    max_latency_ratio: float | None
+    max_error_rate: float | None
+    max_nonfinite_rate: float | None
+    max_confidence_drop: float | None
+    max_distance: float | None
 
 
 class WavePublic(BaseModel):
@@ -137,6 +181,17 @@ class JudgementPublic(BaseModel):
     gates: list[GatePublic]
 
 
+class ShadowStagePublic(BaseModel):
+    """The shadow stage: the devices ordered to shadow, and its verdict once judged
+    (``wave`` -1 in it); ``running`` while shadow orders are out."""
+
+    devices: list[str]
+    started_at_s: float
+    running: bool
+    promoted: bool = False
+    judgement: JudgementPublic | None = None
+
+
 class RolloutEventPublic(BaseModel):
     id: int | None
     kind: str
@@ -152,6 +207,9 @@ class RolloutDetail(RolloutSummary):
     waves: list[WavePublic]
     gates: list[GatePublic] = Field(description="the gates of the last judged wave")
     judgements: list[JudgementPublic]
+    shadow: ShadowStagePublic | None = Field(
+        default=None, description="the shadow stage, when the rollout has one and it started"
+    )
     notes: list[str]
     pending_commands: int
     events: list[RolloutEventPublic] = Field(description="the latest 50, newest first")

@@ -20,7 +20,19 @@ from .gates import (
     health_groups,
     tally_wave,
 )
-from .planner import Action, AssignDevices, EmitEvent, EventKind, Plan, RollbackDevices, plan
+from .planner import (
+    SHADOW_STAGE,
+    Action,
+    AssignDevices,
+    EmitEvent,
+    EventKind,
+    Plan,
+    RollbackDevices,
+    ShadowDevices,
+    StopShadow,
+    plan,
+)
+from .shadow import ShadowHealth, ShadowPolicy, evaluate_shadow_gates
 from .waves import (
     MAX_WAVES,
     Assignment,
@@ -43,6 +55,7 @@ from .waves import (
 
 __all__ = [
     "MAX_WAVES",
+    "SHADOW_STAGE",
     "Action",
     "AssignDevices",
     "Assignment",
@@ -66,9 +79,14 @@ __all__ = [
     "RolloutSpecError",
     "RolloutState",
     "RolloutStatus",
+    "ShadowDevices",
+    "ShadowHealth",
+    "ShadowPolicy",
+    "StopShadow",
     "WaveJudgement",
     "WaveTally",
     "evaluate_gates",
+    "evaluate_shadow_gates",
     "format_duration",
     "health_groups",
     "parse_duration",

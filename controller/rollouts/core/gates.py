@@ -34,6 +34,7 @@ from enum import StrEnum
 from protocol import ReleaseRef
 from tensors.profile import MIN_DRIFT_REQUESTS, MIN_DRIFT_VALUES
 
+from .shadow import ShadowHealth
 from .waves import GateResult, GateThresholds, RolloutSpecError
 
 __all__ = [
@@ -123,6 +124,7 @@ class Observations:
     new_health: FleetHealth | None = None  # devices this rollout updated
     control_health: FleetHealth | None = None  # matching devices still on last_good
     commands: tuple[OperatorCommand, ...] = ()
+    shadow_health: ShadowHealth | None = None  # the shadow stage's devices, since it started
 
 
 @dataclass(frozen=True)

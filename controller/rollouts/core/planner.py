@@ -5,7 +5,13 @@ with stored times) is passed in.
 
 | status           | condition                                  | next                          |
 | ---------------- | ------------------------------------------ | ----------------------------- |
-| PENDING          | -                                          | wave 0 starts: RUNNING        |
+| PENDING          | a shadow stage in the policy, not started  | SHADOW: shadow orders go out  |
+|                  | otherwise                                  | wave 0 starts: RUNNING        |
+| SHADOW           | -                                          | top the shadow devices up     |
+|                  | duration not over (and not promoted)       | SHADOW (wait)                 |
+|                  | fewer than min_samples, deadline not over  | SHADOW (wait)                 |
+|                  | judged: every shadow gate passed           | stop shadows, wave 0 starts   |
+|                  | judged: a shadow gate failed               | stop shadows; PAUSED/ABORTED  |
 | RUNNING, SOAKING | -                                          | top the wave up to its target |
 |                  | a wave device pending and not timed out    | RUNNING (wait)                |
 |                  | fewer than min_reporting devices settled   | RUNNING (wait)                |
@@ -28,6 +34,10 @@ Invariants:
   the canary) have settled, and when its soak is over or ``promote`` skipped it;
 - an abort orders every assigned device back to ``last_good``, except those that failed
   or rolled back on their own (they already run it), and assigns nothing ever after;
+- the shadow stage orders only devices that serve another release of the model (there is
+  something to compare with); it never assigns the release, so it never needs a rollback:
+  it ends by stopping every shadow it ordered (``StopShadow``), whatever its verdict, and
+  its orders also end by themselves at ``shadow_deadline_s``;
 - operator commands apply once each, in ``command_id`` order, before the rules above;
   ``resume`` after failed gates accepts the wave; ``abort`` also ends a COMPLETED rollout.
 """
@@ -42,6 +52,7 @@ from typing import Any
 from protocol import ReleaseRef
 
 from .gates import CommandKind, DeviceOutcome, Observations, WaveTally, evaluate_gates, tally_wave
+from .shadow import ShadowHealth, evaluate_shadow_gates
 from .waves import (
     Assignment,
     GateResult,
@@ -60,11 +71,15 @@ __all__ = [
     "EventKind",
     "Plan",
     "RollbackDevices",
+    "ShadowDevices",
+    "StopShadow",
     "plan",
 ]
 
 
 class EventKind(StrEnum):
+    SHADOW_STARTED = "shadow_started"
+    SHADOW_PASSED = "shadow_passed"
     WAVE_STARTED = "wave_started"
     WAVE_PASSED = "wave_passed"
     WAVE_PROMOTED = "wave_promoted"
@@ -93,6 +108,23 @@ class RollbackDevices:
 
 
 @dataclass(frozen=True)
+class ShadowDevices:
+    """Order each device to run ``release`` as a shadow of what it serves, until ``until_s``."""
+
+    device_ids: tuple[str, ...]
+    release: ReleaseRef
+    until_s: float
+    max_cpu_fraction: float
+
+
+@dataclass(frozen=True)
+class StopShadow:
+    """Order each device to stop its shadow of the rollout's model."""
+
+    device_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class EmitEvent:
     """An event for webhooks and the audit trail; ``details`` holds ``rollout_id``."""
 
@@ -100,7 +132,7 @@ class EmitEvent:
     details: Mapping[str, Any]
 
 
-Action = AssignDevices | RollbackDevices | EmitEvent
+Action = AssignDevices | RollbackDevices | ShadowDevices | StopShadow | EmitEvent
 
 
 @dataclass(frozen=True)
@@ -141,27 +173,49 @@ class _Step:
         status, wave = self.state.status, self.state.wave
         if kind is CommandKind.ABORT and status is not RolloutStatus.ABORTED:
             self.abort("operator")
-        elif kind is CommandKind.PAUSE and status in (RolloutStatus.PENDING, *_ACTIVE):
+        elif kind is CommandKind.PAUSE and status in (RolloutStatus.PENDING, *_LIVE):
             self.update(status=RolloutStatus.PAUSED, pause_reason=PauseReason.OPERATOR)
             self.emit(EventKind.ROLLOUT_PAUSED, reason="operator", wave=wave)
+        elif kind is CommandKind.PROMOTE and status is RolloutStatus.SHADOW:
+            self.update(shadow_promoted=True)
+            self.emit(EventKind.WAVE_PROMOTED, stage="shadow")
         elif kind is CommandKind.PROMOTE and status in _ACTIVE:
             self.update(promoted_wave=wave)
             self.emit(EventKind.WAVE_PROMOTED, wave=wave)
         elif kind is CommandKind.RESUME and status is RolloutStatus.PAUSED:
-            started = self.state.wave_started_s is not None
-            resumed = RolloutStatus.RUNNING if started else RolloutStatus.PENDING
-            reason = self.state.pause_reason
-            self.update(status=resumed, pause_reason=None)
-            self.emit(EventKind.ROLLOUT_RESUMED, wave=wave)
-            if reason is PauseReason.GATES:
-                self.wave_passed((), overridden=True)
+            self.resume()
         else:
             self.notes.append(f"{kind} ignored: the rollout is {status}")
+
+    def resume(self) -> None:
+        state, reason = self.state, self.state.pause_reason
+        if state.wave_started_s is not None:
+            resumed = RolloutStatus.RUNNING
+        elif state.shadow_running:
+            resumed = RolloutStatus.SHADOW
+        else:
+            resumed = RolloutStatus.PENDING
+        self.update(status=resumed, pause_reason=None)
+        self.emit(EventKind.ROLLOUT_RESUMED, wave=state.wave)
+        if reason is not PauseReason.GATES:
+            return
+        if state.wave_started_s is None:
+            # The shadow stage's gates failed: the operator accepts it; the canary starts.
+            self.shadow_passed(self.state.shadow_judgement, overridden=True)
+        else:
+            self.wave_passed((), overridden=True)
 
     def advance(self) -> None:
         status = self.state.status
         if status is RolloutStatus.PENDING:
-            self.start_wave(0)
+            shadow = self.state.policy.shadow
+            if shadow is not None and self.state.shadow_started_s is None:
+                self.start_shadow()
+            else:
+                self.start_wave(0)
+        elif status is RolloutStatus.SHADOW:
+            self.top_up_shadow()
+            self.judge_shadow_when_ready()
         elif status in _ACTIVE:
             self.top_up()
             self.judge_when_ready()
@@ -196,6 +250,109 @@ class _Step:
             added = tuple(Assignment(device_id, wave, self.now_s) for device_id in chosen)
             self.update(assignments=self.state.assignments + added)
             self.actions.append(AssignDevices(tuple(chosen), release, wave))
+
+    # -- the shadow stage ---------------------------------------------------------------
+
+    def shadow_deadline_s(self) -> float:
+        """When the stage is judged whatever it has, and when the devices' orders end."""
+        policy, started = self.state.policy, self.state.shadow_started_s
+        assert policy.shadow is not None
+        assert started is not None
+        return started + policy.shadow.duration_s + policy.report_timeout_s
+
+    def start_shadow(self) -> None:
+        self.update(status=RolloutStatus.SHADOW, shadow_started_s=self.now_s)
+        self.emit(EventKind.SHADOW_STARTED, target=self.shadow_target())
+        self.top_up_shadow()
+
+    def shadow_candidates(self) -> list[str]:
+        """Matching devices that serve the model, but not this release: something to compare."""
+        release = self.state.release
+        return [
+            d.device_id
+            for d in self.observations.devices
+            if d.release is not None and d.release != release
+        ]
+
+    def shadow_target(self) -> int:
+        policy = self.state.policy.shadow
+        assert policy is not None
+        return policy.devices.of(len(self.shadow_candidates()))
+
+    def top_up_shadow(self) -> None:
+        """Order online devices, in the caller's order, to shadow up to the stage's target."""
+        policy = self.state.policy.shadow
+        assert policy is not None
+        candidates = set(self.shadow_candidates())
+        online = {d.device_id for d in self.observations.devices if d.online}
+        chosen_before = self.state.shadow_devices
+        room = self.shadow_target() - len(candidates & set(chosen_before))
+        chosen = [
+            device_id
+            for device_id in self.shadow_candidates()
+            if device_id in online and device_id not in chosen_before
+        ][: max(room, 0)]
+        if chosen:
+            self.update(shadow_devices=chosen_before + tuple(chosen))
+            self.actions.append(
+                ShadowDevices(
+                    tuple(chosen),
+                    self.state.release,
+                    self.shadow_deadline_s(),
+                    policy.max_cpu_fraction,
+                )
+            )
+
+    def judge_shadow_when_ready(self) -> None:
+        state, policy = self.state, self.state.policy.shadow
+        assert policy is not None
+        assert state.shadow_started_s is not None
+        health = self.observations.shadow_health
+        samples = 0 if health is None else health.samples
+        left_s = state.shadow_started_s + policy.duration_s - self.now_s
+        if not state.shadow_promoted:
+            if left_s > 0:
+                self.notes.append(
+                    f"shadowing on {len(state.shadow_devices)} devices: {left_s:g} s left, "
+                    f"{samples} samples"
+                )
+                return
+            if samples < policy.min_samples and self.now_s < self.shadow_deadline_s():
+                self.notes.append(
+                    f"shadowing: {samples} samples of the {policy.min_samples} wanted; judged "
+                    f"with what there is in {self.shadow_deadline_s() - self.now_s:g} s"
+                )
+                return
+        gates = evaluate_shadow_gates(health or ShadowHealth(), policy)
+        self.gates = gates
+        failed = [gate.name for gate in gates if not gate.passed]
+        judgement = WaveJudgement(SHADOW_STAGE, self.now_s, not failed, gates)
+        if not failed:
+            self.shadow_passed(judgement, overridden=False)
+            return
+        self.update(shadow_judgement=judgement)
+        self.stop_shadow()
+        self.emit(EventKind.GATE_FAILED, stage="shadow", gates=failed)
+        if state.policy.on_failure is OnFailure.PAUSE:
+            self.update(status=RolloutStatus.PAUSED, pause_reason=PauseReason.GATES)
+            self.emit(EventKind.ROLLOUT_PAUSED, reason="gates", stage="shadow")
+        else:
+            self.abort("gates")
+
+    def shadow_passed(self, judgement: WaveJudgement | None, *, overridden: bool) -> None:
+        gates = () if judgement is None else judgement.gates
+        self.update(
+            shadow_judgement=WaveJudgement(SHADOW_STAGE, self.now_s, True, gates, overridden)
+        )
+        self.stop_shadow()
+        self.emit(EventKind.SHADOW_PASSED, overridden=overridden)
+        self.start_wave(0)
+
+    def stop_shadow(self) -> None:
+        if self.state.shadow_devices:
+            self.actions.append(StopShadow(self.state.shadow_devices))
+
+    # -- waves -------------------------------------------------------------------------
 
     def start_wave(self, wave: int) -> None:
         self.update(status=RolloutStatus.RUNNING, wave=wave, wave_started_s=self.now_s)
@@ -265,6 +422,10 @@ class _Step:
             self.emit(EventKind.ROLLOUT_COMPLETED, devices=len(self.state.assignments))
 
     def abort(self, reason: str) -> None:
+        if self.state.shadow_running:
+            self.stop_shadow()
+            ended = WaveJudgement(SHADOW_STAGE, self.now_s, False, ())
+            self.update(shadow_judgement=ended)
         reports, wave = self.observations.reports, self.state.wave
         back = tuple(
             a.device_id
@@ -278,4 +439,7 @@ class _Step:
 
 
 _ACTIVE = (RolloutStatus.RUNNING, RolloutStatus.SOAKING)
+_LIVE = (RolloutStatus.SHADOW, *_ACTIVE)
+# The wave number a shadow stage's judgement carries: it comes before wave 0.
+SHADOW_STAGE = -1
 _SELF_REVERTED = (DeviceOutcome.FAILED, DeviceOutcome.ROLLED_BACK)

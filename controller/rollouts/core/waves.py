@@ -19,8 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from protocol import ReleaseRef
+
+if TYPE_CHECKING:  # shadow.py builds on this module's types
+    from .shadow import ShadowPolicy
 
 __all__ = [
     "MAX_WAVES",
@@ -213,6 +217,8 @@ class RolloutPolicy:
     # Commits that probation reports as unobserved count as failures when this is set.
     require_observed: bool = False
     gates: GateThresholds = field(default_factory=GateThresholds)
+    # A shadow stage before the first wave (``core.shadow``); None: the canary comes first.
+    shadow: ShadowPolicy | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.waves) <= MAX_WAVES:
@@ -245,6 +251,7 @@ class WaveJudgement:
 
 class RolloutStatus(StrEnum):
     PENDING = "pending"
+    SHADOW = "shadow"  # the release runs as a shadow on some devices, before wave 0
     RUNNING = "running"  # waiting for the current wave's devices
     SOAKING = "soaking"  # the wave's devices settled; waiting for its soak to end
     PAUSED = "paused"
@@ -281,6 +288,17 @@ class RolloutState:
     last_command_id: int = 0
     judgements: tuple[WaveJudgement, ...] = ()
     rolled_back: tuple[str, ...] = ()  # devices the abort ordered back to last_good
+    # The shadow stage: devices ordered to shadow the release (in order), when it
+    # started, whether the operator promoted it, and its verdict once judged.
+    shadow_devices: tuple[str, ...] = ()
+    shadow_started_s: float | None = None
+    shadow_promoted: bool = False
+    shadow_judgement: WaveJudgement | None = None
+
+    @property
+    def shadow_running(self) -> bool:
+        """Shadow orders are out and the stage has not ended."""
+        return self.shadow_started_s is not None and self.shadow_judgement is None
 
     def __post_init__(self) -> None:
         if not 0 <= self.wave < len(self.policy.waves):

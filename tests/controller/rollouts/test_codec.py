@@ -22,6 +22,7 @@ from controller.rollouts.core import (
     RolloutPolicy,
     RolloutState,
     RolloutStatus,
+    ShadowPolicy,
     WaveJudgement,
     parse_waves,
 )
@@ -69,3 +70,32 @@ def test_state_round_trips_with_its_assignments_passed_back() -> None:
     stored = json.loads(json.dumps(encode_state(state)))
     assert "assignments" not in stored
     assert decode_state(stored, policy, assignments) == state
+
+
+def test_a_shadow_stage_round_trips_in_the_policy_and_the_state() -> None:
+    shadow = ShadowPolicy(
+        devices=Quota(percent=Decimal("12.5")),
+        duration_s=300.0,
+        min_samples=50,
+        max_cpu_fraction=0.1,
+        min_agreement=None,
+        max_distance=0.2,
+    )
+    policy = RolloutPolicy(waves=parse_waves("1,100%"), shadow=shadow)
+    stored_policy = json.loads(json.dumps(encode_policy(policy, ProbationPolicy())))
+    assert decode_policy(stored_policy) == policy
+    gates = (GateResult("shadow_agreement", 0.7, 0.98, False, "500 rows"),)
+    state = RolloutState(
+        rollout_id="ro-2",
+        release=NEW,
+        last_good=OLD,
+        policy=policy,
+        status=RolloutStatus.PAUSED,
+        pause_reason=PauseReason.GATES,
+        shadow_devices=("dev-1", "dev-2"),
+        shadow_started_s=5.0,
+        shadow_promoted=True,
+        shadow_judgement=WaveJudgement(-1, 305.0, False, gates),
+    )
+    stored = json.loads(json.dumps(encode_state(state)))
+    assert decode_state(stored, policy, ()) == state

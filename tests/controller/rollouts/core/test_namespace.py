@@ -15,5 +15,6 @@ def test_public_namespace_matches_all() -> None:
     assert exported == {name for name in dir(core) if not name.startswith("_")} - {
         "gates",
         "planner",
+        "shadow",
         "waves",
     }
