@@ -38,7 +38,9 @@ CAPTURE_ACTION = "capture"
 MAX_CAPTURE_BYTES = 1024 * 1024 * 1024
 MAX_CAPTURE_PER_HOUR = 3600
 
-CaptureReason = Literal["low_confidence"]
+# Why a sample was kept: its top-1 confidence was low, or many of its input values fell
+# where the release's reference data rarely was (its drift contribution was high).
+CaptureReason = Literal["low_confidence", "input_drift"]
 
 
 class CapturePolicy(Model):
@@ -47,6 +49,9 @@ class CapturePolicy(Model):
     model: Name
     # Keep a request when the lowest top-1 confidence of its rows is below this.
     below_confidence: float = Field(gt=0, le=1)
+    # Also keep one when at least this share of its input values falls in bins of the
+    # reference histograms holding under 1% of the reference's values (drift); None: no.
+    rare_input_share: float | None = Field(default=None, gt=0, le=1)
     per_hour: int = Field(ge=1, le=MAX_CAPTURE_PER_HOUR)
     max_bytes: int = Field(ge=1, le=MAX_CAPTURE_BYTES)
     until: AwareDatetime

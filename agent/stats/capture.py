@@ -47,8 +47,9 @@ import numpy as np
 from pydantic import ValidationError
 
 from durable import write_atomic
-from protocol import CapturePolicy, SampleMeta
-from tensors import are_class_probabilities
+from protocol import CapturePolicy, CaptureReason, SampleMeta
+from tensors import ReferenceBins, are_class_probabilities
+from tensors.profile import drift_sample
 from tensors.samples import write_sample
 
 from ..clock import Clock
@@ -61,6 +62,7 @@ __all__ = [
     "CaptureKeeper",
     "ModelCapture",
     "QueuedSample",
+    "rare_input_share",
     "request_confidence",
 ]
 
@@ -112,13 +114,38 @@ def request_confidence(
     return (name, lowest) if math.isfinite(lowest) else None
 
 
+# A reference bin holding less than this share of the reference's values is "rare".
+RARE_BIN_FRACTION = 0.01
+
+
+def rare_input_share(
+    inputs: Mapping[str, np.ndarray], bins: Mapping[str, ReferenceBins]
+) -> float | None:
+    """The share of one request's input values (pooled over the tensors ``bins`` has a
+    histogram of, images on their drift grid) that fall in rare reference bins: its
+    contribution to input drift. None: nothing to count."""
+    total = rare = 0
+    for name, reference in bins.items():
+        given = inputs.get(name)
+        if given is None:
+            continue
+        counts = reference.count(drift_sample(given).ravel())
+        if counts is None:
+            continue
+        rare_bins = np.asarray(reference.fractions) < RARE_BIN_FRACTION
+        total += int(counts.sum())
+        rare += int(counts[rare_bins].sum())
+    return rare / total if total else None
+
+
 @dataclass(frozen=True)
 class _Kept:
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
-    confidence: float
+    confidence: float | None
     captured_at: datetime
     nbytes: int
+    reason: CaptureReason
 
 
 @dataclass(frozen=True)
@@ -144,6 +171,7 @@ class ModelCapture:
     ) -> None:
         self.policy = policy
         self.below_confidence = policy.below_confidence
+        self.rare_input_share = policy.rare_input_share
         self.device_id = device_id
         self.release_version = release_version
         self._clock = clock
@@ -176,7 +204,8 @@ class ModelCapture:
         self,
         inputs: Mapping[str, np.ndarray],
         outputs: Mapping[str, np.ndarray],
-        confidence: float,
+        confidence: float | None,
+        reason: CaptureReason = "low_confidence",
     ) -> bool:
         """Keep a copy of the inputs (the outputs by reference) if the budget allows."""
         with self._lock:
@@ -192,7 +221,7 @@ class ModelCapture:
             self._kept_at.append(now_s)
             self._bytes += nbytes
             self._pending.append(
-                _Kept(copies, dict(outputs), confidence, self._clock.now(), nbytes)
+                _Kept(copies, dict(outputs), confidence, self._clock.now(), nbytes, reason)
             )
             return True
 
@@ -396,7 +425,7 @@ class CaptureKeeper:
                         model=model,
                         release_version=capture.release_version,
                         captured_at=kept.captured_at,
-                        reason="low_confidence",
+                        reason=kept.reason,
                         confidence=kept.confidence,
                         inputs=sorted(kept.inputs),
                         outputs=sorted(kept.outputs),

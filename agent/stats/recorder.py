@@ -59,6 +59,7 @@ on.
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import threading
 from collections import OrderedDict, deque
@@ -73,7 +74,7 @@ import protocol
 from tensors import ReferenceBins, population_stability_index
 from tensors.profile import MIN_DRIFT_VALUES, drift_sample, split_feature_key
 
-from .capture import ModelCapture, request_confidence
+from .capture import ModelCapture, rare_input_share, request_confidence
 from .classes import Classifier, find_classifier
 from .columns import Arrays, Column, columns_of
 from .latency import LATENCY_BOUNDS_MS, latency_bucket_counts, percentile_ms
@@ -95,6 +96,8 @@ WINDOW_S = 10.0
 # Enough requests per batch that numpy's fixed cost per call is spread thin.
 PENDING_REQUESTS = 256
 MAX_PENDING_REQUEST_BYTES = 16 * 1024
+
+logger = logging.getLogger(__name__)
 
 _Counts = npt.NDArray[np.int64]
 # A request waiting to be measured: latency (s), error, outputs, copies of drift inputs.
@@ -295,6 +298,10 @@ class StatsRecorder:
             name: bins for name, bins in input_bins.items() if name not in self._output_bins
         }
         self._drift_bins = {**self._input_bins, **self._output_bins}
+        # What sample capture counts a request's drift contribution on.
+        self._capture_bins = {
+            key: bins for key, bins in self._input_bins.items() if split_feature_key(key) is None
+        }
         # The inputs to copy: a feature's key (``x[2]``) is counted from its input (``x``).
         self._input_sources = {
             (split[0] if (split := split_feature_key(key)) else key) for key in self._input_bins
@@ -312,6 +319,7 @@ class StatsRecorder:
         self._current = _Accumulator(now_s)
         # Set while a capture policy is on for the model (``agent.stats.capture``).
         self.capture: ModelCapture | None = None
+        self._capture_failed = False
 
     def remember(self, request_id: str, outputs: Mapping[str, np.ndarray]) -> None:
         """Keep a request's class scores (by reference) for its ground truth to come back
@@ -382,7 +390,13 @@ class StatsRecorder:
                 self._measure_pending()
         capture = self.capture
         if capture is not None and inputs and outputs and not error:
-            self._offer_capture(capture, inputs, outputs)
+            try:
+                self._offer_capture(capture, inputs, outputs)
+            except Exception:
+                # Capture is best effort: it never fails the request it looks at. Said once.
+                if not self._capture_failed:
+                    self._capture_failed = True
+                    logger.exception("sample capture failed on a request; it goes on")
 
     def _offer_capture(
         self,
@@ -405,11 +419,17 @@ class StatsRecorder:
         classifier = self._classifier
         name = capture.scores_output if classifier is None else classifier.name
         found = request_confidence(outputs, name)
-        if found is None:
-            return
-        capture.scores_output = found[0]
-        if found[1] < capture.below_confidence:
-            capture.offer(inputs, outputs, found[1])
+        confidence = None
+        if found is not None:
+            capture.scores_output, confidence = found
+            if confidence < capture.below_confidence:
+                capture.offer(inputs, outputs, confidence)
+                return
+        # Drift, when the policy asks for it: whole-tensor reference histograms only.
+        if capture.rare_input_share is not None and self._capture_bins:
+            share = rare_input_share(inputs, self._capture_bins)
+            if share is not None and share >= capture.rare_input_share:
+                capture.offer(inputs, outputs, confidence, "input_drift")
 
     def roll(self, now_s: float, *, force: bool = False) -> WindowStats | None:
         """Close the current window if ``window_s`` has passed (or ``force``) and return it.

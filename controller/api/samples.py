@@ -217,6 +217,7 @@ def post_capture(
         devices,
         model=body.model,
         below_confidence=body.below_confidence,
+        rare_input_share=body.rare_input_share,
         per_hour=body.per_hour,
         max_bytes=body.max_bytes,
         until=until,

@@ -174,6 +174,13 @@ def capture(
     below_confidence: Annotated[
         float, typer.Option(help="Keep inputs whose top-1 confidence is below this.")
     ] = 0.5,
+    rare_input_share: Annotated[
+        float | None,
+        typer.Option(
+            help="Also keep inputs with at least this share of values where the release's "
+            "reference data rarely was (input drift)."
+        ),
+    ] = None,
     per_hour: Annotated[int, typer.Option(help="At most this many per device and hour.")] = 20,
     max_bytes: Annotated[
         str, typer.Option(help="At most this much waiting on each device, e.g. 50MB.")
@@ -195,6 +202,7 @@ def capture(
         "model": model,
         "selector": selector,
         "below_confidence": below_confidence,
+        "rare_input_share": rare_input_share,
         "per_hour": per_hour,
         "max_bytes": parse_bytes(max_bytes),
         "for_s": for_s,

@@ -74,6 +74,7 @@ def order_capture(
     max_bytes: int,
     until: datetime,
     off: bool = False,
+    rare_input_share: float | None = None,
     source: str,
     now: datetime,
 ) -> list[CaptureOrderRecord]:
@@ -87,6 +88,7 @@ def order_capture(
         policy = CapturePolicy(
             model=model,
             below_confidence=below_confidence,
+            rare_input_share=rare_input_share,
             per_hour=per_hour,
             max_bytes=max_bytes,
             until=until,
@@ -122,6 +124,7 @@ def order_capture(
             device_id=device_id,
             model_name=model,
             below_confidence=below_confidence,
+            rare_input_share=rare_input_share,
             per_hour=per_hour,
             max_bytes=max_bytes,
             until=until,
@@ -143,6 +146,7 @@ class ActiveCapture:
     model: str
     until: datetime
     below_confidence: float
+    rare_input_share: float | None
     per_hour: int
     max_bytes: int
     source: str
@@ -174,6 +178,7 @@ def active_captures(
             model=row.model_name,
             until=_utc(row.until),
             below_confidence=row.below_confidence,
+            rare_input_share=row.rare_input_share,
             per_hour=row.per_hour,
             max_bytes=row.max_bytes,
             source=row.source,

@@ -46,6 +46,8 @@ class CaptureOrderCreate(BaseModel):
     # Devices (label selector, empty: all) that run or are assigned the model.
     selector: str = ""
     below_confidence: float = Field(default=0.5, gt=0, le=1)
+    # Also keep inputs this share of whose values is where the reference rarely was.
+    rare_input_share: float | None = Field(default=None, gt=0, le=1)
     per_hour: int = Field(default=20, ge=1, le=MAX_CAPTURE_PER_HOUR)
     max_bytes: int = Field(default=50 * 1024 * 1024, ge=1, le=MAX_CAPTURE_BYTES)
     for_s: float = Field(default=86400.0, gt=0, le=MAX_CAPTURE_FOR_S)
@@ -57,6 +59,7 @@ class CapturePublic(BaseModel):
     model: str
     until: datetime
     below_confidence: float
+    rare_input_share: float | None
     per_hour: int
     max_bytes: int
     source: str

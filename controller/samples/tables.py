@@ -41,6 +41,7 @@ class CaptureOrderRecord(SQLModel, table=True):
     device_id: str = Field(max_length=64, index=True)
     model_name: str = Field(max_length=128, index=True)
     below_confidence: float
+    rare_input_share: float | None = None
     per_hour: int
     max_bytes: int
     until: datetime = timestamp_field()

@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("device_id", sa.String(length=64), nullable=False),
         sa.Column("model_name", sa.String(length=128), nullable=False),
         sa.Column("below_confidence", sa.Float(), nullable=False),
+        sa.Column("rare_input_share", sa.Float(), nullable=True),
         sa.Column("per_hour", sa.Integer(), nullable=False),
         sa.Column("max_bytes", sa.Integer(), nullable=False),
         sa.Column("until", sa.DateTime(timezone=True), nullable=False),

@@ -17,6 +17,7 @@ from agent.stats.capture import (
     HOUR_S,
     BadCapturePolicyError,
     CaptureKeeper,
+    ModelCapture,
     request_confidence,
 )
 from agent.stats.recorder import StatsRecorder
@@ -247,3 +248,54 @@ def test_restart_does_not_start_a_new_hourly_budget(tmp_path: Path, clocks: Cloc
     for seed in range(10):
         _request(recorder, LOW, seed)
     assert restarted.flush() == 3
+
+
+def test_inputs_far_from_the_reference_are_kept_for_drift(
+    tmp_path: Path, clocks: Clocks, tabular_reference: Any
+) -> None:
+    keeper = _keeper(tmp_path, clocks)
+    keeper.order(_policy(model="digits", per_hour=100, rare_input_share=0.5))
+    recorder = StatsRecorder(reference=tabular_reference, now_s=0.0)
+    recorder.capture = keeper.capture_for("digits", 3)
+    confident = {"probs": HIGH}
+    rng = np.random.default_rng(5)
+    for _ in range(20):  # like the reference: nothing kept
+        x = rng.normal(size=(1, 4)).astype(np.float32)
+        recorder.record(latency_s=0.001, inputs={"x": x}, outputs=confident, error=False)
+    assert keeper.flush() == 0
+    shifted = rng.normal(loc=8.0, size=(1, 4)).astype(np.float32)  # far in the tail
+    recorder.record(latency_s=0.001, inputs={"x": shifted}, outputs=confident, error=False)
+    assert keeper.flush() == 1
+    [queued] = keeper.queued()
+    sample = read_sample(queued.path.read_bytes(), max_bytes=1 << 20)
+    assert sample.meta.reason == "input_drift"
+    assert sample.meta.confidence == pytest.approx(0.9)
+
+
+def test_drift_is_not_captured_unless_the_policy_asks(
+    tmp_path: Path, clocks: Clocks, tabular_reference: Any
+) -> None:
+    keeper = _keeper(tmp_path, clocks)
+    keeper.order(_policy(model="digits"))
+    recorder = StatsRecorder(reference=tabular_reference, now_s=0.0)
+    recorder.capture = keeper.capture_for("digits", 3)
+    shifted = np.full((1, 4), 8.0, dtype=np.float32)
+    recorder.record(latency_s=0.001, inputs={"x": shifted}, outputs={"probs": HIGH}, error=False)
+    assert keeper.flush() == 0
+
+
+class _BrokenCapture(ModelCapture):
+    def has_budget(self) -> bool:
+        raise RuntimeError("a bug in capture")
+
+
+def test_a_failing_capture_never_fails_the_request(tmp_path: Path, clocks: Clocks) -> None:
+    keeper = _keeper(tmp_path, clocks)
+    keeper.order(_policy())
+    policy = keeper.active("digits")
+    assert policy is not None
+    recorder = StatsRecorder(reference=None, now_s=0.0)
+    recorder.capture = _BrokenCapture(policy, device_id="cam-1", release_version=3, clock=clocks)
+    for seed in range(3):
+        _request(recorder, LOW, seed)
+    assert recorder.cumulative().requests == 3

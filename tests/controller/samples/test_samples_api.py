@@ -198,7 +198,13 @@ def test_only_device_tokens_upload_and_only_viewers_read(
 def test_capture_order_is_a_signed_command_for_each_device(
     app: FastAPI, client: TestClient, devices: dict[str, str], tokens: dict[Role, str]
 ) -> None:
-    body = {"model": MODEL, "selector": "site=berlin", "below_confidence": 0.4, "for_s": 3600}
+    body = {
+        "model": MODEL,
+        "selector": "site=berlin",
+        "below_confidence": 0.4,
+        "rare_input_share": 0.3,
+        "for_s": 3600,
+    }
     answer = client.post("/api/v1/capture", json=body, headers=bearer(tokens[Role.OPERATOR]))
     assert answer.status_code == 201, answer.text
     assert answer.json()["devices"] == ["cam-1"]
@@ -214,6 +220,7 @@ def test_capture_order_is_a_signed_command_for_each_device(
     assert verified.command.action == "capture"
     policy = CapturePolicy.from_args(verified.command.args)
     assert (policy.model, policy.below_confidence, policy.off) == (MODEL, 0.4, False)
+    assert policy.rare_input_share == 0.3
     status = client.get("/api/v1/capture", headers=bearer(tokens[Role.VIEWER])).json()
     assert [(s["device_id"], s["model"]) for s in status] == [("cam-1", MODEL)]
     off = client.post(
