@@ -67,10 +67,11 @@ class ShadowWindow(Model):
     # Every model: the relative L1 distance of the outputs (sum |shadow - serving| over
     # sum |serving|), summed over samples with finite outputs.
     distance_sum: float = Field(ge=0)
-    # Latency histograms (``protocol.histograms`` buckets) of the sampled requests, run
-    # by the shadow and by the serving model, for a like-for-like ratio.
-    latency_counts: _LatencyCounts
-    serving_latency_counts: _LatencyCounts
+    # CPU time per run (``protocol.histograms`` buckets, in ms) of the shadow, and of a
+    # copy of the serving model run on some of the same samples, both on one thread in
+    # the shadow's thread: like for like, whatever else the device is busy with.
+    cpu_counts: _LatencyCounts
+    serving_cpu_counts: _LatencyCounts
 
     @model_validator(mode="after")
     def _consistent(self) -> ShadowWindow:

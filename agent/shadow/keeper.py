@@ -3,7 +3,9 @@
 A shadow order (``protocol.ShadowOrder`` in a verified deployment) goes through what any
 update does before it may run: its release verified (``agent.update.trust``), artifact and
 check bundle downloaded with their length and hash checked, the model tested in the
-sandbox, then loaded. It never goes near the store, the journal or serving: its files live
+sandbox, the memory budget checked (counting a one-thread copy of the serving model too:
+the reference whose CPU time the candidate's is compared with), then loaded. It never
+goes near the store, the journal or serving: its files live
 in ``shadow/<model>/``, and the serving version only offers it copies of requests
 (``agent.shadow.runner``).
 
@@ -24,12 +26,14 @@ import asyncio
 import contextlib
 import logging
 import shutil
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import protocol
 from durable import write_atomic
 from protocol import Release
+from tensors import ModelFormat
 
 from ..clock import Clock
 from ..config import AgentConfig
@@ -37,6 +41,7 @@ from ..errors import AgentError, RefusalError
 from ..serving.host import ServingHost
 from ..serving.server import LoadedVersion, ModelServer
 from ..update.fetcher import Fetcher
+from ..update.memory import verify_memory_budget
 from ..update.names import check_bundle_name
 from ..update.state_files import TrustKeeper
 from ..update.trust import verify_deployment
@@ -184,17 +189,25 @@ class ShadowKeeper:
         try:
             if fraction <= 0:
                 raise _ShadowRefusedError("shadow_disabled", "shadow_max_cpu_fraction is 0 here")
+            serving = self.serving.current_of(model)
+            if serving is None:
+                raise _ShadowRefusedError("not_serving", f"{model} serves nothing to compare with")
             path = await self._fetch(release)
-            await self.check_model(path, self._bundle_path(release), release, None)
+            report = await self.check_model(path, self._bundle_path(release), release, None)
+            # The candidate and a copy of the serving model, for the ratio of CPU times.
+            verify_memory_budget(
+                self.config.memory_budget_bytes,
+                release,
+                report,
+                extra_bytes=serving.path.stat().st_size,
+            )
             runner = ShadowRunner(
                 release.ref(),
-                lambda: self._load(path, release),
+                lambda: self._load(path, release.artifact.format, str(release.version)),
+                load_reference=lambda: self._load(serving.path, serving.format, serving.version),
                 max_cpu_fraction=fraction,
             )
             await asyncio.to_thread(runner.start)
-            if self.serving.current_of(model) is None:
-                runner.close()
-                raise _ShadowRefusedError("not_serving", f"{model} serves nothing to compare with")
         except (AgentError, _ShadowRefusedError) as exc:
             reason = exc.reason
             logger.warning("shadow %s failed: %s: %s", release.ref(), reason, exc)
@@ -256,12 +269,14 @@ class ShadowKeeper:
     def _bundle_path(self, release: Release) -> Path:
         return self.root / release.model / check_bundle_name(release.check_bundle.sha256)
 
-    def _load(self, path: Path, release: Release) -> LoadedVersion:
-        # Not through ServingHost.load: a shadow has no statistics of its own to keep.
-        server = ModelServer(
-            release.model, options=self.serving.options, load_backend=self.serving.load_backend
-        )
-        return server.load(path, release.artifact.format, version=str(release.version))
+    def _load(self, path: Path, model_format: ModelFormat, version: str) -> LoadedVersion:
+        """Load in the shadow's thread, on one thread: its CPU time is then all it costs.
+
+        Not through ``ServingHost.load``: a shadow keeps no statistics of its own.
+        """
+        options = replace(self.serving.options, intra_op_threads=1, inter_op_threads=1)
+        server = ModelServer(path.stem, options=options, load_backend=self.serving.load_backend)
+        return server.load(path, model_format, version=version)
 
     def _tap(self, model: str, runner: ShadowRunner) -> None:
         serving = self.serving.current_of(model)

@@ -11,8 +11,13 @@ Invariants:
   it runs in one thread of its own, at the lowest CPU priority the system offers
   (``SCHED_IDLE`` on Linux, else nice 19), and the model is loaded in that thread so the
   runtime's worker threads inherit the priority;
-- time spent running the shadow is at most ``max_cpu_fraction`` of the elapsed time plus
-  ``MAX_CREDIT_S``: credit accrues at that rate and each run spends its wall time;
+- time spent running the shadow (and the reference, below) is at most
+  ``max_cpu_fraction`` of the elapsed time plus ``MAX_CREDIT_S``: credit accrues at that
+  rate and each sample spends its wall time;
+- the latency figures are CPU times, not wall times: the candidate and a copy of the
+  serving model (the *reference*, run on one sample in ``REFERENCE_EVERY``) each run on
+  one thread, the shadow's, so preemption by the requests the device serves stretches
+  neither, and their ratio compares like with like on the same inputs;
 - every sample counts once in one window; ``take_window`` hands the sums over and starts
   the next window under the same lock the worker adds with.
 """
@@ -37,12 +42,15 @@ from ..serving.server import LoadedVersion
 from ..stats.classes import find_classifier
 from .compare import compare_outputs
 
-__all__ = ["MAX_CREDIT_S", "ShadowRunner", "lower_thread_priority"]
+__all__ = ["MAX_CREDIT_S", "REFERENCE_EVERY", "ShadowRunner", "lower_thread_priority"]
 
 logger = logging.getLogger(__name__)
 
 # Credit saved while traffic is light: at most this much shadow time runs in one burst.
 MAX_CREDIT_S = 0.5
+# One sample in this many is also run on the copy of the serving model, for the ratio of
+# CPU times (both models on one thread, in the same thread, on the same inputs).
+REFERENCE_EVERY = 4
 
 
 def lower_thread_priority() -> str:
@@ -64,8 +72,8 @@ class _Sums:
         self.samples = self.skipped = self.errors = self.nonfinite = 0
         self.compared_rows = self.agreed_rows = 0
         self.confidence_sum = self.serving_confidence_sum = self.distance_sum = 0.0
-        self.latency_counts = [0] * LATENCY_BUCKETS
-        self.serving_latency_counts = [0] * LATENCY_BUCKETS
+        self.cpu_counts = [0] * LATENCY_BUCKETS
+        self.serving_cpu_counts = [0] * LATENCY_BUCKETS
 
 
 class ShadowRunner:
@@ -77,11 +85,19 @@ class ShadowRunner:
         load: Callable[[], LoadedVersion],
         *,
         max_cpu_fraction: float,
+        load_reference: Callable[[], LoadedVersion] | None = None,
+        reference_every: int = REFERENCE_EVERY,
     ) -> None:
+        """``load`` loads the candidate, ``load_reference`` a copy of the serving model;
+        both run in the shadow's thread, on one thread each (their CPU time is then
+        their whole cost)."""
         self.release = release
         self.max_cpu_fraction = max_cpu_fraction
         self._load = load
+        self._load_reference = load_reference
+        self._reference_every = reference_every
         self._loaded: LoadedVersion | None = None
+        self._reference: LoadedVersion | None = None
         self._load_error: BaseException | None = None
         self._ready = threading.Event()
         self._wake = threading.Event()
@@ -94,7 +110,9 @@ class ShadowRunner:
         self._sums = _Sums()
         self._classifier: str | None = None
         self._classifier_known = False
+        self._runs = 0
         self.priority = "normal"
+        self.busy_s = 0.0  # time spent running the shadow, in all
         self._thread = threading.Thread(
             target=self._run, name=f"shadow {release.model} v{release.version}", daemon=True
         )
@@ -109,6 +127,11 @@ class ShadowRunner:
         if self._loaded is None:
             raise ModelLoadError(f"the shadow {self.release} did not load: {self._load_error}")
         return self._loaded
+
+    @property
+    def busy(self) -> bool:
+        """A request is waiting for the shadow or running on it."""
+        return self._pending is not None
 
     def close(self) -> None:
         """Stop the thread after the sample it runs, if any; the model is let go of."""
@@ -153,7 +176,10 @@ class ShadowRunner:
         self.priority = lower_thread_priority()
         try:
             self._loaded = self._load()
+            if self._load_reference is not None:
+                self._reference = self._load_reference()
         except (AgentError, OSError) as exc:  # reported by start(); the thread ends
+            self._loaded = None
             self._load_error = exc
         finally:
             self._ready.set()  # whatever happened, start() stops waiting
@@ -173,22 +199,29 @@ class ShadowRunner:
                 logger.exception("shadow %s: comparing a sample failed", self.release)
             finally:
                 self._pending = None
-        self._loaded = None
+        self._loaded = self._reference = None
 
     def _run_one(
-        self, inputs: dict[str, np.ndarray], serving: Mapping[str, np.ndarray], serving_s: float
+        self, inputs: dict[str, np.ndarray], serving: Mapping[str, np.ndarray], _serving_s: float
     ) -> None:
         loaded = self._loaded
         assert loaded is not None
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         try:
             outputs: dict[str, np.ndarray] | None = loaded.infer(inputs)
         except AgentError as exc:
             logger.debug("shadow %s failed a sample: %s", self.release, exc)
             outputs = None
+        cpu_s = time.thread_time() - started_cpu
+        reference_cpu_s = None
+        if self._reference is not None and self._runs % self._reference_every == 0:
+            reference_cpu_s = _cpu_time_of(self._reference, inputs)
+        self._runs += 1
         elapsed_s = time.perf_counter() - started
         with self._offer_lock:
             self._credit_s -= elapsed_s
+        self.busy_s += elapsed_s
+        serving = _as_rows(serving)
         if outputs is not None and not self._classifier_known:
             known, classifier = find_classifier(serving, None)
             self._classifier_known = known
@@ -196,13 +229,14 @@ class ShadowRunner:
         comparison = (
             None
             if outputs is None
-            else compare_outputs(serving, outputs, classifier=self._classifier)
+            else compare_outputs(serving, _as_rows(outputs), classifier=self._classifier)
         )
         with self._sums_lock:
             sums = self._sums
             sums.samples += 1
-            sums.latency_counts[_bucket(elapsed_s)] += 1
-            sums.serving_latency_counts[_bucket(serving_s)] += 1
+            sums.cpu_counts[_bucket(cpu_s)] += 1
+            if reference_cpu_s is not None:
+                sums.serving_cpu_counts[_bucket(reference_cpu_s)] += 1
             if comparison is None:
                 sums.errors += 1
             elif comparison.nonfinite:
@@ -233,9 +267,28 @@ class ShadowRunner:
             confidence_sum=sums.confidence_sum,
             serving_confidence_sum=sums.serving_confidence_sum,
             distance_sum=sums.distance_sum,
-            latency_counts=sums.latency_counts,
-            serving_latency_counts=sums.serving_latency_counts,
+            cpu_counts=sums.cpu_counts,
+            serving_cpu_counts=sums.serving_cpu_counts,
         )
+
+
+def _cpu_time_of(loaded: LoadedVersion, inputs: Mapping[str, np.ndarray]) -> float | None:
+    started = time.thread_time()
+    try:
+        loaded.infer(inputs)
+    except AgentError:
+        return None
+    return time.thread_time() - started
+
+
+def _as_rows(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Class scores shaped [N, K, 1, 1] (a convolutional head) as [N, K]; the rest as is."""
+    return {
+        name: array.reshape(array.shape[:2])
+        if array.ndim > 2 and all(dim == 1 for dim in array.shape[2:])
+        else array
+        for name, array in outputs.items()
+    }
 
 
 def _bucket(seconds: float) -> int:

@@ -11,7 +11,11 @@ import os
 import resource
 import sys
 
-__all__ = ["peak_resident_bytes", "resident_bytes"]
+from protocol import Release
+
+from ..errors import InsufficientMemoryError
+
+__all__ = ["peak_resident_bytes", "resident_bytes", "verify_memory_budget"]
 
 
 def resident_bytes() -> int:
@@ -29,3 +33,24 @@ def peak_resident_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+def verify_memory_budget(
+    budget: int | None, release: Release, report: object, *, extra_bytes: int = 0
+) -> None:
+    """Refuse ``release`` when the agent's memory now, plus what it measured in the
+    sandbox (its artifact's size at least) and ``extra_bytes``, exceeds ``budget``."""
+    if budget is None:
+        return
+    # The sandbox measured the model's own footprint; without a report (a simulated
+    # check), the artifact's size is the floor of what loading it takes.
+    # (``SandboxReport.memory_bytes``, read by name: the sandbox imports this module.)
+    measured = getattr(report, "memory_bytes", None)
+    needed = measured if isinstance(measured, int) else 0
+    needed = max(needed, release.artifact.length) + extra_bytes
+    resident = resident_bytes()
+    if resident + needed > budget:
+        raise InsufficientMemoryError(
+            f"{release.ref()} needs about {needed} bytes; the agent holds {resident} "
+            f"with the models that serve, and the budget is {budget}"
+        )

@@ -41,16 +41,15 @@ from protocol import ProbationPolicy, Release, ReleaseRef
 
 from ..clock import Clock
 from ..config import AgentConfig
-from ..errors import AgentError, InsufficientMemoryError, StoreError, TransitionCapError
+from ..errors import AgentError, StoreError, TransitionCapError
 from ..serving.host import ServingHost, recorder_of
 from ..serving.server import LoadedVersion
 from ..stats.probation import ProbationOutcome
 from ..stats.probation_watch import watch_probation
 from .fetcher import Fetcher
 from .machine import Journal, UpdateEvent, UpdateState
-from .memory import resident_bytes
+from .memory import verify_memory_budget
 from .names import check_bundle_name
-from .sandbox import SandboxReport
 from .state_files import ReleaseIndex, TrustKeeper, advance_journal, persist_journal
 from .store import ModelStore
 from .trust_state import VerifiedDeployment
@@ -383,19 +382,7 @@ class Updater:
         self.releases.add(release)
 
     def _verify_memory(self, release: Release, report: object) -> None:
-        budget = self.config.memory_budget_bytes
-        if budget is None:
-            return
-        # The sandbox measured the model's own footprint; without a report (a simulated
-        # check), the artifact's size is the floor of what loading it takes.
-        needed = report.memory_bytes if isinstance(report, SandboxReport) else 0
-        needed = max(needed, release.artifact.length)
-        resident = resident_bytes()
-        if resident + needed > budget:
-            raise InsufficientMemoryError(
-                f"{release.ref()} needs about {needed} bytes; the agent holds {resident} "
-                f"with the models that serve, and the budget is {budget}"
-            )
+        verify_memory_budget(self.config.memory_budget_bytes, release, report)
 
     def _stored_bundle(self, release: Release) -> Path:
         directory = self.store.model_dir(release.artifact.sha256)

@@ -431,7 +431,7 @@ def parse_shadow(text: str | None) -> ShadowWindow | None:
 def add_shadow_windows(total: ShadowWindow, more: ShadowWindow) -> ShadowWindow:
     """Two shadow windows of one release as one: every figure is a sum or a count."""
     sums = {name: getattr(total, name) + getattr(more, name) for name in _SHADOW_SUMS}
-    for name in ("latency_counts", "serving_latency_counts"):
+    for name in ("cpu_counts", "serving_cpu_counts"):
         sums[name] = [a + b for a, b in zip(getattr(total, name), getattr(more, name), strict=True)]
     return total.model_copy(update=sums)
 

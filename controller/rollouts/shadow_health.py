@@ -64,8 +64,8 @@ def _figures(total: ShadowWindow | None, *, devices: int) -> ShadowHealth:
         return ShadowHealth()
     samples, rows = total.samples, total.compared_rows
     compared = samples - total.errors - total.nonfinite  # samples with finite outputs
-    shadow_p50 = histogram_quantile(total.latency_counts, 0.5)
-    serving_p50 = histogram_quantile(total.serving_latency_counts, 0.5)
+    shadow_p50 = histogram_quantile(total.cpu_counts, 0.5)
+    serving_p50 = histogram_quantile(total.serving_cpu_counts, 0.5)
     return ShadowHealth(
         devices=devices,
         samples=samples,

@@ -142,7 +142,7 @@ def test_a_shadow_runs_beside_the_serving_model_and_never_answers(
     assert sum(w.errors + w.nonfinite for w in windows) == 0
     # |(x + 2) - (x + 1)| summed over |x + 1|: 4 / 14 per sample.
     assert sum(w.distance_sum for w in windows) / samples == pytest.approx(4 / 14, rel=1e-5)
-    assert all(sum(w.latency_counts) == w.samples for w in windows)
+    assert all(sum(w.cpu_counts) == w.samples for w in windows)
     assert (agent.data_dir / "shadow" / "affine").is_dir()
 
     # A crash while the order is on: the shadow comes back, checked and loaded again.

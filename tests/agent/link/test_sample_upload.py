@@ -22,6 +22,7 @@ from agent.stats.recorder import StatsRecorder
 from controller.cli.main import app as cli
 from controller.db import session_scope
 from controller.devices.enrollment import create_enrollment_token, enroll_device
+from controller.samples.capture import order_capture
 from controller.samples.tables import SampleRecord
 from controller.tokens import Role
 from tensors import load_backend
@@ -37,7 +38,13 @@ def controller(tmp_path: Path) -> Iterator[ServedController]:
         yield running
 
 
-def _device(controller: ServedController, directory: Path, url: str | None = None) -> AgentConfig:
+def _device(
+    controller: ServedController,
+    directory: Path,
+    url: str | None = None,
+    model: str = "digits",
+) -> AgentConfig:
+    """An enrolled device for which the controller ordered capture of ``model``."""
     ctx = controller.app.state.ctx
     with session_scope(ctx.engine) as session:
         token, _row = create_enrollment_token(
@@ -50,6 +57,20 @@ def _device(controller: ServedController, directory: Path, url: str | None = Non
             device_id=None,
             settings=ctx.settings,
             trust_root_envelope=ctx.signer.trust_root_envelope,
+        )
+    now = datetime.now(UTC)
+    with session_scope(ctx.engine) as session:
+        order_capture(
+            session,
+            ctx.signer,
+            ["cam-1"],
+            model=model,
+            below_confidence=0.5,
+            per_hour=100,
+            max_bytes=64 * 1024 * 1024,
+            until=now + timedelta(hours=1),
+            source="test",
+            now=now,
         )
     return AgentConfig(
         device_id="cam-1",
@@ -126,7 +147,7 @@ def test_image_frames_captured_uploaded_exported_and_reloaded(
     controller: ServedController, tmp_path: Path
 ) -> None:
     """SqueezeNet's real 1x3x224x224 float32 frames (600 KiB each), end to end but the MQTT."""
-    config = _device(controller, tmp_path)
+    config = _device(controller, tmp_path, model="squeezenet")
     keeper = _keeper(config, "squeezenet")
     backend = load_backend(squeezenet(), "onnx")
     recorder = StatsRecorder(reference=None, now_s=0.0)
