@@ -12,6 +12,7 @@ from controller.audit import append_audit
 from controller.db import session_scope
 from controller.monitoring.alerts import create_rule
 from controller.monitoring.tables import AlertEpisode
+from controller.rollouts.tables import RolloutRecord
 from controller.tokens import Principal, Role
 from controller.ui.rendering import SECURITY_HEADERS
 from tests.controller.conftest import ctx
@@ -148,6 +149,36 @@ def test_rollout_page_shows_wave_progress_gates_and_judgements(
     assert "failure_rate" in html  # a gate, with its value and limit
     assert "passed" in html
     assert f'data-live-src="/ui/rollouts/{dashboard_fleet.rollout_id}/live"' in html
+
+
+def test_rollout_page_shows_the_shadow_stage_and_its_gates(
+    app: FastAPI, viewer: TestClient, dashboard_fleet: DashboardFleet
+) -> None:
+    gate = {"name": "shadow_agreement", "value": 0.5, "threshold": 0.98, "passed": False}
+    with session_scope(ctx(app).engine) as session:
+        record = session.get(RolloutRecord, dashboard_fleet.rollout_id)
+        assert record is not None
+        record.state = {
+            **record.state,
+            "shadow_devices": [dashboard_fleet.device_id],
+            "shadow_started_s": 1.0,
+            "shadow_judgement": {
+                "wave": -1,
+                "at_s": 2.0,
+                "passed": False,
+                "gates": [{**gate, "note": "500 rows compared, of 500 samples from 1 devices"}],
+            },
+        }
+        session.add(record)
+
+    html = page(viewer, f"/ui/rollouts/{dashboard_fleet.rollout_id}")
+
+    stage = html[html.index('id="shadow-stage"') : html.index("<h2>Waves</h2>")]
+    assert "on 1 device\n" in stage
+    assert f"/ui/devices/{dashboard_fleet.device_id}" in stage
+    assert '<span class="badge bad">stopped</span>' in stage
+    rows = cells(stage)
+    assert rows[:4] == ["shadow_agreement", "0.5", "0.98", "fail"]
 
 
 def test_the_live_fragment_is_the_refreshing_part_only(
