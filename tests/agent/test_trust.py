@@ -473,3 +473,50 @@ def test_desired_state_with_more_than_16_models_is_refused(device: Device) -> No
     payload = json.dumps({"device_id": DEVICE_ID, "deployments": [entry] * 17}).encode()
     with pytest.raises(MalformedDocumentError):
         read_desired_state(payload, device_id=DEVICE_ID)
+
+
+def shadow_order(
+    device: Device, *, release_signers: list[SigningKey] | None = None, **release: Any
+) -> bytes:
+    """A deployment ordering a shadow of a candidate signed by the release key (or not)."""
+    candidate = make_release(**release).sign(release_signers or device.keyring.keys[Role.RELEASE])
+    order = protocol.ShadowOrder(release=candidate.to_json_obj(), until=NOW + timedelta(hours=1))
+    deployment = make_deployment(candidate, release=None, shadow=order)
+    return deployment.sign(device.keyring.keys[Role.DEPLOYMENT]).to_bytes()
+
+
+def test_a_shadow_order_is_verified_like_a_release_and_serves_nothing(device: Device) -> None:
+    verified = device.deliver(shadow_order(device, version=9))
+    assert verified.release is None
+    assert verified.shadow_release is not None
+    assert verified.shadow_release.version == 9
+    assert device.state().deployment_sequence("digits") == 7
+
+
+def test_a_shadow_candidate_signed_by_the_deployment_key_is_refused(device: Device) -> None:
+    order = shadow_order(device, release_signers=device.keyring.keys[Role.DEPLOYMENT])
+    device.refuse(order, BadSignatureError)
+
+
+def test_a_shadow_candidate_of_another_model_is_refused(device: Device) -> None:
+    device.refuse(shadow_order(device, model="faces"), ModelMismatchError)
+
+
+def test_a_shadow_below_the_committed_version_is_no_downgrade(device: Device) -> None:
+    device.commit("digits", 5)
+    verified = device.deliver(shadow_order(device, version=2))
+    assert verified.shadow_release is not None
+
+
+def test_a_kept_shadow_order_is_verified_again_only_while_it_is_the_newest(
+    device: Device,
+) -> None:
+    kept = shadow_order(device)
+    device.deliver(kept)
+    again = verify_deployment(
+        kept, device.state(), device_id=DEVICE_ID, now=NOW + timedelta(days=2), accepted=True
+    )
+    assert again.shadow_release is not None  # expiry is not checked again
+    device.deliver(device.deployment(sequence=8))
+    with pytest.raises(ReplayedDeploymentError):
+        verify_deployment(kept, device.state(), device_id=DEVICE_ID, now=NOW, accepted=True)
