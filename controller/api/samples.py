@@ -4,9 +4,10 @@ token lists and downloads them (``controller.samples``).
 ``PUT /api/v1/device/samples/{sha256}`` takes a device's own token only (``ThisDevice``)
 and a body of at most ``max_sample_bytes`` (``RequestLimits`` answers 413 before reading
 a longer one; see ``controller.app``). Answers: 201 stored, 200 already stored, 400 not a
-sample or not these bytes' hash, 403 another device's sample, 507 the device's quota is
-full. Every upload is audited, as every mutating call is (the devices' per-hour budgets
-bound how many there are), and so is every capture order.
+sample or not these bytes' hash, 403 another device's sample or one of a model whose
+capture was never ordered for the device, 507 the device's quota is full. Every upload
+is audited, as every mutating call is (the devices' per-hour budgets bound how many
+there are), and so is every capture order.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..samples.schemas import (
 )
 from ..samples.store import (
     SampleDeviceMismatchError,
+    SampleNotOrderedError,
     SampleQuotaError,
     SampleStore,
     accept_sample,
@@ -99,7 +101,7 @@ def put_device_sample(
             quota_bytes=settings.sample_quota_bytes_per_device,
             quota_count=settings.sample_quota_per_device,
         )
-    except SampleDeviceMismatchError as exc:
+    except (SampleDeviceMismatchError, SampleNotOrderedError) as exc:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from exc
     except SampleQuotaError as exc:
         raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, detail=str(exc)) from exc

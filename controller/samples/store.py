@@ -7,6 +7,9 @@ fsync'd and renamed (as artifacts are). ``accept_sample`` keeps these invariants
 - the bytes are a sample (``tensors.samples.read_sample``: size, stored members only, no
   pickle, headers that do not lie, metadata naming what the archive holds) or 400;
 - the sample's ``device_id`` is the uploader's (its token says who it is), or 403;
+- capture of the sample's model was ordered for this device (a capture order that turned
+  it on, whether or not it has ended since: a sample kept in time may arrive late), or
+  403: the controller stores only what it asked for;
 - the same bytes twice are one file and one row (the second answer says "known");
 - a device holds at most ``quota_bytes`` and ``quota_count`` of samples here: over it,
   ``SampleQuotaError`` and nothing stored. The check runs with the device's row locked,
@@ -32,10 +35,11 @@ from tensors.samples import SampleFormatError, read_sample
 from ..devices.tables import DeviceRecord
 from ..errors import BadRequestError, ControllerError, NotFoundError
 from ..tables import utcnow
-from .tables import SampleRecord
+from .tables import CaptureOrderRecord, SampleRecord
 
 __all__ = [
     "SampleDeviceMismatchError",
+    "SampleNotOrderedError",
     "SampleQuotaError",
     "SampleStore",
     "accept_sample",
@@ -46,6 +50,10 @@ __all__ = [
 
 class SampleDeviceMismatchError(ControllerError):
     """A device uploading a sample that says it is another device's."""
+
+
+class SampleNotOrderedError(ControllerError):
+    """A sample of a model whose capture was never turned on for the device."""
 
 
 class SampleQuotaError(ControllerError):
@@ -130,6 +138,19 @@ def accept_sample(
     if sample.meta.device_id != device.id:
         raise SampleDeviceMismatchError(
             f"device {device.id} may not upload a sample of device {sample.meta.device_id}"
+        )
+    ordered = session.exec(
+        select(CaptureOrderRecord.id)
+        .where(
+            CaptureOrderRecord.device_id == device.id,
+            CaptureOrderRecord.model_name == sample.meta.model,
+            col(CaptureOrderRecord.off).is_(False),
+        )
+        .limit(1)
+    ).first()
+    if ordered is None:
+        raise SampleNotOrderedError(
+            f"capture of {sample.meta.model} was never turned on for device {device.id}"
         )
     known = session.get(SampleRecord, sha256)
     if known is not None:

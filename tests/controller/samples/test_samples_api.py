@@ -20,7 +20,7 @@ from agent.update.trust_state import TrustState
 from controller.db import session_scope
 from controller.devices.enrollment import create_enrollment_token, enroll_device
 from controller.devices.tables import DeviceModelRecord
-from controller.samples.capture import active_captures, due_capture_orders
+from controller.samples.capture import active_captures, due_capture_orders, order_capture
 from controller.samples.tables import CaptureOrderRecord, SampleRecord
 from controller.settings import Settings, load_settings
 from controller.tokens import Role
@@ -63,8 +63,29 @@ def _enroll(app: FastAPI, device_id: str, labels: dict[str, str] | None = None) 
 
 
 @pytest.fixture
-def devices(app: FastAPI) -> dict[str, str]:
+def enrolled(app: FastAPI) -> dict[str, str]:
+    """Two devices running the model, and their API tokens; capture never ordered."""
     return {"cam-1": _enroll(app, "cam-1", {"site": "berlin"}), "cam-2": _enroll(app, "cam-2")}
+
+
+@pytest.fixture
+def devices(app: FastAPI, enrolled: dict[str, str]) -> dict[str, str]:
+    """The two devices, with capture of the model ordered for both."""
+    now = datetime.now(UTC)
+    with session_scope(ctx(app).engine) as session:
+        order_capture(
+            session,
+            ctx(app).signer,
+            enrolled,
+            model=MODEL,
+            below_confidence=0.5,
+            per_hour=20,
+            max_bytes=1_000_000,
+            until=now + timedelta(hours=1),
+            source="test",
+            now=now,
+        )
+    return enrolled
 
 
 def _sample(device_id: str = "cam-1", seed: int = 0, shape: tuple[int, ...] = (1, 4)) -> bytes:
@@ -196,7 +217,7 @@ def test_only_device_tokens_upload_and_only_viewers_read(
 
 
 def test_capture_order_is_a_signed_command_for_each_device(
-    app: FastAPI, client: TestClient, devices: dict[str, str], tokens: dict[Role, str]
+    app: FastAPI, client: TestClient, enrolled: dict[str, str], tokens: dict[Role, str]
 ) -> None:
     body = {
         "model": MODEL,
@@ -231,7 +252,7 @@ def test_capture_order_is_a_signed_command_for_each_device(
 
 
 def test_capture_orders_wait_for_their_device_to_be_online(
-    app: FastAPI, client: TestClient, devices: dict[str, str], tokens: dict[Role, str]
+    app: FastAPI, client: TestClient, enrolled: dict[str, str], tokens: dict[Role, str]
 ) -> None:
     body = {"model": MODEL, "for_s": 3600}
     client.post("/api/v1/capture", json=body, headers=bearer(tokens[Role.OPERATOR]))
@@ -280,3 +301,13 @@ def test_deleting_samples_frees_the_quota_and_the_files(
     assert (
         client.delete("/api/v1/samples", params={"model": MODEL}, headers=viewer).status_code == 403
     )
+
+
+def test_sample_of_a_model_never_ordered_is_refused(
+    app: FastAPI, client: TestClient, enrolled: dict[str, str]
+) -> None:
+    answer = _put(client, enrolled["cam-1"], _sample())
+    assert answer.status_code == 403
+    assert "never turned on" in answer.json()["detail"]
+    assert _stored(app) == []
+    assert _files(app) == []
