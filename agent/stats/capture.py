@@ -7,7 +7,9 @@ at its ``until`` (against the device's clock) or when an ``off`` order comes.
 
 While a policy is on, the model's ``StatsRecorder`` holds that model's ``ModelCapture``
 (its ``capture`` attribute) and hands it, from the request path, each request whose
-lowest top-1 confidence is below the policy's. Invariants:
+lowest top-1 confidence is below the policy's (``request_confidence``) or, when the
+policy asks, whose inputs fall far from the release's reference data
+(``rare_input_share``). Invariants:
 
 - **The request path stays cheap.** ``has_budget`` and ``offer`` take one lock and do
   O(1) work besides copying the inputs of a request that *is* kept; files are written
