@@ -46,6 +46,9 @@ class ProbationPolicy(Model):
     max_nonfinite_rate: float = Field(default=0.0, ge=0, le=1)
     max_confidence_drop: float = Field(default=0.1, ge=0, le=1)
     max_drift_psi: float = Field(default=0.25, ge=0)
+    # Accuracy on requests the application labeled (its feedback), new model against the
+    # previous one, judged beyond noise (``tensors.accuracy``); added without a schema bump.
+    max_label_accuracy_drop: float = Field(default=0.05, ge=0, le=1)
     latency_budget_ms: float | None = Field(default=None, gt=0)
 
 

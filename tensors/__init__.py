@@ -14,6 +14,7 @@ the model or bundle file it is handed. ``datatypes``, ``spec`` and ``profile`` a
 boundary. This namespace is the public API; the submodules are its implementation.
 """
 
+from .accuracy import MIN_LABELED, Z_ONE_SIDED_99, AccuracyDrop, accuracy_drop
 from .backend import CPU_PROVIDER, Array, InferenceBackend, ModelFormat, RuntimeOptions
 from .check_bundle import (
     CheckBundle,
@@ -65,24 +66,44 @@ from .profile import (
     population_stability_index,
     split_feature_key,
 )
+from .samples import (
+    DATASET_FIELDS,
+    INPUT_PREFIX,
+    META_KEY,
+    OUTPUT_PREFIX,
+    Dataset,
+    Sample,
+    SampleFormatError,
+    dataset_of,
+    read_sample,
+    write_sample,
+)
 from .spec import TensorSpec, declared_bytes
 
 __all__ = [
     "CPU_PROVIDER",
+    "DATASET_FIELDS",
     "DATATYPE_BYTES",
     "FLOAT_DATATYPES",
     "HISTOGRAM_BINS",
+    "INPUT_PREFIX",
     "MAX_DRIFT_PIXELS",
     "MAX_FEATURE_HISTOGRAMS",
     "MAX_NPY_HEADER_BYTES",
+    "META_KEY",
     "MIN_DRIFT_REQUESTS",
     "MIN_DRIFT_VALUES",
+    "MIN_LABELED",
     "OIP_DATATYPES",
+    "OUTPUT_PREFIX",
     "PROBABILITY_SLACK",
     "PSI_EPSILON",
+    "Z_ONE_SIDED_99",
+    "AccuracyDrop",
     "Array",
     "CheckBundle",
     "CheckBundleError",
+    "Dataset",
     "Datatype",
     "GoldenCase",
     "InferenceBackend",
@@ -95,12 +116,16 @@ __all__ = [
     "RunFailedError",
     "RuntimeMissingError",
     "RuntimeOptions",
+    "Sample",
+    "SampleFormatError",
     "TensorSpec",
     "TensorTooLargeError",
     "TensorsError",
     "UnsafeNpyError",
     "UnsupportedDatatypeError",
+    "accuracy_drop",
     "are_class_probabilities",
+    "dataset_of",
     "datatype_of_numpy",
     "datatype_of_ort",
     "declared_bytes",
@@ -118,8 +143,10 @@ __all__ = [
     "population_stability_index",
     "read_check_bundle",
     "read_reference_profile",
+    "read_sample",
     "reported_datatype",
     "split_feature_key",
     "verify_npz_members",
     "write_check_bundle",
+    "write_sample",
 ]

@@ -29,14 +29,19 @@ Rules, with ``n = max(policy.min_requests, 1)``:
   both sides (``tensors.MIN_DRIFT_REQUESTS``, the controller's minimum too): the values
   of one request are not independent samples. Not judged is never a rollback:
   ``numbers["drift_judged"]`` is 0 and the verdict's message says why.
+- Accuracy on labeled requests (the application's feedback) is judged against the
+  previous model's on this device once both have ``tensors.accuracy.MIN_LABELED`` labels,
+  and trips only when the drop's lower confidence bound exceeds the limit: labels are
+  few, and noise alone must not roll back a good model.
 - Relative checks (p95 latency over the baseline's p95, drop of mean top-1 confidence
   from the baseline's) also need a baseline with ``n`` requests and the figure on both
   sides (a classifier on both sides; a baseline p95 above 0). Without one they are
   skipped and ``numbers["baseline_used"]`` is 0.
 - Checks run in this order, and the first that trips is the verdict's ``reason``:
   ``nonfinite_rate``, ``error_rate``, ``p95_latency_ratio``, ``confidence_drop``,
-  ``drift`` — from a broken model, to a failing one, a slower one, a less confident one,
-  to one whose answers moved away from what it was validated to give.
+  ``drift``, ``label_accuracy_drop`` — from a broken model, to a failing one, a slower
+  one, a less confident one, to one whose answers moved away from what it was validated
+  to give, to one the application's own labels show wrong more often.
   ``numbers`` holds every value measured, tripped or not, with the thresholds.
 - Nothing tripped: before ``policy.window_s`` -> ``CONTINUE``; from ``window_s`` on with
   ``n`` requests -> ``COMMIT``; with fewer the window is extended (``CONTINUE``) until
@@ -52,6 +57,7 @@ from enum import StrEnum
 
 from protocol import ProbationPolicy
 from tensors import MIN_DRIFT_REQUESTS
+from tensors.accuracy import accuracy_drop
 
 from .recorder import WindowStats
 
@@ -78,6 +84,7 @@ class ProbationReason(StrEnum):
     P95_LATENCY_RATIO = "p95_latency_ratio"
     CONFIDENCE_DROP = "confidence_drop"
     DRIFT = "drift"
+    LABEL_ACCURACY_DROP = "label_accuracy_drop"
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,7 @@ class ProbationJudge:
             self._p95_latency_ratio,
             self._confidence_drop,
             self._drift,
+            self._label_accuracy_drop,
         ]
         # Every check runs, so that numbers hold every measured value, not just the first.
         trips = [t for check in checks if (t := check(candidate, baseline, numbers)) is not None]
@@ -298,5 +306,34 @@ class ProbationJudge:
                 f"output {worst!r} drifted from the reference profile (PSI {psi:.3g}) "
                 f"{excess:.3g} more than the previous model's outputs from theirs "
                 f"(PSI {before:.3g}; max excess {limit:g})",
+            )
+        return None
+
+    def _label_accuracy_drop(
+        self, candidate: WindowStats, baseline: WindowStats | None, numbers: dict[str, float]
+    ) -> _Trip | None:
+        numbers["labeled"] = float(candidate.labeled)
+        if self.baseline is None:
+            return None
+        before = self.baseline
+        drop = accuracy_drop(
+            before.labeled, before.labeled_correct, candidate.labeled, candidate.labeled_correct
+        )
+        if drop is None:
+            return None
+        limit = self.policy.max_label_accuracy_drop
+        numbers.update(
+            label_accuracy=drop.after,
+            baseline_label_accuracy=drop.before,
+            label_accuracy_drop=drop.drop,
+            label_accuracy_drop_lower_bound=drop.lower_bound,
+            max_label_accuracy_drop=limit,
+        )
+        if drop.exceeds(limit):
+            return _Trip(
+                ProbationReason.LABEL_ACCURACY_DROP,
+                f"accuracy on labeled requests fell from {drop.before:.4g} "
+                f"({before.labeled} labels) to {drop.after:.4g} ({candidate.labeled} labels): "
+                f"at least {drop.lower_bound:.3g} beyond noise (max {limit:g})",
             )
         return None

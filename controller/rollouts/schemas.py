@@ -53,6 +53,7 @@ class GatesIn(BaseModel):
     max_nonfinite_rate: float | None = Field(default=0.0, ge=0)
     max_confidence_drop: float | None = Field(default=0.1, ge=0)
     max_drift_psi: float | None = Field(default=0.25, ge=0)
+    max_label_accuracy_drop: float | None = Field(default=0.05, ge=0)
     min_health_requests: int = Field(default=100, ge=0)
 
 

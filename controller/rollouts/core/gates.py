@@ -22,7 +22,11 @@ Invariants:
   release's output drift *in excess of the control group's*, each against its own
   release's reference: when the world moves, both move and the excess stays small; a
   broken release moves alone. Without a control figure there is nothing to tell the
-  data's drift from the release's, and the gate is skipped with a note saying so.
+  data's drift from the release's, and the gate is skipped with a note saying so;
+- accuracy on labeled requests (the applications' feedback) is compared with the
+  control group's only from ``tensors.accuracy.MIN_LABELED`` labels on each side, and
+  the gate reads the drop's lower confidence bound: labels are few, and noise alone
+  must not fail a good release.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from protocol import ReleaseRef
+from tensors.accuracy import MIN_LABELED, accuracy_drop
 from tensors.profile import MIN_DRIFT_REQUESTS, MIN_DRIFT_VALUES
 
 from .shadow import ShadowHealth
@@ -240,6 +245,7 @@ def _health_gates(
         "p95_latency_ratio": thresholds.max_p95_latency_ratio,
         "confidence_drop": thresholds.max_confidence_drop,
         "drift_psi": thresholds.max_drift_psi,
+        "label_accuracy_drop": thresholds.max_label_accuracy_drop,
     }
     if new is None or new.requests < minimum:
         served = 0 if new is None else new.requests
@@ -250,6 +256,7 @@ def _health_gates(
         "nonfinite_rate": (new.nonfinite_rate, _control_figure(control, "nonfinite_rate")),
         **_relative(new, control, minimum),
         "drift_psi": _drift_excess(new, control),
+        "label_accuracy_drop": _label_accuracy_drop(new, control),
     }
     return [
         _gate(name, measured[name][0], limit, measured[name][1]) for name, limit in limits.items()
@@ -301,6 +308,26 @@ def _drift_excess(new: FleetHealth, control: FleetHealth | None) -> tuple[float 
         f"output PSI {new.max_drift_psi:.3g}{_pooled(new)}, control "
         f"{control.max_drift_psi:.3g}{_pooled(control)}: excess {excess:.3g}"
     )
+
+
+def _label_accuracy_drop(new: FleetHealth, control: FleetHealth | None) -> tuple[float | None, str]:
+    """The least drop of accuracy on labeled requests the labels support, new vs control."""
+    if control is None or control.devices == 0:
+        return None, "skipped: no control group data to compare labeled accuracy with"
+    drop = accuracy_drop(control.labeled, _correct(control), new.labeled, _correct(new))
+    if drop is None:
+        return None, (
+            f"skipped: {new.labeled} labeled requests on updated devices, {control.labeled} "
+            f"on the control group; {MIN_LABELED} needed on each"
+        )
+    return drop.lower_bound, (
+        f"accuracy {drop.after:.4g} on {new.labeled} labels, control {drop.before:.4g} on "
+        f"{control.labeled}: drop {drop.drop:.3g}, at least {drop.lower_bound:.3g} beyond noise"
+    )
+
+
+def _correct(health: FleetHealth) -> int:
+    return round((health.label_accuracy or 0.0) * health.labeled)
 
 
 def _pooled(health: FleetHealth) -> str:

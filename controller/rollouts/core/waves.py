@@ -190,6 +190,9 @@ class GateThresholds:
     max_nonfinite_rate: float | None = 0.0
     max_confidence_drop: float | None = 0.1
     max_drift_psi: float | None = 0.25
+    # The least drop of accuracy on labeled requests the labels support (its lower
+    # confidence bound, ``tensors.accuracy``), updated devices against the control group.
+    max_label_accuracy_drop: float | None = 0.05
     # Fewer requests than this in a group is no evidence about the model's health.
     min_health_requests: int = 100
 

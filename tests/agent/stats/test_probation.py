@@ -565,3 +565,28 @@ def test_generated_profile_never_judges_drift(
     assert candidate.cumulative().drift_psi == {}
     assert verdict.outcome is COMMIT
     assert verdict.numbers["drift_judged"] == 0.0
+
+
+def labeled(candidate: WindowStats, labels: int, correct: int) -> WindowStats:
+    return replace(candidate, labeled=labels, labeled_correct=correct)
+
+
+@pytest.mark.parametrize(
+    ("new", "before", "outcome"),
+    [
+        ((300, 210), (300, 270), ROLLBACK),  # 0.70 against 0.90: the labels say worse
+        ((60, 51), (60, 54), COMMIT),  # 0.85 against 0.90 on 60 labels: noise
+        ((20, 0), (300, 270), COMMIT),  # 20 labels say nothing yet
+    ],
+    ids=["worse", "within_noise", "too_few_labels"],
+)
+def test_labeled_accuracy_rolls_back_only_beyond_noise(
+    new: tuple[int, int], before: tuple[int, int], outcome: ProbationOutcome
+) -> None:
+    verdict = judge(labeled(stats(), *new), elapsed_s=END, baseline=labeled(BASELINE, *before))
+
+    assert verdict.outcome is outcome, verdict.message
+    if outcome is ROLLBACK:
+        assert verdict.reason is ProbationReason.LABEL_ACCURACY_DROP
+        assert verdict.numbers["label_accuracy"] == pytest.approx(0.7)
+        assert "beyond noise" in verdict.message

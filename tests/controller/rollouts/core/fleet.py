@@ -39,7 +39,7 @@ SOAK_S = 120.0
 REPORT_TIMEOUT_S = 600.0
 HEALTHY = FleetHealth(
     devices=5, requests=5000, error_rate=0.001, nonfinite_rate=0.0, p95_ms=10.0,
-    confidence_mean=0.9, max_drift_psi=0.05,
+    confidence_mean=0.9, max_drift_psi=0.05, labeled=500, label_accuracy=0.9,
 )  # fmt: skip
 
 

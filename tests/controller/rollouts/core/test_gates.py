@@ -175,14 +175,14 @@ NO_CONTROL = "skipped: no control group data"
             replace(HEALTHY, p95_ms=100.0),
             None,
             [],
-            ["p95_latency_ratio", "confidence_drop", "drift_psi"],
+            ["p95_latency_ratio", "confidence_drop", "drift_psi", "label_accuracy_drop"],
             NO_CONTROL,
         ),
         (
             replace(HEALTHY, p95_ms=100.0),
             FleetHealth(),
             [],
-            ["p95_latency_ratio", "confidence_drop", "drift_psi"],
+            ["p95_latency_ratio", "confidence_drop", "drift_psi", "label_accuracy_drop"],
             NO_CONTROL,
         ),
         (
@@ -196,7 +196,7 @@ NO_CONTROL = "skipped: no control group data"
             replace(HEALTHY, nonfinite_rate=0.5),
             None,
             ["nonfinite_rate"],
-            ["p95_latency_ratio", "confidence_drop", "drift_psi"],
+            ["p95_latency_ratio", "confidence_drop", "drift_psi", "label_accuracy_drop"],
             NO_CONTROL,
         ),
         # The world moved: both groups' outputs drifted from their references alike.
@@ -206,21 +206,35 @@ NO_CONTROL = "skipped: no control group data"
             replace(HEALTHY, max_drift_psi=6.2),
             None,
             [],
-            ["p95_latency_ratio", "confidence_drop", "drift_psi"],
+            ["p95_latency_ratio", "confidence_drop", "drift_psi", "label_accuracy_drop"],
             "skipped: no control group data",
         ),
         (
             replace(HEALTHY, requests=50, nonfinite_rate=0.5),
             HEALTHY,
             [],
-            ["error_rate", "nonfinite_rate", "p95_latency_ratio", "confidence_drop", "drift_psi"],
+            [
+                "error_rate",
+                "nonfinite_rate",
+                "p95_latency_ratio",
+                "confidence_drop",
+                "drift_psi",
+                "label_accuracy_drop",
+            ],
             "updated devices served 50 requests, fewer than 100",
         ),
         (
             None,
             HEALTHY,
             [],
-            ["error_rate", "nonfinite_rate", "p95_latency_ratio", "confidence_drop", "drift_psi"],
+            [
+                "error_rate",
+                "nonfinite_rate",
+                "p95_latency_ratio",
+                "confidence_drop",
+                "drift_psi",
+                "label_accuracy_drop",
+            ],
             "updated devices served 0 requests",
         ),
         (
@@ -318,3 +332,26 @@ def test_the_drift_gate_says_how_many_pooled_values_it_read() -> None:
     assert not result.passed
     assert "over 2400 values from 600 devices" in result.note
     assert "control 0.1 (worst window)" in result.note
+
+
+@pytest.mark.parametrize(
+    ("new_labels", "control_labels", "passed", "skipped"),
+    [
+        ((500, 0.70), (500, 0.90), False, False),  # truly worse: fails
+        ((100, 0.86), (100, 0.90), True, False),  # within noise of 100 labels: ships
+        ((5000, 0.83), (5000, 0.90), False, False),  # 0.07 on many labels is beyond 0.05
+        ((20, 0.10), (500, 0.90), True, True),  # too few labels to say anything
+    ],
+    ids=["worse", "noise", "worse_on_many_labels", "too_few_labels"],
+)
+def test_the_label_accuracy_gate_is_right_both_ways(
+    new_labels: tuple[int, float], control_labels: tuple[int, float], passed: bool, skipped: bool
+) -> None:
+    new = replace(HEALTHY, labeled=new_labels[0], label_accuracy=new_labels[1])
+    control = replace(HEALTHY, labeled=control_labels[0], label_accuracy=control_labels[1])
+
+    result = gates(ALL_COMMITTED, new=new, control=control)["label_accuracy_drop"]
+
+    assert result.passed == passed, result
+    assert (result.value is None) == skipped
+    assert result.note.startswith("skipped: 20 labeled") == skipped
