@@ -44,6 +44,7 @@ def post_rollout(
         policy=policy,
         probation=body.probation,
         actor=caller.name,
+        capture=body.capture,
     )
     request.state.audit = {"target": record.id, "release": body.release, "selector": body.selector}
     return describe_rollout(session, record)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, and_
@@ -33,6 +33,7 @@ from ..devices.desired import DeploymentSigner, clear_desired, sign_deployment, 
 from ..devices.selectors import parse_selector
 from ..devices.tables import DeviceModelRecord, DeviceRecord
 from ..registry.tables import ReleaseRecord
+from ..samples.capture import order_capture
 from ..settings import Settings
 from .codec import decode_policy, decode_probation, decode_state, encode_gates, encode_state
 from .core import (
@@ -57,6 +58,7 @@ from .core import (
 )
 from .health import fleet_health
 from .references import release_reference_profile
+from .schemas import CaptureIn
 from .shadow_health import shadow_health
 from .tables import RolloutAssignmentRecord, RolloutCommandRecord, RolloutEventRecord, RolloutRecord
 
@@ -293,6 +295,7 @@ def _store(
                 by_device[device_id].deployment_sequence = _sign(
                     fleet, session, device_id, release, record.id, probation, now, rollback=False
                 )
+            _order_capture(fleet, session, record, action.device_ids, now)
         elif isinstance(action, RollbackDevices):
             _roll_back(fleet, session, record, action, by_device, probation, now)
         elif isinstance(action, ShadowDevices | StopShadow):
@@ -341,6 +344,33 @@ def _roll_back(
         if row is not None:
             row.rolled_back_by_rollout = True
             session.add(row)
+
+
+def _order_capture(
+    fleet: FleetContext,
+    session: Session,
+    record: RolloutRecord,
+    device_ids: Sequence[str],
+    now: datetime,
+) -> None:
+    """Turn capture on for devices the rollout assigns, when the rollout opted in."""
+    stored = record.policy.get("capture")
+    if not stored:
+        return
+    capture = CaptureIn.model_validate(stored)
+    order_capture(
+        session,
+        fleet.signer,
+        device_ids,
+        model=record.model_name,
+        below_confidence=capture.below_confidence,
+        rare_input_share=capture.rare_input_share,
+        per_hour=capture.per_hour,
+        max_bytes=capture.max_bytes,
+        until=now + timedelta(seconds=capture.duration_s()),
+        source=f"rollout {record.id}",
+        now=now,
+    )
 
 
 def _order_shadows(

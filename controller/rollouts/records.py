@@ -32,7 +32,7 @@ from ..registry.releases import get_release
 from ..registry.tables import ReleaseRecord
 from .codec import decode_policy, encode_policy, encode_state, release_ref
 from .core import CommandKind, RolloutPolicy, RolloutState, wave_targets
-from .schemas import RolloutDetail, RolloutEventPublic, RolloutSummary, WavePublic
+from .schemas import CaptureIn, RolloutDetail, RolloutEventPublic, RolloutSummary, WavePublic
 from .tables import RolloutAssignmentRecord, RolloutCommandRecord, RolloutEventRecord, RolloutRecord
 
 __all__ = [
@@ -58,8 +58,11 @@ def create_rollout(
     policy: RolloutPolicy,
     probation: ProbationPolicy,
     actor: str,
+    capture: CaptureIn | None = None,
 ) -> RolloutRecord:
     release = get_release(session, model, version)
+    if capture is not None:
+        capture.duration_s()  # a bad duration is a RolloutSpecError: 400
     parsed = parse_selector(selector)
     running = session.exec(
         select(RolloutRecord).where(
@@ -93,7 +96,10 @@ def create_rollout(
         model_name=model,
         last_good_release_id=None if last_good is None else last_good.id,
         selector=str(parsed),
-        policy=encode_policy(policy, probation),
+        policy={
+            **encode_policy(policy, probation),
+            "capture": None if capture is None else capture.model_dump(mode="json"),
+        },
         state=encode_state(state),
         status=state.status.value,
         created_by=actor,

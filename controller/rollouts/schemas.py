@@ -11,7 +11,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from protocol import DEFAULT_SHADOW_CPU_FRACTION, ProbationPolicy
+from protocol import (
+    DEFAULT_SHADOW_CPU_FRACTION,
+    MAX_CAPTURE_BYTES,
+    MAX_CAPTURE_PER_HOUR,
+    ProbationPolicy,
+)
 
 from .core import (
     CommandKind,
@@ -25,6 +30,7 @@ from .core import (
 )
 
 __all__ = [
+    "CaptureIn",
     "CommandQueued",
     "GatePublic",
     "GatesIn",
@@ -81,6 +87,22 @@ class ShadowIn(BaseModel):
         )
 
 
+class CaptureIn(BaseModel):
+    """Capture inputs on the devices this rollout updates, for retraining (opt-in): the
+    order goes to each device as it is assigned (``controller.samples``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    below_confidence: float = Field(gt=0, le=1)
+    rare_input_share: float | None = Field(default=None, gt=0, le=1)
+    per_hour: int = Field(default=20, ge=1, le=MAX_CAPTURE_PER_HOUR)
+    max_bytes: int = Field(default=50 * 1024 * 1024, ge=1, le=MAX_CAPTURE_BYTES)
+    duration: str = Field(default="1d", max_length=32)
+
+    def duration_s(self) -> float:
+        return parse_duration(self.duration)
+
+
 class RolloutCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -95,6 +117,7 @@ class RolloutCreate(BaseModel):
     gates: GatesIn = GatesIn()
     probation: ProbationPolicy = ProbationPolicy()
     shadow: ShadowIn | None = None
+    capture: CaptureIn | None = None
 
     def policy(self) -> RolloutPolicy:
         """The core's policy; a bad wave list, quota or duration is a ``RolloutSpecError``."""
@@ -142,6 +165,7 @@ class RolloutPolicyPublic(BaseModel):
     gates: GatesIn
     probation: ProbationPolicy
     shadow: ShadowPolicyPublic | None = None
+    capture: CaptureIn | None = None
 
 
 class ShadowPolicyPublic(BaseModel):

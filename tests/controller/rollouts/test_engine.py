@@ -20,6 +20,7 @@ from controller.mqtt.telemetry import write_telemetry
 from controller.registry.tables import ReleaseRecord
 from controller.rollouts.engine import plan_rollout
 from controller.rollouts.tables import RolloutAssignmentRecord, RolloutEventRecord, RolloutRecord
+from controller.samples.tables import CaptureOrderRecord
 from controller.tokens import Role
 from protocol import (
     Deployment,
@@ -391,3 +392,43 @@ def test_a_decommissioned_device_gets_its_desired_state_cleared_on_the_broker(
     with Session(context.engine) as session:
         [message] = unpublished_messages(session, prefix, limit=10)
     assert (message.device_id, message.payload) == (device_id, b"")
+
+
+def test_a_rollout_with_capture_orders_it_on_each_device_it_assigns(
+    fleet_app: FastAPI, client: TestClient, tokens: dict[Role, str]
+) -> None:
+    context = ctx(fleet_app)
+    devices = add_devices(context.engine, 4)
+    capture = {"below_confidence": 0.6, "per_hour": 5, "max_bytes": 1_000_000, "duration": "2h"}
+    rollout = start_rollout(client, tokens[Role.OPERATOR], capture=capture)
+    fleet = fleet_of(context)
+
+    plan_rollout(fleet, rollout["id"], now_s=NOW_S)
+    report(fleet_app, rollout["id"], "committed")
+    plan_rollout(fleet, rollout["id"], now_s=NOW_S + 1)
+
+    with Session(context.engine) as session:
+        orders = session.exec(select(CaptureOrderRecord).order_by(col(CaptureOrderRecord.id))).all()
+    assigned = [row.device_id for row in assignments(fleet_app, rollout["id"])]
+    assert [order.device_id for order in orders] == assigned == devices[:2]
+    assert {order.source for order in orders} == {f"rollout {rollout['id']}"}
+    assert {(order.model_name, order.below_confidence, order.per_hour) for order in orders} == {
+        ("digits", 0.6, 5)
+    }
+    until = orders[0].until.replace(tzinfo=UTC)
+    assert until == datetime.fromtimestamp(NOW_S, UTC) + timedelta(hours=2)
+
+
+def test_a_rollout_without_capture_orders_none_and_a_bad_capture_is_a_400(
+    fleet_app: FastAPI, client: TestClient, tokens: dict[Role, str]
+) -> None:
+    context = ctx(fleet_app)
+    add_devices(context.engine, 2)
+    rollout = start_rollout(client, tokens[Role.OPERATOR])
+    plan_rollout(fleet_of(context), rollout["id"], now_s=NOW_S)
+    with Session(context.engine) as session:
+        assert session.exec(select(CaptureOrderRecord)).all() == []
+    for capture in ({"below_confidence": 2.0}, {"below_confidence": 0.5, "duration": "soon"}):
+        body = {"release": "digits:1", "capture": capture}
+        answer = client.post("/api/v1/rollouts", json=body, headers=bearer(tokens[Role.OPERATOR]))
+        assert answer.status_code in (400, 422), answer.text
