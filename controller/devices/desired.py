@@ -264,7 +264,13 @@ def remove_model(
         raise NotFoundError(f"device {device_id!r} has no model {model!r}")
     if row.desired_rollout_id is not None:
         rollout = session.get(RolloutRecord, row.desired_rollout_id)
-        if rollout is not None and rollout.status in ("pending", "shadow", "running", "soaking", "paused"):
+        if rollout is not None and rollout.status in (
+            "pending",
+            "shadow",
+            "running",
+            "soaking",
+            "paused",
+        ):
             raise ConflictError(
                 f"rollout {rollout.id} of {model} is {rollout.status} on {device_id}: "
                 "abort it first"
