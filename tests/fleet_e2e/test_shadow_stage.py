@@ -40,8 +40,7 @@ def _labels(url: str, bodies: list[bytes]) -> list[int]:
             client.post(f"{url}/v2/models/digits/infer", content=body).json() for body in bodies
         ]
     return [
-        next(o for o in answer["outputs"] if o["name"] == "label")["data"][0]
-        for answer in answers
+        next(o for o in answer["outputs"] if o["name"] == "label")["data"][0] for answer in answers
     ]
 
 
