@@ -8,6 +8,13 @@ import typer
 from rich.table import Table
 
 from .common import DEFAULT_URL, AsJson, Token, Url, console, print_json, run_client
+from .samples import (
+    CaptureBelowConfidence,
+    CaptureFor,
+    CaptureMaxBytes,
+    CapturePerHour,
+    capture_body,
+)
 
 __all__ = ["alert_app"]
 
@@ -33,17 +40,10 @@ def create(
     min_requests: Annotated[
         int, typer.Option(help="Requests the window must hold to judge it.")
     ] = 100,
-    capture_below_confidence: Annotated[
-        float | None,
-        typer.Option(
-            help="When it fires, capture the degraded devices' inputs below this confidence."
-        ),
-    ] = None,
-    capture_per_hour: Annotated[int, typer.Option(help="Captured per device and hour.")] = 20,
-    capture_max_bytes: Annotated[
-        str, typer.Option(help="Captured waiting on each device, e.g. 50MB.")
-    ] = "50MB",
-    capture_for: Annotated[str, typer.Option(help="How long capture stays on.")] = "1d",
+    capture_below_confidence: CaptureBelowConfidence = None,
+    capture_per_hour: CapturePerHour = 20,
+    capture_max_bytes: CaptureMaxBytes = "50MB",
+    capture_for: CaptureFor = "1d",
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
@@ -63,19 +63,10 @@ def create(
         "min_devices": min_devices,
         "min_requests": min_requests,
     }
-    if capture_below_confidence is not None:
-        from .samples import parse_bytes
-
-        try:
-            capture_for_s = parse_duration(capture_for)
-        except RolloutSpecError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--capture-for") from exc
-        body["capture"] = {
-            "below_confidence": capture_below_confidence,
-            "per_hour": capture_per_hour,
-            "max_bytes": parse_bytes(capture_max_bytes),
-            "for_s": capture_for_s,
-        }
+    if capture_below_confidence is not None:  # when the rule fires, on its devices
+        body["capture"] = capture_body(
+            capture_below_confidence, capture_per_hour, capture_max_bytes, capture_for
+        )
     rule = run_client(url, token, lambda c: c.request("POST", "/api/v1/alert-rules", json=body))
     if as_json:
         print_json(rule)

@@ -9,6 +9,13 @@ import typer
 from rich.table import Table
 
 from .common import DEFAULT_URL, AsJson, Token, Url, console, print_json, run_client
+from .samples import (
+    CaptureBelowConfidence,
+    CaptureFor,
+    CaptureMaxBytes,
+    CapturePerHour,
+    capture_body,
+)
 
 __all__ = ["rollout_app"]
 
@@ -75,17 +82,10 @@ def create(
         float | None,
         typer.Option(help="Largest mean relative L1 distance of the outputs (default: off)."),
     ] = None,
-    capture_below_confidence: Annotated[
-        float | None,
-        typer.Option(
-            help="Capture inputs below this confidence on every device the rollout updates."
-        ),
-    ] = None,
-    capture_per_hour: Annotated[int, typer.Option(help="Captured per device and hour.")] = 20,
-    capture_max_bytes: Annotated[
-        str, typer.Option(help="Captured waiting on each device, e.g. 50MB.")
-    ] = "50MB",
-    capture_for: Annotated[str, typer.Option(help="How long capture stays on.")] = "1d",
+    capture_below_confidence: CaptureBelowConfidence = None,
+    capture_per_hour: CapturePerHour = 20,
+    capture_max_bytes: CaptureMaxBytes = "50MB",
+    capture_for: CaptureFor = "1d",
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
@@ -114,15 +114,10 @@ def create(
             "max_drift_psi": probation_max_drift_psi,
         },
     }
-    if capture_below_confidence is not None:
-        from .samples import parse_bytes
-
-        body["capture"] = {
-            "below_confidence": capture_below_confidence,
-            "per_hour": capture_per_hour,
-            "max_bytes": parse_bytes(capture_max_bytes),
-            "duration": capture_for,
-        }
+    if capture_below_confidence is not None:  # on every device the rollout updates
+        body["capture"] = capture_body(
+            capture_below_confidence, capture_per_hour, capture_max_bytes, capture_for
+        )
     if shadow is not None:
         body["shadow"] = {
             "devices": shadow,

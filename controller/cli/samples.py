@@ -247,3 +247,31 @@ def status(
             a["source"],
         )
     console.print(table if active else "capture is off everywhere")
+
+
+# The capture options of commands that turn capture on (alert rules, rollouts).
+CaptureBelowConfidence = Annotated[
+    float | None,
+    typer.Option(help="Capture inputs whose top-1 confidence is below this, for retraining."),
+]
+CapturePerHour = Annotated[int, typer.Option(help="Captured per device and hour.")]
+CaptureMaxBytes = Annotated[str, typer.Option(help="Captured waiting on each device, e.g. 50MB.")]
+CaptureFor = Annotated[str, typer.Option(help="How long capture stays on.")]
+
+
+def capture_body(
+    below_confidence: float, per_hour: int, max_bytes: str, for_: str
+) -> dict[str, Any]:
+    """The API's ``capture`` block from the capture options."""
+    from ..rollouts.core import RolloutSpecError, parse_duration
+
+    try:
+        for_s = parse_duration(for_)
+    except RolloutSpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--capture-for") from exc
+    return {
+        "below_confidence": below_confidence,
+        "per_hour": per_hour,
+        "max_bytes": parse_bytes(max_bytes),
+        "for_s": for_s,
+    }

@@ -32,6 +32,7 @@ from ..db import session_scope
 from ..devices.desired import DeploymentSigner, clear_desired, sign_deployment, sign_shadow
 from ..devices.selectors import parse_selector
 from ..devices.tables import DeviceModelRecord, DeviceRecord
+from ..monitoring.schemas import AlertCapture
 from ..registry.tables import ReleaseRecord
 from ..samples.capture import order_capture
 from ..settings import Settings
@@ -58,7 +59,6 @@ from .core import (
 )
 from .health import fleet_health
 from .references import release_reference_profile
-from .schemas import CaptureIn
 from .shadow_health import shadow_health
 from .tables import RolloutAssignmentRecord, RolloutCommandRecord, RolloutEventRecord, RolloutRecord
 
@@ -357,17 +357,16 @@ def _order_capture(
     stored = record.policy.get("capture")
     if not stored:
         return
-    capture = CaptureIn.model_validate(stored)
+    capture = AlertCapture.model_validate(stored)
     order_capture(
         session,
         fleet.signer,
         device_ids,
         model=record.model_name,
         below_confidence=capture.below_confidence,
-        rare_input_share=capture.rare_input_share,
         per_hour=capture.per_hour,
         max_bytes=capture.max_bytes,
-        until=now + timedelta(seconds=capture.duration_s()),
+        until=now + timedelta(seconds=capture.for_s),
         source=f"rollout {record.id}",
         now=now,
     )

@@ -28,11 +28,12 @@ from protocol import ProbationPolicy
 from ..devices.selectors import parse_selector
 from ..devices.tables import DeviceModelRecord, DeviceRecord
 from ..errors import ConflictError, NotFoundError
+from ..monitoring.schemas import AlertCapture
 from ..registry.releases import get_release
 from ..registry.tables import ReleaseRecord
 from .codec import decode_policy, encode_policy, encode_state, release_ref
 from .core import CommandKind, RolloutPolicy, RolloutState, wave_targets
-from .schemas import CaptureIn, RolloutDetail, RolloutEventPublic, RolloutSummary, WavePublic
+from .schemas import RolloutDetail, RolloutEventPublic, RolloutSummary, WavePublic
 from .tables import RolloutAssignmentRecord, RolloutCommandRecord, RolloutEventRecord, RolloutRecord
 
 __all__ = [
@@ -58,11 +59,9 @@ def create_rollout(
     policy: RolloutPolicy,
     probation: ProbationPolicy,
     actor: str,
-    capture: CaptureIn | None = None,
+    capture: AlertCapture | None = None,
 ) -> RolloutRecord:
     release = get_release(session, model, version)
-    if capture is not None:
-        capture.duration_s()  # a bad duration is a RolloutSpecError: 400
     parsed = parse_selector(selector)
     running = session.exec(
         select(RolloutRecord).where(

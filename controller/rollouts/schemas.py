@@ -11,13 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from protocol import (
-    DEFAULT_SHADOW_CPU_FRACTION,
-    MAX_CAPTURE_BYTES,
-    MAX_CAPTURE_PER_HOUR,
-    ProbationPolicy,
-)
+from protocol import DEFAULT_SHADOW_CPU_FRACTION, ProbationPolicy
 
+from ..monitoring.schemas import AlertCapture
 from .core import (
     CommandKind,
     GateThresholds,
@@ -30,7 +26,6 @@ from .core import (
 )
 
 __all__ = [
-    "CaptureIn",
     "CommandQueued",
     "GatePublic",
     "GatesIn",
@@ -87,22 +82,6 @@ class ShadowIn(BaseModel):
         )
 
 
-class CaptureIn(BaseModel):
-    """Capture inputs on the devices this rollout updates, for retraining (opt-in): the
-    order goes to each device as it is assigned (``controller.samples``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    below_confidence: float = Field(gt=0, le=1)
-    rare_input_share: float | None = Field(default=None, gt=0, le=1)
-    per_hour: int = Field(default=20, ge=1, le=MAX_CAPTURE_PER_HOUR)
-    max_bytes: int = Field(default=50 * 1024 * 1024, ge=1, le=MAX_CAPTURE_BYTES)
-    duration: str = Field(default="1d", max_length=32)
-
-    def duration_s(self) -> float:
-        return parse_duration(self.duration)
-
-
 class RolloutCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -117,7 +96,9 @@ class RolloutCreate(BaseModel):
     gates: GatesIn = GatesIn()
     probation: ProbationPolicy = ProbationPolicy()
     shadow: ShadowIn | None = None
-    capture: CaptureIn | None = None
+    # Capture inputs on every device the rollout assigns, as it is assigned (opt-in; the
+    # same block as an alert rule's).
+    capture: AlertCapture | None = None
 
     def policy(self) -> RolloutPolicy:
         """The core's policy; a bad wave list, quota or duration is a ``RolloutSpecError``."""
@@ -165,7 +146,7 @@ class RolloutPolicyPublic(BaseModel):
     gates: GatesIn
     probation: ProbationPolicy
     shadow: ShadowPolicyPublic | None = None
-    capture: CaptureIn | None = None
+    capture: AlertCapture | None = None
 
 
 class ShadowPolicyPublic(BaseModel):

@@ -399,7 +399,7 @@ def test_a_rollout_with_capture_orders_it_on_each_device_it_assigns(
 ) -> None:
     context = ctx(fleet_app)
     devices = add_devices(context.engine, 4)
-    capture = {"below_confidence": 0.6, "per_hour": 5, "max_bytes": 1_000_000, "duration": "2h"}
+    capture = {"below_confidence": 0.6, "per_hour": 5, "max_bytes": 1_000_000, "for_s": 7200}
     rollout = start_rollout(client, tokens[Role.OPERATOR], capture=capture)
     fleet = fleet_of(context)
 
@@ -428,7 +428,7 @@ def test_a_rollout_without_capture_orders_none_and_a_bad_capture_is_a_400(
     plan_rollout(fleet_of(context), rollout["id"], now_s=NOW_S)
     with Session(context.engine) as session:
         assert session.exec(select(CaptureOrderRecord)).all() == []
-    for capture in ({"below_confidence": 2.0}, {"below_confidence": 0.5, "duration": "soon"}):
+    for capture in ({"below_confidence": 2.0}, {"below_confidence": 0.5, "for_s": -1}):
         body = {"release": "digits:1", "capture": capture}
         answer = client.post("/api/v1/rollouts", json=body, headers=bearer(tokens[Role.OPERATOR]))
         assert answer.status_code in (400, 422), answer.text
