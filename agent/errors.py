@@ -23,6 +23,7 @@ Every failure is an ``AgentError``. Three families matter to callers:
     │   │   └── ControllerCaMismatchError controller_ca_mismatch  not the CA or certificate expected
     │   ├── ModelMismatchError            model_mismatch       a release of another model
     │   ├── InsufficientMemoryError       insufficient_memory  does not fit the memory budget
+    │   ├── BadCapturePolicyError         bad_capture_policy   capture args that are no policy
     │   ├── TooManyModelsError            too_many_models      beyond MAX_MODELS_PER_DEVICE
     │   ├── ReplayedDeploymentError       replayed_deployment  sequence below the highest accepted
     │   │   └── DuplicateDeploymentError  duplicate_deployment the accepted one, redelivered
@@ -93,6 +94,7 @@ __all__ = [
     "AgentConfigExistsError",
     "AgentError",
     "ArtifactError",
+    "BadCapturePolicyError",
     "BadSignatureError",
     "BrokerAuthError",
     "CheckBundleError",
@@ -225,6 +227,12 @@ class InsufficientMemoryError(RefusalError):
     """The model would not fit in the memory budget beside the models already serving."""
 
     reason = "insufficient_memory"
+
+
+class BadCapturePolicyError(RefusalError):
+    """A capture command whose ``args`` are not a capture policy."""
+
+    reason = "bad_capture_policy"
 
 
 class TooManyModelsError(RefusalError):

@@ -34,6 +34,9 @@ from .errors import (
     JobError,
     ModelRejectedError,
     NotFoundError,
+    SampleDeviceMismatchError,
+    SampleNotOrderedError,
+    SampleQuotaError,
     UploadTooLargeError,
 )
 from .metrics import Metrics
@@ -60,6 +63,9 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (UploadTooLargeError, 413),
     (BadRequestError, 400),
     (RolloutSpecError, 400),
+    (SampleDeviceMismatchError, 403),
+    (SampleNotOrderedError, 403),
+    (SampleQuotaError, 507),
 ]
 
 

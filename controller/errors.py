@@ -15,6 +15,9 @@
     ├── JobError                       422  a converter job crashed, was killed or timed out
     ├── UploadTooLargeError            413  an upload over its size limit
     ├── BridgeError                    500  the MQTT bridge cannot publish now
+    ├── SampleDeviceMismatchError      403  a device uploading a sample of another device
+    ├── SampleNotOrderedError          403  a sample of a model never ordered captured there
+    ├── SampleQuotaError               507  the device holds its quota of samples already
     └── BadRequestError                400  malformed in a way the schema cannot say
         ├── SelectorError              400  a label selector or label list that does not parse
         └── EnrollmentRefusedError     400  an enrollment token that cannot be used
@@ -44,6 +47,9 @@ __all__ = [
     "ModelRejectedError",
     "NotFoundError",
     "ReleaseKeyOfflineError",
+    "SampleDeviceMismatchError",
+    "SampleNotOrderedError",
+    "SampleQuotaError",
     "SelectorError",
     "UploadTooLargeError",
     "WrongPassphraseError",
@@ -127,3 +133,15 @@ class EnrollmentRefusedError(BadRequestError):
 
     def __init__(self) -> None:
         super().__init__(self.MESSAGE)
+
+
+class SampleDeviceMismatchError(ControllerError):
+    """A device uploading a sample that says it is another device's."""
+
+
+class SampleNotOrderedError(ControllerError):
+    """A sample of a model whose capture was never turned on for the device."""
+
+
+class SampleQuotaError(ControllerError):
+    """The device already holds its quota of samples on the controller."""

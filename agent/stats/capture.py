@@ -55,7 +55,7 @@ from tensors.profile import drift_sample
 from tensors.samples import write_sample
 
 from ..clock import Clock
-from ..errors import LocalStateError, RefusalError
+from ..errors import BadCapturePolicyError, LocalStateError
 
 __all__ = [
     "HOUR_S",
@@ -78,12 +78,6 @@ SAMPLE_OVERHEAD_BYTES = 8 * 1024
 POLICIES_FILE = "policies.json"
 KEPT_FILE = "kept.json"
 QUEUE_DIR = "queue"
-
-
-class BadCapturePolicyError(RefusalError):
-    """A capture command whose ``args`` are not a capture policy."""
-
-    reason = "bad_capture_policy"
 
 
 def request_confidence(

@@ -33,7 +33,13 @@ from durable import fsync_dir
 from tensors.samples import SampleFormatError, read_sample
 
 from ..devices.tables import DeviceRecord
-from ..errors import BadRequestError, ControllerError, NotFoundError
+from ..errors import (
+    BadRequestError,
+    NotFoundError,
+    SampleDeviceMismatchError,
+    SampleNotOrderedError,
+    SampleQuotaError,
+)
 from ..tables import utcnow
 from .tables import CaptureOrderRecord, SampleRecord
 
@@ -46,18 +52,6 @@ __all__ = [
     "delete_samples",
     "device_of_token",
 ]
-
-
-class SampleDeviceMismatchError(ControllerError):
-    """A device uploading a sample that says it is another device's."""
-
-
-class SampleNotOrderedError(ControllerError):
-    """A sample of a model whose capture was never turned on for the device."""
-
-
-class SampleQuotaError(ControllerError):
-    """The device already holds its quota of samples on the controller."""
 
 
 def _valid_sha256(sha256: str) -> bool:
