@@ -104,7 +104,7 @@ def evaluate_shadow_gates(health: ShadowHealth, policy: ShadowPolicy) -> tuple[G
     agreement_note = (
         f"{health.compared_rows} rows compared, {of}"
         if health.agreement is not None
-        else "skipped: the outputs are not class scores (see shadow_distance)"
+        else "skipped: no rows compared (outputs that are not class scores, or not finite)"
     )
     return (
         _floor("shadow_agreement", health.agreement, policy.min_agreement, agreement_note),
