@@ -264,6 +264,7 @@ class _Step:
         self.update(status=RolloutStatus.SHADOW, shadow_started_s=self.now_s)
         self.emit(EventKind.SHADOW_STARTED, target=self.shadow_target())
         self.top_up_shadow()
+        self.judge_shadow_when_ready()
 
     def shadow_candidates(self) -> list[str]:
         """Matching devices that serve the model, but not this release: something to compare."""
@@ -310,7 +311,10 @@ class _Step:
         health = self.observations.shadow_health
         samples = 0 if health is None else health.samples
         left_s = state.shadow_started_s + policy.duration_s - self.now_s
-        if not state.shadow_promoted:
+        # No device serves another release of the model: nothing to shadow beside, so the
+        # stage is judged at once (every gate skipped, saying so) rather than waited out.
+        nothing_to_compare = not state.shadow_devices and self.shadow_target() == 0
+        if not state.shadow_promoted and not nothing_to_compare:
             if left_s > 0:
                 self.notes.append(
                     f"shadowing on {len(state.shadow_devices)} devices: {left_s:g} s left, "

@@ -172,3 +172,15 @@ def test_shadow_gates_read_both_ways() -> None:
     regression = replace(AGREEING, agreement=None, compared_rows=0, mean_distance=0.3)
     far = evaluate_shadow_gates(regression, replace(SHADOW, max_distance=0.1))
     assert [g.name for g in far if not g.passed] == ["shadow_distance"]
+
+
+def test_with_no_device_to_shadow_on_the_stage_passes_at_once_saying_why() -> None:
+    views = tuple(DeviceView(device_id(i), True, None) for i in range(3))  # a first rollout
+    result = plan(rollout(policy(shadow=SHADOW)), Observations(views), now_s=0.0)
+    assert result.state.status is RolloutStatus.RUNNING
+    assert kinds(result) == [
+        EventKind.SHADOW_STARTED,
+        EventKind.SHADOW_PASSED,
+        EventKind.WAVE_STARTED,
+    ]
+    assert all(g.note.startswith(("skipped: 0 samples", "disabled")) for g in result.gates)
