@@ -76,7 +76,8 @@ Every failure is an ``AgentError``. Three families matter to callers:
     └── TransportError                    transport            retryable
         ├── ConnectionFailedError         connection_failed
         ├── TransportTimeoutError         transport_timeout
-        └── HttpStatusError               http_status
+        ├── HttpStatusError               http_status
+        └── AnswerTooLargeError           answer_too_large     a controller answer over its cap
 
 Protocol errors are translated once, here (``translate_protocol_error``); nothing else in
 the agent maps ``protocol`` exceptions.
@@ -93,6 +94,7 @@ from protocol import errors as protocol_errors
 __all__ = [
     "AgentConfigExistsError",
     "AgentError",
+    "AnswerTooLargeError",
     "ArtifactError",
     "BadCapturePolicyError",
     "BadSignatureError",
@@ -477,6 +479,12 @@ class ConnectionFailedError(TransportError):
 
 class TransportTimeoutError(TransportError):
     reason = "transport_timeout"
+
+
+class AnswerTooLargeError(TransportError):
+    """A controller's answer over the size the agent reads; the next round tries again."""
+
+    reason = "answer_too_large"
 
 
 class HttpStatusError(TransportError):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..config import AgentConfig
-from ..errors import AgentError, TransportError
+from ..errors import AnswerTooLargeError, TransportError
 from ..stats.capture import CaptureKeeper, QueuedSample
 from ..stats.recorder import StatsRecorder
 from ..tls import device_tls_context
@@ -38,10 +38,6 @@ TIMEOUT_S = 60.0
 ACCEPTED = frozenset({200, 201})
 REFUSED_FOR_GOOD = frozenset({400, 403, 409, 413, 422})
 CAPTURE_INTERVAL_S = 1.0
-
-
-class _AnswerTooLargeError(AgentError):
-    reason = "sample_answer_too_large"
 
 
 @dataclass
@@ -61,7 +57,7 @@ def _put(config: AgentConfig, sample: QueuedSample) -> tuple[int, bytes]:
         verify=device_tls_context(config),
         max_bytes=MAX_ANSWER_BYTES,
         timeout_s=TIMEOUT_S,
-        too_large=_AnswerTooLargeError,
+        too_large=AnswerTooLargeError,
         content=data,
         headers={
             "Authorization": f"Bearer {config.controller_token}",
@@ -82,7 +78,7 @@ def upload_samples(config: AgentConfig, keeper: CaptureKeeper) -> UploadRound:
             status, body = _put(config, sample)
         except FileNotFoundError:
             continue  # turned off meanwhile
-        except (TransportError, _AnswerTooLargeError) as exc:
+        except TransportError as exc:  # AnswerTooLargeError too
             result.left, result.stopped = len(queue) - index, str(exc)
             return result
         if status in ACCEPTED:
