@@ -4,10 +4,13 @@ Shared by the agent's probation (the new model against the previous one on one d
 the controller's rollout gate (updated devices against the control group): labels come
 back for a small share of requests, and at 100 labels an accuracy of 0.90 reads anywhere
 from about 0.84 to 0.96. A drop is therefore judged by its one-sided lower confidence
-bound: ``drop - Z * SE`` with the two proportions' standard error, and it counts as
-exceeding ``limit`` only when that bound does (``Z = 2.326``: a model whose accuracy truly
-fell by exactly ``limit`` is failed at most one time in a hundred). Below ``MIN_LABELED``
-labels on either side nothing is judged.
+bound: ``drop - Z * SE``, and it counts as exceeding ``limit`` only when that bound does
+(``Z = 2.326``, one-sided 99 %). The standard error is Agresti and Caffo's: each side's
+accuracy with one right and one wrong label added, so a side at exactly 0 or 1 (common
+with few labels) still has one. Judged once (the agent's probation reads it only from the
+end of its window on, a rollout once per wave), a model whose accuracy truly fell by
+exactly ``limit`` is failed about one time in a hundred. Below ``MIN_LABELED`` labels on
+either side nothing is judged.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ def accuracy_drop(
     if min(before_labeled, labeled) < MIN_LABELED:
         return None
     before, after = before_correct / before_labeled, correct / labeled
-    variance = before * (1 - before) / before_labeled + after * (1 - after) / labeled
+    smoothed_before = (before_correct + 1) / (before_labeled + 2)
+    smoothed_after = (correct + 1) / (labeled + 2)
+    variance = smoothed_before * (1 - smoothed_before) / (before_labeled + 2) + smoothed_after * (
+        1 - smoothed_after
+    ) / (labeled + 2)
     drop = before - after
     return AccuracyDrop(before, after, drop, drop - Z_ONE_SIDED_99 * math.sqrt(variance))

@@ -9,8 +9,10 @@ Pure numpy, no state: one request's two output maps in, one ``Comparison`` out.
   either model's scores are not all finite are left out. Each model's top-1 confidence is
   summed over the compared rows.
 - **Distance** (every model): ``sum |shadow - serving| / sum |serving|`` over the float
-  outputs both have; an output the shadow lacks, or gives in another shape, makes the
-  distance 1 (entirely different). Integer outputs are compared for equality only.
+  outputs both have. Integer outputs are compared for equality only.
+- **Mismatched**: an output of the serving model the shadow lacks, or gives in another
+  shape or kind of type: the candidate does not answer the same question, and the sample
+  counts as failed (with distance 1) rather than being compared.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ __all__ = ["Comparison", "compare_outputs"]
 @dataclass(frozen=True)
 class Comparison:
     nonfinite: bool
+    # An output of the serving model the shadow lacks or gives in another shape or type:
+    # counted as a failed sample (the candidate does not answer the same question).
+    mismatched: bool = False
     compared_rows: int = 0
     agreed_rows: int = 0
     confidence_sum: float = 0.0
@@ -40,6 +45,14 @@ def compare_outputs(
     classifier: str | None,
 ) -> Comparison:
     """Compare one request's outputs; ``classifier`` names the class-score output."""
+    for name, expected in serving.items():
+        given = shadow.get(name)
+        if (
+            given is None
+            or given.shape != expected.shape
+            or given.dtype.kind != expected.dtype.kind
+        ):
+            return Comparison(nonfinite=False, mismatched=True, distance=1.0)
     for array in shadow.values():
         if array.dtype.kind in "fc" and not np.isfinite(array).all():
             return Comparison(nonfinite=True)

@@ -11,7 +11,8 @@ in ``shadow/<model>/``, and the serving version only offers it copies of request
 
 Invariants:
 - a shadow runs only from a verified order, and stops at its ``until``, at a stop order,
-  when a deployment of a release of its model arrives, and when the agent stops;
+  when a deployment of a release of its model arrives, when the serving version changes
+  under it (a rollback), and when the agent stops;
 - nothing of a shadow survives a restart unless its order is still on: at start, an
   order kept on disk is verified again and must still be its model's newest accepted
   deployment and before its ``until``, else its directory is removed; a kept order is
@@ -78,6 +79,8 @@ class ShadowKeeper:
         self.root = config.data_dir / "shadow"
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._runners: dict[str, ShadowRunner] = {}
+        # The serving version each shadow was started beside (and its reference copies).
+        self._serving_at_start: dict[str, LoadedVersion] = {}
 
     # -- orders --------------------------------------------------------------------------
 
@@ -99,6 +102,7 @@ class ShadowKeeper:
         if task is not None:
             task.cancel()
         runner = self._runners.pop(model, None)
+        self._serving_at_start.pop(model, None)
         if runner is not None:
             self._untap(model)
             runner.close()
@@ -144,8 +148,12 @@ class ShadowKeeper:
         runner = self._runners.get(model)
         if runner is None:
             return None
-        self._tap(model, runner)  # the serving version may have changed under it
-        return runner.take_window()
+        window = runner.take_window()
+        if self.serving.current_of(model) is not self._serving_at_start.get(model):
+            # A rollback swapped the serving version: the reference copy and the samples
+            # no longer describe what serves. (Updates and removals stop shadows first.)
+            self.stop(model, reason="serving_changed")
+        return window
 
     def running(self) -> dict[str, protocol.ReleaseRef]:
         return {model: runner.release for model, runner in sorted(self._runners.items())}
@@ -207,7 +215,11 @@ class ShadowKeeper:
                 load_reference=lambda: self._load(serving.path, serving.format, serving.version),
                 max_cpu_fraction=fraction,
             )
-            await asyncio.to_thread(runner.start)
+            try:
+                await asyncio.to_thread(runner.start)
+            except asyncio.CancelledError:
+                runner.close()  # stopped while loading: its thread lets the models go
+                raise
         except (AgentError, _ShadowRefusedError) as exc:
             reason = exc.reason
             logger.warning("shadow %s failed: %s: %s", release.ref(), reason, exc)
@@ -222,6 +234,7 @@ class ShadowKeeper:
             shutil.rmtree(self.root / model, ignore_errors=True)
             return
         self._runners[model] = runner
+        self._serving_at_start[model] = serving
         self._tap(model, runner)
         logger.info(
             "shadowing %s with %s (at most %.0f%% of the time, %s priority) until %s",

@@ -134,9 +134,13 @@ class ShadowRunner:
         return self._pending is not None
 
     def close(self) -> None:
-        """Stop the thread after the sample it runs, if any; the model is let go of."""
+        """Stop the thread after the sample it runs (or the load under way), if any; the
+        models are let go of. Returns at once: ``join`` waits."""
         self._closed = True
         self._wake.set()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
 
     # -- the request path --------------------------------------------------------------
 
@@ -183,7 +187,8 @@ class ShadowRunner:
             self._load_error = exc
         finally:
             self._ready.set()  # whatever happened, start() stops waiting
-        if self._loaded is None:
+        if self._loaded is None or self._closed:
+            self._loaded = self._reference = None  # closed while it loaded
             return
         while True:
             self._wake.wait()
@@ -237,7 +242,7 @@ class ShadowRunner:
             sums.cpu_counts[_bucket(cpu_s)] += 1
             if reference_cpu_s is not None:
                 sums.serving_cpu_counts[_bucket(reference_cpu_s)] += 1
-            if comparison is None:
+            if comparison is None or comparison.mismatched:
                 sums.errors += 1
             elif comparison.nonfinite:
                 sums.nonfinite += 1

@@ -32,7 +32,8 @@ Rules, with ``n = max(policy.min_requests, 1)``:
 - Accuracy on labeled requests (the application's feedback) is judged against the
   previous model's on this device once both have ``tensors.accuracy.MIN_LABELED`` labels,
   and trips only when the drop's lower confidence bound exceeds the limit: labels are
-  few, and noise alone must not roll back a good model.
+  few, and noise alone must not roll back a good model. It is read only from the end of
+  the window on (when probation decides), not at every earlier look.
 - Relative checks (p95 latency over the baseline's p95, drop of mean top-1 confidence
   from the baseline's) also need a baseline with ``n`` requests and the figure on both
   sides (a classifier on both sides; a baseline p95 above 0). Without one they are
@@ -147,8 +148,11 @@ class ProbationJudge:
             self._p95_latency_ratio,
             self._confidence_drop,
             self._drift,
-            self._label_accuracy_drop,
         ]
+        if elapsed_s >= policy.window_s:
+            # Judged when probation decides, not at every look: a test repeated each
+            # window would fail a good model far more often than its confidence says.
+            checks.append(self._label_accuracy_drop)
         # Every check runs, so that numbers hold every measured value, not just the first.
         trips = [t for check in checks if (t := check(candidate, baseline, numbers)) is not None]
         if trips:

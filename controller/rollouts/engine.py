@@ -164,7 +164,12 @@ def _matching_devices(session: Session, record: RolloutRecord) -> tuple[DeviceVi
     """Devices the selector matches, each with the release of the rollout's model it runs."""
     selector = parse_selector(record.selector)
     return tuple(
-        DeviceView(device.id, device.online, _reported_release(record.model_name, model))
+        DeviceView(
+            device.id,
+            device.online,
+            _reported_release(record.model_name, model),
+            update_pending=_update_pending(model),
+        )
         for device, model in session.exec(
             select(DeviceRecord, DeviceModelRecord)
             .outerjoin(
@@ -259,6 +264,13 @@ def _observe(
     )
     devices = _matching_devices(session, record)
     return Observations(devices, reports, health.new, health.control, commands, health.shadow)
+
+
+def _update_pending(row: DeviceModelRecord | None) -> bool:
+    """A release or removal of the model is signed for the device and not yet accepted."""
+    if row is None or row.desired_sequence is None or row.desired_shadow:
+        return False
+    return row.reported_sequence is None or row.reported_sequence < row.desired_sequence
 
 
 def _reported_release(model: str, row: DeviceModelRecord | None) -> ReleaseRef | None:

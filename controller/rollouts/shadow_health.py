@@ -5,10 +5,9 @@ of the candidate's version since the stage started; every window's ``ShadowWindo
 added up (sums and histogram counts) before any rate, mean or quantile is read, so a
 device that sampled more counts more, and no per-window figure is ever averaged.
 
-The latency ratio compares medians of the *same* requests: the shadow's latency and the
-serving model's on each sampled request. The shadow runs at the lowest CPU priority, so a
-busy device stretches its latencies; the median, unlike the tail, stays on the runs that
-were not preempted.
+The latency ratio compares median CPU times on the same samples: the candidate's and a
+one-thread copy of the serving model's, both run in the shadow's thread (wall times would
+measure how busy the device was, as the shadow runs at the lowest CPU priority).
 """
 
 from __future__ import annotations

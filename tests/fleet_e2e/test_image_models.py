@@ -4,7 +4,8 @@ SqueezeNet from the onnx package (1x3x224x224 frames, 1000 classes) with a valid
 set of frames, released with its check bundle, rolled out to real agents that serve it
 over the inference API to applications sending live frames unlike the validation set;
 then a broken copy that is finite on every validation frame and NaN on live ones, which
-the canary rolls back before any other device sees it. Drift limits are the defaults.
+the canary rolls back before any other device sees it, and which a shadow stage stops
+before any device serves it. Drift limits are the defaults.
 """
 
 from __future__ import annotations
@@ -99,3 +100,17 @@ def test_image_model_ships_in_waves_and_a_broken_one_stops_at_the_canary(
     assert status["last_good"] == f"{MODEL}:{good}"
     assert all(fleet.api.active_version(a.device_id, MODEL) == good for a in fleet.agents)
     assert all(a.traffic is not None and a.traffic.ok > 0 for a in fleet.agents)
+
+    # The same broken copy behind a shadow stage: two devices run it beside SqueezeNet on
+    # copies of live frames, see its NaN, and it stops there: no device ever serves it.
+    shadow = {"devices": "2", "duration": "3s", "min_samples": 6, "max_latency_ratio": 100.0}
+    failures = [len(a.traffic.failures) for a in fleet.agents if a.traffic is not None]
+    rollout_id = fleet.api.rollout(f"{MODEL}:{broken}", shadow=shadow, **body)
+    status = fleet.api.wait_rollout(rollout_id, ("aborted",), 300, fleet.context)
+
+    gates = {g["name"]: g for g in status["shadow"]["judgement"]["gates"]}
+    assert gates["shadow_nonfinite_rate"]["value"] == 1.0, gates
+    assert not gates["shadow_nonfinite_rate"]["passed"]
+    assert all(wave["outcomes"] == {} for wave in status["waves"]), status
+    assert all(fleet.api.active_version(a.device_id, MODEL) == good for a in fleet.agents)
+    assert [len(a.traffic.failures) for a in fleet.agents if a.traffic is not None] == failures

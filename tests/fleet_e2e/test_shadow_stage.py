@@ -10,7 +10,6 @@ stage and rolls out through its waves.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -127,33 +126,11 @@ def test_a_disagreeing_candidate_is_stopped_in_the_shadow_stage_and_a_good_one_s
     assert status["status"] == "completed", (status["shadow"], status["gates"], status["notes"])
     gates = {g["name"]: g for g in status["shadow"]["judgement"]["gates"]}
     assert gates["shadow_agreement"]["value"] >= 0.98
+    # Pooled from what the two shadow devices sent: at least min_samples samples.
+    note = gates["shadow_agreement"]["note"]
+    assert "from 2 devices" in note
+    assert int(note.split(" samples")[0].split()[-1]) >= SHADOW["min_samples"]
+    assert np.isfinite(gates["shadow_latency_ratio"]["value"])
     for agent in fleet.agents:
         assert fleet.api.active_version(agent.device_id, "digits") == good
     assert all(a.traffic is not None and not a.traffic.failures for a in fleet.agents)
-
-
-def test_the_stage_figures_come_from_the_devices_samples(fleet: Fleet, tmp_path: Path) -> None:
-    """The numbers in the gates are pooled from what devices sent: checked by hand here."""
-    model, validation = build_digits_model(tmp_path)
-    fleet.enroll(1)
-    fleet.start_agents()
-    fleet.agents[0].start_traffic("digits", bodies=digits_requests("as_is"), interval_s=0.01)
-    first = fleet.api.push_and_release("digits", model, validation)
-    rollout_completes(fleet, f"digits:{first}")
-    same = fleet.api.push_and_release("digits", model.rename(tmp_path / "d2.onnx"), validation)
-    shadow = {**SHADOW, "devices": "1"}
-    body = {"probation": PROBATION, "gates": GATES, "soak": "1s", "waves": "1"}
-    rollout_id = fleet.api.rollout(f"digits:{same}", shadow=shadow, **body)
-    status = fleet.api.wait_rollout(rollout_id, ("completed", "aborted"), 180, fleet.context)
-    gates = {g["name"]: g for g in status["shadow"]["judgement"]["gates"]}
-    # The same network: every row agrees, no distance, no confidence lost.
-    assert gates["shadow_agreement"]["value"] == 1.0
-    assert gates["shadow_confidence_drop"]["value"] == pytest.approx(0.0, abs=1e-6)
-    assert gates["shadow_distance"]["passed"]
-    assert status["status"] == "completed"
-    batch_note = gates["shadow_agreement"]["note"]
-    assert "from 1 devices" in batch_note
-    samples = int(batch_note.split(" samples")[0].split()[-1])
-    assert samples >= 100
-    assert json.dumps(status)  # the detail is plain JSON
-    assert np.isfinite(gates["shadow_latency_ratio"]["value"])

@@ -105,6 +105,8 @@ class DeviceView:
     device_id: str
     online: bool
     release: ReleaseRef | None = None
+    # A deployment of the model signed for the device and not yet accepted by it.
+    update_pending: bool = False
 
 
 class CommandKind(StrEnum):

@@ -267,12 +267,13 @@ class _Step:
         self.judge_shadow_when_ready()
 
     def shadow_candidates(self) -> list[str]:
-        """Matching devices that serve the model, but not this release: something to compare."""
+        """Matching devices that serve the model, but not this release (something to compare
+        with), and have no deployment of it pending (a shadow order would replace it)."""
         release = self.state.release
         return [
             d.device_id
             for d in self.observations.devices
-            if d.release is not None and d.release != release
+            if d.release is not None and d.release != release and not d.update_pending
         ]
 
     def shadow_target(self) -> int:
@@ -282,8 +283,11 @@ class _Step:
 
     def top_up_shadow(self) -> None:
         """Order online devices, in the caller's order, to shadow up to the stage's target."""
-        policy = self.state.policy.shadow
+        policy, started = self.state.policy.shadow, self.state.shadow_started_s
         assert policy is not None
+        assert started is not None
+        if self.now_s >= started + policy.duration_s:
+            return  # an order now would end before the device could sample anything
         candidates = set(self.shadow_candidates())
         online = {d.device_id for d in self.observations.devices if d.online}
         chosen_before = self.state.shadow_devices

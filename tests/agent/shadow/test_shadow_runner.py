@@ -38,11 +38,13 @@ def test_a_flipped_class_disagrees_and_a_nan_is_nonfinite() -> None:
     assert compare_outputs(serving, nan, classifier="p").nonfinite
 
 
-def test_a_missing_or_reshaped_output_is_entirely_different() -> None:
-    serving = {"y": np.ones((1, 4), dtype=np.float32)}
-    assert compare_outputs(serving, {}, classifier=None).distance == 1.0
-    reshaped = {"y": np.ones((4, 1), dtype=np.float32)}
-    assert compare_outputs(serving, reshaped, classifier=None).distance == 1.0
+def test_a_missing_reshaped_or_retyped_output_is_a_mismatch_not_a_comparison() -> None:
+    serving = {"p": np.array([[0.1, 0.9]], dtype=np.float32)}
+    eleven_classes = {"p": np.full((1, 3), 0.3, dtype=np.float32)}
+    for shadow in ({}, {"q": serving["p"]}, eleven_classes, {"p": np.array([[0, 1]])}):
+        result = compare_outputs(serving, shadow, classifier="p")
+        assert result.mismatched
+        assert (result.compared_rows, result.distance) == (0, 1.0)
 
 
 def loaded(tmp_path: Path, bias: float, name: str) -> ModelServer:
@@ -71,6 +73,7 @@ def test_the_shadow_sees_copies_of_requests_and_never_changes_an_answer(tmp_path
         answers.append(serving.infer({"x": x}))
         time.sleep(0.001)
     runner.close()
+    runner.join(10)
     window = runner.take_window()
     assert window is not None
     assert all(np.array_equal(a["y"], x + 1) for a in answers)
@@ -119,6 +122,7 @@ def test_the_budget_bounds_the_time_the_shadow_runs(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     runner.close()
+    runner.join(10)
     elapsed = time.perf_counter() - started
     window = runner.take_window()
     assert window is not None

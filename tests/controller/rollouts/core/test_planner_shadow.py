@@ -184,3 +184,27 @@ def test_with_no_device_to_shadow_on_the_stage_passes_at_once_saying_why() -> No
         EventKind.WAVE_STARTED,
     ]
     assert all(g.note.startswith(("skipped: 0 samples", "disabled")) for g in result.gates)
+
+
+def test_a_device_with_a_deployment_pending_is_not_ordered_to_shadow() -> None:
+    views = (
+        DeviceView("d00", True, OLD, update_pending=True),  # a signed update would be replaced
+        DeviceView("d01", True, OLD),
+        DeviceView("d02", True, OLD),
+    )
+    result = plan(rollout(policy(shadow=SHADOW)), Observations(views), now_s=0.0)
+    orders = [a for a in result.actions if isinstance(a, ShadowDevices)]
+    assert [o.device_ids for o in orders] == [("d01", "d02")]
+
+
+def test_a_device_back_after_the_watch_is_over_gets_no_shadow_order() -> None:
+    state, _ = start()
+    back = devices(12)  # two more devices, and the first two went away
+    views = tuple(v for v in back if v.device_id not in ("d00", "d01"))
+    few = replace(AGREEING, samples=50)
+    during = plan(state, Observations(views, shadow_health=few), now_s=300.0)
+    assert [a.device_ids for a in during.actions if isinstance(a, ShadowDevices)] == [
+        ("d02", "d03")
+    ]
+    after = plan(state, Observations(views, shadow_health=few), now_s=700.0)
+    assert not [a for a in after.actions if isinstance(a, ShadowDevices)]
