@@ -81,7 +81,7 @@ def main() -> None:
         ("saturated, back to back", SATURATED_REQUESTS, 0.0),
     ):
         runner.take_window()  # figures of this kind of traffic only
-        busy_before = _busy_s(runner)
+        busy_before = runner.busy_s
         started = time.perf_counter()
         timings = interleaved(
             {
@@ -92,7 +92,7 @@ def main() -> None:
         )
         elapsed_s = time.perf_counter() - started
         window = runner.take_window()
-        _report(label, timings, window, (_busy_s(runner) - busy_before) / elapsed_s)
+        _report(label, timings, window, (runner.busy_s - busy_before) / elapsed_s)
     runner.close()
 
 
@@ -127,10 +127,6 @@ def _wait_idle(runner: ShadowRunner) -> None:
     deadline = time.monotonic() + 10
     while runner.busy and time.monotonic() < deadline:
         time.sleep(0.001)
-
-
-def _busy_s(runner: ShadowRunner) -> float:
-    return runner.busy_s
 
 
 def _report(label: str, timings: dict[str, Timing], window: object, busy_share: float) -> None:

@@ -122,9 +122,7 @@ class RequestTap(Protocol):
     Called from many threads at once; must return at once and never modify the arrays.
     """
 
-    def offer(
-        self, inputs: Mapping[str, Array], outputs: Mapping[str, Array], latency_s: float
-    ) -> None: ...
+    def offer(self, inputs: Mapping[str, Array], outputs: Mapping[str, Array]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -274,7 +272,7 @@ class LoadedVersion:
         tap = self._tap
         if tap is not None:
             try:
-                tap.offer(inputs, outputs, latency_s)
+                tap.offer(inputs, outputs)
             except Exception:  # a shadow must never fail the request it copies
                 logger.exception("the request tap of %r failed", self)
         return outputs

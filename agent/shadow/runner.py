@@ -103,7 +103,7 @@ class ShadowRunner:
         self._wake = threading.Event()
         self._closed = False
         self._offer_lock = threading.Lock()
-        self._pending: tuple[dict[str, np.ndarray], Mapping[str, np.ndarray], float] | None = None
+        self._pending: tuple[dict[str, np.ndarray], Mapping[str, np.ndarray]] | None = None
         self._credit_s = 0.0
         self._credit_at = time.perf_counter()
         self._sums_lock = threading.Lock()
@@ -148,7 +148,6 @@ class ShadowRunner:
         self,
         inputs: Mapping[str, np.ndarray],
         outputs: Mapping[str, np.ndarray],
-        latency_s: float,
     ) -> None:
         """Take this request for the shadow if it is idle and the budget allows; never waits."""
         if not self._offer_lock.acquire(blocking=False):
@@ -161,11 +160,7 @@ class ShadowRunner:
             if self._pending is not None or self._closed or self._credit_s <= 0:
                 self._skip()
                 return
-            self._pending = (
-                {name: np.array(v, copy=True) for name, v in inputs.items()},
-                outputs,
-                latency_s,
-            )
+            self._pending = ({name: np.array(v, copy=True) for name, v in inputs.items()}, outputs)
         finally:
             self._offer_lock.release()
         self._wake.set()
@@ -206,9 +201,7 @@ class ShadowRunner:
                 self._pending = None
         self._loaded = self._reference = None
 
-    def _run_one(
-        self, inputs: dict[str, np.ndarray], serving: Mapping[str, np.ndarray], _serving_s: float
-    ) -> None:
+    def _run_one(self, inputs: dict[str, np.ndarray], serving: Mapping[str, np.ndarray]) -> None:
         loaded = self._loaded
         assert loaded is not None
         started, started_cpu = time.perf_counter(), time.thread_time()

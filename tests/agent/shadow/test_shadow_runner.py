@@ -112,7 +112,7 @@ def test_the_budget_bounds_the_time_the_shadow_runs(tmp_path: Path) -> None:
 
     def offer() -> None:
         while not stop.is_set():
-            runner.offer({"x": x}, serving.infer({"x": x}), 0.001)
+            runner.offer({"x": x}, serving.infer({"x": x}))
 
     threads = [threading.Thread(target=offer) for _ in range(2)]
     for thread in threads:
