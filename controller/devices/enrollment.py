@@ -64,6 +64,7 @@ __all__ = [
     "Enrollment",
     "create_enrollment_token",
     "decommission_device",
+    "device_of_token",
     "enroll_device",
     "renew_device_certificate",
     "verify_new_device_id",
@@ -281,16 +282,9 @@ def decommission_device(session: Session, *, device_id: str) -> DeviceRecord:
     return device
 
 
-def renew_device_certificate(
-    session: Session, *, token_id: str, csr: str, authority: CertificateAuthority
-) -> tuple[str, IssuedCertificate]:
-    """A new client certificate for the device whose API token is ``token_id``; its older
-    certificates are revoked. Returns (device id, the certificate).
-
-    The device asks over HTTPS with its API token, not over MQTT, so a device whose
-    certificate expired or whose renewal was lost in a crash can still get a new one.
-    ``NotFoundError`` when the token is no enrolled device's.
-    """
+def device_of_token(session: Session, token_id: str) -> DeviceRecord:
+    """The enrolled device whose API token is ``token_id``, its row locked;
+    ``NotFoundError`` when the token is no enrolled device's."""
     device = session.exec(
         select(DeviceRecord)
         .where(
@@ -301,6 +295,20 @@ def renew_device_certificate(
     ).first()
     if device is None:
         raise NotFoundError("this token belongs to no enrolled device")
+    return device
+
+
+def renew_device_certificate(
+    session: Session, *, token_id: str, csr: str, authority: CertificateAuthority
+) -> tuple[str, IssuedCertificate]:
+    """A new client certificate for the device whose API token is ``token_id``; its older
+    certificates are revoked. Returns (device id, the certificate).
+
+    The device asks over HTTPS with its API token, not over MQTT, so a device whose
+    certificate expired or whose renewal was lost in a crash can still get a new one.
+    ``NotFoundError`` when the token is no enrolled device's.
+    """
+    device = device_of_token(session, token_id)
     now = utcnow()
     issued = authority.issue_device_certificate(csr, device.id, now=now)
     _revoke_certificates(session, device.id, now)

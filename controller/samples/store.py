@@ -32,7 +32,7 @@ from sqlmodel import Session, col, select
 from durable import fsync_dir
 from tensors.samples import SampleFormatError, read_sample
 
-from ..devices.tables import DeviceRecord
+from ..devices.enrollment import device_of_token
 from ..errors import (
     BadRequestError,
     NotFoundError,
@@ -50,7 +50,6 @@ __all__ = [
     "SampleStore",
     "accept_sample",
     "delete_samples",
-    "device_of_token",
 ]
 
 
@@ -91,21 +90,6 @@ class SampleStore:
             return self.path_for(sha256).read_bytes()
         except FileNotFoundError as exc:
             raise NotFoundError(f"no sample sha256:{sha256}") from exc
-
-
-def device_of_token(session: Session, token_id: str) -> DeviceRecord:
-    """The enrolled device whose API token is ``token_id``, its row locked."""
-    device = session.exec(
-        select(DeviceRecord)
-        .where(
-            col(DeviceRecord.api_token_id) == token_id,
-            col(DeviceRecord.decommissioned_at).is_(None),
-        )
-        .with_for_update()
-    ).first()
-    if device is None:
-        raise NotFoundError("this token belongs to no enrolled device")
-    return device
 
 
 def accept_sample(
