@@ -37,7 +37,9 @@ Rules, with ``n = max(policy.min_requests, 1)``:
 - Relative checks (p95 latency over the baseline's p95, drop of mean top-1 confidence
   from the baseline's) also need a baseline with ``n`` requests and the figure on both
   sides (a classifier on both sides; a baseline p95 above 0). Without one they are
-  skipped and ``numbers["baseline_used"]`` is 0.
+  skipped and ``numbers["baseline_used"]`` is 0. A slower p95 trips only when it is also
+  ``min_p95_latency_increase_ms`` above the baseline's: sub-millisecond models move with
+  the CPU's scheduling, not with the model.
 - Checks run in this order, and the first that trips is the verdict's ``reason``:
   ``nonfinite_rate``, ``error_rate``, ``p95_latency_ratio``, ``confidence_drop``,
   ``drift``, ``label_accuracy_drop`` — from a broken model, to a failing one, a slower
@@ -256,8 +258,12 @@ class ProbationJudge:
         if baseline.p95_ms <= 0:
             return None  # no ratio to a zero latency
         ratio, limit = candidate.p95_ms / baseline.p95_ms, self.policy.max_p95_latency_ratio
-        numbers.update(p95_latency_ratio=ratio, max_p95_latency_ratio=limit)
-        if self._judged(candidate) and ratio > limit:
+        floor = self.policy.min_p95_latency_increase_ms
+        numbers.update(
+            p95_latency_ratio=ratio, max_p95_latency_ratio=limit, min_p95_latency_increase_ms=floor
+        )
+        slower = candidate.p95_ms - baseline.p95_ms >= floor
+        if self._judged(candidate) and ratio > limit and slower:
             return _Trip(
                 ProbationReason.P95_LATENCY_RATIO,
                 f"p95 latency {candidate.p95_ms:.4g} ms is {ratio:.3g} times the previous "

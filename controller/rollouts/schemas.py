@@ -50,6 +50,7 @@ class GatesIn(BaseModel):
     max_failure_rate: float | None = Field(default=0.0, ge=0)
     max_rollback_rate: float | None = Field(default=0.0, ge=0)
     max_p95_latency_ratio: float | None = Field(default=1.5, ge=0)
+    min_p95_latency_increase_ms: float = Field(default=1.0, ge=0)
     max_error_rate: float | None = Field(default=0.01, ge=0)
     max_nonfinite_rate: float | None = Field(default=0.0, ge=0)
     max_confidence_drop: float | None = Field(default=0.1, ge=0)

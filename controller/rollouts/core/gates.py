@@ -32,7 +32,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from protocol import ReleaseRef
@@ -256,19 +256,26 @@ def _health_gates(
     measured = {
         "error_rate": (new.error_rate, _control_figure(control, "error_rate")),
         "nonfinite_rate": (new.nonfinite_rate, _control_figure(control, "nonfinite_rate")),
-        **_relative(new, control, minimum),
+        **_relative(new, control, thresholds),
         "drift_psi": _drift_excess(new, control),
         "label_accuracy_drop": _label_accuracy_drop(new, control),
     }
-    return [
+    results = [
         _gate(name, measured[name][0], limit, measured[name][1]) for name, limit in limits.items()
     ]
+    if _within_latency_floor(new, control, thresholds.min_p95_latency_increase_ms):
+        results = [
+            replace(result, passed=True) if result.name == "p95_latency_ratio" else result
+            for result in results
+        ]
+    return results
 
 
 def _relative(
-    new: FleetHealth, control: FleetHealth | None, minimum: int
+    new: FleetHealth, control: FleetHealth | None, thresholds: GateThresholds
 ) -> dict[str, tuple[float | None, str]]:
     """The gates that compare with the control group: p95 latency ratio, confidence drop."""
+    minimum = thresholds.min_health_requests
     if control is None or control.devices == 0:
         note = "skipped: no control group data (no device of the selector on the previous release)"
         return dict.fromkeys(("p95_latency_ratio", "confidence_drop"), (None, note))
@@ -277,18 +284,37 @@ def _relative(
             f"skipped: the control group served {control.requests} requests, fewer than {minimum}"
         )
         return dict.fromkeys(("p95_latency_ratio", "confidence_drop"), (None, note))
-    ratio = drop = None
-    if new.p95_ms is not None and control.p95_ms is not None and control.p95_ms > 0:
-        ratio = new.p95_ms / control.p95_ms
+    drop = None
     if new.confidence_mean is not None and control.confidence_mean is not None:
         drop = control.confidence_mean - new.confidence_mean
     return {
-        "p95_latency_ratio": (ratio, f"p95 {new.p95_ms} ms, control {control.p95_ms} ms"),
+        "p95_latency_ratio": _latency_ratio(new, control, thresholds.min_p95_latency_increase_ms),
         "confidence_drop": (
             drop,
             f"mean confidence {new.confidence_mean}, control {control.confidence_mean}",
         ),
     }
+
+
+def _latency_ratio(
+    new: FleetHealth, control: FleetHealth, floor_ms: float
+) -> tuple[float | None, str]:
+    note = f"p95 {new.p95_ms} ms, control {control.p95_ms} ms"
+    if new.p95_ms is None or control.p95_ms is None or control.p95_ms <= 0:
+        return None, note
+    if _within_latency_floor(new, control, floor_ms):
+        note += f", less than {floor_ms:g} ms apart: passes"
+    return new.p95_ms / control.p95_ms, note
+
+
+def _within_latency_floor(
+    new: FleetHealth | None, control: FleetHealth | None, floor_ms: float
+) -> bool:
+    """Whether p95 is less than the floor above the control's: sub-millisecond differences
+    are the CPU's scheduling, not the model, and never fail the ratio."""
+    if new is None or control is None or new.p95_ms is None or control.p95_ms is None:
+        return False
+    return new.p95_ms - control.p95_ms < floor_ms
 
 
 def _drift_excess(new: FleetHealth, control: FleetHealth | None) -> tuple[float | None, str]:

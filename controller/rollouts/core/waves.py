@@ -186,6 +186,9 @@ class GateThresholds:
     max_failure_rate: float | None = 0.0
     max_rollback_rate: float | None = 0.0
     max_p95_latency_ratio: float | None = 1.5
+    # The ratio is judged only when p95 is also this many ms above the control group's:
+    # below a millisecond a busy CPU moves p95 more than the model does.
+    min_p95_latency_increase_ms: float = 1.0
     max_error_rate: float | None = 0.01
     max_nonfinite_rate: float | None = 0.0
     max_confidence_drop: float | None = 0.1

@@ -590,3 +590,19 @@ def test_labeled_accuracy_rolls_back_only_beyond_noise(
         assert verdict.reason is ProbationReason.LABEL_ACCURACY_DROP
         assert verdict.numbers["label_accuracy"] == pytest.approx(0.7)
         assert "beyond noise" in verdict.message
+
+
+def test_sub_millisecond_latency_noise_does_not_roll_back_a_good_model() -> None:
+    # A CI run rolled back a 0.2 ms model whose p95 read 0.97 ms on a loaded machine (4.8x):
+    # the ratio tripped on scheduling noise, not on the model.
+    tiny = replace(BASELINE, p95_ms=0.2025)
+    noisy = stats(p95_ms=0.9668)
+    policy = ProbationPolicy(max_p95_latency_ratio=4.0)
+
+    verdict = judge(noisy, elapsed_s=END, baseline=tiny, policy=policy)
+
+    assert verdict.outcome is COMMIT
+    assert verdict.numbers["p95_latency_ratio"] > 4.0
+    # The same ratio a millisecond or more above the baseline is a slower model.
+    slower = judge(stats(p95_ms=5.0), elapsed_s=END, baseline=replace(tiny, p95_ms=1.0))
+    assert (slower.outcome, slower.reason) == (ROLLBACK, ProbationReason.P95_LATENCY_RATIO)

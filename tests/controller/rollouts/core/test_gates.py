@@ -355,3 +355,18 @@ def test_the_label_accuracy_gate_is_right_both_ways(
     assert result.passed == passed, result
     assert (result.value is None) == skipped
     assert result.note.startswith("skipped: 20 labeled") == skipped
+
+
+def test_sub_millisecond_latency_noise_passes_the_ratio_gate() -> None:
+    # The agent's floor on the fleet's side: 0.97 ms against 0.2 ms is a 4.8x ratio a busy
+    # CPU produced, and it is shown, but it does not fail the wave.
+    control = replace(HEALTHY, p95_ms=0.2)
+    noisy = replace(HEALTHY, p95_ms=0.97)
+
+    result = gates(ALL_COMMITTED, new=noisy, control=control)["p95_latency_ratio"]
+
+    assert result.passed
+    assert result.value == pytest.approx(4.85)
+    assert "less than 1 ms apart" in result.note
+    slower = gates(ALL_COMMITTED, new=replace(HEALTHY, p95_ms=1.3), control=control)
+    assert not slower["p95_latency_ratio"].passed
