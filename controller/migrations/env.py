@@ -9,6 +9,7 @@ from sqlmodel import SQLModel
 from controller import tables  # noqa: F401
 from controller.devices import tables as device_tables  # noqa: F401
 from controller.monitoring import tables as monitoring_tables  # noqa: F401
+from controller.pipelines import tables as pipeline_tables  # noqa: F401
 from controller.registry import tables as registry_tables  # noqa: F401
 from controller.rollouts import tables as rollout_tables  # noqa: F401
 from controller.samples import tables as sample_tables  # noqa: F401

@@ -49,6 +49,9 @@ class ModelVersion(SQLModel, table=True):
     report: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     notes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Where the version came from: {"source": "upload" | "mlflow", "source_uri", "run_id",
+    # "experiment", "params", "metrics", "datasets", ...}; variants inherit their parent's.
+    lineage: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_by: str = Field(max_length=128)
     created_at: datetime = timestamp_field()
 

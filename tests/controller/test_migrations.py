@@ -16,6 +16,7 @@ from controller.devices import tables as device_tables  # noqa: F401
 from controller.devices.tables import DeviceModelRecord, DeviceRecord
 from controller.migrate import downgrade_database, upgrade_database
 from controller.monitoring import tables as monitoring_tables  # noqa: F401
+from controller.pipelines import tables as pipeline_tables  # noqa: F401
 from controller.registry import tables as registry_tables  # noqa: F401
 from controller.rollouts import tables as rollout_tables  # noqa: F401
 

@@ -1,0 +1,1 @@
+"""Continuous delivery: channels, the pipelines that run through them, and the jobs table."""
