@@ -18,7 +18,20 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from . import __version__
-from .api import alerts, artifacts, devices, health, model_health, models, releases, rollouts
+from .api import (
+    alerts,
+    artifacts,
+    channels,
+    devices,
+    health,
+    imports,
+    jobs,
+    lineage,
+    model_health,
+    models,
+    releases,
+    rollouts,
+)
 from .api import samples as samples_api
 from .api.concurrency import HandlerConcurrencyLimit, HandlerSlots
 from .api.deps import Viewer
@@ -116,6 +129,10 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         alerts.router,
         samples_api.router,
         model_health.router,
+        imports.router,
+        lineage.router,
+        channels.router,
+        jobs.router,
     ):
         app.include_router(router)
 

@@ -9,6 +9,7 @@ import sys
 
 import typer
 
+from . import imports as _imports  # noqa: F401 - adds ``model import`` to model_app
 from .alerts import alert_app
 from .audit import audit_app
 from .ca import ca_app
