@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AwareDatetime, Field, model_validator
 
 from .document import Document, Model, Name, Sha256Hex
+from .provenance import Provenance
 
 __all__ = [
     "DATATYPE_BYTES",
@@ -144,6 +145,9 @@ class Release(Document):
     evaluation: dict[str, Any] | None = None
     created_at: AwareDatetime
     notes: str = ""
+    # Where the model came from (protocol.provenance); optional, so releases signed before
+    # it and readers written before it need no new schema version.
+    provenance: Provenance | None = None
 
     def ref(self) -> ReleaseRef:
         return ReleaseRef(model=self.model, version=self.version, sha256=self.artifact.sha256)
