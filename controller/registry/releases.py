@@ -9,6 +9,11 @@ signed release. A release stays under ``MAX_RELEASE_ENVELOPE_BYTES`` whatever th
 weighs; one that would not (thousands of tensors, a huge report) is refused with a 409
 and nothing is recorded.
 
+Every release carries its version's provenance (``registry.provenance``): the source and
+run of its root, the parent a variant was derived from and how, its evaluation summary,
+and who released and approved it, so the signed document alone says where the model came
+from. ``build_release`` stays pure: the caller looks up the version's chain.
+
 With the release key offline (``release_key = "offline"``) the controller cannot sign:
 ``prepare_release`` profiles the version, stores its check bundle and returns the
 unsigned document; it is signed on another machine, and ``record_signed_release`` takes
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -46,7 +51,9 @@ from ..errors import ConflictError, JobError, NotFoundError
 from ..tables import utcnow
 from ..tokens import Principal
 from .artifact_store import StoredFile, sha256_of_file
+from .lineage import derivation_chain
 from .models import FORMAT_EXTENSIONS, get_version, run_job
+from .provenance import ReleaseRequest, provenance_of
 from .tables import ModelVersion, ReleaseRecord
 
 __all__ = [
@@ -62,30 +69,69 @@ RUNTIME_BY_FORMAT = {"onnx": "onnxruntime", "tflite": "litert"}
 
 
 def release_version(
-    session: Session, ctx: ControllerContext, *, name: str, version: int, principal: Principal
+    session: Session,
+    ctx: ControllerContext,
+    *,
+    name: str,
+    version: int,
+    principal: Principal,
+    approved_by: str | None = None,
+    approved_at: datetime | None = None,
+    channel: str | None = None,
+    pipeline: str | None = None,
 ) -> tuple[ReleaseRecord, bool]:
-    """Sign a release of ``name:version``; returns it and whether it was created now."""
+    """Sign a release of ``name:version``; returns it and whether it was created now.
+
+    ``approved_by``, ``approved_at``, ``channel`` and ``pipeline`` go into the release's
+    provenance, for a release a pipeline makes (after an operator's approval, if needed).
+    """
     row, existing = _releasable(session, name, version)
     if existing is not None:
         return existing, False
     ctx.signer.release_key  # noqa: B018 - refuses at once, before a profile job, when offline
+    request = ReleaseRequest(
+        released_by=principal.name,
+        approved_by=approved_by,
+        approved_at=approved_at,
+        channel=channel,
+        pipeline=pipeline,
+    )
+    chain = derivation_chain(session, row)
     with _profiled(ctx, row) as bundle:
-        release = build_release(row, bundle, now=utcnow())
+        release = build_release(row, bundle, now=utcnow(), chain=chain, request=request)
         envelope = _sign(ctx, release)
         ctx.store.put(bundle.path)  # only a release that will be recorded keeps its bundle
     return _record(session, row, envelope, principal)
 
 
 def prepare_release(
-    session: Session, ctx: ControllerContext, *, name: str, version: int
+    session: Session,
+    ctx: ControllerContext,
+    *,
+    name: str,
+    version: int,
+    principal: Principal | None = None,
+    approved_by: str | None = None,
+    approved_at: datetime | None = None,
+    channel: str | None = None,
+    pipeline: str | None = None,
 ) -> Release:
     """The unsigned release of ``name:version``, its check bundle stored, for signing
-    elsewhere; a version released already answers ``ConflictError``."""
+    elsewhere; a version released already answers ``ConflictError``. The provenance
+    keywords are ``release_version``'s."""
     row, existing = _releasable(session, name, version)
     if existing is not None:
         raise ConflictError(f"{name}:{version} is released already")
+    request = ReleaseRequest(
+        released_by=principal.name if principal else None,
+        approved_by=approved_by,
+        approved_at=approved_at,
+        channel=channel,
+        pipeline=pipeline,
+    )
+    chain = derivation_chain(session, row)
     with _profiled(ctx, row) as bundle:
-        release = build_release(row, bundle, now=utcnow())
+        release = build_release(row, bundle, now=utcnow(), chain=chain, request=request)
         ctx.store.put(bundle.path)
     return release
 
@@ -214,8 +260,20 @@ def _profiled(ctx: ControllerContext, row: ModelVersion) -> Iterator[StoredFile]
         shutil.rmtree(work, ignore_errors=True)
 
 
-def build_release(row: ModelVersion, bundle: StoredFile, *, now: datetime) -> Release:
-    """The Release document for a version and its check bundle."""
+def build_release(
+    row: ModelVersion,
+    bundle: StoredFile,
+    *,
+    now: datetime,
+    chain: Sequence[ModelVersion] = (),
+    request: ReleaseRequest | None = None,
+) -> Release:
+    """The Release document for a version and its check bundle.
+
+    ``chain`` is the version's parent, grandparent, … up to its root
+    (``lineage.derivation_chain``): the provenance names the parent a variant was derived
+    from and carries the root's lineage. ``request`` says who released and approved it.
+    """
     try:
         return Release(
             model=row.model_name,
@@ -236,6 +294,7 @@ def build_release(row: ModelVersion, bundle: StoredFile, *, now: datetime) -> Re
             evaluation=row.report,
             created_at=now,
             notes=f"{row.origin}" + (f" {row.variant_mode}" if row.variant_mode else ""),
+            provenance=provenance_of(row, chain, request or ReleaseRequest()),
         )
     except (ValueError, KeyError, TypeError, MalformedDocumentError) as exc:
         raise JobError(f"the version and its check bundle make no valid release: {exc}") from exc

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "MODEL_NAME_PATTERN",
     "VARIANT_MODES",
+    "LineageEdgePublic",
+    "LineageNodePublic",
+    "LineagePublic",
     "ModelPublic",
     "ModelVersionPublic",
     "ReleasePublic",
@@ -48,9 +51,54 @@ class ModelVersionPublic(BaseModel):
     report: dict[str, Any] | None
     reasons: list[str]
     notes: list[str]
+    lineage: dict[str, Any] | None = Field(
+        default=None,
+        description="Where the version came from, as recorded: {source: upload | mlflow, "
+        "source_uri, run_id, experiment, params, metrics, datasets, ...}; null for a "
+        "variant, which inherits its root's (see the model's lineage graph).",
+    )
     released: bool
     created_by: str
     created_at: datetime
+
+
+class LineageNodePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    version: int
+    origin: str
+    variant_mode: str | None
+    status: str
+    released: bool
+    sha256: str
+    created_by: str
+    created_at: datetime
+    lineage_version: int = Field(
+        description="The version whose lineage this one carries: itself, or a variant's root."
+    )
+    source: str | None
+    source_uri: str | None
+    run_id: str | None
+    experiment: str | None
+
+
+class LineageEdgePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    parent: int
+    child: int
+    kind: Literal["derived", "succeeds"] = Field(
+        description="derived: a variant made from its parent; succeeds: a later upload or "
+        "import, the model's latest version when it arrived."
+    )
+
+
+class LineagePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    model: str
+    nodes: list[LineageNodePublic]
+    edges: list[LineageEdgePublic]
 
 
 class ModelPublic(BaseModel):
