@@ -79,12 +79,16 @@ async def _run(settings: Settings, app: Any) -> int:
     fleet_task = None
     refused: BrokerAuthError | None = None
     server = _Server(uvicorn_config(settings, app))
+    delivery_task = _start_delivery(app)
     try:
         fleet_task = _start_fleet(settings, app) if settings.fleet_enabled else None
         if fleet_task is not None:
             fleet_task.add_done_callback(functools.partial(_exit_if_refused, server))
         await server.serve()
     finally:
+        delivery_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await delivery_task
         if fleet_task is not None:
             fleet_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
@@ -180,6 +184,13 @@ def _exit_if_refused(server: uvicorn.Server, fleet_task: asyncio.Task[None]) -> 
     credentials; any other end of the fleet task is seen at shutdown, as before."""
     if not fleet_task.cancelled() and isinstance(fleet_task.exception(), BrokerAuthError):
         server.should_exit = True
+
+
+def _start_delivery(app: Any) -> asyncio.Task[None]:
+    """Jobs and channel pipelines, in every replica (they need no broker)."""
+    from .pipelines.worker import DeliveryWorker
+
+    return asyncio.create_task(DeliveryWorker(app.state.ctx).run(), name="delivery")
 
 
 def _start_fleet(settings: Settings, app: Any) -> asyncio.Task[None]:

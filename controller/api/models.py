@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request, status
+from fastapi import APIRouter, Path, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import BadRequestError
+from ..pipelines.runs import get_channel, start_pipeline
 from ..registry.models import (
     create_variant,
     get_version,
@@ -38,12 +39,17 @@ UPLOAD_BODY: dict[str, Any] = {
                         "model": {"type": "string", "format": "binary"},
                         "validation": {"type": "string", "format": "binary"},
                         "allow_signature_change": {"type": "boolean"},
+                        "channel": {
+                            "type": "string",
+                            "description": "Run the channel's pipeline on the new version.",
+                        },
                     },
                 }
             }
         },
     }
 }
+PIPELINE_HEADER = "X-Edgefleet-Pipeline"
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"", "0", "false", "no", "off"}
 
@@ -84,13 +90,19 @@ def get_one_version(
     dependencies=[Audited],
 )
 async def push_version(
-    name: ModelName, request: Request, ctx: Context, session: DbSession, caller: Operator
+    name: ModelName,
+    request: Request,
+    response: Response,
+    ctx: Context,
+    session: DbSession,
+    caller: Operator,
 ) -> ModelVersionPublic:
     """Upload a model (``.onnx`` or ``.tflite``) with an optional validation set (``.npz``).
 
     The model is inspected in a sandboxed job; a malformed or unsafe model is refused with
     422 and the reason. A model whose I/O signature differs from the latest version is
-    refused with 409 unless ``allow_signature_change`` is true.
+    refused with 409 unless ``allow_signature_change`` is true. With ``channel`` the
+    version goes into that channel's pipeline; its id is in ``X-Edgefleet-Pipeline``.
     """
     form = await receive_multipart(
         request.headers.get("content-type", ""),
@@ -100,7 +112,7 @@ async def push_version(
             "model": ctx.settings.max_upload_bytes,
             "validation": ctx.settings.max_validation_bytes,
         },
-        field_names={"allow_signature_change"},
+        field_names={"allow_signature_change", "channel"},
     )
     try:
         if "model" not in form.files:
@@ -108,6 +120,9 @@ async def push_version(
         allow = form.fields.get("allow_signature_change", "").strip().lower()
         if allow not in TRUE_WORDS | FALSE_WORDS:
             raise BadRequestError("allow_signature_change must be true or false")
+        channel = form.fields.get("channel", "").strip() or None
+        if channel is not None:
+            get_channel(session, channel)  # 404 before the upload is inspected
         row = await run_in_threadpool(
             register_upload,
             session,
@@ -119,7 +134,14 @@ async def push_version(
         )
     finally:
         form.discard()
-    request.state.audit = {"target": f"{name}:{row.version}", "sha256": row.sha256}
+    audit = {"target": f"{name}:{row.version}", "sha256": row.sha256}
+    if channel is not None:
+        pipeline = start_pipeline(
+            session, channel=channel, model=name, version=row.version, actor=caller.name
+        )
+        response.headers[PIPELINE_HEADER] = pipeline.id
+        audit.update(channel=channel, pipeline=pipeline.id)
+    request.state.audit = audit
     return _public(session, row)
 
 

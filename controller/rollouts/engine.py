@@ -83,6 +83,9 @@ WEBHOOK_KINDS = frozenset(
         # Written by controller.monitoring.alerts, with no rollout.
         "model_degraded",
         "model_recovered",
+        # Written by controller.pipelines.runs, for a channel's pipeline.
+        "pipeline_stopped",
+        "release_waiting_approval",
     }
 )
 

@@ -33,6 +33,7 @@ __all__ = [
     "RolloutCreate",
     "RolloutDetail",
     "RolloutEventPublic",
+    "RolloutPolicyIn",
     "RolloutPolicyPublic",
     "RolloutSummary",
     "ShadowIn",
@@ -83,10 +84,11 @@ class ShadowIn(BaseModel):
         )
 
 
-class RolloutCreate(BaseModel):
+class RolloutPolicyIn(BaseModel):
+    """How a rollout proceeds: a rollout's own, or the one a channel gives its rollouts."""
+
     model_config = ConfigDict(extra="forbid")
 
-    release: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}:[1-9][0-9]{0,9}$")
     selector: str = Field(default="", max_length=1024)
     waves: str = Field(default="1,10%,50%,100%", max_length=1024)
     soak: str = Field(default="5m", max_length=32)
@@ -113,6 +115,10 @@ class RolloutCreate(BaseModel):
             gates=GateThresholds(**self.gates.model_dump()),
             shadow=None if self.shadow is None else self.shadow.policy(),
         )
+
+
+class RolloutCreate(RolloutPolicyIn):
+    release: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}:[1-9][0-9]{0,9}$")
 
 
 class CommandQueued(BaseModel):
