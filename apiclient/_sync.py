@@ -83,9 +83,12 @@ class ControllerClient:
         *,
         validation: Path | None = None,
         allow_signature_change: bool = False,
+        channel: str | None = None,
         on_progress: Callable[[int], None] = lambda _n: None,
     ) -> dict[str, Any]:
-        """Upload a model (and its validation set), streamed from disk; the new version."""
+        """Upload a model (and its validation set), streamed from disk; the new version.
+
+        With ``channel``, the version goes into that channel's pipeline."""
         with model.open("rb") as model_handle:
             files: dict[str, Any] = {
                 "model": (model.name, _ProgressReader(model_handle, on_progress))
@@ -98,6 +101,8 @@ class ControllerClient:
                         _ProgressReader(validation_handle, on_progress),
                     )
                 data = {"allow_signature_change": "true" if allow_signature_change else "false"}
+                if channel is not None:
+                    data["channel"] = channel
                 answer: dict[str, Any] = self.request(
                     "POST", f"/api/v1/models/{name}/versions", files=files, data=data
                 )
@@ -108,6 +113,10 @@ class ControllerClient:
 
     def models(self) -> list[dict[str, Any]]:
         answer: list[dict[str, Any]] = self.request("GET", "/api/v1/models")
+        return answer
+
+    def lineage(self, name: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("GET", f"/api/v1/models/{name}/lineage")
         return answer
 
     def versions(self, name: str) -> list[dict[str, Any]]:

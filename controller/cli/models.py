@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ..registry.schemas import VARIANT_MODES
 from .common import DEFAULT_URL, AsJson, Token, Url, console, print_json, run_client
+from .lineage_text import lineage_lines, lineage_tree_lines
 
 __all__ = ["model_app"]
 
@@ -73,6 +74,10 @@ def push(
     allow_signature_change: Annotated[
         bool, typer.Option("--allow-signature-change", help="Accept a new I/O signature.")
     ] = False,
+    channel: Annotated[
+        str | None,
+        typer.Option("--channel", help="Run this channel's pipeline on the new version."),
+    ] = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
@@ -97,6 +102,7 @@ def push(
                 file,
                 validation=validation,
                 allow_signature_change=allow_signature_change,
+                channel=channel,
                 on_progress=lambda n: progress.advance(task, n),
             ),
         )
@@ -129,20 +135,38 @@ def show(
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
-    """A model's versions, or one version with its signature and report."""
+    """A model's lineage: its versions as a tree (a variant under the version it was made
+    from); or one version with its signature, report and where it came from."""
     name, version = _parse_ref(ref)
     if version is None:
-        rows = run_client(url, token, lambda c: c.versions(name))
+        graph = run_client(url, token, lambda c: c.lineage(name))
         if as_json:
-            print_json(rows)
+            print_json(graph)
         else:
-            console.print(_versions_table(rows))
+            for line in lineage_tree_lines(graph):
+                typer.echo(line)
         return
     row = run_client(url, token, lambda c: c.version(name, version))
     if as_json:
         print_json(row)
-    else:
-        _print_version(row)
+        return
+    _print_version(row)
+    _print_lineage(url, token, row)
+
+
+def _print_lineage(url: str, token: str | None, row: dict[str, Any]) -> None:
+    """The version's recorded lineage or, for a variant, the one it inherits."""
+    lineage, inherited_from = row.get("lineage"), None
+    if lineage is None and row["origin"] == "variant":
+        name = row["model_name"]
+        graph = run_client(url, token, lambda c: c.lineage(name))
+        node = next((n for n in graph["nodes"] if n["version"] == row["version"]), None)
+        root = node["lineage_version"] if node else row["version"]
+        if root != row["version"]:
+            lineage = run_client(url, token, lambda c: c.version(name, root)).get("lineage")
+            inherited_from = f"{name}:{root}"
+    for line in lineage_lines(lineage, inherited_from=inherited_from):
+        typer.echo(line)
 
 
 def _require_version(ref: str) -> tuple[str, int]:
