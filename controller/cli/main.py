@@ -13,6 +13,7 @@ from . import imports as _imports  # noqa: F401 - adds ``model import`` to model
 from .alerts import alert_app
 from .audit import audit_app
 from .ca import ca_app
+from .channels import channel_app
 from .devices import devices_app
 from .doc import doc_app
 from .keys import keys_app
@@ -37,6 +38,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(release_app, name="release")
 app.add_typer(devices_app, name="devices")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(channel_app, name="channel")
 app.add_typer(alert_app, name="alert")
 app.add_typer(samples_app, name="samples")
 app.add_typer(simulator_app)

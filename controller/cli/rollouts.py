@@ -17,80 +17,93 @@ from .samples import (
     capture_body,
 )
 
-__all__ = ["rollout_app"]
+__all__ = ["policy_body", "rollout_app"]
 
 rollout_app = typer.Typer(help="Roll a release out in waves and steer it.", no_args_is_help=True)
 
 FINAL_STATUSES = ("completed", "aborted", "superseded")
 
 
-@rollout_app.command()
-def create(
-    release: Annotated[str, typer.Argument(help="The release to roll out, NAME:VERSION.")],
-    selector: Annotated[
-        str, typer.Option(help="Label selector, e.g. site=berlin,tier!=lab (empty: all).")
-    ] = "",
-    waves: Annotated[str, typer.Option(help="Cumulative wave sizes.")] = "1,10%,50%,100%",
-    soak: Annotated[str, typer.Option(help="How long each wave is watched, e.g. 5m.")] = "5m",
-    min_reporting: Annotated[
-        str, typer.Option(help="Devices of a wave that must report to judge it (3 or 80%).")
-    ] = "1",
-    report_timeout: Annotated[
-        str, typer.Option(help="A device silent this long after its assignment has failed.")
-    ] = "30m",
-    on_failure: Annotated[str, typer.Option(help="abort or pause when a gate fails.")] = "abort",
-    require_observed: Annotated[
-        bool, typer.Option(help="Count commits that probation could not observe as failures.")
-    ] = False,
-    probation_window: Annotated[
-        str, typer.Option(help="How long each device watches the new model.")
-    ] = "5m",
-    probation_min_requests: Annotated[
-        int, typer.Option(help="Requests a device needs to judge the new model.")
-    ] = 100,
-    probation_max_extension: Annotated[
-        str,
-        typer.Option(
-            help="How long a device with too few requests waits for them before it "
-            "commits unobserved."
-        ),
-    ] = "15m",
-    probation_max_drift_psi: Annotated[
-        float, typer.Option(help="Largest input/output drift (PSI) a device accepts.")
-    ] = 0.25,
-    shadow: Annotated[
-        str | None,
-        typer.Option(
-            help="Start with a shadow stage on this many devices (3 or 10%): they run the "
-            "release beside what they serve, on copies of live requests, before the canary."
-        ),
-    ] = None,
-    shadow_for: Annotated[str, typer.Option(help="How long the shadow stage watches.")] = "10m",
-    shadow_min_samples: Annotated[
-        int, typer.Option(help="Samples the shadow stage needs to judge the release.")
-    ] = 200,
-    shadow_cpu: Annotated[
-        float, typer.Option(help="Share of the time a device may spend running the shadow.")
-    ] = 0.2,
-    min_agreement: Annotated[
-        float, typer.Option(help="Least top-1 agreement with the serving model (classifiers).")
-    ] = 0.98,
-    max_shadow_latency_ratio: Annotated[
-        float, typer.Option(help="Largest median latency of the shadow over the serving one.")
-    ] = 1.5,
-    max_shadow_distance: Annotated[
-        float | None,
-        typer.Option(help="Largest mean relative L1 distance of the outputs (default: off)."),
-    ] = None,
-    capture_below_confidence: CaptureBelowConfidence = None,
-    capture_per_hour: CapturePerHour = 20,
-    capture_max_bytes: CaptureMaxBytes = "50MB",
-    capture_for: CaptureFor = "1d",
-    url: Url = DEFAULT_URL,
-    token: Token = None,
-    as_json: AsJson = False,
-) -> None:
-    """Start rolling RELEASE out, canary first (or a shadow stage first, with --shadow)."""
+Selector = Annotated[
+    str, typer.Option(help="Label selector, e.g. site=berlin,tier!=lab (empty: all).")
+]
+Waves = Annotated[str, typer.Option(help="Cumulative wave sizes.")]
+Soak = Annotated[str, typer.Option(help="How long each wave is watched, e.g. 5m.")]
+MinReporting = Annotated[
+    str, typer.Option(help="Devices of a wave that must report to judge it (3 or 80%).")
+]
+ReportTimeout = Annotated[
+    str, typer.Option(help="A device silent this long after its assignment has failed.")
+]
+OnFailure = Annotated[str, typer.Option(help="abort or pause when a gate fails.")]
+RequireObserved = Annotated[
+    bool, typer.Option(help="Count commits that probation could not observe as failures.")
+]
+ProbationWindow = Annotated[str, typer.Option(help="How long each device watches the new model.")]
+ProbationMinRequests = Annotated[
+    int, typer.Option(help="Requests a device needs to judge the new model.")
+]
+ProbationMaxExtension = Annotated[
+    str,
+    typer.Option(
+        help="How long a device with too few requests waits for them before it commits unobserved."
+    ),
+]
+ProbationMaxDriftPsi = Annotated[
+    float, typer.Option(help="Largest input/output drift (PSI) a device accepts.")
+]
+Shadow = Annotated[
+    str | None,
+    typer.Option(
+        help="Start with a shadow stage on this many devices (3 or 10%): they run the "
+        "release beside what they serve, on copies of live requests, before the canary."
+    ),
+]
+ShadowFor = Annotated[str, typer.Option(help="How long the shadow stage watches.")]
+ShadowMinSamples = Annotated[
+    int, typer.Option(help="Samples the shadow stage needs to judge the release.")
+]
+ShadowCpu = Annotated[
+    float, typer.Option(help="Share of the time a device may spend running the shadow.")
+]
+MinAgreement = Annotated[
+    float, typer.Option(help="Least top-1 agreement with the serving model (classifiers).")
+]
+MaxShadowLatencyRatio = Annotated[
+    float, typer.Option(help="Largest median latency of the shadow over the serving one.")
+]
+MaxShadowDistance = Annotated[
+    float | None,
+    typer.Option(help="Largest mean relative L1 distance of the outputs (default: off)."),
+]
+
+
+def policy_body(
+    *,
+    selector: str,
+    waves: str,
+    soak: str,
+    min_reporting: str,
+    report_timeout: str,
+    on_failure: str,
+    require_observed: bool,
+    probation_window: str,
+    probation_min_requests: int,
+    probation_max_extension: str,
+    probation_max_drift_psi: float,
+    shadow: str | None,
+    shadow_for: str,
+    shadow_min_samples: int,
+    shadow_cpu: float,
+    min_agreement: float,
+    max_shadow_latency_ratio: float,
+    max_shadow_distance: float | None,
+    capture_below_confidence: float | None,
+    capture_per_hour: int,
+    capture_max_bytes: str,
+    capture_for: str,
+) -> dict[str, Any]:
+    """The API's rollout policy (``RolloutPolicyIn``) from the command's options."""
     from ..rollouts.core import RolloutSpecError, parse_duration
 
     try:
@@ -99,7 +112,6 @@ def create(
     except RolloutSpecError as exc:
         raise typer.BadParameter(str(exc)) from exc
     body: dict[str, Any] = {
-        "release": release,
         "selector": selector,
         "waves": waves,
         "soak": soak,
@@ -128,6 +140,43 @@ def create(
             "max_latency_ratio": max_shadow_latency_ratio,
             "max_distance": max_shadow_distance,
         }
+    return body
+
+
+@rollout_app.command()
+def create(
+    release: Annotated[str, typer.Argument(help="The release to roll out, NAME:VERSION.")],
+    selector: Selector = "",
+    waves: Waves = "1,10%,50%,100%",
+    soak: Soak = "5m",
+    min_reporting: MinReporting = "1",
+    report_timeout: ReportTimeout = "30m",
+    on_failure: OnFailure = "abort",
+    require_observed: RequireObserved = False,
+    probation_window: ProbationWindow = "5m",
+    probation_min_requests: ProbationMinRequests = 100,
+    probation_max_extension: ProbationMaxExtension = "15m",
+    probation_max_drift_psi: ProbationMaxDriftPsi = 0.25,
+    shadow: Shadow = None,
+    shadow_for: ShadowFor = "10m",
+    shadow_min_samples: ShadowMinSamples = 200,
+    shadow_cpu: ShadowCpu = 0.2,
+    min_agreement: MinAgreement = 0.98,
+    max_shadow_latency_ratio: MaxShadowLatencyRatio = 1.5,
+    max_shadow_distance: MaxShadowDistance = None,
+    capture_below_confidence: CaptureBelowConfidence = None,
+    capture_per_hour: CapturePerHour = 20,
+    capture_max_bytes: CaptureMaxBytes = "50MB",
+    capture_for: CaptureFor = "1d",
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Start rolling RELEASE out, canary first (or a shadow stage first, with --shadow)."""
+    options = dict(locals())
+    for key in ("release", "url", "token", "as_json"):
+        options.pop(key)
+    body = {"release": release, **policy_body(**options)}
     answer = run_client(url, token, lambda c: c.request("POST", "/api/v1/rollouts", json=body))
     if as_json:
         print_json(answer)
