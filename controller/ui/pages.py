@@ -23,14 +23,22 @@ from ..devices.inventory import get_device_detail, list_devices
 from ..devices.selectors import parse_selector
 from ..errors import BadRequestError, NotFoundError
 from ..monitoring.tables import AlertEpisode, AlertRule
+from ..registry.lineage import lineage_graph
 from ..registry.models import list_models, list_versions, version_public_fields
 from ..registry.releases import list_releases
 from ..rollouts.records import describe_rollout, get_rollout, list_rollouts, rollout_summary
 from ..samples.capture import active_captures
 from .auth import CurrentUser, DashboardHTTPError, DashboardUser, ReadSession
 from .charts import health_charts
+from .lineage import draw_lineage
 from .rendering import render
-from .views import DashboardCommand, commands_for, fleet_overview, wave_progress
+from .views import (
+    DashboardCommand,
+    commands_for,
+    fleet_overview,
+    version_origins,
+    wave_progress,
+)
 
 __all__ = ["router"]
 
@@ -122,9 +130,11 @@ def model_page(
 ) -> HTMLResponse:
     with _page_errors():
         versions = list_versions(session, name)
+        graph = lineage_graph(session, name)
         health = health_charts(model_health(ctx, model=name, range_name=range_name))
     rows = [(row, version_public_fields(session, row)) for row in reversed(versions)]
     rollouts = [rollout_summary(session, r) for r in list_rollouts(session, model=name)]
+    releases = list_releases(session, name)
     return _page(
         request,
         user,
@@ -132,7 +142,9 @@ def model_page(
         "models",
         name=name,
         versions=rows,
-        releases=list_releases(session, name),
+        releases=releases,
+        lineage=draw_lineage(graph),
+        origins=version_origins(graph, versions, releases),
         rollouts=rollouts,
         health=health,
         capture=active_captures(session, now=datetime.now(UTC), model=name),

@@ -6,21 +6,32 @@ row; templates get plain values and never call back into the database.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from sqlmodel import Session
 
+from protocol import ProtocolError, Provenance, Release
+
 from ..devices.inventory import FleetReleaseRow, PhaseCount, fleet_phases, fleet_releases
+from ..registry.lineage import LineageGraph
+from ..registry.releases import envelope_of
+from ..registry.tables import ModelVersion, ReleaseRecord
 from ..rollouts.records import UNFINISHED_STATUSES, list_rollouts, rollout_summary
 from ..rollouts.schemas import RolloutDetail, RolloutSummary
 
 __all__ = [
     "DashboardCommand",
     "FleetOverview",
+    "LineageView",
+    "VersionOrigin",
     "WaveProgress",
     "commands_for",
     "fleet_overview",
+    "lineage_view",
+    "version_origins",
     "wave_progress",
 ]
 
@@ -121,3 +132,87 @@ def commands_for(status: str) -> list[DashboardCommand]:
     if status in UNFINISHED_STATUSES:
         return [DashboardCommand.PAUSE, DashboardCommand.ABORT]
     return []
+
+
+SHOWN_ENTRIES = 64
+SHOWN_DATASETS = 16
+
+
+@dataclass(frozen=True)
+class LineageView:
+    """A recorded lineage as plain values: every key optional, any value text."""
+
+    source: str | None
+    source_uri: str | None
+    run_id: str | None
+    experiment: str | None
+    params: list[tuple[str, str]]
+    metrics: list[tuple[str, Any]]  # numbers stay numbers, for the ``num`` filter
+    datasets: list[tuple[str, str | None, str | None]]  # name, digest, source
+
+
+@dataclass(frozen=True)
+class VersionOrigin:
+    """Where a version came from: its recorded lineage (a variant's is its root's, from
+    version ``inherited_from``) and the provenance its signed release carries."""
+
+    lineage: LineageView | None
+    inherited_from: int | None
+    provenance: Provenance | None
+
+
+def version_origins(
+    graph: LineageGraph, versions: Sequence[ModelVersion], releases: Sequence[ReleaseRecord]
+) -> dict[int, VersionOrigin]:
+    rows = {row.version: row for row in versions}
+    signed = {record.version: _provenance_of(record) for record in releases}
+    origins = {}
+    for node in graph.nodes:
+        root = rows.get(node.lineage_version)
+        origins[node.version] = VersionOrigin(
+            lineage=lineage_view(root.lineage) if root is not None else None,
+            inherited_from=node.lineage_version if node.lineage_version != node.version else None,
+            provenance=signed.get(node.version),
+        )
+    return origins
+
+
+def lineage_view(lineage: object) -> LineageView | None:
+    if not isinstance(lineage, dict) or not lineage:
+        return None
+    params = lineage.get("params")
+    metrics = lineage.get("metrics")
+    datasets = lineage.get("datasets")
+    return LineageView(
+        source=_text(lineage.get("source")),
+        source_uri=_text(lineage.get("source_uri")),
+        run_id=_text(lineage.get("run_id")),
+        experiment=_text(lineage.get("experiment")),
+        params=sorted((str(k), str(v)) for k, v in params.items())[:SHOWN_ENTRIES]
+        if isinstance(params, dict)
+        else [],
+        metrics=sorted(
+            (str(k), v if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v))
+            for k, v in metrics.items()
+        )[:SHOWN_ENTRIES]
+        if isinstance(metrics, dict)
+        else [],
+        datasets=[
+            (str(d.get("name") or "?"), _text(d.get("digest")), _text(d.get("source")))
+            for d in datasets[:SHOWN_DATASETS]
+            if isinstance(d, dict)
+        ]
+        if isinstance(datasets, list)
+        else [],
+    )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _provenance_of(record: ReleaseRecord) -> Provenance | None:
+    try:
+        return Release.from_unverified_envelope(envelope_of(record)).provenance
+    except ProtocolError:
+        return None  # a release this code cannot read is shown without its provenance
