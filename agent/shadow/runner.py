@@ -184,6 +184,7 @@ class ShadowRunner:
             self._ready.set()  # whatever happened, start() stops waiting
         if self._loaded is None or self._closed:
             self._loaded = self._reference = None  # closed while it loaded
+            self._drop_pending()
             return
         while True:
             self._wake.wait()
@@ -199,7 +200,14 @@ class ShadowRunner:
                 logger.exception("shadow %s: comparing a sample failed", self.release)
             finally:
                 self._pending = None
+        self._drop_pending()
         self._loaded = self._reference = None
+
+    def _drop_pending(self) -> None:
+        """A request taken, then closed before it ran: never compared, so skipped."""
+        if self._pending is not None:
+            self._pending = None
+            self._skip()
 
     def _run_one(self, inputs: dict[str, np.ndarray], serving: Mapping[str, np.ndarray]) -> None:
         loaded = self._loaded
