@@ -113,7 +113,9 @@ def lineage_graph_of(
                 created_by=row.created_by,
                 created_at=row.created_at,
                 lineage_version=root.version,
-                source=_str(lineage.get("source")) or root.origin,
+                # A variant whose root is lost (its parent deleted) has no known source.
+                source=_str(lineage.get("source"))
+                or (root.origin if root.origin != "variant" else None),
                 source_uri=_str(lineage.get("source_uri")),
                 run_id=_str(lineage.get("run_id")),
                 experiment=_str(lineage.get("experiment")),

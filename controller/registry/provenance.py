@@ -83,7 +83,9 @@ def provenance_of(
     variant = row.origin == "variant"
     parent = chain[0] if variant and chain else None
     fields: dict[str, Any] = {
-        "source": _source(lineage.get("source"), root.origin),
+        "source": _source(
+            lineage.get("source"), root.origin if root.origin != "variant" else "unknown"
+        ),
         "source_uri": _text(lineage.get("source_uri")),
         "run_id": _text(lineage.get("run_id")),
         "experiment": _text(lineage.get("experiment")),

@@ -213,3 +213,5 @@ def test_a_parent_loop_in_the_rows_does_not_hang_the_graph() -> None:
     v1.parent_id = v2.id
     graph = lineage_graph_of("digits", [v1, v2], released_ids=set())
     assert len(graph.nodes) == 2
+    assert [n.source for n in graph.nodes] == [None, None]  # no root: no known source
+    assert provenance_of(v2, [v1], ReleaseRequest()).source == "unknown"
