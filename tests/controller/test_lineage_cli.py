@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ from controller.tokens import Role
 from tests.controller.conftest import ctx
 from tests.controller.registry.test_lineage_api import lineage_fixture
 from tests.controller.registry.test_provenance import MLFLOW_LINEAGE
-from tests.factories import NOW, make_release
+from tests.factories import NOW, make_deployment, make_release
 from tests.protocol.test_provenance import largest_provenance, rich_provenance
 from tests.security.http_server import ServedController, controller_settings, served
 
@@ -135,6 +136,24 @@ def test_doc_verify_says_what_was_trimmed_and_when_there_is_none(
         app, tmp_path, largest
     )
     assert "provenance:   none" in doc_verify(app, tmp_path, None)
+
+
+def test_doc_verify_prints_the_provenance_of_a_deployments_release(
+    app: FastAPI, tmp_path: Path
+) -> None:
+    signer = ctx(app).signer
+    release = make_release(provenance=rich_provenance()).sign([signer.release_key])
+    now = datetime.now(UTC)
+    deployment = make_deployment(release, issued_at=now, expires=now + timedelta(hours=1))
+    document = tmp_path / "deployment.json"
+    document.write_bytes(deployment.sign([signer.deployment_key]).to_bytes())
+    trust_root = ctx(app).settings.data_dir / "keys" / "trust-root.json"
+    result = CliRunner().invoke(
+        controller_cli.app, ["doc", "verify", "--trust-root", str(trust_root), str(document)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "document:     Deployment" in result.stdout
+    assert "  approved by:    alice" in result.stdout
 
 
 def test_push_with_a_channel_sends_the_field(
