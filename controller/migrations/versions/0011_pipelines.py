@@ -8,7 +8,6 @@ Create Date: 2026-12-04 12:45:00.000000
 from __future__ import annotations
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
 
 revision = "0011"
@@ -17,8 +16,8 @@ branch_labels = None
 depends_on = None
 
 
-def _text(length: int) -> sqlmodel.sql.sqltypes.AutoString:
-    return sqlmodel.sql.sqltypes.AutoString(length=length)
+def _text(length: int) -> sa.String:
+    return sa.String(length=length)
 
 
 def upgrade() -> None:
