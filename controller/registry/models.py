@@ -2,9 +2,11 @@
 
 Invariants: nothing is recorded for a model that failed inspection; version numbers come
 from ``models.next_version`` under a row lock, so they are never reused or duplicated,
-even with several controller processes; every variant and upload keeps its parent; a
-new upload whose I/O signature differs from the model's latest is refused unless the
-caller allows the change.
+even with several controller processes; every variant, upload and import keeps its
+parent, and every upload and import its ``lineage`` (where the file came from); a new
+upload or import whose I/O signature differs from the model's latest is refused unless
+the caller allows the change. Uploads and imports share one path,
+``register_model_file``: the same inspection, checks and storage, whatever the source.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "get_version",
     "list_models",
     "list_versions",
+    "register_model_file",
     "register_upload",
     "run_job",
     "version_public_fields",
@@ -39,6 +42,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
+# An upload's original file name, as its lineage keeps it.
+MAX_LINEAGE_TEXT_CHARS = 256
 
 
 def run_job(ctx: ControllerContext, args: list[str]) -> dict[str, Any]:
@@ -72,24 +77,59 @@ def register_upload(
 ) -> ModelVersion:
     """Inspect an uploaded model (and validation set), store it and record a version."""
     model_file = form.files["model"]
-    extension = Path(model_file.filename).suffix.lower()
+    validation = form.files.get("validation")
+    return register_model_file(
+        session,
+        ctx,
+        name=name,
+        model_path=model_file.path,
+        filename=model_file.filename,
+        validation_path=validation.path if validation is not None else None,
+        allow_signature_change=allow_signature_change,
+        principal=principal,
+        origin="upload",
+        lineage={
+            "source": "upload",
+            "filename": model_file.filename[:MAX_LINEAGE_TEXT_CHARS],
+            "uploaded_by": principal.name,
+        },
+    )
+
+
+def register_model_file(
+    session: Session,
+    ctx: ControllerContext,
+    *,
+    name: str,
+    model_path: Path,
+    filename: str,
+    validation_path: Path | None,
+    allow_signature_change: bool,
+    principal: Principal,
+    origin: str,
+    lineage: dict[str, Any],
+) -> ModelVersion:
+    """Inspect a model file (and validation set), store it and record a version.
+
+    ``filename`` is the name the file came with: its extension must match its content.
+    The files stay where they are; the store keeps its own copies.
+    """
+    extension = Path(filename).suffix.lower()
     if extension not in FORMAT_EXTENSIONS.values():
         raise ModelRejectedError(
-            f"{model_file.filename!r}: only .onnx and .tflite files are accepted",
-            "unsupported_format",
+            f"{filename!r}: only .onnx and .tflite files are accepted", "unsupported_format"
         )
-    if model_file.size_bytes == 0:
+    if model_path.stat().st_size == 0:
         raise ModelRejectedError("the model file is empty", "malformed_model")
-    info = inspect_model(ctx, model_file.path)
+    info = inspect_model(ctx, model_path)
     if FORMAT_EXTENSIONS[info["format"]] != extension:
         raise ModelRejectedError(
-            f"{model_file.filename!r} holds a {info['format']} model, not {extension}",
+            f"{filename!r} holds a {info['format']} model, not {extension}",
             "unsupported_format",
         )
-    validation = form.files.get("validation")
-    if validation is not None:
+    if validation_path is not None:
         check_validation_set(
-            validation.path,
+            validation_path,
             input_names=[spec["name"] for spec in info["inputs"]],
             output_names=[spec["name"] for spec in info["outputs"]],
             max_uncompressed_bytes=ctx.settings.max_validation_bytes * 8,
@@ -99,8 +139,8 @@ def register_upload(
     latest = _latest_version(session, name)
     if latest is not None and not allow_signature_change:
         _check_same_signature(latest, info)
-    stored = ctx.store.put(model_file.path)
-    validation_sha256 = ctx.store.put(validation.path).sha256 if validation else None
+    stored = ctx.store.put(model_path)
+    validation_sha256 = ctx.store.put(validation_path).sha256 if validation_path else None
     version = _new_version(
         session,
         model,
@@ -108,12 +148,13 @@ def register_upload(
         sha256=stored.sha256,
         size_bytes=stored.size_bytes,
         parent_id=latest.id if latest else None,
-        origin="upload",
+        origin=origin,
         status="registered",
         validation_sha256=validation_sha256,
         created_by=principal.name,
+        lineage=lineage,
     )
-    ctx.metrics.model_versions.labels("upload", "registered").inc()
+    ctx.metrics.model_versions.labels(origin, "registered").inc()
     return version
 
 
