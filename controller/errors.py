@@ -13,7 +13,10 @@
     │   └── ReleaseKeyOfflineError     409  a release to sign while the release key is offline
     ├── ModelRejectedError             422  an uploaded model or a variant refused, with why
     ├── JobError                       422  a converter job crashed, was killed or timed out
-    ├── UploadTooLargeError            413  an upload over its size limit
+    ├── UploadTooLargeError            413  an upload (or an imported file) over its size limit
+    ├── UpstreamError                  500  a server the controller fetches from (an MLflow
+    │                                       registry) unreachable, slow, or answering nonsense;
+    │                                       the import route answers it with 502 itself
     ├── BridgeError                    500  the MQTT bridge cannot publish now
     ├── SampleDeviceMismatchError      403  a device uploading a sample of another device
     ├── SampleNotOrderedError          403  a sample of a model never ordered captured there
@@ -52,6 +55,7 @@ __all__ = [
     "SampleQuotaError",
     "SelectorError",
     "UploadTooLargeError",
+    "UpstreamError",
     "WrongPassphraseError",
 ]
 
@@ -104,6 +108,12 @@ class ModelRejectedError(ControllerError):
 
 class UploadTooLargeError(ControllerError):
     """An upload exceeds its size limit."""
+
+
+class UpstreamError(ControllerError):
+    """A server the controller fetches from on a caller's behalf (an MLflow registry) is
+    unreachable, timed out, or answered something the controller cannot use. Not the
+    caller's fault and not the controller's: a gateway error (502) to whoever asked."""
 
 
 class BadRequestError(ControllerError):
