@@ -74,10 +74,10 @@ def post_prepare_release(
     request: Request,
     ctx: Context,
     session: DbSession,
-    _caller: Operator,
+    caller: Operator,
 ) -> dict[str, Any]:
     """The unsigned release of this version, to sign where the release key is kept."""
-    release = prepare_release(session, ctx, name=name, version=version)
+    release = prepare_release(session, ctx, name=name, version=version, principal=caller)
     request.state.audit = {"target": f"{name}:{version}"}
     return release.to_json_obj()
 
