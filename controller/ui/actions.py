@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from ..api.deps import DbSession
 from ..errors import ConflictError, NotFoundError
+from ..pipelines.runs import approve_pipeline
 from ..rollouts.core import CommandKind
 from ..rollouts.records import queue_command
 from ..tables import ApiToken
@@ -173,6 +174,27 @@ def post_rollout_command(
     request.state.audit = {"target": rollout_id, "command": kind.value}
     return RedirectResponse(
         f"{COOKIE_PATH}/rollouts/{rollout_id}?queued={kind.value}",
+        status_code=status.HTTP_303_SEE_OTHER,
+    )
+
+
+@router.post("/pipelines/{pipeline_id}/approve", dependencies=[UiAudited, VerifiedCsrf])
+def post_approve_pipeline(
+    pipeline_id: Annotated[str, Path(max_length=32)],
+    request: Request,
+    session: DbSession,
+    user: OperatorUser,
+) -> Response:
+    """Approve a pipeline's release, as ``POST /api/v1/pipelines/{id}/approve`` does."""
+    try:
+        pipeline = approve_pipeline(session, pipeline_id, actor=user.principal.name)
+    except NotFoundError as exc:
+        raise DashboardHTTPError(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except ConflictError as exc:
+        raise DashboardHTTPError(status.HTTP_409_CONFLICT, str(exc)) from exc
+    request.state.audit = {"target": pipeline.id, "channel": pipeline.channel}
+    return RedirectResponse(
+        f"{COOKIE_PATH}/channels/{pipeline.channel}?approved={pipeline.id}",
         status_code=status.HTTP_303_SEE_OTHER,
     )
 

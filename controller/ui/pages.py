@@ -23,6 +23,7 @@ from ..devices.inventory import get_device_detail, list_devices
 from ..devices.selectors import parse_selector
 from ..errors import BadRequestError, NotFoundError
 from ..monitoring.tables import AlertEpisode, AlertRule
+from ..pipelines.runs import channel_pipelines, get_channel, list_channels
 from ..registry.lineage import lineage_graph
 from ..registry.models import list_models, list_versions, version_public_fields
 from ..registry.releases import list_releases
@@ -200,6 +201,37 @@ def alerts_page(request: Request, session: ReadSession, user: CurrentUser) -> HT
         select(AlertEpisode).order_by(col(AlertEpisode.id).desc()).limit(ALERT_EPISODES)
     ).all()
     return _page(request, user, "alerts.html", "alerts", rules=rules, episodes=episodes)
+
+
+@router.get("/channels")
+def channels_page(request: Request, session: ReadSession, user: CurrentUser) -> HTMLResponse:
+    """Every channel with its latest pipelines."""
+    channels = [(c, channel_pipelines(session, c.name, limit=5)) for c in list_channels(session)]
+    return _page(request, user, "channels.html", "channels", channels=channels)
+
+
+@router.get("/channels/{name}")
+def channel_page(
+    name: Name,
+    request: Request,
+    session: ReadSession,
+    user: CurrentUser,
+    approved: Annotated[str, Query(max_length=32)] = "",
+) -> HTMLResponse:
+    """A channel's policy and each version's path through it, with the approve button."""
+    with _page_errors():
+        channel = get_channel(session, name)
+    pipelines = channel_pipelines(session, name)
+    return _page(
+        request,
+        user,
+        "channel.html",
+        "channels",
+        channel=channel,
+        pipelines=pipelines,
+        # Only a pipeline id of this channel is echoed back.
+        approved=approved if approved in {p.id for p in pipelines} else "",
+    )
 
 
 @router.get("/audit")
