@@ -4,21 +4,28 @@ artifacts served through its proxy (the default), one worker, no job runner.
 It takes 10-40 s to start on a loaded machine, so tests share one per session
 (``mlflow_server`` in a conftest). Without MLflow installed the tests that need it skip,
 or fail with ``CI=true`` (``tests.conftest.require_service``).
+
+``HostileMlflow`` is the other kind: a server that speaks MLflow's routes but answers
+what a test tells it to, for the attacks a real MLflow would never make.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -121,3 +128,68 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
     process.wait(STOP_TIMEOUT_S)
+
+
+@dataclass
+class FakeAnswer:
+    status: int = 200
+    body: bytes = b"{}"
+    headers: dict[str, str] | None = None
+    # False: no Content-Length, the body ends when the connection closes (HTTP/1.0).
+    declare_length: bool = True
+
+
+class HostileMlflow:
+    """An HTTP server answering MLflow's routes with whatever a test sets in ``answers``
+    (route path -> answer; ``?path=`` listings are keyed ``LIST <path>``): a server that
+    lies about sizes, names paths outside its artifacts, or redirects elsewhere."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, FakeAnswer] = {}
+        self.requests: list[str] = []
+        hostile = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                parts = urlsplit(self.path)
+                hostile.requests.append(self.path)
+                listed = parse_qs(parts.query).get("path")
+                key = f"LIST {listed[0]}" if listed else parts.path
+                answer = hostile.answers.get(key, FakeAnswer(404, b'{"error_code": "NOT_FOUND"}'))
+                self.send_response(answer.status)
+                for name, value in (answer.headers or {}).items():
+                    self.send_header(name, value)
+                if answer.declare_length:
+                    self.send_header("Content-Length", str(len(answer.body)))
+                self.end_headers()
+                self.wfile.write(answer.body)
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> HostileMlflow:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(STOP_TIMEOUT_S)
+
+    def serve_version(self, name: str, version: str, artifact_uri: str) -> None:
+        """A READY version with no run, whose files are at ``artifact_uri``."""
+        self.answers["/api/2.0/mlflow/model-versions/get"] = FakeAnswer(
+            body=json.dumps(
+                {"model_version": {"name": name, "version": version, "status": "READY"}}
+            ).encode()
+        )
+        self.answers["/api/2.0/mlflow/model-versions/get-download-uri"] = FakeAnswer(
+            body=json.dumps({"artifact_uri": artifact_uri}).encode()
+        )
+
+    def serve_listing(self, path: str, files: list[dict[str, object]]) -> None:
+        self.answers[f"LIST {path}"] = FakeAnswer(body=json.dumps({"files": files}).encode())

@@ -39,7 +39,7 @@ from controller.tokens import Role, create_token
 from tests.agent.e2e.models import affine_model
 from tests.brokers import free_port
 from tests.controller.conftest import TEST_PASSPHRASE, bearer, ctx
-from tests.controller.mlflow_server import MlflowServer
+from tests.controller.mlflow_server import FakeAnswer, HostileMlflow, MlflowServer
 from tests.security.http_server import controller_settings, served
 
 
@@ -466,6 +466,95 @@ def test_a_plain_upload_records_its_file_name_and_uploader_as_lineage(
         "filename": "affine.onnx",
         "uploaded_by": "test-operator",
     }
+
+
+# A hostile server: what a real MLflow would not answer, and must not get through.
+
+ROOT = "1/r/artifacts/model"
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostileMlflow]:
+    with HostileMlflow() as server:
+        server.serve_version("evil", "1", f"mlflow-artifacts:/{ROOT}")
+        yield server
+
+
+@pytest.fixture
+def small_limit_app(tmp_path: Path) -> Iterator[tuple[FastAPI, str]]:
+    """A controller taking models of at most 1 KiB, and an operator token for it."""
+    settings = load_settings(
+        environ={},
+        overrides={
+            "data_dir": tmp_path / "data",
+            "database_url": f"sqlite:///{tmp_path / 'controller.db'}",
+            "max_upload_bytes": 1024,
+        },
+    )
+    app = create_app(settings, environ={"EDGEFLEET_KEY_PASSPHRASE": TEST_PASSPHRASE})
+    with session_scope(ctx(app).engine) as session:
+        token = create_token(session, name="test-operator", role=Role.OPERATOR)
+    yield app, token
+    ctx(app).engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "listed", ["../../../other-run/model.onnx", "/etc/model.onnx", "a\\..\\model.onnx"]
+)
+def test_a_listing_that_escapes_the_artifact_directory_is_refused_unfetched(
+    client: TestClient, tokens: dict[Role, str], hostile: HostileMlflow, listed: str
+) -> None:
+    hostile.serve_listing(ROOT, [{"path": listed, "is_dir": False, "file_size": 10}])
+
+    answer = import_version(client, tokens[Role.OPERATOR], hostile.url, "models:/evil/1")
+
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["kind"] == "unsafe_artifact_path"
+    downloads = "/api/2.0/mlflow-artifacts/artifacts/"
+    assert not [r for r in hostile.requests if r.startswith(downloads)]
+
+
+def test_a_file_larger_than_listed_is_cut_at_the_limit_and_leaves_nothing(
+    small_limit_app: tuple[FastAPI, str], hostile: HostileMlflow
+) -> None:
+    app, token = small_limit_app
+    hostile.serve_listing(ROOT, [{"path": "model.onnx", "is_dir": False, "file_size": 100}])
+    # Listed as 100 bytes, sent as 64 KiB with no Content-Length to stop it early.
+    hostile.answers[f"/api/2.0/mlflow-artifacts/artifacts/{ROOT}/model.onnx"] = FakeAnswer(
+        body=b"\0" * 65536, declare_length=False
+    )
+    before = stored_files(app)
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = import_version(client, token, hostile.url, "models:/evil/1")
+
+    assert answer.status_code == 413, answer.text
+    assert leftovers(app) == []
+    assert stored_files(app) == before
+
+
+def test_a_redirect_from_mlflow_is_not_followed(
+    client: TestClient, tokens: dict[Role, str], hostile: HostileMlflow
+) -> None:
+    hostile.answers["/api/2.0/mlflow/model-versions/get"] = FakeAnswer(
+        302, b"", {"Location": "http://169.254.169.254/latest/meta-data/"}
+    )
+
+    answer = import_version(client, tokens[Role.OPERATOR], hostile.url, "models:/evil/1")
+
+    assert answer.status_code == 502, answer.text
+    assert hostile.requests == ["/api/2.0/mlflow/model-versions/get?name=evil&version=1"]
+
+
+def test_a_version_stored_outside_the_artifact_proxy_is_refused(
+    client: TestClient, tokens: dict[Role, str], hostile: HostileMlflow
+) -> None:
+    hostile.serve_version("evil", "1", "file:///etc")
+
+    answer = import_version(client, tokens[Role.OPERATOR], hostile.url, "models:/evil/1")
+
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["kind"] == "artifacts_not_proxied"
 
 
 # The pure checks: what MLflow may answer, and what the import makes of it.
