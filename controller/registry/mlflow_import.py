@@ -13,16 +13,13 @@ Invariants:
   never the server's; each download has its own byte limit;
 - the validation set is a file named ``validation.npz``: the shallowest one in the model
   version's artifact directory, else one at the top of the run's artifacts;
-- lineage is bounded (``MAX_LINEAGE_*``): at most 64 parameters and 64 metrics (by key
-  order), 16 datasets, strings cut to 256 characters; non-finite metrics are dropped;
+- lineage is bounded (``mlflow_lineage``);
 - a failed import leaves nothing: no version, no stored file, no temporary file.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
 import shutil
 import tempfile
@@ -41,14 +38,12 @@ from ..errors import (
     UpstreamError,
 )
 from ..tokens import Principal
+from .mlflow_lineage import MAX_LINEAGE_TEXT_CHARS, bounded_text, lineage_of, mapping_at
 from .mlflow_rest import MlflowRest
 from .models import FORMAT_EXTENSIONS, register_model_file
 from .tables import ModelVersion
 
 __all__ = [
-    "MAX_LINEAGE_DATASETS",
-    "MAX_LINEAGE_ENTRIES",
-    "MAX_LINEAGE_TEXT_CHARS",
     "DownloadedModel",
     "MlflowFile",
     "MlflowModelRef",
@@ -56,7 +51,6 @@ __all__ = [
     "choose_validation_file",
     "download_mlflow_model",
     "import_mlflow_model",
-    "lineage_of",
     "parse_model_uri",
     "proxy_path_of",
     "verify_artifact_path",
@@ -64,9 +58,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MAX_LINEAGE_ENTRIES = 64
-MAX_LINEAGE_DATASETS = 16
-MAX_LINEAGE_TEXT_CHARS = 256
 # How much of a model version's artifact tree is looked at for its files.
 MAX_LISTED_FILES = 1000
 MAX_LISTING_DEPTH = 4
@@ -209,10 +200,12 @@ def download_mlflow_model(
         located = rest.get_json(
             f"{API}/model-versions/get-download-uri", {"name": ref.name, "version": number}
         )
-        artifact_uri = _text(located.get("artifact_uri")) or ""
+        artifact_uri = located.get("artifact_uri")
+        if not isinstance(artifact_uri, str):
+            raise UpstreamError(f"MLflow answered {where} with no artifact_uri")
         root, files = _files_of(rest, proxy_path_of(artifact_uri), where)
         model_file = choose_model_file(files, where)
-        run_id = _text(version.get("run_id"))
+        run_id = bounded_text(version.get("run_id"))
         run, experiment = _run_and_experiment(rest, run_id)
         validation_file, validation_root = choose_validation_file(files), root
         if validation_file is None and run is not None:
@@ -249,7 +242,7 @@ def download_mlflow_model(
             experiment=experiment,
         )
     return DownloadedModel(
-        registered_name=_text(version.get("name")) or ref.name,
+        registered_name=bounded_text(version.get("name")) or ref.name,
         directory=work,
         model_path=model_path,
         filename=model_file.name,
@@ -280,41 +273,6 @@ def import_mlflow_model(
         origin="import",
         lineage={**downloaded.lineage, "imported_by": principal.name},
     )
-
-
-def lineage_of(
-    *,
-    source_uri: str,
-    alias: str | None,
-    mlflow_uri: str,
-    version: dict[str, Any],
-    artifact_uri: str,
-    model_file: str,
-    validation_file: str | None,
-    run: dict[str, Any] | None,
-    experiment: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """What the version records of where it came from: bounded, JSON-safe, untrusted."""
-    info = _mapping(run, "info")
-    data = _mapping(run, "data")
-    lineage: dict[str, Any] = {
-        "source": "mlflow",
-        "source_uri": _text(source_uri),
-        "alias": _text(alias),
-        "mlflow_uri": _text(mlflow_uri),
-        "model_source": _text(version.get("source")),
-        "artifact_uri": _text(artifact_uri),
-        "artifact_path": _text(model_file),
-        "validation_artifact": _text(validation_file),
-        "run_id": _text(info.get("run_id") or version.get("run_id")),
-        "run_name": _text(info.get("run_name")),
-        "experiment_id": _text(info.get("experiment_id")),
-        "experiment": _text(_mapping(experiment, "experiment").get("name")),
-        "params": _params(data.get("params")),
-        "metrics": _metrics(data.get("metrics")),
-        "datasets": _datasets(_mapping(run, "inputs").get("dataset_inputs")),
-    }
-    return {key: value for key, value in lineage.items() if value is not None}
 
 
 _EXTENSIONS = set(FORMAT_EXTENSIONS.values())
@@ -372,11 +330,13 @@ def _files_of(rest: MlflowRest, root: str, where: str) -> tuple[str, list[Mlflow
 
 def _run_validation_file(rest: MlflowRest, run: dict[str, Any]) -> tuple[MlflowFile | None, str]:
     """``validation.npz`` at the top of the run's artifacts, when the run logged one there."""
-    uri = _text(_mapping(run, "info").get("artifact_uri")) or ""
+    uri = mapping_at(run, "info").get("artifact_uri")
     try:
-        root = proxy_path_of(uri)
-    except ModelRejectedError:
-        logger.info("run artifacts at %s are not proxied: no validation set looked for", uri)
+        root = proxy_path_of(uri if isinstance(uri, str) else "")
+    except ModelRejectedError as exc:
+        if exc.kind != "artifacts_not_proxied":
+            raise
+        logger.info("run artifacts at %s are not proxied: no validation set", bounded_text(uri))
         return None, ""
     listing = rest.get_json(ARTIFACTS_ROUTE, {"path": root})
     for entry in listing.get("files", []) if isinstance(listing.get("files"), list) else []:
@@ -398,7 +358,7 @@ def _run_and_experiment(
         return None, None
     if not isinstance(run, dict):
         raise UpstreamError(f"MLflow answered run {run_id} with no run")
-    experiment_id = _text(_mapping(run, "info").get("experiment_id"))
+    experiment_id = bounded_text(mapping_at(run, "info").get("experiment_id"))
     if not experiment_id:
         return run, None
     try:
@@ -417,81 +377,3 @@ def _download(
         )
     path = verify_artifact_path(f"{root}/{file.path}")
     rest.download(f"{ARTIFACTS_ROUTE}/{path}", destination, max_bytes=limit, what=what)
-
-
-def _mapping(value: object, key: str) -> dict[str, Any]:
-    inner = value.get(key) if isinstance(value, dict) else None
-    return inner if isinstance(inner, dict) else {}
-
-
-def _text(value: object) -> str | None:
-    if value is None or isinstance(value, (dict, list)):
-        return None
-    text = str(value)
-    return text[:MAX_LINEAGE_TEXT_CHARS] if text else None
-
-
-def _params(value: object) -> dict[str, str]:
-    pairs = [
-        (key, _text(item.get("value")) or "")
-        for item in (value if isinstance(value, list) else [])
-        if isinstance(item, dict) and (key := _text(item.get("key")))
-    ]
-    return dict(sorted(pairs)[:MAX_LINEAGE_ENTRIES])
-
-
-def _metrics(value: object) -> dict[str, float]:
-    pairs = [
-        (key, float(number))
-        for item in (value if isinstance(value, list) else [])
-        if isinstance(item, dict)
-        and (key := _text(item.get("key")))
-        and isinstance(number := item.get("value"), (int, float))
-        and not isinstance(number, bool)
-        and math.isfinite(number)
-    ]
-    return dict(sorted(pairs)[:MAX_LINEAGE_ENTRIES])
-
-
-def _datasets(value: object) -> list[dict[str, str]]:
-    refs = []
-    for item in value if isinstance(value, list) else []:
-        dataset = _mapping(item, "dataset")
-        if not dataset:
-            continue
-        tags = item.get("tags") if isinstance(item, dict) else None
-        context = next(
-            (
-                tag.get("value")
-                for tag in (tags if isinstance(tags, list) else [])
-                if isinstance(tag, dict) and tag.get("key") == "mlflow.data.context"
-            ),
-            None,
-        )
-        ref = {
-            "name": _text(dataset.get("name")),
-            "digest": _text(dataset.get("digest")),
-            "source_type": _text(dataset.get("source_type")),
-            "source": _dataset_source(dataset.get("source")),
-            "context": _text(context),
-        }
-        refs.append({k: v for k, v in ref.items() if v is not None})
-        if len(refs) == MAX_LINEAGE_DATASETS:
-            break
-    return refs
-
-
-def _dataset_source(value: object) -> str | None:
-    """MLflow's dataset source is JSON text such as ``{"uri": "s3://…"}``: its URI, if any."""
-    text = _text(value)
-    if text is None or not isinstance(value, str):
-        return text
-    try:
-        parsed = json.loads(value) if len(value) <= 64 * 1024 else None
-    except ValueError:
-        return text
-    if isinstance(parsed, dict):
-        for key in ("uri", "url", "path", "table_name"):
-            if isinstance(parsed.get(key), str):
-                return _text(parsed[key])
-    return text

@@ -23,15 +23,17 @@ from controller.app import create_app
 from controller.db import session_scope
 from controller.errors import ModelRejectedError, UploadTooLargeError
 from controller.registry.mlflow_import import (
-    MAX_LINEAGE_DATASETS,
-    MAX_LINEAGE_ENTRIES,
-    MAX_LINEAGE_TEXT_CHARS,
     MlflowFile,
     choose_model_file,
     choose_validation_file,
-    lineage_of,
     proxy_path_of,
     verify_artifact_path,
+)
+from controller.registry.mlflow_lineage import (
+    MAX_LINEAGE_DATASETS,
+    MAX_LINEAGE_ENTRIES,
+    MAX_LINEAGE_TEXT_CHARS,
+    lineage_of,
 )
 from controller.registry.mlflow_rest import MlflowRest
 from controller.settings import load_settings
