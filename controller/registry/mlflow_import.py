@@ -14,7 +14,8 @@ Invariants:
 - the validation set is a file named ``validation.npz``: the shallowest one in the model
   version's artifact directory, else one at the top of the run's artifacts;
 - lineage is bounded (``mlflow_lineage``);
-- a failed import leaves nothing: no version, no stored file, no temporary file.
+- a refused import leaves nothing: every check runs before the store keeps a file, and
+  the downloads' temporary directory is removed whatever happens (``discard``).
 """
 
 from __future__ import annotations
