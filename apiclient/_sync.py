@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -17,6 +18,8 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 CONNECT_TIMEOUT_S = 30.0
 # Quantization and release jobs run while the request waits.
 JOB_TIMEOUT_S = 1800.0
+# How often a waiting client asks how its job is doing.
+JOB_POLL_S = 0.5
 UPLOAD_CHUNK_BYTES = 256 * 1024
 
 
@@ -143,6 +146,35 @@ class ControllerClient:
             "POST", f"/api/v1/models/{name}/versions/{version}/release"
         )
         return answer
+
+    def queue_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Queue a variant or release job; the answer is the job, at once."""
+        answer: dict[str, Any] = self.request("POST", "/api/v1/jobs", json=body)
+        return answer
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        answer: dict[str, Any] = self.request("GET", f"/api/v1/jobs/{job_id}")
+        return answer
+
+    def wait_job(
+        self,
+        job_id: int,
+        *,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        poll_s: float = JOB_POLL_S,
+    ) -> dict[str, Any]:
+        """Poll a job until it ends; its result, or ``ApiError`` with the status the
+        request would have had when it failed."""
+        while True:
+            job = self.job(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if job["status"] == "succeeded":
+                result: dict[str, Any] = job["result"]
+                return result
+            if job["status"] == "failed":
+                raise ApiError(f"job {job_id} failed: {job['error']}", job["error_status"])
+            time.sleep(poll_s)
 
     def create_rollout(self, body: dict[str, Any]) -> dict[str, Any]:
         answer: dict[str, Any] = self.request("POST", "/api/v1/rollouts", json=body)

@@ -176,6 +176,33 @@ def _require_version(ref: str) -> tuple[str, int]:
     return name, version
 
 
+NoWait = Annotated[
+    bool,
+    typer.Option(
+        "--no-wait", help="Queue the job and print its id; follow it at GET /api/v1/jobs/ID."
+    ),
+]
+
+
+def _run_job(
+    url: str, token: str | None, body: dict[str, Any], doing: str, no_wait: bool, as_json: bool
+) -> dict[str, Any] | None:
+    """Queue a job and wait for its result (None with --no-wait, after printing the job)."""
+    job = run_client(url, token, lambda c: c.queue_job(body))
+    if no_wait:
+        if as_json:
+            print_json(job)
+        else:
+            console.print(f"job {job['id']} queued: GET /api/v1/jobs/{job['id']} follows it")
+        return None
+    with console.status(f"{doing}: job {job['id']} queued", spinner="dots") as status:
+
+        def show(current: dict[str, Any]) -> None:
+            status.update(f"{doing}: job {current['id']} {current['progress']}")
+
+        return run_client(url, token, lambda c: c.wait_job(int(job["id"]), on_progress=show))
+
+
 @model_app.command("quantize")
 def quantize(
     ref: Annotated[str, typer.Argument(help="NAME:VERSION of the parent")],
@@ -188,20 +215,23 @@ def quantize(
             "(default: the controller's setting, 1.10)",
         ),
     ] = None,
+    no_wait: NoWait = False,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
-    """Derive a variant; the quality gate accepts or rejects it (exit 1 when rejected)."""
+    """Derive a variant; the quality gate accepts or rejects it (exit 1 when rejected).
+    It runs as a job on the controller: this waits and shows its progress."""
     if mode not in VARIANT_MODES:
         raise typer.BadParameter(f"--mode must be one of {', '.join(VARIANT_MODES)}")
     name, version = _require_version(ref)
-    with console.status(f"quantizing {name}:{version} ({mode})", spinner="dots"):
-        row = run_client(
-            url,
-            token,
-            lambda c: c.quantize(name, version, mode, max_latency_ratio=max_latency_ratio),
-        )
+    body: dict[str, Any] = {"kind": "variant", "model": name, "version": version, "mode": mode}
+    if max_latency_ratio is not None:
+        body["max_latency_ratio"] = max_latency_ratio
+    result = _run_job(url, token, body, f"quantizing {name}:{version} ({mode})", no_wait, as_json)
+    if result is None:
+        return
+    row = run_client(url, token, lambda c: c.version(name, int(result["version"])))
     if as_json:
         print_json(row)
     else:
@@ -217,14 +247,21 @@ def release(
     output: Annotated[
         Path | None, typer.Option("--output", help="Also write the signed release here.")
     ] = None,
+    no_wait: NoWait = False,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
-    """Sign a release of a version with the release key."""
+    """Sign a release of a version with the release key (a job on the controller: this
+    waits and shows its progress)."""
     name, version = _require_version(ref)
-    with console.status(f"profiling and signing {name}:{version}", spinner="dots"):
-        answer = run_client(url, token, lambda c: c.release(name, version))
+    body = {"kind": "release", "model": name, "version": version}
+    doing = f"profiling and signing {name}:{version}"
+    if _run_job(url, token, body, doing, no_wait, as_json) is None:
+        return
+    answer = run_client(
+        url, token, lambda c: c.request("GET", f"/api/v1/models/{name}/versions/{version}/release")
+    )
     if output is not None:
         output.write_text(json.dumps(answer["envelope"], sort_keys=True))
     if as_json:
