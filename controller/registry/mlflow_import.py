@@ -211,6 +211,19 @@ def download_mlflow_model(
         validation_file, validation_root = choose_validation_file(files), root
         if validation_file is None and run is not None:
             validation_file, validation_root = _run_validation_file(rest, run)
+        lineage = lineage_of(
+            source_uri=where,
+            alias=ref.alias,
+            mlflow_uri=rest.display_url,
+            version=version,
+            artifact_uri=artifact_uri,
+            model_file=model_file.path,
+            validation_file=(
+                f"{validation_root}/{validation_file.path}" if validation_file else None
+            ),
+            run=run,
+            experiment=experiment,
+        )
         work = Path(tempfile.mkdtemp(dir=directory, prefix="mlflow-"))
         try:
             model_path = work / f"model{PurePosixPath(model_file.path).suffix.lower()}"
@@ -229,19 +242,6 @@ def download_mlflow_model(
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-        lineage = lineage_of(
-            source_uri=where,
-            alias=ref.alias,
-            mlflow_uri=rest.display_url,
-            version=version,
-            artifact_uri=artifact_uri,
-            model_file=model_file.path,
-            validation_file=(
-                f"{validation_root}/{validation_file.path}" if validation_file else None
-            ),
-            run=run,
-            experiment=experiment,
-        )
     return DownloadedModel(
         registered_name=bounded_text(version.get("name")) or ref.name,
         directory=work,
