@@ -41,8 +41,17 @@ from controller.tokens import Role, create_token
 from tests.agent.e2e.models import affine_model
 from tests.brokers import free_port
 from tests.controller.conftest import TEST_PASSPHRASE, bearer, ctx
-from tests.controller.mlflow_server import FakeAnswer, HostileMlflow, MlflowServer
+from tests.controller.mlflow_server import (
+    STARTUP_TIMEOUT_S,
+    FakeAnswer,
+    HostileMlflow,
+    MlflowServer,
+)
 from tests.security.http_server import controller_settings, served
+
+# The first test here that needs the server waits for it to start: up to
+# STARTUP_TIMEOUT_S on a loaded machine, on top of the test itself.
+pytestmark = pytest.mark.timeout(STARTUP_TIMEOUT_S + 120)
 
 
 @pytest.fixture(scope="module")
