@@ -445,17 +445,23 @@ def test_model_import_command_imports_through_a_live_controller(
             "MLFLOW_TRACKING_URI": mlflow_server.url,
             "COLUMNS": "200",
         }
-        result = CliRunner().invoke(
+        named = CliRunner().invoke(
             controller_cli.app,
             ["model", "import", f"models:/{name}/{version}", "--name", "cli-import", "--json"],
             env=env,
         )
+        # No --name: MLflow's; no --mlflow-uri: MLFLOW_TRACKING_URI.
+        default = CliRunner().invoke(
+            controller_cli.app, ["model", "import", f"models:/{name}/{version}"], env=env
+        )
         shown = CliRunner().invoke(controller_cli.app, ["model", "show", "cli-import:1"], env=env)
 
-    assert result.exit_code == 0, result.output
-    row = json.loads(result.stdout)
+    assert named.exit_code == 0, named.output
+    row = json.loads(named.stdout)
     assert (row["model_name"], row["version"]) == ("cli-import", 1)
     assert row["lineage"]["params"] == {"lr": "0.5"}
+    assert default.exit_code == 0, default.output
+    assert f"imported models:/{name}/{version} as {name}:1" in default.stdout
     assert shown.exit_code == 0, shown.output
     assert run.info.run_id in shown.stdout
 
