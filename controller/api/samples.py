@@ -125,7 +125,7 @@ def get_samples(
     device: Annotated[str | None, Query(max_length=64)] = None,
     since: Annotated[datetime | None, Query(description="Captured at or after.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> list[SamplePublic]:
     """Captured samples, oldest capture first."""
     query = select(SampleRecord)
