@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import UpstreamError
@@ -23,6 +23,8 @@ PIPELINE_HEADER = "X-Edgefleet-Pipeline"
 
 
 class MlflowImport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     source: str = Field(
         max_length=600,
         description="The registered model version: models:/NAME/VERSION or models:/NAME@ALIAS.",

@@ -423,10 +423,20 @@ def test_a_malformed_source_or_mlflow_uri_is_400_before_anything_is_fetched(
     assert answer.status_code == 400, answer.text
 
 
-def test_import_needs_the_operator_role(
-    client: TestClient, tokens: dict[Role, str], mlflow_server: MlflowServer
+def test_an_unknown_field_in_the_request_is_refused(
+    client: TestClient, tokens: dict[Role, str]
 ) -> None:
-    answer = import_version(client, tokens[Role.VIEWER], mlflow_server, "models:/digits/1")
+    answer = client.post(
+        "/api/v1/models/digits/import",
+        headers=bearer(tokens[Role.OPERATOR]),
+        json={"source": "models:/digits/1", "mlflowUri": "http://mlflow:5000"},
+    )
+
+    assert answer.status_code == 422, answer.text
+
+
+def test_import_needs_the_operator_role(client: TestClient, tokens: dict[Role, str]) -> None:
+    answer = import_version(client, tokens[Role.VIEWER], "http://127.0.0.1:1", "models:/digits/1")
 
     assert answer.status_code == 403
 
