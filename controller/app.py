@@ -51,6 +51,7 @@ from .errors import (
     SampleNotOrderedError,
     SampleQuotaError,
     UploadTooLargeError,
+    UpstreamError,
 )
 from .metrics import Metrics
 from .migrate import upgrade_database
@@ -79,6 +80,7 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (SampleDeviceMismatchError, 403),
     (SampleNotOrderedError, 403),
     (SampleQuotaError, 507),
+    (UpstreamError, 502),
 ]
 
 

@@ -14,9 +14,8 @@
     ├── ModelRejectedError             422  an uploaded model or a variant refused, with why
     ├── JobError                       422  a converter job crashed, was killed or timed out
     ├── UploadTooLargeError            413  an upload (or an imported file) over its size limit
-    ├── UpstreamError                  500  a server the controller fetches from (an MLflow
-    │                                       registry) unreachable, slow, or answering nonsense;
-    │                                       the import route answers it with 502 itself
+    ├── UpstreamError                  502  a server the controller fetches from (an MLflow
+    │                                       registry) unreachable, slow, or answering nonsense
     ├── BridgeError                    500  the MQTT bridge cannot publish now
     ├── SampleDeviceMismatchError      403  a device uploading a sample of another device
     ├── SampleNotOrderedError          403  a sample of a model never ordered captured there

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, Path, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import UpstreamError
 from ..registry.mlflow_import import download_mlflow_model, import_mlflow_model
 from ..registry.models import version_public_fields
 from ..registry.schemas import MODEL_NAME_PATTERN, ModelVersionPublic
@@ -72,19 +71,14 @@ async def import_version(
         get_channel(session, body.channel)  # 404 before anything is downloaded
     directory = ctx.settings.work_dir / "imports"
     directory.mkdir(parents=True, exist_ok=True)
-    try:
-        downloaded = await run_in_threadpool(
-            download_mlflow_model,
-            body.source,
-            mlflow_uri=body.mlflow_uri,
-            directory=directory,
-            max_model_bytes=ctx.settings.max_upload_bytes,
-            max_validation_bytes=ctx.settings.max_validation_bytes,
-        )
-    except UpstreamError as exc:
-        # Until app.STATUS_BY_ERROR maps UpstreamError to 502, the route does; raised, not
-        # returned, so that the failed call is rolled back and not audited as done.
-        raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from exc
+    downloaded = await run_in_threadpool(
+        download_mlflow_model,
+        body.source,
+        mlflow_uri=body.mlflow_uri,
+        directory=directory,
+        max_model_bytes=ctx.settings.max_upload_bytes,
+        max_validation_bytes=ctx.settings.max_validation_bytes,
+    )  # an unreachable or nonsensical MLflow is an UpstreamError: 502
     try:
         row = await run_in_threadpool(
             import_mlflow_model,

@@ -28,6 +28,10 @@ def test_no_request_makes_the_server_fail(app: FastAPI, tokens: dict[Role, str])
     )
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 9
+    # The MLflow import fetches from the URL it is given: fuzzed, that is any host on any
+    # network, and an unreachable one is rightly a 502. Its refusals are tested against a
+    # real and a hostile MLflow on loopback (tests/controller/registry/test_mlflow_import.py).
+    operations = [o for o in operations if not o.path.endswith("/import")]
     for operation in operations:
         # schemathesis' pytest plugin does not run on pytest 9 yet; drive hypothesis here.
         @given(case=operation.as_strategy())
