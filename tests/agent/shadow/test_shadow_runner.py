@@ -88,6 +88,7 @@ def test_the_shadow_sees_copies_of_requests_and_never_changes_an_answer(tmp_path
 def test_the_budget_bounds_the_time_the_shadow_runs(tmp_path: Path) -> None:
     serving = loaded(tmp_path, 1.0, "serving")
     busy = {"s": 0.0}
+    durations: list[float] = []
 
     class Slow:
         """A shadow that takes 20 ms per sample, to spend the budget fast."""
@@ -97,7 +98,8 @@ def test_the_budget_bounds_the_time_the_shadow_runs(tmp_path: Path) -> None:
         def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             started = time.perf_counter()
             time.sleep(0.02)
-            busy["s"] += time.perf_counter() - started
+            durations.append(time.perf_counter() - started)
+            busy["s"] += durations[-1]
             return {"y": inputs["x"] + 1}
 
     runner = ShadowRunner(
@@ -127,6 +129,7 @@ def test_the_budget_bounds_the_time_the_shadow_runs(tmp_path: Path) -> None:
     window = runner.take_window()
     assert window is not None
     assert window.skipped > window.samples > 0
-    # The invariant the budget keeps: shadow time <= fraction of elapsed + the saved credit
-    # (plus the one sample that may be running when the credit runs out).
-    assert busy["s"] <= 0.1 * elapsed + MAX_CREDIT_S + 0.05
+    # The invariant the budget keeps: shadow time <= fraction of elapsed + the saved credit,
+    # plus the one sample that may be running when the credit runs out (on a loaded machine
+    # a 20 ms sleep may take far longer: the slack is the longest sample, not a guess).
+    assert busy["s"] <= 0.1 * elapsed + MAX_CREDIT_S + max(durations)

@@ -62,7 +62,7 @@ def test_the_model_page_draws_every_version_in_the_lineage_graph(viewer: TestCli
     graph = html[html.index('id="lineage"') : html.index("</section>", html.index('id="lineage"'))]
 
     assert "<svg" in graph
-    assert re.findall(r'data-version="(\d+)"', graph) == ["1", "2", "3"]
+    assert re.findall(r'data-node="(\d+)"', graph) == ["1", "2", "3"]
     assert "v1 · upload · registered · released" in graph
     assert "v2 · int8-dynamic variant · accepted · released" in graph
     assert "v3 · upload · registered" in graph
