@@ -18,8 +18,10 @@ from tests.brokers import BrokerEndpoint
 from .harness import Api, FleetAgent
 
 MODEL = "affine"
-# Short windows so a test takes seconds; a generous latency ratio because 20 agents, a
-# controller and a broker share 2 cores here, and a good model must not fail on noise.
+# Short windows so a test takes seconds; a generous latency ratio, and a rise of 10 ms
+# before it counts, because 20 agents, a controller and a broker share 2 cores here (with
+# other tests beside them): a 0.12 ms model read 1.6 ms at p95 of a few dozen requests,
+# and a good model must not fail on noise. Latency gates are tested on their numbers.
 # Drift limits stay at their defaults: devices judge drift only from 200 requests, and the
 # controller reads one PSI over every window's pooled counts, so small windows are no
 # longer noise (a good model was once rolled back at PSI 0.30 when they were).
@@ -28,8 +30,13 @@ PROBATION = {
     "min_requests": 10,
     "max_extension_s": 20.0,
     "max_p95_latency_ratio": 4.0,
+    "min_p95_latency_increase_ms": 10.0,
 }
-GATES = {"max_p95_latency_ratio": 4.0, "min_health_requests": 20}
+GATES = {
+    "max_p95_latency_ratio": 4.0,
+    "min_p95_latency_increase_ms": 10.0,
+    "min_health_requests": 20,
+}
 WAIT_S = 240.0
 
 
