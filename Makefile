@@ -83,7 +83,8 @@ imports: $(STAMP)
 # PostgreSQL tests run when EDGEFLEET_TEST_POSTGRES_URL is set, or when PostgreSQL
 # answers on 127.0.0.1:5432 (trust auth, database `test`). Four test processes on 2 cores:
 # most tests wait on subprocesses, brokers and probation windows (the suite kept 1.4 cores
-# busy at -n 4); it took 14 min at -n 4 against 18 at -n 2 here, one of them a 240 s wait.
+# busy at -n 4). Measured here on 2026-12-04: 14:07 at -n 4, of which 4 min was one failed
+# test's wait; 18:07 at -n 2 with other work beside it; 23 min at -n 2 in CI.
 pytest: $(STAMP) mosquitto chromium
 	@url="$${EDGEFLEET_TEST_POSTGRES_URL:-}"; \
 	if [ -z "$$url" ] && $(BIN)/python -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 2).close()' 2>/dev/null; then \
