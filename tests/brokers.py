@@ -7,7 +7,9 @@ state with a broker the machine already runs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import os
 import random
 import shutil
 import socket
@@ -39,19 +41,40 @@ class BrokerEndpoint:
 # found its inference port taken, "address already in use", and a fleet test failed.)
 FREE_PORT_RANGE = range(20000, 32768)
 FREE_PORT_ATTEMPTS = 64
+# Ports handed out lately by this process: free_port only sees what listens now, and a
+# test often picks a port for a process that binds it seconds later.
+_RECENTLY_GIVEN: collections.deque[int] = collections.deque(maxlen=512)
+
+
+def _worker_ports() -> range:
+    """This test process's share of FREE_PORT_RANGE: pytest-xdist workers never pick the
+    same port (with 4 workers, an agent found its port taken by another worker's)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return FREE_PORT_RANGE
+    index = int(worker[2:]) % count
+    size = len(FREE_PORT_RANGE) // count
+    start = FREE_PORT_RANGE.start + index * size
+    return range(start, start + size)
 
 
 def free_port() -> int:
-    """A loopback port nothing listens on now, outside the ephemeral range if possible."""
+    """A loopback port nothing listens on now and this process did not hand out lately,
+    in this worker's share of the range outside the ephemeral ports if possible."""
     rng = random.SystemRandom()
+    ports = _worker_ports()
     for _ in range(FREE_PORT_ATTEMPTS):
-        port = rng.choice(FREE_PORT_RANGE)
+        port = rng.choice(ports)
+        if port in _RECENTLY_GIVEN:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _RECENTLY_GIVEN.append(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
