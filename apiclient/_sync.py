@@ -16,7 +16,7 @@ __all__ = ["DEFAULT_URL", "ControllerClient"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 CONNECT_TIMEOUT_S = 30.0
-# Quantization and release jobs run while the request waits.
+# The longest a client waits for a quantization or release (a request or a job).
 JOB_TIMEOUT_S = 1800.0
 # How often a waiting client asks how its job is doing.
 JOB_POLL_S = 0.5
@@ -162,11 +162,18 @@ class ControllerClient:
         *,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         poll_s: float = JOB_POLL_S,
+        timeout_s: float = JOB_TIMEOUT_S,
     ) -> dict[str, Any]:
         """Poll a job until it ends; its result, or ``ApiError`` with the status the
-        request would have had when it failed."""
+        request would have had when it failed, or after ``timeout_s`` (no worker ran it)."""
+        deadline = time.monotonic() + timeout_s
         while True:
             job = self.job(job_id)
+            if time.monotonic() > deadline and job["status"] in ("queued", "running"):
+                raise ApiError(
+                    f"job {job_id} is still {job['status']} after {timeout_s:g} s "
+                    f"({job['progress']}); follow it at GET /api/v1/jobs/{job_id}"
+                )
             if on_progress is not None:
                 on_progress(job)
             if job["status"] == "succeeded":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .common import DEFAULT_URL, AsJson, Token, Url, console, print_json, run_client
@@ -134,8 +135,11 @@ def show(
     for pipeline in answer["pipelines"]:
         console.print(f"\n[bold]{pipeline['id']}[/bold]  {_pipeline_line(pipeline)}")
         for entry in pipeline["history"]:
+            # Details quote model files and converters: printed as text, never as markup.
             console.print(
-                f"  {entry['at'][:19]}  {entry['step']:<12} {entry['status']:<10} {entry['detail']}"
+                f"  {entry['at'][:19]}  {entry['step']:<12} {entry['status']:<10} "
+                f"{entry['detail']}",
+                markup=False,
             )
 
 
@@ -197,4 +201,4 @@ def _pipeline_line(pipeline: dict[str, Any]) -> str:
         line += f"  rollout {pipeline['rollout_id']}"
     if pipeline["reason"]:
         line += f"  ({pipeline['reason']})"
-    return line
+    return escape(line)  # reasons quote model files and converters: text, never markup

@@ -40,7 +40,8 @@ from sqlmodel import Session, col, select
 from protocol import ProbationPolicy
 
 from ..db import session_scope
-from ..errors import ConflictError, NotFoundError
+from ..devices.selectors import parse_selector
+from ..errors import BadRequestError, ConflictError, ControllerError, NotFoundError
 from ..registry.models import get_version
 from ..registry.tables import ReleaseRecord
 from ..rollouts.codec import decode_policy, decode_probation, encode_policy
@@ -69,6 +70,7 @@ ACTIVE_STATUSES = ("running", "waiting_approval", "rolling_out")
 # Not started or not yet rolling out: a newer version of the model replaces it.
 SUPERSEDABLE_STATUSES = ("queued", "running", "waiting_approval")
 FINISHED_STATUSES = ("completed", "stopped", "superseded")
+MAX_SELECTOR_CHARS = 512  # the channels.selector column
 STEPS = ("variants", "quality_gate", "approval", "release", "rollout", "done")
 
 
@@ -86,9 +88,12 @@ def create_channel(
 ) -> ChannelRecord:
     if session.get(ChannelRecord, name) is not None:
         raise ConflictError(f"channel {name!r} exists already")
+    canonical = str(parse_selector(selector))  # a bad selector: 400 now, not at its rollout
+    if len(canonical) > MAX_SELECTOR_CHARS:
+        raise BadRequestError(f"the selector is over {MAX_SELECTOR_CHARS} characters")
     channel = ChannelRecord(
         name=name,
-        selector=selector,
+        selector=canonical,
         variants=variants,
         policy={**encode_policy(policy, probation), "capture": capture},
         approval_required=approval_required,
@@ -215,9 +220,29 @@ def advance_pipelines(
         names = [c.name for c in list_channels(session) if not c.paused]
     taken = 0
     for name in names:
-        with session_scope(engine) as session:
-            taken += _advance_channel(session, name, now or utcnow(), max_accuracy_drop_points)
+        try:
+            with session_scope(engine) as session:
+                taken += _advance_channel(session, name, now or utcnow(), max_accuracy_drop_points)
+        except ControllerError as exc:
+            _stop_active(engine, name, f"{type(exc).__name__}: {exc}")
+        except Exception:  # one channel's bug must not hold every channel after it
+            logger.exception("channel %s: advancing its pipeline failed", name)
     return taken
+
+
+def _stop_active(engine: Engine, channel: str, reason: str) -> None:
+    """Stop the channel's active pipeline with a refusal its step raised (a selector the
+    rollout refuses, a release that cannot be signed), so it never retries for ever."""
+    with session_scope(engine) as session:
+        pipeline = session.exec(
+            select(PipelineRecord).where(
+                PipelineRecord.channel == channel,
+                col(PipelineRecord.status).in_(ACTIVE_STATUSES),
+            )
+        ).first()
+        if pipeline is not None:
+            _stop(session, pipeline, f"{pipeline.step}: {reason}", utcnow())
+            session.add(pipeline)
 
 
 def _advance_channel(
@@ -423,7 +448,9 @@ def _step_rollout(step: _Step) -> None:
     elif rollout.status == "aborted":
         _stop(session, pipeline, f"rollout {rollout.id} aborted: {_rollout_reason(rollout)}", now)
     elif rollout.status == "superseded":
-        _finish(pipeline, "superseded", f"rollout {rollout.id} was superseded", now)
+        # Only a completed rollout is superseded (by a newer one of the model): it shipped.
+        _log(pipeline, "rollout", "ok", f"rollout {rollout.id} completed, since superseded", now)
+        _finish(pipeline, "completed", None, now)
     elif rollout.status == "paused" and pipeline.reason is None:
         reason = f"rollout {rollout.id} paused: {_rollout_reason(rollout)}"
         pipeline.reason = reason
@@ -469,7 +496,8 @@ def _rollout_reason(rollout: RolloutRecord) -> str:
     for judgement in reversed(judgements):
         failed = [g for g in judgement.get("gates", []) if not g.get("passed", True)]
         if failed:
-            where = "shadow stage" if judgement.get("wave") == -1 else f"wave {judgement['wave']}"
+            wave = judgement.get("wave")
+            where = "shadow stage" if wave == -1 else f"wave {wave}"
             gates = "; ".join(
                 f"{g['name']} {g.get('value')} over {g.get('threshold')} ({g.get('note', '')})"
                 for g in failed

@@ -53,8 +53,8 @@ class DeliveryWorker:
                 outcome = await asyncio.to_thread(run_job, self.ctx, job)
             finally:
                 beating.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beating
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await beating  # its errors were logged; the outcome is recorded below
             await asyncio.to_thread(self._finish, job_id, outcome)
             logger.info(
                 "job %s %s", job_id, "failed: " + outcome.error if outcome.error else "done"
@@ -86,9 +86,14 @@ class DeliveryWorker:
                 )
 
     async def _beat(self, job_id: int) -> None:
+        """Beat until cancelled; a failed beat (a busy database) is logged and the next
+        one tried, so it never ends the job or loses its result."""
         while True:
             await asyncio.sleep(HEARTBEAT_S)
-            await asyncio.to_thread(self._heartbeat, job_id)
+            try:
+                await asyncio.to_thread(self._heartbeat, job_id)
+            except Exception:
+                logger.exception("job %s: a heartbeat failed; trying again", job_id)
 
     def _heartbeat(self, job_id: int) -> None:
         with session_scope(self.ctx.engine) as session:

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import select
 
 from controller.db import session_scope
+from controller.pipelines.tables import ChannelRecord
 from controller.pipelines.worker import DeliveryWorker
 from controller.rollouts.engine import FleetContext, active_rollout_ids, plan_rollout
 from controller.rollouts.tables import RolloutEventRecord, RolloutRecord
@@ -221,6 +222,51 @@ def test_a_bad_channel_policy_is_refused_with_its_reason(
     body = {"name": "broken", "rollout": {"waves": "50%,10%"}}
     response = client.post("/api/v1/channels", headers=bearer(operator), json=body)
     assert response.status_code == 400, response.text
+    bad_selector = {"name": "bad", "rollout": {"selector": "a b c"}}
+    refused = client.post("/api/v1/channels", headers=bearer(operator), json=bad_selector)
+    assert refused.status_code == 400, refused.text
     twice = {"name": "twice"}
     assert client.post("/api/v1/channels", headers=bearer(operator), json=twice).status_code == 201
     assert client.post("/api/v1/channels", headers=bearer(operator), json=twice).status_code == 409
+
+
+def test_a_rollout_superseded_after_it_completed_ends_its_pipeline_completed(
+    app: FastAPI, client: TestClient, tokens: dict[Role, str], models: Models
+) -> None:
+    # A newer rollout of the model supersedes only a completed one: the version shipped,
+    # and the channel's next version is gated against it.
+    operator = tokens[Role.OPERATOR]
+    create_channel(client, operator, "cameras")
+    _, first = push(client, operator, models["digits"], models["validation"], "cameras")
+    work(app)
+    finish_rollout(app, pipeline(client, operator, first)["rollout_id"], "superseded")
+    work(app)
+
+    shipped = pipeline(client, operator, first)
+    assert shipped["status"] == "completed", shipped["history"]
+    _, second = push(client, operator, models["mislabeled"], models["validation"], "cameras")
+    work(app)
+    assert pipeline(client, operator, second)["reason"].startswith("quality gate against digits:1")
+
+
+def test_a_channel_whose_step_is_refused_stops_its_pipeline_and_holds_no_other_channel(
+    app: FastAPI, client: TestClient, tokens: dict[Role, str], models: Models
+) -> None:
+    # A selector the rollout refuses (written before channels checked them) once froze
+    # its channel and every channel sorted after it, retrying every 2 s for ever.
+    operator = tokens[Role.OPERATOR]
+    create_channel(client, operator, "a-broken")
+    create_channel(client, operator, "b-fine")
+    with session_scope(ctx(app).engine) as session:
+        broken = session.get(ChannelRecord, "a-broken")
+        assert broken is not None
+        broken.selector = "a b c"
+        session.add(broken)
+    _, stuck = push(client, operator, models["digits"], models["validation"], "a-broken")
+    _, fine = push(client, operator, models["digits"], models["validation"], "b-fine")
+    work(app)
+
+    stopped = pipeline(client, operator, stuck)
+    assert stopped["status"] == "stopped", stopped["history"]
+    assert "SelectorError: expected" in stopped["reason"]
+    assert pipeline(client, operator, fine)["status"] == "rolling_out"
