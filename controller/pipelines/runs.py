@@ -71,6 +71,7 @@ ACTIVE_STATUSES = ("running", "waiting_approval", "rolling_out")
 SUPERSEDABLE_STATUSES = ("queued", "running", "waiting_approval")
 FINISHED_STATUSES = ("completed", "stopped", "superseded")
 MAX_SELECTOR_CHARS = 512  # the channels.selector column
+# A completed pipeline's step is "done"; it is never advanced (it is not active).
 STEPS = ("variants", "quality_gate", "approval", "release", "rollout", "done")
 
 
@@ -506,17 +507,12 @@ def _rollout_reason(rollout: RolloutRecord) -> str:
     return rollout.notes[-1] if rollout.notes else "see the rollout"
 
 
-def _step_done(_step: _Step) -> None:
-    return
-
-
 _STEP_RUNNERS = {
     "variants": _step_variants,
     "quality_gate": _step_quality_gate,
     "approval": _step_approval,
     "release": _step_release,
     "rollout": _step_rollout,
-    "done": _step_done,
 }
 
 
