@@ -12,7 +12,6 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -23,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+import mqttlink
 from protocol import DEFAULT_PREFIX, DEVICE_ID_PATTERN
 
 from .errors import ConfigurationError
@@ -39,6 +39,7 @@ class AgentConfig(BaseModel):
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
     data_dir: Path
     trust_root: Path = Field(description="The trust root installed at provisioning.")
+    # One URL, or the URLs of a cluster's nodes separated by commas (tried in order).
     broker_url: str = "mqtt://127.0.0.1:1883"
     mqtt_username: str | None = None
     mqtt_password: str | None = None
@@ -108,23 +109,31 @@ class AgentConfig(BaseModel):
     @field_validator("broker_url")
     @classmethod
     def _mqtt_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
+        try:
+            mqttlink.parse_broker_urls(value)
+        except mqttlink.SettingsError as exc:
+            raise ValueError(
+                "must look like mqtt://host:port or mqtts://host:port, or several such URLs "
+                f"of one broker cluster separated by commas: {exc}"
+            ) from exc
         return value
 
     @property
+    def broker_addresses(self) -> tuple[mqttlink.BrokerAddress, ...]:
+        """The broker's nodes, in the order the agent tries them."""
+        return mqttlink.parse_broker_urls(self.broker_url)
+
+    @property
     def broker_host(self) -> str:
-        return urlsplit(self.broker_url).hostname or "127.0.0.1"
+        return self.broker_addresses[0].host
 
     @property
     def broker_port(self) -> int:
-        parts = urlsplit(self.broker_url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        return self.broker_addresses[0].port
 
     @property
     def broker_tls(self) -> bool:
-        return urlsplit(self.broker_url).scheme == "mqtts"
+        return self.broker_addresses[0].tls
 
     def artifact_url(self, sha256: str) -> str:
         return f"{self.controller_url.rstrip('/')}/artifacts/sha256/{sha256}"

@@ -125,6 +125,7 @@ class AgentDaemon:
                 password=config.mqtt_password,
                 tls=config.broker_tls,
                 tls_context=device_tls_context(config) if config.broker_tls else None,
+                other_nodes=tuple((node.host, node.port) for node in config.broker_addresses[1:]),
             ),
             outbox=self.outbox,
             will=self._state_message(offline_state(config.device_id).to_payload()),

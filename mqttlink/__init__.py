@@ -12,11 +12,13 @@ imports paho or aiomqtt (an import-linter contract checks it). It imports only
 - ``ingest``: ``FastIngest``, the mode where messages go straight from paho to a
   synchronous callback and the caller releases each ``Ack``;
 - ``reconnect``: ``Backoff`` and ``keep_connected``, the reconnect loop;
+- ``addresses``: one or several broker nodes from URLs, and which to connect to next;
 - ``errors``: the error tree, rooted at ``MqttLinkError``;
 - ``_paho_compat``, ``_aiomqtt_compat``: every reach into a private attribute of paho
   or aiomqtt, each checked by ``tests/mqttlink/test_compat.py``.
 """
 
+from .addresses import BrokerAddress, BrokerAddresses, parse_broker_urls
 from .connection import MqttConnection, ReceivedMessage, wait_acknowledged
 from .errors import (
     ConfigurationRefusedError,
@@ -43,6 +45,8 @@ __all__ = [
     "MAX_TOPIC_BYTES",
     "Ack",
     "Backoff",
+    "BrokerAddress",
+    "BrokerAddresses",
     "ConfigurationRefusedError",
     "ConnectionFailedError",
     "CredentialsRefusedError",
@@ -60,6 +64,7 @@ __all__ = [
     "TransportError",
     "is_retryable",
     "keep_connected",
+    "parse_broker_urls",
     "verify_topic_filter",
     "verify_topic_name",
     "wait_acknowledged",

@@ -16,7 +16,11 @@ Invariants:
   full jitter, reset only by a connection that held for ``backoff_max_s``;
 - refused credentials raise ``BrokerAuthError`` out of ``run()`` at once: retrying the
   same credentials cannot help and looks like an attack to the broker;
-- an ``on_message`` callback that raises is logged and never stops the link.
+- an ``on_message`` callback that raises is logged and never stops the link;
+- with several broker nodes (a cluster: ``LinkSettings.other_nodes``) the link stays on
+  the node that works and moves to the next after a failed connect, so the devices of a
+  node that dies reconnect to the others; its session, will and subscriptions follow,
+  since every connect registers and sends them again.
 
 mqttlink's errors become the agent's here, once (``translate_mqtt_error``). The link's
 own work happens in three tasks per connection: the drainer, the receiver and the stop
@@ -32,7 +36,7 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import mqttlink
 from mqttlink import MqttConnection, ReceivedMessage
@@ -103,9 +107,19 @@ class LinkSettings:
     ack_timeout_s: float = 10.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
+    # The other nodes of a broker cluster, tried in order after ``host:port`` fails.
+    other_nodes: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         self.session_settings(tls_context=None)
+        for host, port in self.other_nodes:
+            replace(self, host=host, port=port, other_nodes=()).session_settings(tls_context=None)
+
+    @property
+    def nodes(self) -> tuple[mqttlink.BrokerAddress, ...]:
+        first = mqttlink.BrokerAddress(self.host, self.port, self.tls)
+        others = (mqttlink.BrokerAddress(host, port, self.tls) for host, port in self.other_nodes)
+        return (first, *others)
 
     def session_settings(self, *, tls_context: ssl.SSLContext | None) -> mqttlink.SessionSettings:
         """The device's session: MQTT 3.1.1, persistent (``clean_session=False``)."""
@@ -164,6 +178,7 @@ class MqttLink:
             if qos not in (0, 1, 2):
                 raise ConfigurationError(f"subscription qos {qos} is not 0, 1 or 2")
         self._settings = settings
+        self._nodes = mqttlink.BrokerAddresses(settings.nodes)
         # Loading CA certificates reads the disk: once per process, not per reconnect.
         self._session_settings = settings.session_settings(
             tls_context=(settings.tls_context or default_tls_context()) if settings.tls else None
@@ -177,6 +192,7 @@ class MqttLink:
         )
         self._wakeup = asyncio.Event()
         self._connected = False
+        self._node_in_use = self._nodes.current
 
     def use_tls_context(self, context: ssl.SSLContext) -> None:
         """Connect with ``context`` from the next connection on (a renewed certificate)."""
@@ -226,25 +242,34 @@ class MqttLink:
     def _log_retry(self, exc: Exception, delay_s: float) -> None:
         reason = exc.reason if isinstance(exc, AgentError) else type(exc).__name__
         logger.warning(
-            "MQTT link to %s:%d down (%s: %s); retrying in %.2f s",
-            self._settings.host,
-            self._settings.port,
+            "MQTT link to %s down (%s: %s); retrying in %.2f s (%s)",
+            self._node_in_use,
             reason,
             exc,
             delay_s,
+            self._nodes.current,
         )
+
+    def _node_settings(self) -> mqttlink.SessionSettings:
+        node = self._nodes.current
+        return replace(self._session_settings, host=node.host, port=node.port)
 
     # -- one connection ------------------------------------------------------------------
 
     async def _session(self, on_message: MessageHandler, stop: asyncio.Event) -> None:
         """Connect, serve until stop (then disconnect cleanly) or until the link fails."""
         with _translated():
-            connection = MqttConnection(self._session_settings, will=self._will)
-            if not await self._connect_unless_stopped(connection, stop):
-                return
+            self._node_in_use = self._nodes.current
+            connection = MqttConnection(self._node_settings(), will=self._will)
+            try:
+                if not await self._connect_unless_stopped(connection, stop):
+                    return
+            except mqttlink.TransportError:
+                self._nodes.connect_failed()
+                raise
             self._backoff.connected()
             self._connected = True
-            logger.info("MQTT link connected to %s:%d", self._settings.host, self._settings.port)
+            logger.info("MQTT link connected to %s", self._node_in_use)
             try:
                 await connection.publish(self._birth)
                 await self._subscribe(connection)

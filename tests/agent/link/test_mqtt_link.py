@@ -22,6 +22,7 @@ from agent.link.outbox import Outbox
 from tests.agent.link.conftest import WAIT_S, LinkRunner
 from tests.agent.link.device_topics import DeviceTopics
 from tests.brokers import BrokerEndpoint, MosquittoServer, free_port
+from tests.conftest import mosquitto_binary
 from tests.mqtt_client import TestClient
 from tests.tcp_proxy import TcpProxy
 
@@ -340,3 +341,59 @@ def test_unreachable_broker_is_retried_until_it_answers(
 
     assert runner.error is None
     assert runner.is_connected()
+
+
+def test_a_link_whose_first_node_is_down_connects_to_the_next(
+    restartable_mosquitto: MosquittoServer, device: DeviceTopics, run_link: RunLink
+) -> None:
+    live = restartable_mosquitto.endpoint
+    dead_port = free_port()  # nothing listens there
+    with TestClient(live) as observer:
+        observer.subscribe(device.state)
+        runner = run_link(
+            BrokerEndpoint("dead", "127.0.0.1", dead_port),
+            other_nodes=((live.host, live.port),),
+            connect_timeout_s=0.5,
+        )
+        wait_for(observer, device.state, device.birth.payload)
+
+    assert runner.is_connected()
+
+
+def test_when_its_node_dies_the_link_moves_to_another_and_keeps_its_order(
+    restartable_mosquitto: MosquittoServer, tmp_path: Path, device: DeviceTopics, run_link: RunLink
+) -> None:
+    first = restartable_mosquitto
+    second = MosquittoServer(mosquitto_binary(), tmp_path / "second")
+    second.workdir.mkdir()
+    second.start()
+    try:
+        with TestClient(second.endpoint) as observer:
+            observer.subscribe(device.state)
+            observer.subscribe(device.events)
+            runner = run_link(
+                first.endpoint,
+                other_nodes=((second.endpoint.host, second.endpoint.port),),
+                subscriptions=[(device.desired, 1)],
+                connect_timeout_s=0.5,
+            )
+            with TestClient(first.endpoint) as on_first:
+                on_first.subscribe(device.state)
+                wait_for(on_first, device.state, device.birth.payload)
+            first.stop()
+            for number in range(5):
+                runner.publish(device.event(number))
+            wait_for(observer, device.state, device.birth.payload)
+            events = [
+                bytes(message.payload)
+                for message in (observer.receive() for _ in range(5))
+                if message.topic == device.events
+            ]
+            observer.publish(device.desired, b"deployment-on-second", retain=True)
+            topic, payload, _retained = runner.receive()
+    finally:
+        first.stop()
+        second.stop()
+
+    assert events == [device.event(number).payload for number in range(5)]
+    assert (topic, payload) == (device.desired, b"deployment-on-second")
