@@ -41,6 +41,7 @@ from .devices.reconciler import renew_expiring_deployments
 from .errors import BridgeError, BrokerAuthError
 from .monitoring.alerts import evaluate_alerts
 from .mqtt.bridge import MqttBridge, check_bridge_settings
+from .mqtt.nats_ingest import NatsIngest
 from .mqtt.telemetry import downsample_telemetry, prune_telemetry
 from .rollouts.engine import FleetContext, active_rollout_ids, plan_rollout
 from .rollouts.webhooks import deliver_webhooks
@@ -72,6 +73,8 @@ class FleetService:
             registry=registry,
             on_connected=self._on_connected,
         )
+        # With a NATS cluster the reports come from JetStream; the bridge only publishes.
+        self.nats = NatsIngest(fleet.settings, self.bridge) if fleet.settings.nats_url else None
         self._publish_wanted = asyncio.Event()
 
     async def run(self) -> None:
@@ -88,6 +91,8 @@ class FleetService:
         settings = self.fleet.settings
         async with httpx.AsyncClient() as http, asyncio.TaskGroup() as group:
             group.create_task(self.bridge.run(), name="mqtt-bridge")
+            if self.nats is not None:
+                group.create_task(self.nats.run(), name="nats-ingest")
             group.create_task(self._every(settings.plan_interval_s, self.plan_once), name="plan")
             group.create_task(self._publisher(), name="publish")
             group.create_task(

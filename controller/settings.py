@@ -93,6 +93,19 @@ class Settings(BaseModel):
     # Read device topics as an MQTT v5 shared subscription of this group (replicas);
     # empty reads them directly. The embedded amqtt broker does not implement them.
     shared_subscription_group: str = ""
+    # A NATS cluster as the broker (docs/operations.md, "Scaling out"). With nats_url
+    # (nats://host:4222, or the nodes' URLs separated by commas) every replica reads device
+    # reports from the JetStream stream nats_stream through the durable consumer
+    # nats_consumer, which splits them between replicas and keeps them while every
+    # controller is down (up to nats_max_age_s and nats_max_bytes); broker is then the
+    # nodes' MQTT listener (mqtt://n1:1883,mqtt://n2:1883), used only to publish.
+    nats_url: str = ""
+    nats_stream: str = "EDGEFLEET_REPORTS"
+    nats_consumer: str = "edgefleet-controllers"
+    # Copies of the stream kept by the cluster; 0: 3 on a cluster, 1 on a single server.
+    nats_replicas: int = Field(default=0, ge=0, le=5)
+    nats_max_age_s: float = Field(default=7 * 86400.0, gt=0)
+    nats_max_bytes: int = Field(default=1024 * _MIB, gt=0)
     # serve runs the MQTT bridge, the rollout loop and the reconciler unless this is off.
     fleet_enabled: bool = True
     plan_interval_s: float = Field(default=1.0, gt=0)
@@ -114,6 +127,27 @@ class Settings(BaseModel):
     webhook_max_attempts: int = Field(default=8, ge=1)
     # How often alert rules are evaluated (controller.monitoring.alerts).
     alert_interval_s: float = Field(default=30.0, gt=0)
+    # Static HTTP servers that hold `edgefleet artifacts export`'s layout: deployments name
+    # them and devices try them in order before this controller (docs/artifact-mirrors.md).
+    artifact_mirrors: list[str] = Field(default=[], max_length=8)
+
+    @field_validator("artifact_mirrors", mode="before")
+    @classmethod
+    def _mirror_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [url.strip() for url in value.split(",") if url.strip()]
+        return value
+
+    @field_validator("artifact_mirrors")
+    @classmethod
+    def _mirror_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r}: an artifact mirror is an http(s) base URL")
+            if parts.query or parts.fragment or parts.username or parts.password:
+                raise ValueError(f"{url!r}: no query, fragment or credentials in a mirror URL")
+        return [url.rstrip("/") for url in value]
 
     @field_validator("webhook_urls", "tls_hosts", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -57,13 +58,18 @@ def parse_broker_urls(text: str) -> tuple[BrokerAddress, ...]:
 
 class BrokerAddresses:
     """The node to connect to next: the same one while it works, the next after a
-    failed connect (round robin)."""
+    failed connect (round robin).
 
-    def __init__(self, addresses: tuple[BrokerAddress, ...]) -> None:
+    With ``spread_key`` (a device's client id) the first node tried is chosen by the key's
+    CRC-32, so a fleet given the same list spreads over the nodes, each device always
+    starting on the same one; without it, the first in the list (the controller's way).
+    """
+
+    def __init__(self, addresses: tuple[BrokerAddress, ...], *, spread_key: str = "") -> None:
         if not addresses:
             raise SettingsError("a broker needs at least one address")
         self._addresses = addresses
-        self._index = 0
+        self._index = zlib.crc32(spread_key.encode()) % len(addresses) if spread_key else 0
 
     @property
     def all(self) -> tuple[BrokerAddress, ...]:

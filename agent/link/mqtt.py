@@ -17,8 +17,9 @@ Invariants:
 - refused credentials raise ``BrokerAuthError`` out of ``run()`` at once: retrying the
   same credentials cannot help and looks like an attack to the broker;
 - an ``on_message`` callback that raises is logged and never stops the link;
-- with several broker nodes (a cluster: ``LinkSettings.other_nodes``) the link stays on
-  the node that works and moves to the next after a failed connect, so the devices of a
+- with several broker nodes (a cluster: ``LinkSettings.other_nodes``) the link starts on
+  one chosen by its client id (a fleet spreads over the nodes), stays on the node that
+  works and moves to the next after a failed connect, so the devices of a
   node that dies reconnect to the others; its session, will and subscriptions follow,
   since every connect registers and sends them again.
 
@@ -178,7 +179,7 @@ class MqttLink:
             if qos not in (0, 1, 2):
                 raise ConfigurationError(f"subscription qos {qos} is not 0, 1 or 2")
         self._settings = settings
-        self._nodes = mqttlink.BrokerAddresses(settings.nodes)
+        self._nodes = mqttlink.BrokerAddresses(settings.nodes, spread_key=settings.client_id)
         # Loading CA certificates reads the disk: once per process, not per reconnect.
         self._session_settings = settings.session_settings(
             tls_context=(settings.tls_context or default_tls_context()) if settings.tls else None

@@ -1,6 +1,6 @@
 """``edgefleet devices …``: enroll devices and look at the fleet.
 
-Every command but ``mosquitto-config`` talks to the controller over HTTP
+Every command but ``mosquitto-config`` and ``nats-config`` talks to the controller over HTTP
 (``EDGEFLEET_URL``, ``EDGEFLEET_TOKEN``). ``mosquitto-config`` runs on the controller host
 and reads the database directly, like ``tokens create``.
 """
@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from ..devices.broker_auth import write_mosquitto_files
+from ..devices.nats_config import write_nats_authorization
 from ..devices.selectors import parse_labels
 from ..errors import ControllerError
 from ..rollouts.core import RolloutSpecError, parse_duration
@@ -360,6 +361,46 @@ def mosquitto_config(
     comes from EDGEFLEET_CA_KEY_PASSPHRASE.
     """
     raise typer.Exit(_mosquitto_config(passwords, acl, tls_config, password_port, data_dir, config))
+
+
+@devices_app.command("nats-config")
+def nats_config(
+    out: Annotated[
+        Path, typer.Option("--out", help="The authorization file to write (NATS `include`s it).")
+    ],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", help="Data directory (env EDGEFLEET_DATA_DIR).", show_default=False
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="TOML settings file (env EDGEFLEET_CONFIG).", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Write the NATS users and permissions of the fleet from the database (on the
+    controller host): each device on its own subjects, the controller on all.
+
+    Every NATS server of the cluster includes the file; reload them afterwards (SIGHUP).
+    """
+    try:
+        settings = load_settings(config_file=config, overrides={"data_dir": data_dir})
+        export = write_nats_authorization(settings, out)
+    except (ControllerError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from exc
+    typer.echo(
+        f"wrote {out} ({export.devices} devices and the controller user {export.controller_user})"
+    )
+    if export.without_hash:
+        typer.echo(
+            f"note: {len(export.without_hash)} devices enrolled before NATS passwords were kept "
+            f"are left out; enroll them again: {', '.join(export.without_hash[:10])}",
+            err=True,
+        )
 
 
 def _mosquitto_config(

@@ -46,7 +46,7 @@ from ..errors import BadRequestError, ConflictError, EnrollmentRefusedError, Not
 from ..settings import Settings
 from ..tables import ApiToken, utcnow
 from ..tokens import Role, create_token
-from .credentials import generate_mqtt_password, hash_mqtt_password
+from .credentials import generate_mqtt_password, hash_mqtt_password, hash_nats_password
 from .desired import clear_desired
 from .selectors import verify_labels
 from .tables import (
@@ -222,6 +222,7 @@ def enroll_device(
         _reset_for_reenrollment(session, existing)
     device.labels = dict(row.labels)
     device.mqtt_password_hash = hash_mqtt_password(password)
+    device.nats_password_hash = hash_nats_password(password)
     device.api_token_id = api_token_id
     device.enrolled_at = now
     device.decommissioned_at = None

@@ -71,6 +71,9 @@ class DeviceRecord(SQLModel, table=True):
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # PBKDF2-SHA512 in Mosquitto's "$7$" format, so a password file can be exported as is.
     mqtt_password_hash: str = Field(max_length=256)
+    # The same password as bcrypt, the hash NATS takes (``edgefleet devices nats-config``);
+    # None for a device enrolled before it was kept: it must enroll again to use NATS.
+    nats_password_hash: str | None = Field(default=None, max_length=64)
     # The API token the device downloads artifacts with (role "device").
     api_token_id: str | None = Field(default=None, max_length=32)
     enrolled_at: datetime = timestamp_field()

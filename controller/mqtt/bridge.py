@@ -12,6 +12,11 @@ Invariants:
   expiry), so device messages published while the controller is down wait in the broker;
 - every (re)connect subscribes again from the bridge's own list, then awaits
   ``on_connected`` (the broker may have restarted without its sessions);
+- with ``nats_url`` the bridge subscribes to nothing: ``nats_ingest.NatsIngest`` reads
+  the reports from JetStream and hands them to ``store``, and the bridge only publishes
+  (MQTT 3.1.1, to the NATS nodes' MQTT listener);
+- with several broker nodes in ``broker`` the bridge stays on the one that works and
+  moves to the next after a failed connect;
 - with ``shared_subscription_group``, events and telemetry are read as MQTT v5 shared
   subscriptions, so each message reaches one controller; states are read directly by
   every controller, because a broker never sends retained messages to a shared
@@ -44,8 +49,8 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
@@ -89,6 +94,8 @@ _CHANNEL_OF = {State: Channel.STATE, Event: Channel.EVENTS, TelemetryBatch: Chan
 
 def check_bridge_settings(settings: Settings) -> None:
     """Raise ``ConfigError`` for settings the bridge cannot run with."""
+    if settings.nats_url:
+        _check_nats_settings(settings)
     if settings.shared_subscription_group and settings.broker == "embedded":
         raise ConfigError(
             "shared_subscription_group needs an external broker (Mosquitto, EMQX, HiveMQ…): "
@@ -104,10 +111,30 @@ def check_bridge_settings(settings: Settings) -> None:
         raise ConfigError(f"invalid MQTT settings: {exc}") from exc
 
 
+def _check_nats_settings(settings: Settings) -> None:
+    if settings.broker == "embedded":
+        raise ConfigError(
+            "nats_url needs broker set to the MQTT listener of the NATS nodes "
+            "(mqtt://n1:1883,mqtt://n2:1883): the controller publishes desired state there"
+        )
+    if settings.shared_subscription_group:
+        raise ConfigError(
+            "nats_url and shared_subscription_group exclude each other: NATS speaks MQTT "
+            "3.1.1, without shared subscriptions; replicas share the JetStream consumer "
+            "nats_consumer instead. Leave shared_subscription_group empty."
+        )
+    if "." in settings.topic_prefix:
+        raise ConfigError(
+            f"topic_prefix {settings.topic_prefix!r} has a '.', which NATS subjects use "
+            "between levels; choose a prefix without one"
+        )
+
+
 def _session_settings(
     settings: Settings, *, tls_context: ssl.SSLContext | None
 ) -> mqttlink.SessionSettings:
-    host, port, _tls = _broker_address(settings.broker_url)
+    first = _broker_nodes(settings.broker_url)[0]
+    host, port = first.host, first.port
     v5 = bool(settings.shared_subscription_group)
     username = settings.mqtt_username or None
     try:
@@ -146,20 +173,17 @@ def broker_tls_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-def _broker_address(url: str) -> tuple[str, int, bool]:
-    """Host, port and whether to use TLS, from ``mqtt://host:port`` or ``mqtts://…``."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"broker URL {url!r} is not mqtt://host:port or mqtts://host:port")
-    tls = parts.scheme == "mqtts"
+def _broker_nodes(url: str) -> tuple[mqttlink.BrokerAddress, ...]:
+    """The broker's nodes from ``mqtt://host:port`` or ``mqtts://…``, comma-separated."""
     try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise ConfigError(f"broker URL {url!r} has an invalid port") from exc
-    return parts.hostname, port, tls
+        return mqttlink.parse_broker_urls(url)
+    except mqttlink.SettingsError as exc:
+        raise ConfigError(f"invalid broker setting: {exc}") from exc
 
 
 def _subscriptions(settings: Settings) -> list[tuple[str, int]]:
+    if settings.nats_url:
+        return []  # reports come from JetStream (nats_ingest)
     group = settings.shared_subscription_group or None
     prefix = settings.topic_prefix
     return [
@@ -185,7 +209,8 @@ class MqttBridge:
         self._engine = engine
         self._on_connected = on_connected
         self.metrics = BridgeMetrics(registry or CollectorRegistry())
-        self._host, self._port, tls = _broker_address(settings.broker_url)
+        self._nodes = mqttlink.BrokerAddresses(_broker_nodes(settings.broker_url))
+        tls = self._nodes.current.tls
         self._session_settings = _session_settings(
             settings, tls_context=broker_tls_context(settings) if tls else None
         )
@@ -255,11 +280,7 @@ class MqttBridge:
             logger.error("MQTT bridge session failed", exc_info=exc)
             reason = f"{type(exc).__name__}: {exc}"
         logger.warning(
-            "MQTT bridge to %s:%d down (%s); retrying in %.2f s",
-            self._host,
-            self._port,
-            reason,
-            delay_s,
+            "MQTT bridge down (%s); retrying %s in %.2f s", reason, self._nodes.current, delay_s
         )
 
     # -- one connection ------------------------------------------------------------------
@@ -268,14 +289,20 @@ class MqttBridge:
         # Decode in the message callback and acknowledge ourselves, once the report is
         # queued: no per-message object, task and queue hop of aiomqtt's iterator (a third
         # of the ingest rate), and the acknowledgements give back-pressure.
+        node = self._nodes.current
         connection = mqttlink.MqttConnection(
-            self._session_settings, fast_ingest=mqttlink.FastIngest(self._on_message)
+            replace(self._session_settings, host=node.host, port=node.port),
+            fast_ingest=mqttlink.FastIngest(self._on_message),
         )
         # Acknowledgements owed on a dead connection are void (they release nothing);
         # those of this one count from its first message, which may arrive before
         # connect() returns.
         self._owed_acks.clear()
-        await connection.connect()
+        try:
+            await connection.connect()
+        except mqttlink.TransportError:
+            self._nodes.connect_failed()
+            raise
         self._backoff.connected()
         announce: asyncio.Task[None] | None = None
         try:
@@ -285,7 +312,7 @@ class MqttBridge:
             self._connection, self._connected = connection, True
             self.metrics.connected.set(1)
             self.metrics.connects.inc()
-            logger.info("MQTT bridge connected to %s:%d", self._host, self._port)
+            logger.info("MQTT bridge connected to %s", node)
             if self._on_connected is not None:
                 announce = asyncio.create_task(self._announce(), name="mqtt-bridge-connected")
             # Reports arrive through the message callback; this only waits for the
@@ -327,19 +354,35 @@ class MqttBridge:
                 ack.release()
 
     def _accept(self, topic: str, payload: bytes | bytearray) -> None:
+        queue, received_s = self._queue, time.time()
+        was_empty = not queue
+        queue.extend((received_s, report) for report in self._decoded(topic, payload))
+        if (was_empty and queue) or len(queue) >= self._batch_size:
+            self._wakeup.set()
+
+    def _decoded(self, topic: str, payload: bytes | bytearray) -> list[QueuedReport]:
+        """What one message holds to store (telemetry as rows), counted; [] if dropped."""
         report = decode_report(self._settings.topic_prefix, topic, payload)
         if isinstance(report, Dropped):
             self._dropped(report)
-            return
+            return []
         self.metrics.received[_CHANNEL_OF[type(report)]].inc()
-        queue, received_s = self._queue, time.time()
-        was_empty = not queue
         if isinstance(report, TelemetryBatch):
-            queue.extend((received_s, row) for row in telemetry_rows((report,)))
-        else:
-            queue.append((received_s, report))
-        if was_empty or len(queue) >= self._batch_size:
-            self._wakeup.set()
+            return list(telemetry_rows((report,)))
+        return [report]
+
+    async def store(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Decode and write ``(topic, payload)`` messages read elsewhere (JetStream), and
+        return once they are written: the caller acknowledges them then. Retries like the
+        writer; a message the database refuses is logged and dropped, as there."""
+        received_s = time.time()
+        batch = [
+            (received_s, report)
+            for topic, payload in messages
+            for report in self._decoded(topic, payload)
+        ]
+        for start in range(0, len(batch), self._batch_size):
+            await self._write_with_retry(batch[start : start + self._batch_size])
 
     def _dropped(self, dropped: Dropped) -> None:
         self.metrics.dropped[dropped.reason].inc()

@@ -17,10 +17,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+import mqttlink
 from agent.errors import BrokerAuthError
 from agent.link.outbox import Outbox
 from tests.agent.link.conftest import WAIT_S, LinkRunner
-from tests.agent.link.device_topics import DeviceTopics
+from tests.agent.link.device_topics import DEVICE, DeviceTopics
 from tests.brokers import BrokerEndpoint, MosquittoServer, free_port
 from tests.conftest import mosquitto_binary
 from tests.mqtt_client import TestClient
@@ -371,9 +372,17 @@ def test_when_its_node_dies_the_link_moves_to_another_and_keeps_its_order(
         with TestClient(second.endpoint) as observer:
             observer.subscribe(device.state)
             observer.subscribe(device.events)
+            # The device's id picks where it starts: list the nodes so that it is ``first``.
+            nodes = [first.endpoint, second.endpoint]
+            start = mqttlink.BrokerAddresses(
+                tuple(mqttlink.BrokerAddress(n.host, n.port, False) for n in nodes),
+                spread_key=DEVICE,
+            ).current
+            if start.port != first.port:
+                nodes.reverse()
             runner = run_link(
-                first.endpoint,
-                other_nodes=((second.endpoint.host, second.endpoint.port),),
+                nodes[0],
+                other_nodes=((nodes[1].host, nodes[1].port),),
                 subscriptions=[(device.desired, 1)],
                 connect_timeout_s=0.5,
             )
