@@ -7,7 +7,7 @@ STAMP := $(VENV)/.edgefleet-installed
 PACKAGES := protocol durable apiclient tensors mqttlink agent controller converters simulator
 POSTGRES_TEST_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: test demo lint typecheck imports pytest device-matrix mosquitto chromium venv format clean
+.PHONY: test demo lint typecheck imports pytest device-matrix mosquitto nats-server chromium venv format clean
 
 test: lint typecheck imports pytest device-matrix
 
@@ -58,6 +58,18 @@ mosquitto:
 	  echo "mosquitto missing and not root: broker tests will be skipped (apt-get install mosquitto)"; \
 	fi
 
+# The NATS cluster tests start their own nats-server nodes (Debian's nats-server package).
+nats-server:
+	@if command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "nats-server missing: installing Debian's nats-server package"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q nats-server >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null && apt-get install -y -q nats-server >/dev/null; }; \
+	else \
+	  echo "nats-server missing and not root: NATS cluster tests will be skipped"; \
+	fi
+
 # Dashboard tests drive Debian's chromium headless; without it they are skipped.
 chromium:
 	@if command -v chromium >/dev/null; then :; \
@@ -85,7 +97,7 @@ imports: $(STAMP)
 # most tests wait on subprocesses, brokers and probation windows (the suite kept 1.4 cores
 # busy at -n 4). Measured here on 2026-12-04: 14:07 at -n 4, of which 4 min was one failed
 # test's wait; 18:07 at -n 2 with other work beside it; 23 min at -n 2 in CI.
-pytest: $(STAMP) mosquitto chromium
+pytest: $(STAMP) mosquitto nats-server chromium
 	@url="$${EDGEFLEET_TEST_POSTGRES_URL:-}"; \
 	if [ -z "$$url" ] && $(BIN)/python -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 2).close()' 2>/dev/null; then \
 	  url="$(POSTGRES_TEST_URL)"; \
