@@ -53,9 +53,11 @@ from controller.db import make_engine
 from controller.devices.tables import DeviceRecord, telemetry_table
 from controller.migrate import upgrade_database
 from controller.mqtt.bridge import MqttBridge
+from controller.mqtt.nats_ingest import NatsIngest
 from controller.settings import Settings, load_settings
 from protocol import LatencySummary, ReleaseRef, TelemetryBatch, TelemetryWindow
 from tests.brokers import MosquittoServer, find_mosquitto
+from tests.nats_cluster import NatsCluster, find_nats_server
 
 PREFIX = "bench/v1"
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -230,6 +232,61 @@ def bridge_rate(
     return messages / elapsed, publish_rate
 
 
+def nats_rate(
+    cluster: NatsCluster,
+    engine: Engine,
+    database_url: str,
+    data_dir: Path,
+    args: argparse.Namespace,
+) -> tuple[float, float]:
+    """(c): devices publish over MQTT to a NATS node; the controller's NATS ingest drains
+    the JetStream stream (3 copies) into the database, as every replica would."""
+    devices, messages = args.devices, args.messages
+    with engine.begin() as connection:
+        connection.execute(delete(telemetry_table))
+    settings = load_settings(
+        environ={},
+        overrides={
+            "data_dir": data_dir,
+            "database_url": database_url,
+            "broker": cluster.mqtt_url,
+            "nats_url": cluster.nats_url,
+            "nats_stream": f"BENCH_{uuid.uuid4().hex[:8]}",
+            "topic_prefix": PREFIX,
+            "controller_id": f"bench-{uuid.uuid4().hex[:8]}",
+            "ingest_batch_size": args.batch_size,
+        },
+    )
+    registry = CollectorRegistry()
+    bridge = MqttBridge(settings=settings, engine=engine, registry=registry)
+
+    def stored() -> float:
+        value = registry.get_sample_value("edgefleet_bridge_stored_total", {"kind": "telemetry"})
+        return value or 0.0
+
+    async def run_until(condition: Callable[[NatsIngest], bool]) -> float:
+        ingest = NatsIngest(settings, bridge)
+        started = time.perf_counter()
+        task = asyncio.create_task(ingest.run())
+        async with asyncio.timeout(TIMEOUT_S):
+            while not condition(ingest) and not task.done():
+                await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return elapsed
+
+    # The first start creates the stream and the consumer; the messages then wait there.
+    asyncio.run(run_until(lambda ingest: ingest.connected))
+    publish_rate = publish(cluster.nodes[0].mqtt_port, devices, messages)
+    elapsed = asyncio.run(run_until(lambda _ingest: stored() >= messages))
+    with engine.connect() as connection:
+        rows = connection.scalar(select(func.count()).select_from(telemetry_table))
+    if rows != messages:
+        raise RuntimeError(f"the NATS ingest stored {rows} rows of {messages}")
+    return messages / elapsed, publish_rate
+
+
 def enroll(engine: Engine, devices: int) -> None:
     upgrade_database(engine)
     table = DeviceRecord.__table__  # type: ignore[attr-defined]
@@ -282,12 +339,19 @@ def main() -> None:
     parser.add_argument(
         "--batch-size", type=int, default=Settings.model_fields["ingest_batch_size"].default
     )
+    parser.add_argument(
+        "--no-nats",
+        dest="nats",
+        action="store_false",
+        help="skip (c), the NATS cluster (it runs when nats-server is installed)",
+    )
     args = parser.parse_args()
     mosquitto = find_mosquitto()
     if mosquitto is None:
         raise SystemExit("mosquitto is not installed")
     rates: dict[str, list[float]] = {}
     publish_rates: list[float] = []
+    nats_publish_rates: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, postgres_schema() as postgres_url:
         workdir = Path(tmp)
         broker = MosquittoServer(
@@ -303,6 +367,10 @@ def main() -> None:
         for engine in engines.values():
             enroll(engine, args.devices)
         broker.start()
+        nats_binary = find_nats_server() if args.nats else None
+        cluster = NatsCluster(nats_binary, workdir / "nats") if nats_binary else None
+        if cluster is not None:
+            cluster.start()
         try:
             for _ in range(args.rounds):
                 rate, published = bare_paho_rate(broker.port, args.devices, args.messages)
@@ -314,12 +382,20 @@ def main() -> None:
                     )
                     rates.setdefault(name, []).append(rate)
                     publish_rates.append(published)
+                if cluster is not None:
+                    rate, published = nats_rate(
+                        cluster, engines["SQLite"], databases["SQLite"], workdir, args
+                    )
+                    rates.setdefault("NATS", []).append(rate)
+                    nats_publish_rates.append(published)
         finally:
+            if cluster is not None:
+                cluster.stop()
             broker.stop()
             for engine in engines.values():
                 engine.dispose()
         versions = _versions(engines)
-    report(args, rates, publish_rates, versions)
+    report(args, rates, publish_rates, nats_publish_rates, versions)
 
 
 def _versions(engines: dict[str, Engine]) -> str:
@@ -339,6 +415,7 @@ def report(
     args: argparse.Namespace,
     rates: dict[str, list[float]],
     publish_rates: list[float],
+    nats_publish_rates: list[float],
     versions: str,
 ) -> None:
     bare = statistics.median(rates["bare"])
@@ -376,6 +453,16 @@ def report(
                 "yes" if met else "no",
             )
         )
+    if "NATS" in rates:
+        print(
+            row(
+                "(c) NATS cluster (3 nodes, stream with 3 copies) into SQLite",
+                _rate(rates["NATS"], "rows/s"),
+                f"{statistics.median(rates['NATS']) / bare:.2f}x",
+                "—",
+                "—",
+            )
+        )
     print(
         row(
             "publisher (paho, separate process)",
@@ -385,6 +472,16 @@ def report(
             "—",
         )
     )
+    if nats_publish_rates:
+        print(
+            row(
+                "publisher into NATS (MQTT to one node)",
+                _rate(nats_publish_rates, "msg/s"),
+                f"{statistics.median(nats_publish_rates) / bare:.2f}x",
+                "—",
+                "—",
+            )
+        )
 
 
 def _rate(values: list[float], unit: str) -> str:
