@@ -13,7 +13,10 @@ a ``.`` inside a level ``//``):
   delivers a QoS 1 subscription on (each session its own random one; NATS refuses an
   MQTT client's subscription to a ``$MQTT`` topic, which ``tests/fleet_e2e`` checks);
 - the controller's user (``mqtt_username``, required) may do anything, over NATS (the
-  JetStream consumer) and MQTT (desired state).
+  JetStream consumer) and MQTT (desired state), through an explicit ``>`` permission:
+  with none, NATS before 2.12.3 crashes on every reload while a retained message the
+  controller published exists (nats-server PR 7596; here, 2.9.10, seen crashing all three
+  nodes at the reload after an enrollment).
 
 A device enrolled before the bcrypt hash was kept has none: it is left out and counted,
 and must enroll again to reach a NATS broker.
@@ -68,7 +71,10 @@ def nats_authorization(
         "authorization {",
         "  users = [",
         f"    {{user: {json.dumps(user)}, password: {json.dumps(password_hash)},",
-        '     allowed_connection_types: ["STANDARD", "MQTT"]}',
+        '     allowed_connection_types: ["STANDARD", "MQTT"],',
+        # Everything, said explicitly: NATS before 2.12.3 crashes on a reload when a
+        # retained message's publisher has no permissions block (nats-server PR 7596).
+        '     permissions: {publish: {allow: [">"]}, subscribe: {allow: [">"]}}}',
     ]
     for device_id, device_hash in devices:
         publish = [device_subject(prefix, device_id, c.value) for c in DEVICE_PUBLISHES]

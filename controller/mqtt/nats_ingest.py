@@ -13,8 +13,9 @@ Invariants:
   message goes to one replica: the work is split, and a replica that stops leaves its
   share to the others;
 - a message is acknowledged only once it is written (``MqttBridge.store``): one that a
-  replica took and did not write (it died, or the database failed for ``ACK_WAIT_S``) is
-  delivered again, to any replica; writing is idempotent, so nothing is stored twice;
+  replica took and did not write is delivered again, to any replica: at once when the
+  replica stops (it gives them back), after ``ACK_WAIT_S`` when it died or its database
+  failed that long; writing is idempotent, so nothing is stored twice;
 - at most ``MAX_ACK_PENDING`` messages are out and unacknowledged at once across the
   replicas: memory stays bounded however far behind the controllers are;
 - the stream and the consumer are created, or brought to these settings, at every
@@ -27,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -36,6 +38,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 
@@ -51,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 FETCH_WAIT_S = 1.0
 ACK_WAIT_S = 60.0
+GIVE_BACK_TIMEOUT_S = 2.0
 MAX_ACK_PENDING = 20_000
 CONNECT_TIMEOUT_S = 10.0
 JETSTREAM_TIMEOUT_S = 10.0
@@ -139,9 +143,13 @@ class NatsIngest:
                     messages = await subscription.fetch(batch_size, timeout=FETCH_WAIT_S)
                 except nats.errors.TimeoutError:
                     continue
-                await self._bridge.store(
-                    [(subject_topic(message.subject), message.data) for message in messages]
-                )
+                try:
+                    await self._bridge.store(
+                        [(subject_topic(message.subject), message.data) for message in messages]
+                    )
+                except asyncio.CancelledError:
+                    await _give_back(messages)
+                    raise
                 for message in messages:
                     await message.ack()
         finally:
@@ -221,3 +229,13 @@ class NatsIngest:
             await jetstream.add_stream(config)
         else:
             await jetstream.update_stream(config)
+
+
+async def _give_back(messages: list[Msg]) -> None:
+    """Negative acknowledgements, so another replica gets them now rather than after
+    ``ACK_WAIT_S``; best effort (``GIVE_BACK_TIMEOUT_S``), since the server redelivers
+    them then anyway."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(GIVE_BACK_TIMEOUT_S):
+            for message in messages:
+                await message.nak()

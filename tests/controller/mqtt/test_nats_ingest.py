@@ -5,6 +5,8 @@ users and permissions come from ``edgefleet devices nats-config``."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -294,3 +296,70 @@ def test_nats_config_needs_the_controllers_login(tmp_path: Path) -> None:
     settings = load_settings(environ={}, overrides={"data_dir": tmp_path})
     with pytest.raises(ConfigError, match="mqtt_username and mqtt_password"):
         write_nats_authorization(settings, tmp_path / "auth.conf")
+
+
+def test_reports_a_stopping_controller_could_not_write_go_to_another_at_once(
+    cluster: NatsCluster, engine: Engine, prefix: str, tmp_path: Path
+) -> None:
+    stuck_path = tmp_path / "stuck" / "controller.db"
+    stuck_path.parent.mkdir()
+    stuck_engine = make_engine(f"sqlite:///{stuck_path}")
+    upgrade_database(stuck_engine)
+    enroll(engine, "dev-1")
+    enroll(stuck_engine, "dev-1")
+    settings = nats_settings(cluster, prefix, tmp_path)
+    # One fetch takes all 20.
+    stuck_settings = settings.model_copy(update={"controller_id": "stuck", "ingest_batch_size": 20})
+    allow_devices(cluster, settings)
+    # Another writer holds the stuck replica's database: its writes wait and retry.
+    holder = sqlite3.connect(stuck_path, isolation_level=None)
+
+    async def scenario() -> None:
+        async with replica(settings, engine):
+            pass  # the stream and the consumer exist from here
+        async with device(cluster, 1, "dev-1") as client:
+            await publish_events(client, prefix, "dev-1", range(1, 21))
+        holder.execute("BEGIN EXCLUSIVE")
+        async with replica(stuck_settings, stuck_engine) as stuck:
+            read = "edgefleet_bridge_messages_total"
+            await eventually(lambda: sample(stuck, read, channel="events") == 20, "a fetch")
+        holder.rollback()  # lets the stopped replica's last write thread end
+        # Stopped with all 20 taken and none written: it gave them back, so the other
+        # replica stores them now, not after the server's ack wait of 60 s.
+        async with replica(settings, engine):
+            await eventually(lambda: event_rows(engine) == 20, "the events given back")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        holder.close()
+        stuck_engine.dispose()
+
+
+def test_a_reload_while_the_controller_has_retained_desired_state_keeps_nats_running(
+    cluster: NatsCluster, engine: Engine, prefix: str, tmp_path: Path
+) -> None:
+    # NATS 2.9 checks each retained message against its publisher's permissions at a
+    # reload, and crashed on a publisher with none (the controller): every node at once.
+    enroll(engine, "dev-1")
+    settings = nats_settings(cluster, prefix, tmp_path)
+    allow_devices(cluster, settings)
+
+    async def publish_retained() -> None:
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            cluster.nodes[0].mqtt_port,
+            identifier="controller-publisher",
+            username=CONTROLLER_USER,
+            password=CONTROLLER_PASSWORD,
+        ) as controller:
+            topic = device_topic(prefix, "dev-1", Channel.DESIRED)
+            await controller.publish(topic, b"deployment", qos=1, retain=True)
+
+    asyncio.run(publish_retained())
+    enroll(engine, "dev-2")
+    allow_devices(cluster, settings)  # what the operator does after each enrollment
+    time.sleep(1)
+
+    assert all(node.process is not None and node.process.poll() is None for node in cluster.nodes)
+    cluster.wait_ready(CONTROLLER_USER, CONTROLLER_PASSWORD)
