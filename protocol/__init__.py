@@ -15,12 +15,14 @@ from .capture import (
     SampleMeta,
 )
 from .deployment import (
+    MAX_ARTIFACT_MIRRORS,
     MAX_CARRIED_TRUST_ROOTS,
     MAX_MODELS_PER_DEVICE,
     Command,
     Deployment,
     DesiredState,
     ProbationPolicy,
+    mirror_artifact_url,
 )
 from .document import Document
 from .dsse import MAX_ENVELOPE_BYTES, MAX_SIGNATURES, Envelope, Signature, pae, sign_envelope
@@ -125,6 +127,7 @@ __all__ = [
     "ED25519_PUBLIC_KEY_BYTES",
     "LATENCY_BOUNDS_MS",
     "LATENCY_BUCKETS",
+    "MAX_ARTIFACT_MIRRORS",
     "MAX_CAPTURE_BYTES",
     "MAX_CAPTURE_PER_HOUR",
     "MAX_CARRIED_TRUST_ROOTS",
@@ -199,6 +202,7 @@ __all__ = [
     "device_topic",
     "histogram_quantile",
     "key_id_of",
+    "mirror_artifact_url",
     "pae",
     "parse_device_topic",
     "parse_json",

@@ -12,27 +12,56 @@ device, ADR 0003); a schema 1 deployment is refused with ``UnsupportedSchemaErro
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, Field, model_validator
 
 from .document import DeviceId, Document, EnvelopeObject, Model, Name
 from .dsse import Envelope
 from .shadow import ShadowOrder
 
 __all__ = [
+    "MAX_ARTIFACT_MIRRORS",
     "MAX_CARRIED_TRUST_ROOTS",
     "MAX_MODELS_PER_DEVICE",
     "Command",
     "Deployment",
     "DesiredState",
     "ProbationPolicy",
+    "mirror_artifact_url",
 ]
 
 # A device runs a handful of models; the bound keeps one retained message small.
 MAX_MODELS_PER_DEVICE = 16
 # Trust roots one order may carry: a device this many rotations behind still walks forward.
 MAX_CARRIED_TRUST_ROOTS = 32
+# Artifact mirrors one deployment may name, and how long each base URL may be: enough for
+# a few CDNs and object stores, small beside the 16 KB a deployment may take.
+MAX_ARTIFACT_MIRRORS = 8
+MAX_MIRROR_URL_CHARS = 512
+
+
+def _check_mirror_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an artifact mirror is an http:// or https:// base URL")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("an artifact mirror's base URL has no query, fragment or credentials")
+    return value.rstrip("/")
+
+
+def mirror_artifact_url(base: str, sha256: str) -> str:
+    """Where mirror ``base`` serves the artifact ``sha256``: ``{base}/sha256/<hex>``, the
+    layout ``edgefleet artifacts export`` writes and the controller's ``/artifacts`` has."""
+    return f"{base.rstrip('/')}/sha256/{sha256}"
+
+
+# Where ``sha256/<hex>`` of every artifact can be fetched: a static server, CDN or object
+# store. Trusted for nothing: the device checks the signed length and hash of what it gets.
+MirrorUrl = Annotated[
+    str, Field(max_length=MAX_MIRROR_URL_CHARS), AfterValidator(_check_mirror_url)
+]
 
 
 class ProbationPolicy(Model):
@@ -102,6 +131,10 @@ class Deployment(_DeviceOrder):
     # Run a candidate beside the serving model, or stop running one; serving does not
     # change (added without a schema bump: an older agent refuses it as malformed).
     shadow: ShadowOrder | None = None
+    # Artifact mirrors, tried in order before the controller (docs/artifact-mirrors.md).
+    # Added without a schema bump and written only when there are some: an older agent
+    # keeps the unknown field (§4.2), ignores it and downloads from the controller.
+    mirrors: list[MirrorUrl] = Field(default_factory=list, max_length=MAX_ARTIFACT_MIRRORS)
 
     @model_validator(mode="after")
     def _release_or_remove(self) -> Deployment:
@@ -111,6 +144,13 @@ class Deployment(_DeviceOrder):
                 "a deployment carries a release, says remove, or orders a shadow: one of them"
             )
         return self
+
+    def to_json_obj(self) -> dict[str, Any]:
+        obj = super().to_json_obj()
+        if not obj.get("mirrors"):
+            # Without mirrors the payload stays what it was before they existed.
+            obj.pop("mirrors", None)
+        return obj
 
     def release_envelope(self) -> Envelope:
         if self.release is None:

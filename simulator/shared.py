@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.backends import load_backend
 from agent.link.outbox import DEFAULT_MAX_MESSAGES, OutboxMessage
-from agent.update.fetcher import Fetcher
+from agent.update.fetcher import DownloadOutcome, Fetcher
 from agent.update.sandbox import SandboxLimits, check_model
 from protocol import Release
 from tensors import Array, InferenceBackend, ModelFormat, RuntimeOptions, TensorSpec
@@ -231,12 +231,14 @@ class BoundedFetcher:
         expected_length: int,
         expected_sha256: str,
         headers: Mapping[str, str] | None = None,
-    ) -> None:
+        mirrors: Sequence[str] = (),
+    ) -> DownloadOutcome:
         async with self._slots:
-            await self._inner.download(
+            return await self._inner.download(
                 url,
                 destination,
                 expected_length=expected_length,
                 expected_sha256=expected_sha256,
                 headers=headers,
+                mirrors=mirrors,
             )

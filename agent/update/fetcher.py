@@ -25,6 +25,19 @@ Invariants:
 
 Each call starts from zero: a ``.part`` left by an earlier process is overwritten, since
 nothing vouches for its bytes.
+
+Mirrors (docs/artifact-mirrors.md): a call may name mirror URLs, tried in order before
+``url`` (the controller), under the same deadline, ``.part`` file and length cap:
+- a mirror gets no caller ``headers`` (they carry the device's token for the controller)
+  and at most ``mirror_max_attempts`` attempts within an equal share of the time left
+  (the time left divided by the sources left), so a dead or trickling mirror leaves the
+  sources after it time to finish;
+- a mirror that fails in transport, or whose body has the wrong length or hash, is
+  rejected: its bytes are discarded (the ``.part`` file restarts from byte 0, so no
+  source ever resumes from them), the rejection is logged, counted per mirror in
+  ``HttpFetcher.mirror_rejections`` and returned in ``DownloadOutcome.rejected``, and the
+  next source starts; disk errors end the download, since no source would help;
+- the last source, the controller, is handled exactly as a call without mirrors.
 """
 
 from __future__ import annotations
@@ -39,7 +52,8 @@ import re
 import shutil
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -50,6 +64,8 @@ from durable import fsync_dir
 from protocol import backoff_delay_s
 
 from ..errors import (
+    AgentError,
+    ArtifactError,
     ConfigurationError,
     ConnectionFailedError,
     DownloadDeadlineError,
@@ -64,7 +80,7 @@ from ..errors import (
 )
 from ..tls import default_tls_context
 
-__all__ = ["FetchLimits", "Fetcher", "HttpFetcher", "Sleep"]
+__all__ = ["DownloadOutcome", "FetchLimits", "Fetcher", "HttpFetcher", "MirrorRejection", "Sleep"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +104,8 @@ class FetchLimits:
     read_timeout_s: float = 20.0
     connect_timeout_s: float = 10.0
     max_attempts: int = 10
+    # A mirror is one of several sources: a few attempts, then the next source.
+    mirror_max_attempts: int = 3
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     free_disk_margin_bytes: int = 16 * 1024 * 1024
@@ -99,6 +117,7 @@ class FetchLimits:
             "read_timeout_s": self.read_timeout_s,
             "connect_timeout_s": self.connect_timeout_s,
             "max_attempts": self.max_attempts,
+            "mirror_max_attempts": self.mirror_max_attempts,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -115,8 +134,26 @@ class FetchLimits:
         return max(self.min_deadline_s, expected_length / self.min_rate_bytes_per_s)
 
 
+@dataclass(frozen=True)
+class MirrorRejection:
+    """A mirror that did not deliver the artifact, and why (an ``AgentError`` reason)."""
+
+    mirror: str  # the URL without credentials or query
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DownloadOutcome:
+    """Where the bytes came from, and the mirrors rejected before that source."""
+
+    source: str  # the URL without credentials or query
+    rejected: tuple[MirrorRejection, ...] = ()
+
+
 class Fetcher(Protocol):
-    """Downloads one file of known length and hash; raises an ``AgentError`` otherwise."""
+    """Downloads one file of known length and hash, from the first of ``mirrors`` that
+    delivers it, else from ``url``; raises an ``AgentError`` when none does."""
 
     async def download(
         self,
@@ -126,7 +163,16 @@ class Fetcher(Protocol):
         expected_length: int,
         expected_sha256: str,
         headers: Mapping[str, str] | None = None,
-    ) -> None: ...
+        mirrors: Sequence[str] = (),
+    ) -> DownloadOutcome: ...
+
+
+@dataclass(frozen=True)
+class _Source:
+    url: str
+    headers: dict[str, str]
+    max_attempts: int
+    is_mirror: bool
 
 
 @dataclass
@@ -184,6 +230,8 @@ class HttpFetcher:
         # download at the same time, and each must leave room for what the others still
         # have to write.
         self._in_flight: dict[Path, int] = {}
+        # Rejections per mirror (redacted URL) over this fetcher's life, for operators.
+        self.mirror_rejections: Counter[str] = Counter()
         self._timeout = httpx.Timeout(
             self.limits.read_timeout_s,
             connect=self.limits.connect_timeout_s,
@@ -197,7 +245,8 @@ class HttpFetcher:
         expected_length: int,
         expected_sha256: str,
         headers: Mapping[str, str] | None = None,
-    ) -> None:
+        mirrors: Sequence[str] = (),
+    ) -> DownloadOutcome:
         if expected_length < 0 or not _SHA256_HEX.fullmatch(expected_sha256):
             raise ConfigurationError(
                 f"download needs a length >= 0 and a lowercase hex SHA-256, "
@@ -208,38 +257,116 @@ class HttpFetcher:
         self._in_flight[part] = expected_length
         deadline_s = self.limits.deadline_s(expected_length)
         started = time.monotonic()
-        where = _redacted(url)
+        sources = [
+            _Source(mirror, {}, self.limits.mirror_max_attempts, is_mirror=True)
+            for mirror in mirrors
+        ]
+        sources.append(_Source(url, dict(headers or {}), self.limits.max_attempts, False))
+        rejected: list[MirrorRejection] = []
         try:
             with part.open("wb") as file:
                 partial = _Partial(file)
                 timeout = asyncio.timeout(deadline_s)
                 try:
                     async with timeout, self._session() as client:
-                        await self._download_with_retries(
+                        source = await self._download_from_sources(
                             client,
-                            url,
+                            sources,
                             partial,
+                            rejected,
                             expected_length=expected_length,
-                            headers=dict(headers or {}),
+                            expected_sha256=expected_sha256,
                             deadline_at=started + deadline_s,
                         )
                 except TimeoutError as exc:
                     if not timeout.expired():
                         raise
                     raise DownloadDeadlineError(
-                        f"{where}: {partial.have} of {expected_length} bytes after the "
-                        f"deadline of {deadline_s:.1f} s"
+                        f"{_redacted(url)}: {partial.have} of {expected_length} bytes after "
+                        f"the deadline of {deadline_s:.1f} s"
+                        + (f" ({len(rejected)} mirrors rejected)" if rejected else "")
                     ) from exc
-                _verify_body(partial, expected_length, expected_sha256)
             await asyncio.to_thread(_publish, part, destination)
         except BaseException:
             part.unlink(missing_ok=True)
             raise
         finally:
             self._in_flight.pop(part, None)
+        where = _redacted(source.url)
         logger.info(
             "downloaded %s (%d bytes) in %.1f s", where, expected_length, time.monotonic() - started
         )
+        return DownloadOutcome(where, tuple(rejected))
+
+    async def _download_from_sources(
+        self,
+        client: httpx.AsyncClient,
+        sources: list[_Source],
+        partial: _Partial,
+        rejected: list[MirrorRejection],
+        *,
+        expected_length: int,
+        expected_sha256: str,
+        deadline_at: float,
+    ) -> _Source:
+        """Each mirror in turn, then the controller; returns the source that delivered."""
+        for index, source in enumerate(sources):
+            if not source.is_mirror:
+                await self._download_with_retries(
+                    client,
+                    source.url,
+                    partial,
+                    expected_length=expected_length,
+                    headers=source.headers,
+                    deadline_at=deadline_at,
+                    max_attempts=source.max_attempts,
+                )
+                _verify_body(partial, expected_length, expected_sha256)
+                return source
+            share_s = (deadline_at - time.monotonic()) / (len(sources) - index)
+            budget = asyncio.timeout(share_s)
+            try:
+                async with budget:
+                    await self._download_with_retries(
+                        client,
+                        source.url,
+                        partial,
+                        expected_length=expected_length,
+                        headers=source.headers,
+                        deadline_at=time.monotonic() + share_s,
+                        max_attempts=source.max_attempts,
+                    )
+                _verify_body(partial, expected_length, expected_sha256)
+                return source
+            except TimeoutError as exc:
+                if not budget.expired():
+                    raise
+                error: AgentError = DownloadDeadlineError(
+                    f"{partial.have} of {expected_length} bytes after its share of {share_s:.1f} s"
+                )
+                error.__cause__ = exc
+            except (InsufficientDiskError, StoreError):
+                raise
+            except (TransportError, ArtifactError, ConfigurationError) as exc:
+                error = exc
+            self._reject_mirror(source, error, partial, rejected)
+        raise AssertionError("the controller is always the last source")  # pragma: no cover
+
+    def _reject_mirror(
+        self,
+        source: _Source,
+        error: AgentError,
+        partial: _Partial,
+        rejected: list[MirrorRejection],
+    ) -> None:
+        """Forget every byte the mirror sent, and say which mirror failed how."""
+        where = _redacted(source.url)
+        partial.restart()
+        self.mirror_rejections[where] += 1
+        rejected.append(MirrorRejection(where, error.reason, str(error)))
+        # A hash mismatch is a mirror serving wrong bytes: an operator must hear of it.
+        log = logger.error if isinstance(error, HashMismatchError) else logger.warning
+        log("mirror %s rejected (%s): %s; trying the next source", where, error.reason, error)
 
     def _verify_free_disk(self, directory: Path, expected_length: int) -> None:
         needed = expected_length + self.limits.free_disk_margin_bytes
@@ -264,17 +391,18 @@ class HttpFetcher:
         expected_length: int,
         headers: dict[str, str],
         deadline_at: float,
+        max_attempts: int,
     ) -> None:
         limits = self.limits
-        for attempt in range(1, limits.max_attempts + 1):
+        for attempt in range(1, max_attempts + 1):
             try:
                 await self._attempt(client, url, partial, expected_length, headers)
             except HttpStatusError as exc:
-                if not _is_retryable_status(exc.status) or attempt == limits.max_attempts:
+                if not _is_retryable_status(exc.status) or attempt == max_attempts:
                     raise
                 error: TransportError = exc
             except TransportError as exc:
-                if attempt == limits.max_attempts:
+                if attempt == max_attempts:
                     raise
                 error = exc
             else:
@@ -291,7 +419,7 @@ class HttpFetcher:
             logger.warning(
                 "download attempt %d of %d failed (%s, %d bytes so far); retrying in %.2f s",
                 attempt,
-                limits.max_attempts,
+                max_attempts,
                 error,
                 partial.have,
                 delay_s,

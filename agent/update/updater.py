@@ -37,7 +37,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from protocol import ProbationPolicy, Release, ReleaseRef
+from protocol import (
+    Artifact,
+    CheckBundleRef,
+    ProbationPolicy,
+    Release,
+    ReleaseRef,
+    mirror_artifact_url,
+)
 
 from ..clock import Clock
 from ..config import AgentConfig
@@ -46,7 +53,7 @@ from ..serving.host import ServingHost, recorder_of
 from ..serving.server import LoadedVersion
 from ..stats.probation import ProbationOutcome
 from ..stats.probation_watch import watch_probation
-from .fetcher import Fetcher
+from .fetcher import DownloadOutcome, Fetcher
 from .machine import Journal, UpdateEvent, UpdateState
 from .memory import verify_memory_budget
 from .names import check_bundle_name
@@ -144,6 +151,8 @@ class Updater:
         # The version that served before the one on probation: the baseline, and what a
         # rollback swaps back to. Lives only in memory; after a crash the store decides.
         self._previous: LoadedVersion | None = None
+        # The artifact mirrors the deployment under way names (base URLs, in order).
+        self._mirrors: tuple[str, ...] = ()
 
     def release_of(self, sha256: str | None) -> ReleaseRef | None:
         """The release a stored artifact was deployed as, if this device knows it."""
@@ -184,6 +193,7 @@ class Updater:
             raise ValueError("a removal is not applied; call remove()")
         self.trust.accept_deployment(verified)
         self.deployment_sequence = verified.deployment.sequence
+        self._mirrors = tuple(verified.deployment.mirrors)
         journal = Journal.begin(verified.deployment.sequence, release.ref())
         persist_journal(self.paths.journal, journal)
         return await self._drive(journal, release, verified.deployment.probation)
@@ -252,7 +262,7 @@ class Updater:
                 # rolling back, which need just the reference.
                 return await self._recovered_work(journal)
             if state == UpdateState.FETCHING:
-                await self._fetch(release)
+                await self._fetch(journal, release)
                 return UpdateEvent.FETCHED, None
             if state == UpdateState.VERIFYING:
                 await self._verify_and_stage(release, policy.latency_budget_ms)
@@ -341,28 +351,41 @@ class Updater:
     def _loaded_from(self, loaded: LoadedVersion, sha256: str) -> bool:
         return loaded.path.parent == self.store.model_dir(sha256)
 
-    async def _fetch(self, release: Release) -> None:
-        """Download the artifact and its check bundle, each capped and hash-checked."""
+    async def _fetch(self, journal: Journal, release: Release) -> None:
+        """Download the artifact and its check bundle, each capped and hash-checked, from
+        the deployment's mirrors in order, else from the controller."""
         artifact, bundle = release.artifact, release.check_bundle
-        headers = {}
-        if self.config.controller_token:
-            headers["Authorization"] = f"Bearer {self.config.controller_token}"
         if not self.store.model_dir(artifact.sha256).exists():
             # Not in the store yet (a rollback to a kept model needs no download).
-            await self.fetcher.download(
-                self.config.artifact_url(artifact.sha256),
-                self._download_path(artifact.sha256),
-                expected_length=artifact.length,
-                expected_sha256=artifact.sha256,
-                headers=headers,
-            )
+            await self._download(journal, artifact)
         if not self._stored_bundle(release).exists():
-            await self.fetcher.download(
-                self.config.artifact_url(bundle.sha256),
-                self._download_path(bundle.sha256),
-                expected_length=bundle.length,
-                expected_sha256=bundle.sha256,
-                headers=headers,
+            await self._download(journal, bundle)
+
+    async def _download(self, journal: Journal, ref: Artifact | CheckBundleRef) -> None:
+        headers = {}
+        if self.config.controller_token:
+            # For the controller only: a mirror never sees the device's token.
+            headers["Authorization"] = f"Bearer {self.config.controller_token}"
+        outcome: DownloadOutcome = await self.fetcher.download(
+            self.config.artifact_url(ref.sha256),
+            self._download_path(ref.sha256),
+            expected_length=ref.length,
+            expected_sha256=ref.sha256,
+            headers=headers,
+            mirrors=[mirror_artifact_url(base, ref.sha256) for base in self._mirrors],
+        )
+        for rejection in outcome.rejected:
+            # The operator's view of a bad mirror: one event per rejection, on the device.
+            self.reporter.event(
+                "mirror_rejected",
+                journal=journal,
+                reason=rejection.reason,
+                model=self.model,
+                details={
+                    "mirror": rejection.mirror,
+                    "sha256": ref.sha256,
+                    "message": rejection.message[:500],
+                },
             )
 
     async def _verify_and_stage(self, release: Release, latency_budget_ms: float | None) -> None:

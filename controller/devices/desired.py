@@ -112,6 +112,7 @@ def _sign(
     rollback: bool,
     probation: ProbationPolicy | None,
     shadow: ShadowOrder | None = None,
+    mirrors: Sequence[str] = (),
 ) -> int:
     device = lock_device(session, device_id)
     sequence = device.next_deployment_sequence
@@ -134,6 +135,7 @@ def _sign(
         probation=probation or ProbationPolicy(),
         rollout_id=rollout_id,
         trust_roots=[root.to_json_obj() for root in chain],
+        mirrors=list(mirrors),
     )
     envelope = deployment.sign([signer.deployment_key])
     device.next_deployment_sequence = sequence + 1
@@ -165,9 +167,11 @@ def sign_deployment(
     rollout_id: str | None,
     rollback: bool = False,
     probation: ProbationPolicy | None = None,
+    mirrors: Sequence[str] = (),
 ) -> int:
     """Sign a deployment of ``release`` (of its model) for the device, store it as that
-    model's desired deployment; returns its sequence."""
+    model's desired deployment; returns its sequence. ``mirrors`` are the artifact
+    mirrors' base URLs the device tries, in order, before the controller."""
     return _sign(
         session,
         device_id=device_id,
@@ -179,6 +183,7 @@ def sign_deployment(
         rollout_id=rollout_id,
         rollback=rollback,
         probation=probation,
+        mirrors=mirrors,
     )
 
 

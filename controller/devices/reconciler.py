@@ -106,6 +106,7 @@ def _renew(fleet: FleetContext, session: Session, row: DeviceModelRecord, *, now
         rollout_id=rollout_id,
         rollback=row.desired_rollback,
         probation=_probation(session, rollout_id),
+        mirrors=fleet.settings.artifact_mirrors,
     )
     if rollout_id is not None:
         session.execute(

@@ -437,6 +437,7 @@ def _sign(
         rollout_id=rollout_id,
         rollback=rollback,
         probation=probation,
+        mirrors=fleet.settings.artifact_mirrors,
     )
 
 
