@@ -7,7 +7,7 @@ STAMP := $(VENV)/.edgefleet-installed
 PACKAGES := protocol durable apiclient tensors mqttlink agent controller converters simulator
 POSTGRES_TEST_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: test demo lint typecheck imports pytest device-matrix mosquitto nats-server chromium venv format clean
+.PHONY: test demo lint typecheck imports pytest device-matrix mosquitto nats-server chromium nginx venv format clean
 
 test: lint typecheck imports pytest device-matrix
 
@@ -82,6 +82,19 @@ chromium:
 	  echo "chromium missing and not root: dashboard browser tests will be skipped"; \
 	fi
 
+# Artifact mirror tests serve the exported layout with Debian's nginx, which they start on
+# a free port; without it they are skipped (with CI=true they fail instead).
+nginx:
+	@if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "nginx missing: installing Debian's nginx package"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q nginx >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null && apt-get install -y -q nginx >/dev/null; }; \
+	else \
+	  echo "nginx missing and not root: artifact mirror tests will be skipped (apt-get install nginx)"; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -97,7 +110,7 @@ imports: $(STAMP)
 # most tests wait on subprocesses, brokers and probation windows (the suite kept 1.4 cores
 # busy at -n 4). Measured here on 2026-12-04: 14:07 at -n 4, of which 4 min was one failed
 # test's wait; 18:07 at -n 2 with other work beside it; 23 min at -n 2 in CI.
-pytest: $(STAMP) mosquitto nats-server chromium
+pytest: $(STAMP) mosquitto nats-server chromium nginx
 	@url="$${EDGEFLEET_TEST_POSTGRES_URL:-}"; \
 	if [ -z "$$url" ] && $(BIN)/python -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 2).close()' 2>/dev/null; then \
 	  url="$(POSTGRES_TEST_URL)"; \
