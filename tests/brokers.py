@@ -221,3 +221,121 @@ def run_amqtt(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+
+
+NGINX_SEARCH_PATH = "/usr/sbin:/usr/local/sbin:/usr/bin:/usr/local/bin"
+NGINX_START_TIMEOUT_S = 15.0
+
+
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or shutil.which("nginx", path=NGINX_SEARCH_PATH)
+
+
+def nginx_binary() -> str:
+    """Debian's nginx, or skip the test (fail it with CI=true): ``make test`` installs it."""
+    binary = find_nginx()
+    if binary is None:
+        from tests.conftest import require_service
+
+        require_service("nginx", "install it with 'apt-get install nginx' (make test does as root)")
+        raise AssertionError("unreachable")
+    return binary
+
+
+class NginxServer:
+    """nginx serving ``root`` as static files on a free loopback port: an artifact mirror.
+
+    Its own config, prefix, pid file, temp dirs and logs live in ``workdir``; it runs in
+    the foreground as one process (``master_process off``), so it never switches user
+    when the tests run as root and needs no privileges when they do not. The access log
+    has one line per request: ``<status> <bytes sent> <uri>``.
+    """
+
+    def __init__(self, binary: str, root: Path, workdir: Path) -> None:
+        self.binary = binary
+        self.root = root
+        self.workdir = workdir
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def access_log(self) -> Path:
+        return self.workdir / "access.log"
+
+    def served(self) -> list[tuple[int, int, str]]:
+        """(status, bytes sent, URI) of every request answered so far."""
+        if not self.access_log.exists():
+            return []
+        lines = self.access_log.read_text().splitlines()
+        return [(int(s), int(b), uri) for s, b, uri in (line.split(" ", 2) for line in lines)]
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "nginx.conf"
+        temp = {name: self.workdir / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+        config.write_text(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\n"
+            f"pid {self.workdir / 'nginx.pid'};\n"
+            f"error_log {self.workdir / 'error.log'} warn;\n"
+            "events { worker_connections 4096; }\n"
+            "http {\n"
+            "  log_format mirror '$status $body_bytes_sent $request_uri';\n"
+            f"  access_log {self.access_log} mirror;\n"
+            f"  client_body_temp_path {temp['body']};\n"
+            f"  proxy_temp_path {temp['proxy']};\n"
+            f"  fastcgi_temp_path {temp['fastcgi']};\n"
+            f"  uwsgi_temp_path {temp['uwsgi']};\n"
+            f"  scgi_temp_path {temp['scgi']};\n"
+            "  default_type application/octet-stream;\n"
+            "  sendfile on;\n"
+            "  keepalive_requests 100000;\n"
+            f"  server {{ listen 127.0.0.1:{self.port}; root {self.root}; }}\n"
+            "}\n"
+        )
+        process = subprocess.Popen(
+            [
+                self.binary,
+                "-p",
+                str(self.workdir),
+                "-e",
+                str(self.workdir / "error.log"),
+                "-c",
+                str(config),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self._process = process
+        try:
+            wait_for_port(
+                "127.0.0.1", self.port, NGINX_START_TIMEOUT_S, alive=lambda: process.poll() is None
+            )
+        except (RuntimeError, TimeoutError) as exc:
+            self.stop()
+            error_log = self.workdir / "error.log"
+            log_text = error_log.read_text() if error_log.exists() else ""
+            raise RuntimeError(f"nginx did not start on {self.port}: {exc}\n{log_text}") from exc
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        terminate(process)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+@contextlib.contextmanager
+def run_nginx(root: Path, workdir: Path) -> Iterator[NginxServer]:
+    """An nginx of the caller's own serving ``root``; stopped on exit."""
+    server = NginxServer(nginx_binary(), root, workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
