@@ -6,20 +6,29 @@ device talks to anyone. Run keeps the MQTT link up and hands each desired state 
 models' updaters (``ModelUpdates``: one worker per model, ADR 0003). Shutdown stops
 taking work, lets the link publish the offline state, and cancels what is left after a
 timeout. Signal handlers (installed by the CLI) only set the stop event.
+
+Besides the link, run keeps a telemetry task (every ``stats_window_s``, each serving
+model's window) and, from the first capture policy on (persisted, or ordered by a
+command), the sample-capture task; with capture never ordered there is nothing for it to
+do, so no task waits for it. A host of many daemons in one process (the simulator) may
+drive telemetry itself (``own_telemetry_task=False``, then ``publish_telemetry`` every
+window): each daemon's own loop would be one more task and timer per device.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from protocol import Channel, ReleaseRef, TelemetryBatch, device_topic
+from protocol import Channel, Envelope, ReleaseRef, TelemetryBatch, TrustRoot, device_topic
 
 from .backends import load_backend, runtime_options
 from .clock import Clock, SystemClock
@@ -64,7 +73,7 @@ logger = logging.getLogger(__name__)
 def open_trust_state(config: AgentConfig, path: Path) -> TrustState:
     """The persisted trust state, or a new one from the provisioned trust root."""
     if path.exists():
-        return load_trust_state(path)
+        return _shared_trust_root(load_trust_state(path))
     try:
         provisioned = config.trust_root.read_bytes()
     except OSError as exc:
@@ -72,8 +81,31 @@ def open_trust_state(config: AgentConfig, path: Path) -> TrustState:
     state = TrustState.initial(provisioned)
     persist_trust_state(path, state)
     logger.info("installed trust root v%d from %s", state.trust_root_version, config.trust_root)
+    return _shared_trust_root(state)
+
+
+# Trust roots this process loaded, by their envelope: the agents of a simulator share the
+# same few, and a parsed one is several KiB.
+MAX_SHARED_TRUST_ROOTS = 8
+_shared_trust_roots: dict[Envelope, tuple[Envelope, TrustRoot]] = {}
+
+
+def _shared_trust_root(state: TrustState) -> TrustState:
+    """``state`` holding the process's copy of its trust root when one with the same
+    envelope was loaded before: the same bytes, verified the same way, so the same value
+    (both are frozen)."""
+    envelope = state.trust_root_envelope
+    known = _shared_trust_roots.get(envelope)
+    if known is not None and known[1] == state.trust_root:
+        return dataclasses.replace(state, trust_root_envelope=known[0], trust_root=known[1])
+    if len(_shared_trust_roots) < MAX_SHARED_TRUST_ROOTS:
+        _shared_trust_roots[envelope] = (envelope, state.trust_root)
     return state
 
+
+# The jitter of the link's reconnect backoff: not a secret, and one generator serves
+# every daemon of the process (a simulator's thousands need not hold one each).
+_BACKOFF_JITTER = random.Random()  # noqa: S311 - jitter, not a secret
 
 # A trust root this close to its expiry is logged at start (the controller flags it too).
 TRUST_ROOT_WARNING = timedelta(days=30)
@@ -102,12 +134,17 @@ class AgentDaemon:
         load_backend: BackendLoader = load_backend,
         on_publish: Callable[[Message], None] | None = None,
         outbox: OutboxQueue | None = None,
+        own_telemetry_task: bool = True,
     ) -> None:
-        """``load_backend``, ``on_publish`` and ``outbox`` are for the simulator and for
-        applications that embed the agent: how models are loaded, a look at every message
-        queued, and where queued messages wait (default: ``outbox.sqlite``)."""
+        """``load_backend``, ``on_publish``, ``outbox`` and ``own_telemetry_task`` are for
+        the simulator and for applications that embed the agent: how models are loaded, a
+        look at every message queued, where queued messages wait (default:
+        ``outbox.sqlite``), and whether ``run`` keeps its own telemetry loop (False: the
+        host calls ``publish_telemetry`` every ``stats_window_s``)."""
         self.config = config
         self._on_publish = on_publish
+        self._own_telemetry_task = own_telemetry_task
+        self._capture_task: asyncio.Task[None] | None = None
         self.clock = clock or SystemClock(config.clock_offset_s)
         data_dir = config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -134,6 +171,10 @@ class AgentDaemon:
                 (device_topic(config.topic_prefix, config.device_id, Channel.DESIRED), 1),
                 (device_topic(config.topic_prefix, config.device_id, Channel.CMD), 1),
             ],
+            rng=_BACKOFF_JITTER,
+        )
+        self._telemetry_topic = device_topic(
+            config.topic_prefix, config.device_id, Channel.TELEMETRY
         )
         self.reporter = LinkReporter(
             device_id=config.device_id,
@@ -214,34 +255,55 @@ class AgentDaemon:
                 raise ConfigurationError(
                     f"cannot serve the inference API on port {self.config.inference_port}: {exc}"
                 ) from exc
-        telemetry = asyncio.create_task(self._publish_telemetry(), name="telemetry")
-        renewal = asyncio.create_task(self._renew_certificate(), name="certificate-renewal")
-        capture = asyncio.create_task(
-            run_capture(
-                self.config,
-                self.capture,
-                self._serving_recorders,
-                upload_interval_s=self.config.capture_upload_interval_s,
-            ),
-            name="sample-capture",
+        telemetry = (
+            asyncio.create_task(self._publish_telemetry(), name="telemetry")
+            if self._own_telemetry_task
+            else None
         )
+        renewal = (
+            asyncio.create_task(self._renew_certificate(), name="certificate-renewal")
+            if self._renews_certificate
+            else None
+        )
+        if self.capture.policies:
+            self._start_capture()
         try:
             await self.link.run(self._on_message, stop)
         finally:
-            telemetry.cancel()
-            renewal.cancel()
-            capture.cancel()
+            capture, self._capture_task = self._capture_task, None
+            for task in (telemetry, renewal, capture):
+                if task is not None:
+                    task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 # asyncio.timeout, not wait_for, which can lose a cancellation on 3.11.
                 async with asyncio.timeout(self.config.shutdown_timeout_s):
-                    await asyncio.gather(telemetry, self.models.stop(), return_exceptions=True)
+                    waits = [self.models.stop(), *([telemetry] if telemetry else [])]
+                    await asyncio.gather(*waits, return_exceptions=True)
             if self.config.inference_api:
                 await self.serving.api.stop()
             self.outbox.close()
 
+    def _start_capture(self) -> None:
+        """Start the sample-capture task, once: a policy exists from now on."""
+        if self._capture_task is None or self._capture_task.done():
+            self._capture_task = asyncio.create_task(
+                run_capture(
+                    self.config,
+                    self.capture,
+                    self._serving_recorders,
+                    upload_interval_s=self.config.capture_upload_interval_s,
+                ),
+                name="sample-capture",
+            )
+
+    @property
+    def _renews_certificate(self) -> bool:
+        # Without a client certificate and a token there is nothing to renew.
+        return self.config.tls_cert_file is not None and self.config.controller_token is not None
+
     async def _renew_certificate(self) -> None:
         """Renew the client certificate when it expires within ``RENEW_BEFORE``."""
-        if self.config.tls_cert_file is None or self.config.controller_token is None:
+        if not self._renews_certificate:
             return
         while True:
             expiry = certificate_expiry(self.config)
@@ -264,32 +326,36 @@ class AgentDaemon:
 
     async def _publish_telemetry(self) -> None:
         """Every statistics window, queue each serving model's window as telemetry."""
-        topic = device_topic(self.config.topic_prefix, self.config.device_id, Channel.TELEMETRY)
         while True:
             await asyncio.sleep(self.config.stats_window_s)
-            windows = []
-            for loaded in self.serving.serving():
-                recorder = recorder_of(loaded)
-                window = recorder.roll(time.monotonic()) if recorder else None
-                if window is None or window.requests == 0:
-                    continue
-                windows.append(
-                    to_telemetry_window(
-                        window,
-                        model=loaded.name,
-                        release=self._release_serving(loaded.name),
-                        window_start=self.clock.now() - timedelta(seconds=window.window_s),
-                        shadow=self.models.shadows.take_window(loaded.name),
-                    )
-                )
-            if not windows:
+            self.publish_telemetry()
+
+    def publish_telemetry(self) -> None:
+        """Queue each serving model's window that is due (and had requests) as telemetry,
+        in one batch. The daemon's telemetry task calls it every ``stats_window_s``."""
+        windows = []
+        for loaded in self.serving.serving():
+            recorder = recorder_of(loaded)
+            window = recorder.roll(time.monotonic()) if recorder else None
+            if window is None or window.requests == 0:
                 continue
-            batch = TelemetryBatch(
-                device_id=self.config.device_id,
-                seq=self.outbox.next_sequence("telemetry"),
-                windows=windows,
+            windows.append(
+                to_telemetry_window(
+                    window,
+                    model=loaded.name,
+                    release=self._release_serving(loaded.name),
+                    window_start=self.clock.now() - timedelta(seconds=window.window_s),
+                    shadow=self.models.shadows.take_window(loaded.name),
+                )
             )
-            self._publish(Message(topic, batch.to_payload(), qos=1, retain=False))
+        if not windows:
+            return
+        batch = TelemetryBatch(
+            device_id=self.config.device_id,
+            seq=self.outbox.next_sequence("telemetry"),
+            windows=windows,
+        )
+        self._publish(Message(self._telemetry_topic, batch.to_payload(), qos=1, retain=False))
 
     def _serving_recorders(self) -> list[tuple[str, int | None, StatsRecorder | None]]:
         serving = []
@@ -343,6 +409,7 @@ class AgentDaemon:
                     details={**details, "error": str(exc)},
                 )
                 return
+            self._start_capture()
         elif action == "diagnostics":
             details |= {
                 "phase": self.models.phase,

@@ -8,7 +8,7 @@ Invariants:
 - ``record`` does O(1) Python work per request and no numpy call: it adds up the byte
   sizes of the outputs and appends the request (latency, error flag, the outputs by
   reference and, only when drift on inputs is configured, copies of those inputs) to a
-  pending queue (a ``deque``: appends from many threads need no lock). The outputs are the
+  pending queue (a list: appends from many threads need no lock). The outputs are the
   runtime's fresh arrays, so holding them costs no copy (whoever modifies them in place
   before they are measured changes the figures); inputs are the caller's to reuse.
 - Pending requests are measured in batches, with one vectorized numpy pass per tensor
@@ -44,6 +44,9 @@ live tensor, flattened, are counted in the reference's bins (``tensors.profile``
 PSI against the reference's fractions is computed when a window is read. Only a profile of
 the version's validation data counts (``source == "validation"``): one profiled from
 seeded synthetic inputs describes noise, and drift against it is not measured at all.
+The bins are immutable and built once per profile object: the recorders of one profile
+(the serving host keeps one parsed profile per check bundle, so all the agents of a
+process that hold one release) share them.
 ``drift_psi`` holds inputs and outputs; ``output_drift_psi`` the outputs alone, the only
 drift that says something about the model rather than the data it is given.
 
@@ -62,7 +65,7 @@ import enum
 import logging
 import math
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -268,6 +271,72 @@ def _add_counts(total: _Counts | None, counts: _Counts) -> _Counts:
     return total
 
 
+@dataclass(frozen=True)
+class _DriftPlan:
+    """What a reference profile makes a recorder measure: drift bins by name, and the
+    classifier hint. Immutable, so every recorder of the same profile object (the
+    serving host keeps one parsed profile per check bundle) shares one."""
+
+    input_bins: Mapping[str, ReferenceBins]
+    output_bins: Mapping[str, ReferenceBins]
+    drift_bins: Mapping[str, ReferenceBins]
+    output_names: frozenset[str]
+    # What sample capture counts a request's drift contribution on.
+    capture_bins: Mapping[str, ReferenceBins]
+    # The inputs to copy: a feature's key (``x[2]``) is counted from its input (``x``).
+    input_sources: frozenset[str]
+    classes_hint: int | None
+
+    @classmethod
+    def of(cls, reference: protocol.ReferenceProfile | None) -> _DriftPlan:
+        if reference is None:
+            return _NO_DRIFT
+        with _shared_plans_lock:
+            known = _shared_plans.get(id(reference))
+            if known is not None and known[0] is reference:
+                _shared_plans.move_to_end(id(reference))
+                return known[1]
+        plan = cls._build(reference)
+        with _shared_plans_lock:
+            # The profile is kept with its plan, so its id is not reused while cached.
+            _shared_plans[id(reference)] = (reference, plan)
+            while len(_shared_plans) > MAX_SHARED_DRIFT_PLANS:
+                _shared_plans.popitem(last=False)
+        return plan
+
+    @classmethod
+    def _build(cls, reference: protocol.ReferenceProfile | None) -> _DriftPlan:
+        # A profile of synthetic inputs (or of unknown origin) never drives a judgement.
+        judged = reference if reference is not None and reference.source == "validation" else None
+        input_bins = _drift_bins_of(judged.inputs if judged else {})
+        output_bins = _drift_bins_of(judged.outputs if judged else {})
+        # One PSI per name; an output shadows an input of the same name.
+        input_bins = {name: bins for name, bins in input_bins.items() if name not in output_bins}
+        return cls(
+            input_bins=input_bins,
+            output_bins=output_bins,
+            drift_bins={**input_bins, **output_bins},
+            output_names=frozenset(output_bins),
+            capture_bins={
+                key: bins for key, bins in input_bins.items() if split_feature_key(key) is None
+            },
+            input_sources=frozenset(
+                split[0] if (split := split_feature_key(key)) else key for key in input_bins
+            ),
+            classes_hint=(
+                len(reference.class_distribution)
+                if reference is not None and reference.class_distribution
+                else None
+            ),
+        )
+
+
+# The drift plans of the last few profiles, by the profile's identity.
+MAX_SHARED_DRIFT_PLANS = 16
+_shared_plans: OrderedDict[int, tuple[protocol.ReferenceProfile, _DriftPlan]] = OrderedDict()
+_shared_plans_lock = threading.Lock()
+
+
 class StatsRecorder:
     """Statistics of one model version: the current window and the total since creation.
 
@@ -288,29 +357,17 @@ class StatsRecorder:
         self._created_s = now_s
         self._last_s = now_s
         self._lock = threading.Lock()
-        self._pending: deque[_Pending] = deque()
-        # A profile of synthetic inputs (or of unknown origin) never drives a judgement.
-        judged = reference if reference is not None and reference.source == "validation" else None
-        input_bins = _drift_bins_of(judged.inputs if judged else {})
-        self._output_bins = _drift_bins_of(judged.outputs if judged else {})
-        # One PSI per name; an output shadows an input of the same name.
-        self._input_bins = {
-            name: bins for name, bins in input_bins.items() if name not in self._output_bins
-        }
-        self._drift_bins = {**self._input_bins, **self._output_bins}
-        # What sample capture counts a request's drift contribution on.
-        self._capture_bins = {
-            key: bins for key, bins in self._input_bins.items() if split_feature_key(key) is None
-        }
-        # The inputs to copy: a feature's key (``x[2]``) is counted from its input (``x``).
-        self._input_sources = {
-            (split[0] if (split := split_feature_key(key)) else key) for key in self._input_bins
-        }
-        self._classes_hint = (
-            len(reference.class_distribution)
-            if reference is not None and reference.class_distribution
-            else None
-        )
+        # A list: appends from many threads need no lock (each is atomic), and an empty
+        # one costs a tenth of an empty deque (thousands of agents in one process).
+        self._pending: list[_Pending] = []
+        drift = _DriftPlan.of(reference)
+        self._input_bins = drift.input_bins
+        self._output_bins = drift.output_bins
+        self._drift_bins = drift.drift_bins
+        self._output_names = drift.output_names
+        self._capture_bins = drift.capture_bins
+        self._input_sources = drift.input_sources
+        self._classes_hint = drift.classes_hint
         self._classifier: Classifier | None = None
         self._classifier_decided = False
         self._feedback_lock = threading.Lock()
@@ -446,7 +503,7 @@ class StatsRecorder:
             self._current = _Accumulator(end_s)
             self._last_s = max(self._last_s, end_s)
         return current.snapshot(
-            end_s=end_s, drift_bins=self._drift_bins, output_names=frozenset(self._output_bins)
+            end_s=end_s, drift_bins=self._drift_bins, output_names=self._output_names
         )
 
     def cumulative(self, now_s: float | None = None) -> WindowStats:
@@ -461,7 +518,7 @@ class StatsRecorder:
             total.add(self._current)
             end_s = self._last_s if now_s is None else max(now_s, self._last_s)
         return total.snapshot(
-            end_s=end_s, drift_bins=self._drift_bins, output_names=frozenset(self._output_bins)
+            end_s=end_s, drift_bins=self._drift_bins, output_names=self._output_names
         )
 
     def _measure_pending(self) -> None:
@@ -469,7 +526,9 @@ class StatsRecorder:
         pending = self._pending
         count = len(pending)  # requests appended meanwhile wait for the next batch
         if count:
-            self._measure([pending.popleft() for _ in range(count)])
+            batch = pending[:count]
+            del pending[:count]  # appends go to the end: only the batch is removed
+            self._measure(batch)
 
     def _measure(self, batch: list[_Pending]) -> None:
         acc = self._current
@@ -539,3 +598,6 @@ def _drift_bins_of(histograms: Mapping[str, protocol.Histogram]) -> dict[str, Re
         for name, histogram in histograms.items()
         if math.fsum(histogram.fractions) > 0
     }
+
+
+_NO_DRIFT = _DriftPlan._build(None)

@@ -235,3 +235,17 @@ def test_confidence_of_a_width_matched_non_probability_is_clipped() -> None:
 def test_window_length_must_be_positive() -> None:
     with pytest.raises(ValueError, match="window_s"):
         StatsRecorder(reference=None, window_s=0.0, now_s=0.0)
+
+
+def test_recorders_of_one_profile_share_its_drift_bins(
+    tabular_reference: ReferenceProfile,
+) -> None:
+    first = StatsRecorder(reference=tabular_reference, now_s=0.0)
+    second = StatsRecorder(reference=tabular_reference, now_s=5.0)
+    copy = StatsRecorder(reference=tabular_reference.model_copy(), now_s=0.0)
+
+    # Built once per profile object (the serving host keeps one per check bundle): a
+    # process of thousands of agents holds one set of bins per release.
+    assert second._drift_bins is first._drift_bins
+    assert copy._drift_bins is not first._drift_bins
+    assert copy._drift_bins.keys() == first._drift_bins.keys()
