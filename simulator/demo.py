@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any
 from apiclient import AsyncControllerClient
 
 from .controller_process import ControllerProcess, port_or_free
-from .demo_models import build_demo_models
+from .demo_models import DemoModels
 from .report import write_report
 from .run import RunResult, run_scenario
 from .scenario import load_scenario
@@ -101,7 +103,7 @@ async def prepare_demo_releases(api: AsyncControllerClient, directory: Path) -> 
     one and the second model. Returns ``{"good": "digits:N", "bad": "digits:M",
     "second": "digits-lite:K"}``."""
     print("training the sample digits model (scikit-learn digits, MLP -> ONNX)")
-    models = await asyncio.to_thread(build_demo_models, directory)
+    models = await build_demo_models_apart(directory)
     print(f"  test accuracy {models.test_accuracy:.3f}")
     pushed = await api.push(MODEL, models.good, models.validation)
     print(f"pushed {MODEL}:{pushed['version']}; quantizing it (INT8, dynamic)")
@@ -116,6 +118,40 @@ async def prepare_demo_releases(api: AsyncControllerClient, directory: Path) -> 
     second = await api.release(SECOND_MODEL, int(lite["version"]))
     print(f"released {second}, a second model (accuracy {models.lite_accuracy:.3f})")
     return {"good": good, "bad": bad, "second": second}
+
+
+async def build_demo_models_apart(directory: Path) -> DemoModels:
+    """``build_demo_models`` in a child process: scikit-learn, SciPy and skl2onnx (some
+    200 MiB) stay out of the process that then runs the simulated fleet."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _BUILD_DEMO_MODELS,
+        str(directory),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"building the demo models failed (exit {child.returncode})")
+    built = json.loads(output.decode().splitlines()[-1])
+    return DemoModels(
+        good=Path(built["good"]),
+        degraded=Path(built["degraded"]),
+        validation=Path(built["validation"]),
+        test_accuracy=float(built["test_accuracy"]),
+        degraded_accuracy=float(built["degraded_accuracy"]),
+        lite=Path(built["lite"]),
+        lite_accuracy=float(built["lite_accuracy"]),
+    )
+
+
+_BUILD_DEMO_MODELS = """
+import dataclasses, json, sys
+from pathlib import Path
+from simulator.demo_models import build_demo_models
+models = build_demo_models(Path(sys.argv[1]))
+print(json.dumps(dataclasses.asdict(models), default=str))
+"""
 
 
 def _gate_text(variant: dict[str, Any], parent: dict[str, Any]) -> str:

@@ -12,8 +12,9 @@ shared with other devices. The device's life is driven from outside:
 - ``arm_kill(state)``: the agent pauses when its journal reaches ``state`` (the agent's
   ``pause_in_state`` fault hook) and the device is killed there, once.
 
-An application thread is not needed: the workload calls the in-process inference API
-from the event loop (or the default executor for slowed devices) at its planned rate.
+An application thread is not needed: the fleet's request task (``simulator.traffic``)
+calls ``request``, which asks the in-process inference API from the event loop (or the
+default executor for slowed devices).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +30,9 @@ from agent.daemon import AgentDaemon
 from agent.errors import AgentError, InferenceError
 from agent.link.mqtt import Message
 from agent.link.outbox import OutboxQueue
+from agent.serving.server import ModelServer
 from agent.update.fetcher import FetchLimits, HttpFetcher
+from tensors import Array
 
 from .plan import DevicePlan
 from .shared import BoundedFetcher, SharedBackends, SharedModelCheck
@@ -55,8 +57,8 @@ class SimulatedDevice:
         fetch_limits: FetchLimits,
         download_slots: asyncio.Semaphore,
         on_publish: Callable[[str, Message], None],
-        workload: DigitsWorkload,
         outbox: OutboxQueue | None = None,
+        own_telemetry_task: bool = True,
     ) -> None:
         self.plan = plan
         self._outbox = outbox
@@ -66,7 +68,8 @@ class SimulatedDevice:
         self._fetch_limits = fetch_limits
         self._download_slots = download_slots
         self._on_publish = on_publish
-        self._workload = workload
+        self._own_telemetry_task = own_telemetry_task
+        self._in_flight = False  # a slowed device's request runs in the executor
         self.daemon: AgentDaemon | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -101,6 +104,7 @@ class SimulatedDevice:
             load_backend=self._loader,
             on_publish=lambda message: self._on_publish(self.device_id, message),
             outbox=self._outbox,
+            own_telemetry_task=self._own_telemetry_task,
         )
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self._run(self.daemon), name=self.device_id)
@@ -165,32 +169,45 @@ class SimulatedDevice:
         logger.info("device %s killed in %s; rebooting", self.device_id, state)
         self.start()
 
-    async def run_workload(self, started_at: float) -> None:
-        """Send requests at the workload's rate until cancelled."""
-        if self._workload.spec.requests_per_s <= 0:
+    def publish_telemetry(self) -> None:
+        """Queue the statistics windows that are due as telemetry, if running (the
+        fleet's telemetry task calls it once per window: ``simulator.traffic``)."""
+        if self.daemon is not None and self.running:
+            self.daemon.publish_telemetry()
+
+    def request(self, workload: DigitsWorkload, elapsed_s: float) -> None:
+        """One application request, to every model the device serves (the fleet's models
+        all read the workload's inputs); nothing when it serves none. A slowed device
+        answers in the default executor; until it has, its next requests are skipped."""
+        daemon = self.daemon
+        if daemon is None or not self.running or self._in_flight or not daemon.serving.servers:
             return
-        slow = self.plan.profile.speed_factor > 1.0
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self._workload.next_delay_s())
-            daemon = self.daemon
-            servers = list(daemon.serving.servers.values()) if daemon and self.running else []
-            sample = self._workload.next_input(time.monotonic() - started_at)
-            # Every model the device serves gets the request (the fleet's models all read
-            # the workload's inputs).
-            for server in servers:
-                serving = server.current
-                if serving is None:
-                    continue
-                feeds = {serving.signature.inputs[0].name: sample}
-                self.requests += 1
-                try:
-                    if slow:
-                        await loop.run_in_executor(None, server.infer, feeds)
-                    else:
-                        server.infer(feeds)
-                except InferenceError:
-                    self.request_errors += 1
+        sample = workload.next_input(elapsed_s)
+        asked = []
+        for server in list(daemon.serving.servers.values()):
+            serving = server.current
+            if serving is not None:
+                asked.append((server, {serving.signature.inputs[0].name: sample}))
+        self.requests += len(asked)
+        if not asked:
+            return
+        if self.plan.profile.speed_factor > 1.0:
+            self._in_flight = True
+            future = asyncio.get_running_loop().run_in_executor(None, _ask, asked)
+            future.add_done_callback(self._answered)
+        else:
+            self.request_errors += _ask(asked)
+
+    def _answered(self, future: asyncio.Future[int]) -> None:
+        self._in_flight = False
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            logger.error("device %s: a request failed: %r", self.device_id, error)
+            self.request_errors += 1
+        else:
+            self.request_errors += future.result()
 
     def _free_bytes(self, directory: Path) -> int:
         """The profile's disk, less what this device's models and downloads take."""
@@ -198,3 +215,14 @@ class SimulatedDevice:
             path.stat().st_size for path in self.config.data_dir.rglob("*") if path.is_file()
         )
         return max(0, self.plan.profile.disk_bytes - used)
+
+
+def _ask(asked: list[tuple[ModelServer, dict[str, Array]]]) -> int:
+    """Run each request; how many failed."""
+    errors = 0
+    for server, feeds in asked:
+        try:
+            server.infer(feeds)
+        except InferenceError:
+            errors += 1
+    return errors

@@ -3,8 +3,9 @@
 Invariant: ``plan_fleet`` is a pure function of (scenario, seed, run tag); its random
 draws happen in one fixed order from one ``random.Random(seed)``, so two runs with the
 same seed build the same fleet and put the same faults on the same device indexes. Per
-device randomness used while running (request times, connection cuts) comes from a
-generator seeded with (seed, device index), never from the shared one.
+device randomness used while running (connection cuts) comes from a generator seeded
+with (seed, device index), never from the shared one; the fleet's requests come from
+one generator seeded with (seed, "workload") (``simulator.traffic``).
 """
 
 from __future__ import annotations

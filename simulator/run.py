@@ -36,6 +36,7 @@ from .proxies import BrokerProxy, CorruptingArtifactServer
 from .recorder import Recorder, RolloutTimeline
 from .scenario import RolloutSpec, Scenario
 from .shared import MemoryOutbox, SharedBackends, SharedModelCheck, Shortcuts
+from .traffic import run_fleet_requests, run_fleet_telemetry
 from .workload import DigitsWorkload
 
 __all__ = ["RunResult", "run_scenario"]
@@ -168,7 +169,6 @@ class _Fleet:
                 updates["broker_url"] = f"mqtt://127.0.0.1:{port}"
             if device_plan.corrupt_artifacts:
                 updates["controller_url"] = corrupt_url
-            rng = device_plan.rng(self.plan.seed, "workload")
             self.devices.append(
                 SimulatedDevice(
                     device_plan,
@@ -178,14 +178,26 @@ class _Fleet:
                     fetch_limits=fetch_limits,
                     download_slots=download_slots,
                     on_publish=self.recorder.on_publish,
-                    workload=DigitsWorkload(self.scenario.workload, rng),
                     outbox=MemoryOutbox() if self.scenario.fleet.outbox == "memory" else None,
+                    own_telemetry_task=False,
                 )
             )
         await self._start_all()
         started = time.monotonic()
+        # One task each for the whole fleet's requests and telemetry (simulator.traffic).
+        workload = DigitsWorkload(
+            self.scenario.workload,
+            random.Random(f"{self.plan.seed}/workload"),  # noqa: S311 - simulation
+        )
+        requests = run_fleet_requests(self.devices, workload, started)
+        self._tasks.append(asyncio.create_task(requests, name="requests"))
+        self._tasks.append(
+            asyncio.create_task(
+                run_fleet_telemetry(self.devices, self.scenario.fleet.stats_window_s),
+                name="telemetry",
+            )
+        )
         for device in self.devices:
-            self._tasks.append(asyncio.create_task(device.run_workload(started)))
             profile = device.plan.profile
             if profile.offline or profile.network_flakiness or device.plan.broker_cuts:
                 self._tasks.append(asyncio.create_task(self._device_life(device)))

@@ -11,7 +11,10 @@ its own runtime session. A thousand simulated devices on two cores cannot, so:
   run on it (ONNX Runtime sessions are safe to call from many threads);
 - ``SlowBackend`` makes a device's inference take ``speed_factor`` times as long, by
   sleeping the difference in the calling thread, so latency statistics, probation and the
-  controller's gates see a slow device.
+  controller's gates see a slow device;
+- ``simulator.traffic`` sends the whole fleet's requests from one task, and rolls every
+  device's statistics window and queues its telemetry from another, rather than a task
+  and a timer per device.
 
 Every shortcut that is on is named in ``Shortcuts.names()`` and so in the report.
 """
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,8 @@ class Shortcuts:
     state_on_tmpfs: bool = False
     memory_outbox: bool = False
     downloads_at_once: int = 0
+    fleet_requests_task: bool = True
+    fleet_telemetry_task: bool = True
 
     def names(self) -> list[str]:
         described = {
@@ -63,6 +67,11 @@ class Shortcuts:
             "so fsync costs almost nothing",
             "memory_outbox": "each device's outbox is kept in memory (it survives the "
             "device's simulated crashes, not the simulator's): no SQLite file per device",
+            "fleet_requests_task": "one task sends the whole fleet's requests (one Poisson "
+            "stream, each request to a device drawn at random), not one per device",
+            "fleet_telemetry_task": "one task rolls every device's statistics window and "
+            "queues its telemetry, each device once per window; on a device the agent's "
+            "own task does",
         }
         names = [text for name, text in described.items() if getattr(self, name)]
         if self.downloads_at_once:
@@ -176,7 +185,9 @@ class MemoryOutbox:
     """
 
     def __init__(self, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
-        self._messages: deque[OutboxMessage] = deque()
+        # A list, not a deque: it is empty nearly always, and an empty deque holds a block
+        # of 64 slots (thousands of devices); popping the front of a short list is cheap.
+        self._messages: list[OutboxMessage] = []
         self._max_messages = max_messages
         self._next_id = 1
         self._sequences: dict[str, int] = {}
@@ -184,7 +195,7 @@ class MemoryOutbox:
 
     def put(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
         if len(self._messages) >= self._max_messages:
-            self._messages.popleft()
+            del self._messages[0]
             self._dropped += 1
         message_id = self._next_id
         self._next_id += 1
@@ -192,7 +203,7 @@ class MemoryOutbox:
         return message_id
 
     def peek(self, limit: int) -> list[OutboxMessage]:
-        return [message for _, message in zip(range(limit), self._messages, strict=False)]
+        return self._messages[:limit]
 
     def ack(self, message_id: int) -> None:
         for message in self._messages:
