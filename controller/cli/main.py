@@ -11,6 +11,7 @@ import typer
 
 from . import imports as _imports  # noqa: F401 - adds ``model import`` to model_app
 from .alerts import alert_app
+from .artifacts import artifacts_app
 from .audit import audit_app
 from .ca import ca_app
 from .channels import channel_app
@@ -41,6 +42,7 @@ app.add_typer(rollout_app, name="rollout")
 app.add_typer(channel_app, name="channel")
 app.add_typer(alert_app, name="alert")
 app.add_typer(samples_app, name="samples")
+app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(simulator_app)
 
 

@@ -25,7 +25,7 @@ from protocol import Envelope, ProtocolError
 
 from .tables import ReleaseRecord
 
-__all__ = ["ReleasedArtifacts"]
+__all__ = ["ReleasedArtifacts", "digests_named_by"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class ReleasedArtifacts:
             batch = new[start : start + _READ_BATCH]
             rows = session.exec(select(ReleaseRecord).where(col(ReleaseRecord.id).in_(batch)))
             for row in rows:
-                named[row.id or 0] = _digests_named_by(row)
+                named[row.id or 0] = digests_named_by(row)
         with self._lock:
             for release_id, digests in named.items():
                 self._release_ids.add(release_id)
@@ -62,7 +62,7 @@ class ReleasedArtifacts:
             return sha256 in self._digests
 
 
-def _digests_named_by(row: ReleaseRecord) -> set[str]:
+def digests_named_by(row: ReleaseRecord) -> set[str]:
     digests = {row.sha256}
     try:
         payload = json.loads(Envelope.from_bytes(row.envelope.encode("utf-8")).payload)
