@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import nats
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
@@ -272,6 +273,8 @@ def nats_rate(
             while not condition(ingest) and not task.done():
                 await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - started
+        if task.done():
+            task.result()  # the ingest stopped: raise what stopped it
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         return elapsed
@@ -280,11 +283,20 @@ def nats_rate(
     asyncio.run(run_until(lambda ingest: ingest.connected))
     publish_rate = publish(cluster.nodes[0].mqtt_port, devices, messages)
     elapsed = asyncio.run(run_until(lambda _ingest: stored() >= messages))
+    asyncio.run(delete_stream(cluster, settings.nats_stream))  # the next round makes its own
     with engine.connect() as connection:
         rows = connection.scalar(select(func.count()).select_from(telemetry_table))
     if rows != messages:
         raise RuntimeError(f"the NATS ingest stored {rows} rows of {messages}")
     return messages / elapsed, publish_rate
+
+
+async def delete_stream(cluster: NatsCluster, name: str) -> None:
+    client = await nats.connect(servers=cluster.nats_url.split(","))
+    try:
+        await client.jetstream().delete_stream(name)
+    finally:
+        await client.close()
 
 
 def enroll(engine: Engine, devices: int) -> None:
