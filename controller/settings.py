@@ -148,27 +148,6 @@ class Settings(BaseModel):
             if parts.query or parts.fragment or parts.username or parts.password:
                 raise ValueError(f"{url!r}: no query, fragment or credentials in a mirror URL")
         return [url.rstrip("/") for url in value]
-    # Static HTTP servers that hold `edgefleet artifacts export`'s layout: deployments name
-    # them and devices try them in order before this controller (docs/artifact-mirrors.md).
-    artifact_mirrors: list[str] = Field(default=[], max_length=8)
-
-    @field_validator("artifact_mirrors", mode="before")
-    @classmethod
-    def _mirror_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [url.strip() for url in value.split(",") if url.strip()]
-        return value
-
-    @field_validator("artifact_mirrors")
-    @classmethod
-    def _mirror_urls(cls, value: list[str]) -> list[str]:
-        for url in value:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{url!r}: an artifact mirror is an http(s) base URL")
-            if parts.query or parts.fragment or parts.username or parts.password:
-                raise ValueError(f"{url!r}: no query, fragment or credentials in a mirror URL")
-        return [url.rstrip("/") for url in value]
 
     @field_validator("webhook_urls", "tls_hosts", mode="before")
     @classmethod
