@@ -261,7 +261,7 @@ class HttpFetcher:
             _Source(mirror, {}, self.limits.mirror_max_attempts, is_mirror=True)
             for mirror in mirrors
         ]
-        sources.append(_Source(url, dict(headers or {}), self.limits.max_attempts, False))
+        sources.append(_Source(url, dict(headers or {}), self.limits.max_attempts, is_mirror=False))
         rejected: list[MirrorRejection] = []
         try:
             with part.open("wb") as file:
