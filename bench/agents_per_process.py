@@ -2,7 +2,11 @@
 
 Run from the repository root: ``.venv/bin/python bench/agents_per_process.py [--devices N]``.
 
-Setup: a Mosquitto of its own (anonymous), a controller subprocess on SQLite using it,
+Setup: a Mosquitto of its own (anonymous), a controller subprocess using it, on SQLite,
+or with ``--postgres URL`` (default: ``$EDGEFLEET_TEST_POSTGRES_URL``) on a fresh schema of
+that PostgreSQL, dropped afterwards: the architecture's database for a site of more than
+about a thousand devices, and the one a 10,000-device fleet needs here (on SQLite, the
+controller's loops failed with "database is locked" and the rollout stalled),
 the demo's digits model quantized and released, and ``--devices`` agents in this process
 with telemetry every 10 s (``stats_window_s = 10``), each serving 0.2 requests/s, their
 outboxes in memory (``fleet.outbox = "memory"``: a SQLite file per agent would need three
@@ -35,7 +39,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiomqtt
@@ -51,6 +58,7 @@ from simulator.demo import prepare_demo_releases
 from simulator.run import run_scenario
 from tests.brokers import MosquittoServer, find_mosquitto
 
+POSTGRES_URL_ENV = "EDGEFLEET_TEST_POSTGRES_URL"
 MIB = 1024 * 1024
 TARGET_AGENTS = 10_000
 TARGET_RESIDENT_BYTES = 1024 * MIB
@@ -73,14 +81,22 @@ def peak_resident_bytes() -> int:
 
 
 class Probe:
-    """This process's resident memory and CPU time at the run's milestones."""
+    """This process's resident memory and CPU time at the run's milestones, each printed
+    as it is reached (a run that does not finish still says how far it got)."""
 
-    def __init__(self) -> None:
+    def __init__(self, started: float) -> None:
+        self.started = started
         self.samples: dict[str, tuple[int, float, float]] = {}
 
     def mark(self, name: str) -> None:
         times = os.times()
-        self.samples[name] = (resident_bytes(), times.user + times.system, time.monotonic())
+        now = time.monotonic()
+        self.samples[name] = (resident_bytes(), times.user + times.system, now)
+        print(
+            f"[{now - self.started:5.0f} s] {name}: resident {resident_bytes() / MIB:.0f} MiB, "
+            f"peak {peak_resident_bytes() / MIB:.0f} MiB",
+            flush=True,
+        )
 
 
 async def bare_clients_main(port: int, count: int) -> None:
@@ -110,8 +126,33 @@ def bare_clients_per_client_bytes(port: int, count: int) -> float:
     return (after - before) / count
 
 
+@contextmanager
+def postgres_schema(base_url: str | None) -> Iterator[str]:
+    """A URL of ``base_url`` whose search_path is a fresh schema, dropped afterwards;
+    "" (the controller's SQLite) without a base URL."""
+    if not base_url:
+        yield ""
+        return
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base_url, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in base_url else "?"
+    try:
+        yield f"{base_url}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(base_url, autocommit=True) as connection:
+            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
 async def run(args: argparse.Namespace, state: Path, started: float) -> None:
-    probe = Probe()
+    with postgres_schema(args.postgres) as database_url:
+        await _run(args, state, started, database_url)
+
+
+async def _run(args: argparse.Namespace, state: Path, started: float, database_url: str) -> None:
+    probe = Probe(started)
     mosquitto = MosquittoServer(
         find_mosquitto() or "mosquitto",
         state,
@@ -119,7 +160,11 @@ async def run(args: argparse.Namespace, state: Path, started: float) -> None:
     )
     mosquitto.start()
     controller = ControllerProcess(
-        state, port_or_free(0), 0, broker=f"mqtt://127.0.0.1:{mosquitto.port}"
+        state,
+        port_or_free(0),
+        0,
+        broker=f"mqtt://127.0.0.1:{mosquitto.port}",
+        database_url=database_url,
     )
     controller.start()
     work_dir = work_dir_root()
@@ -156,13 +201,14 @@ async def run(args: argparse.Namespace, state: Path, started: float) -> None:
     outcomes = Counter(event.type for event in finals.values())
     print(f"rollout {final.get('status')}: {dict(outcomes)} {final.get('reason') or ''}")
     peak = peak_resident_bytes()
-    _print_table(args.devices, args.steady, probe, committed, bare, peak)
+    database = "PostgreSQL" if database_url else "SQLite"
+    _print_table(args.devices, args.steady, probe, committed, bare, peak, database)
     wall_s = time.monotonic() - started
     _print_verdict(args.devices, probe, committed, peak, wall_s)
 
 
 def _print_table(
-    n: int, steady_s: float, probe: Probe, committed: int, bare: float, peak: int
+    n: int, steady_s: float, probe: Probe, committed: int, bare: float, peak: int, database: str
 ) -> None:
     baseline_rss = probe.samples["baseline"][0]
     online_rss = probe.samples["online"][0]
@@ -171,6 +217,7 @@ def _print_table(
     cpu_share = (end_cpu - settled_cpu) / (end_t - settled_t)
     print()
     print(f"{n} agents in one process, telemetry every 10 s, 0.2 requests/s each")
+    print(f"controller database: {database}")
     print()
     print("| measure | value |")
     print("| --- | --- |")
@@ -226,6 +273,14 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--steady", type=float, default=60.0)
     parser.add_argument("--state-dir", type=Path)
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(POSTGRES_URL_ENV),
+        help=f"the controller on a fresh schema of this PostgreSQL (default: ${POSTGRES_URL_ENV})",
+    )
+    parser.add_argument(
+        "--sqlite", dest="postgres", action="store_const", const=None, help="SQLite, not PostgreSQL"
+    )
     parser.add_argument("--bare-clients", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -28,7 +28,7 @@ from agent.config import AgentConfig, load_config
 from agent.link.enroll import enroll
 from agent.update.fetcher import FetchLimits
 from agent.update.sandbox import SandboxLimits
-from apiclient import AsyncControllerClient
+from apiclient import ApiError, AsyncControllerClient
 
 from .device import SimulatedDevice
 from .plan import FleetPlan, plan_fleet
@@ -44,6 +44,7 @@ __all__ = ["RunResult", "run_scenario"]
 logger = logging.getLogger(__name__)
 
 POLL_S = 1.0
+POLL_ATTEMPTS = 5
 ONLINE_TIMEOUT_S = 120.0
 FINAL_STATUSES = ("completed", "aborted")
 ENROLL_CONCURRENCY = 8
@@ -328,25 +329,38 @@ class _Fleet:
         timeline = RolloutTimeline(index, rollout_id, release, self.recorder.now_s())
         logger.info("rollout %d (%s) of %s started", index, rollout_id, release)
         deadline = time.monotonic() + spec.timeout_s
-        detail = await self.api.rollout(rollout_id)
+        detail = await self._rollout(rollout_id)
         while True:
             timeline.add(self.recorder.now_s(), detail)
             if detail["status"] in FINAL_STATUSES or time.monotonic() > deadline:
                 break
             await asyncio.sleep(POLL_S)
-            detail = await self.api.rollout(rollout_id)
+            detail = await self._rollout(rollout_id)
         await self._settle(
             release, completed=detail["status"] == "completed", timeout_s=spec.settle_timeout_s
         )
         note(f"settled {index}")
         await asyncio.sleep(spec.observe_after_s)
         note(f"observed {index}")
-        timeline.final = await self.api.rollout(rollout_id)
+        timeline.final = await self._rollout(rollout_id)
         timeline.add(self.recorder.now_s(), timeline.final)
         for device in self.devices:
             device.disarm_kill()
         logger.info("rollout %d ended %s", index, timeline.final["status"])
         return timeline
+
+    async def _rollout(self, rollout_id: str) -> dict[str, Any]:
+        """The rollout's detail; a controller that did not answer (a loaded one can drop
+        a kept-alive connection) is asked again, up to ``POLL_ATTEMPTS`` times."""
+        for attempt in range(1, POLL_ATTEMPTS + 1):
+            try:
+                return await self.api.rollout(rollout_id)
+            except ApiError as exc:
+                if exc.status is not None or attempt == POLL_ATTEMPTS:
+                    raise
+                logger.warning("asking for rollout %s again: %s", rollout_id, exc)
+                await asyncio.sleep(POLL_S)
+        raise AssertionError("unreachable")
 
     async def _settle(self, release: str, *, completed: bool, timeout_s: float) -> None:
         """Wait, at most ``timeout_s``, until the fleet is done with the rollout.
