@@ -246,7 +246,14 @@ async def run(args: argparse.Namespace, state: Path) -> None:
         settings["EDGEFLEET_ARTIFACT_MIRRORS"] = nginx.url
     broker_url = f"mqtt://127.0.0.1:{mosquitto.port}"
     controller = ControllerProcess(state, port_or_free(0), 0, broker=broker_url, settings=settings)
-    controller.start()
+    try:
+        controller.start()
+    except BaseException:
+        # Leave no broker or nginx behind when the controller does not start.
+        mosquitto.stop()
+        if nginx is not None:
+            nginx.stop()
+        raise
     try:
         token = controller.create_token("operator")
         api = AsyncControllerClient(controller.url, token)
