@@ -162,12 +162,17 @@ class MqttConnection:
         client = self._open_client()
         try:
             async for message in client.messages:
-                yield ReceivedMessage(
+                received = ReceivedMessage(
                     message.topic.value,
                     bytes(message.payload),
                     message.qos,
                     bool(message.retain),
                 )
+                # Hold nothing while waiting for the next one: a retained desired state is
+                # several KB, times the agents of a simulator's process.
+                del message
+                yield received
+                del received
         except aiomqtt.MqttError as exc:
             raise ConnectionFailedError(f"connection to the broker lost: {exc}") from exc
         raise ConnectionFailedError("the broker's message stream ended")

@@ -348,6 +348,7 @@ class MqttLink:
     async def _receive(self, connection: MqttConnection, on_message: MessageHandler) -> None:
         async for message in connection.messages():
             await _deliver(on_message, message)
+            del message  # held until the next message otherwise: KBs per idle device
 
     async def _disconnect_cleanly(self, connection: MqttConnection) -> None:
         """Say offline (the will is not sent after a DISCONNECT), then disconnect."""
