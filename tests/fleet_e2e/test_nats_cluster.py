@@ -23,6 +23,10 @@ from tests.nats_cluster import NatsCluster, find_nats_server
 from .conftest import GATES, MODEL, PROBATION, WAIT_S, Fleet, ModelFiles, make_fleet
 from .test_rollouts import committed, wait_committed
 
+# 20 agent processes, 3 NATS nodes and 2 controllers: about 95 s alone, twice that in the
+# full suite on 2 cores.
+pytestmark = pytest.mark.timeout(480)
+
 CONTROLLER_USER = "edgefleet-controller"
 CONTROLLER_PASSWORD = "controller-secret-for-the-fleet-test"
 DEVICES = 20
