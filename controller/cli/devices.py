@@ -20,7 +20,17 @@ from ..devices.selectors import parse_labels
 from ..errors import ControllerError
 from ..rollouts.core import RolloutSpecError, parse_duration
 from ..settings import load_settings
-from .common import DEFAULT_URL, AsJson, Token, Url, console, print_json, run_client
+from .common import (
+    DEFAULT_URL,
+    AsJson,
+    ConfigFile,
+    DataDir,
+    Token,
+    Url,
+    console,
+    print_json,
+    run_client,
+)
 
 __all__ = ["DEFAULT_AGENT_DATA_DIR", "devices_app"]
 
@@ -341,18 +351,8 @@ def mosquitto_config(
             show_default=False,
         ),
     ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--data-dir", help="Data directory (env EDGEFLEET_DATA_DIR).", show_default=False
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", help="TOML settings file (env EDGEFLEET_CONFIG).", show_default=False
-        ),
-    ] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
 ) -> None:
     """Write Mosquitto's password and ACL files from the database (on the controller host);
     with a CA (edgefleet ca init) also its TLS listeners, certificates and CRL.
@@ -368,18 +368,8 @@ def nats_config(
     out: Annotated[
         Path, typer.Option("--out", help="The authorization file to write (NATS `include`s it).")
     ],
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--data-dir", help="Data directory (env EDGEFLEET_DATA_DIR).", show_default=False
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", help="TOML settings file (env EDGEFLEET_CONFIG).", show_default=False
-        ),
-    ] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
 ) -> None:
     """Write the NATS users and permissions of the fleet from the database (on the
     controller host): each device on its own subjects, the controller on all.
