@@ -72,10 +72,6 @@ class BrokerAddresses:
         self._index = zlib.crc32(spread_key.encode()) % len(addresses) if spread_key else 0
 
     @property
-    def all(self) -> tuple[BrokerAddress, ...]:
-        return self._addresses
-
-    @property
     def current(self) -> BrokerAddress:
         return self._addresses[self._index]
 

@@ -77,6 +77,7 @@ __all__ = [
     "decommissioned_among",
     "device_may",
     "embedded_broker_config",
+    "enrolled_password_hashes",
     "mosquitto_acl",
     "write_mosquitto_files",
 ]
@@ -338,6 +339,21 @@ def mosquitto_acl(prefix: str, controller_username: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def enrolled_password_hashes(engine: Engine, column: str) -> list[tuple[str, str | None]]:
+    """(device id, the hash in ``column``) of every device not decommissioned, by id; a
+    ``ConfigError`` when the database cannot be read. For the brokers' login files."""
+    try:
+        with Session(engine) as session:
+            rows = session.exec(
+                select(DeviceRecord.id, getattr(DeviceRecord, column))
+                .where(col(DeviceRecord.decommissioned_at).is_(None))
+                .order_by(col(DeviceRecord.id))
+            ).all()
+    except SQLAlchemyError as exc:
+        raise ConfigError(f"cannot read the devices from the database: {exc}") from exc
+    return [(device_id, hashed) for device_id, hashed in rows]
+
+
 @dataclass(frozen=True)
 class MosquittoExport:
     devices: int
@@ -369,15 +385,7 @@ def write_mosquitto_files(
     with_tls = has_certificate_authority(settings)
     engine = make_engine(settings.resolved_database_url)
     try:
-        try:
-            with Session(engine) as session:
-                rows = session.exec(
-                    select(DeviceRecord.id, DeviceRecord.mqtt_password_hash)
-                    .where(col(DeviceRecord.decommissioned_at).is_(None))
-                    .order_by(col(DeviceRecord.id))
-                ).all()
-        except SQLAlchemyError as exc:
-            raise ConfigError(f"cannot read the devices from the database: {exc}") from exc
+        rows = enrolled_password_hashes(engine, "mqtt_password_hash")
         lines = [f"{device_id}:{hashed}" for device_id, hashed in rows]
         controller_user = None
         if settings.mqtt_username:

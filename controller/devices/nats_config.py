@@ -28,17 +28,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col, select
-
 from durable import PRIVATE_FILE_MODE, write_atomic
 
 from ..db import make_engine
 from ..errors import ConfigError
 from ..settings import Settings
-from .broker_auth import DEVICE_PUBLISHES, DEVICE_SUBSCRIBES, controller_mqtt_credentials
+from .broker_auth import (
+    DEVICE_PUBLISHES,
+    DEVICE_SUBSCRIBES,
+    controller_mqtt_credentials,
+    enrolled_password_hashes,
+)
 from .credentials import hash_nats_password
-from .tables import DeviceRecord
 
 __all__ = ["NatsExport", "device_subject", "nats_authorization", "write_nats_authorization"]
 
@@ -100,14 +101,7 @@ def write_nats_authorization(settings: Settings, path: Path) -> NatsExport:
         )
     engine = make_engine(settings.resolved_database_url)
     try:
-        with Session(engine) as session:
-            rows = session.exec(
-                select(DeviceRecord.id, DeviceRecord.nats_password_hash)
-                .where(col(DeviceRecord.decommissioned_at).is_(None))
-                .order_by(col(DeviceRecord.id))
-            ).all()
-    except SQLAlchemyError as exc:
-        raise ConfigError(f"cannot read the devices from the database: {exc}") from exc
+        rows = enrolled_password_hashes(engine, "nats_password_hash")
     finally:
         engine.dispose()
     devices = [(device_id, hashed) for device_id, hashed in rows if hashed]
