@@ -127,12 +127,26 @@ class NatsCluster:
             node.process = None
 
     def reload(self) -> None:
-        """Every running node reads its configuration (and ``auth.conf``) again."""
-        for node in self.nodes:
+        """Every running node reads its configuration (and ``auth.conf``) again; returns
+        once each has logged the reload (a device that connects before its node reloaded
+        would get the permissions of an earlier test's file, and its publishes would be
+        dropped in silence)."""
+        running = [node for node in self.nodes if node.process is not None]
+        before = {node.name: self._reloads(node) for node in running}
+        for node in running:
             self._config(node)
-            if node.process is not None:
-                node.process.send_signal(signal.SIGHUP)
-        time.sleep(0.5)  # the reload is asynchronous; nothing reports its end
+            assert node.process is not None
+            node.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while any(self._reloads(node) <= before[node.name] for node in running):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"a node did not reload\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def _reloads(self, node: NatsNode) -> int:
+        log = self.workdir / f"{node.name}.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return text.count("Reloaded server configuration")
 
     def stop(self) -> None:
         for node in self.nodes:
