@@ -1,5 +1,8 @@
 # edgefleet: `make test` runs every check from a clean clone; it sets itself up.
 SHELL := /bin/bash
+# Python subprocesses in the tests (agents, CLI calls, controllers) start hundreds of
+# times: let them cache bytecode even where the environment says not to.
+unexport PYTHONDONTWRITEBYTECODE
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -116,7 +119,7 @@ pytest: $(STAMP) mosquitto nats-server chromium nginx
 	  url="$(POSTGRES_TEST_URL)"; \
 	fi; \
 	echo "PostgreSQL for tests: $${url:-none}"; \
-	EDGEFLEET_TEST_POSTGRES_URL="$$url" $(BIN)/pytest -n 4 --dist worksteal --durations=15
+	EDGEFLEET_TEST_POSTGRES_URL="$$url" $(BIN)/pytest -n 4 --dist load --maxschedchunk 1 --durations=15
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -30,6 +30,18 @@ POSTGRES_URL_ENV = "EDGEFLEET_TEST_POSTGRES_URL"
 PASSWD_TIMEOUT_S = 10.0
 
 
+def _time_budget_s(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    return float(marker.args[0]) if marker and marker.args else 0.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests with the largest time budget (their timeout marker) first, the rest in
+    file order: with `-n 4 --dist load` the few tests that take one to two minutes then
+    run beside the thousands of short ones instead of after them, at the end of the run."""
+    items.sort(key=_time_budget_s, reverse=True)  # stable: file order within a budget
+
+
 def require_service(name: str, how_to_get: str) -> None:
     """Skip (or, on CI, fail) a test whose service is missing."""
     message = f"{name} is not available: {how_to_get}"

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from ..server import serve
 from .common import ConfigFile, DataDir, settings_from
 
 __all__ = ["controller_app"]
@@ -61,6 +60,10 @@ def controller_serve(
     config: ConfigFile = None,
 ) -> None:
     """Serve the API (and the embedded MQTT broker) until SIGTERM or SIGINT."""
+    # Imported here: the server (FastAPI, the app, the broker) is most of the CLI's start-up
+    # time, and every other command does without it.
+    from ..server import serve
+
     configure_logging()
     settings = settings_from(
         config,

@@ -122,6 +122,9 @@ class Fleet:
     def context(self) -> str:
         parts = [f"--- controller {c.http_port}\n{c.log_tail()}" for c in self.controllers]
         parts += [f"--- {a.device_id}\n{a.log_tail(1500)}" for a in self.agents[:3]]
+        # Where every other agent stands, by its last two log lines: the one a failed wait
+        # is about is rarely among the first three.
+        parts += [f"--- {a.device_id}: {a.log_lines(2)}" for a in self.agents[3:]]
         return "\n".join(parts)
 
     def close(self) -> None:

@@ -113,7 +113,7 @@ class Traffic:
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
-    interval_s: float = 0.05
+    interval_s: float = 0.1
     bodies: list[bytes] = field(default_factory=list)
 
     def _next_body(self, rng: np.random.Generator, turn: int) -> bytes:
@@ -228,7 +228,7 @@ class FleetAgent:
                 self.process.wait()
 
     def start_traffic(
-        self, model: str, *, bodies: list[bytes] | None = None, interval_s: float = 0.05
+        self, model: str, *, bodies: list[bytes] | None = None, interval_s: float = 0.1
     ) -> Traffic:
         self.traffic = Traffic(
             f"http://127.0.0.1:{self.inference_port}",
@@ -254,3 +254,7 @@ class FleetAgent:
             return self.log.read_text(errors="replace")[-chars:]
         except FileNotFoundError:
             return "(no log)"
+
+    def log_lines(self, count: int) -> str:
+        """The last ``count`` lines of the log, on one line each."""
+        return "\n".join(self.log_tail(20_000).splitlines()[-count:])

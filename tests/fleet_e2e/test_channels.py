@@ -120,7 +120,7 @@ def test_versions_ship_through_channels_by_themselves_and_stop_with_a_reason(
     fleet.enroll(1, labels="site=lab", prefix="lab")
     fleet.start_agents()
     for agent in fleet.agents:
-        agent.start_traffic("digits", bodies=digits_requests("as_is"), interval_s=0.02)
+        agent.start_traffic("digits", bodies=digits_requests("as_is"), interval_s=0.05)
     berlin, lab = fleet.agents[:3], fleet.agents[3]
     channel = {
         "name": "berlin",

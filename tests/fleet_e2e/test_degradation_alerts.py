@@ -70,7 +70,7 @@ def _wait_for(fleet: Fleet, receiver: Receiver, count: int) -> list[dict[str, An
 def _traffic(fleet: Fleet, transform: str) -> None:
     for agent in fleet.agents:
         agent.stop_traffic()
-        agent.start_traffic("digits", bodies=digits_requests(transform), interval_s=0.02)
+        agent.start_traffic("digits", bodies=digits_requests(transform), interval_s=0.05)
 
 
 def test_shifted_inputs_raise_one_alert_and_a_corrected_release_ends_it(

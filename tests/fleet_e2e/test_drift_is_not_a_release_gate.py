@@ -66,7 +66,7 @@ def test_good_digits_models_ship_on_traffic_unlike_their_validation_data(
     fleet.enroll(2)
     fleet.start_agents()
     for agent in fleet.agents:
-        agent.start_traffic("digits", bodies=digits_requests("inverted"), interval_s=0.02)
+        agent.start_traffic("digits", bodies=digits_requests("inverted"), interval_s=0.05)
 
     first = fleet.api.push_and_release("digits", model, validation)
     rollout_completes(fleet, f"digits:{first}")
@@ -75,7 +75,7 @@ def test_good_digits_models_ship_on_traffic_unlike_their_validation_data(
     # never drive a judgement, whatever the live inputs look like.
     for agent in fleet.agents:
         agent.stop_traffic()
-        agent.start_traffic("digits", bodies=digits_requests("as_is"), interval_s=0.02)
+        agent.start_traffic("digits", bodies=digits_requests("as_is"), interval_s=0.05)
     second = fleet.api.push_and_release("digits", model.rename(tmp_path / "digits-2.onnx"))
     rollout_completes(fleet, f"digits:{second}")
 

@@ -69,7 +69,10 @@ def test_the_shadow_sees_copies_of_requests_and_never_changes_an_answer(tmp_path
     current.tap(runner)
     x = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
     answers = []
-    for _ in range(200):
+    # At least 200 requests, and on until the shadow ran one: its thread has the lowest
+    # priority, so on a busy machine it may not run at all within the first 200.
+    deadline = time.monotonic() + 30.0
+    while len(answers) < 200 or (runner.busy_s == 0.0 and time.monotonic() < deadline):
         answers.append(serving.infer({"x": x}))
         time.sleep(0.001)
     runner.close()
@@ -77,7 +80,7 @@ def test_the_shadow_sees_copies_of_requests_and_never_changes_an_answer(tmp_path
     window = runner.take_window()
     assert window is not None
     assert all(np.array_equal(a["y"], x + 1) for a in answers)
-    assert window.samples + window.skipped == 200
+    assert window.samples + window.skipped == len(answers)
     assert window.samples > 0
     assert window.distance_sum / window.samples == pytest.approx(4 / 14, rel=1e-5)
     assert sum(window.cpu_counts) == window.samples
