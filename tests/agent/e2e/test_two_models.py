@@ -68,7 +68,7 @@ def steady_traffic(agent: AgentProcess) -> Iterator[dict[str, list[int]]]:
                         seen.append(client.post(url, json=body).status_code)
                     except httpx.HTTPError:
                         seen.append(0)
-                time.sleep(0.01)
+                time.sleep(0.02)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
