@@ -199,7 +199,9 @@ def _start_fleet(settings: Settings, app: Any) -> asyncio.Task[None]:
     from .service import FleetService
 
     ctx: ControllerContext = app.state.ctx
-    fleet = FleetContext(settings=settings, engine=ctx.engine, signer=ctx.signer)
+    fleet = FleetContext(
+        settings=settings, engine=ctx.engine, signer=ctx.signer, read_engine=ctx.read_engine
+    )
     service = FleetService(fleet, ctx.metrics.registry, status=ctx.fleet_status)
     logger.info("fleet loops started (MQTT %s)", settings.broker_url)
     return asyncio.create_task(service.run(), name="fleet")

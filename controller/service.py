@@ -112,7 +112,7 @@ class FleetService:
 
     async def plan_once(self) -> None:
         now_s = time.time()
-        for rollout_id in await asyncio.to_thread(active_rollout_ids, self.fleet.engine):
+        for rollout_id in await asyncio.to_thread(active_rollout_ids, self.fleet.reader):
             result = await asyncio.to_thread(plan_rollout, self.fleet, rollout_id, now_s=now_s)
             if result is not None and result.actions:
                 self._publish_wanted.set()
@@ -168,26 +168,37 @@ class FleetService:
         self._publish_wanted.set()  # also catches anything a failed publish left behind
 
     async def publish_due(self) -> int:
-        """Publish every desired state the broker does not hold yet; returns the count."""
+        """Publish every desired state the broker does not hold yet; returns the count.
+
+        A batch's messages are in flight together (the broker acknowledges each on its
+        own), and those acknowledged are marked published with one statement; a failed
+        publish fails the pass once the others of its batch have been answered.
+        """
         published = 0
         prefix = self.fleet.settings.topic_prefix
         while self.bridge.connected:
             batch = await asyncio.to_thread(self._due, prefix)
             if not batch:
                 break
-            done = []
-            try:
-                for message in batch:
-                    await self.bridge.publish(message.topic, message.payload, retain=True)
-                    done.append(message)
-            finally:
-                if done:
-                    await asyncio.to_thread(self._mark, done)
+            outcomes = await asyncio.gather(
+                *(
+                    self.bridge.publish(message.topic, message.payload, retain=True)
+                    for message in batch
+                ),
+                return_exceptions=True,
+            )
+            done = [m for m, outcome in zip(batch, outcomes, strict=True) if outcome is None]
+            if done:
+                await asyncio.to_thread(self._mark, done)
             published += len(done)
+            failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+            if failed:
+                raise failed[0]
         return published
 
     def _due(self, prefix: str) -> list[DesiredMessage]:
-        with session_scope(self.fleet.engine) as session:
+        # A read: on SQLite it must not hold the write lock while it builds the messages.
+        with session_scope(self.fleet.reader) as session:
             return unpublished_messages(session, prefix, limit=PUBLISH_BATCH)
 
     def _mark(self, messages: list[DesiredMessage]) -> None:

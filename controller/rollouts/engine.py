@@ -21,15 +21,22 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, and_
+from sqlalchemy import Engine, and_, insert, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from protocol import ProbationPolicy, ReleaseRef
 
 from ..db import session_scope
-from ..devices.desired import DeploymentSigner, clear_desired, sign_deployment, sign_shadow
+from ..devices.desired import (
+    LOCK_CHUNK,
+    DeploymentSigner,
+    clear_desired,
+    sign_deployments,
+    sign_shadow,
+)
 from ..devices.selectors import parse_selector
 from ..devices.tables import DeviceModelRecord, DeviceRecord
 from ..monitoring.schemas import AlertCapture
@@ -92,11 +99,21 @@ WEBHOOK_KINDS = frozenset(
 
 @dataclass(frozen=True)
 class FleetContext:
-    """What the fleet loops need: settings, the database and what signs deployments."""
+    """What the fleet loops need: settings, the database and what signs deployments.
+
+    ``read_engine`` serves reads outside any write (``controller.db.reader_engine``): on
+    SQLite its transactions begin deferred, so measuring a rollout or building messages
+    to publish never takes the one write lock that ingest and planning wait for.
+    """
 
     settings: Settings
     engine: Engine
     signer: DeploymentSigner
+    read_engine: Engine | None = None
+
+    @property
+    def reader(self) -> Engine:
+        return self.read_engine if self.read_engine is not None else self.engine
 
 
 def active_rollout_ids(engine: Engine) -> list[str]:
@@ -139,9 +156,22 @@ class _Health:
     """
 
     key: tuple[int, float | None, int, int]
+    # The devices the selector matches, read with the figures: reading them again under
+    # the lock would see no more consistent a fleet (reports keep arriving either way).
+    devices: tuple[DeviceView, ...]
     new: FleetHealth | None
     control: FleetHealth | None
     shadow: ShadowHealth | None = None
+
+
+class _AssignmentRow(NamedTuple):
+    """What the loop reads of a stored assignment: plain columns, no ORM object."""
+
+    device_id: str
+    wave: int
+    assigned_at_s: float
+    outcome: str
+    reported_at_s: float | None
 
 
 def _health_key(state: RolloutState) -> tuple[int, float | None, int, int]:
@@ -150,47 +180,79 @@ def _health_key(state: RolloutState) -> tuple[int, float | None, int, int]:
 
 def _load_state(
     session: Session, record: RolloutRecord
-) -> tuple[RolloutState, list[RolloutAssignmentRecord]]:
-    rows = list(
-        session.exec(
-            select(RolloutAssignmentRecord)
-            .where(RolloutAssignmentRecord.rollout_id == record.id)
-            .order_by(col(RolloutAssignmentRecord.id))
-        ).all()
-    )
+) -> tuple[RolloutState, list[_AssignmentRow]]:
+    table = RolloutAssignmentRecord.__table__  # type: ignore[attr-defined]
+    rows = [
+        _AssignmentRow(*row)
+        for row in session.execute(
+            sa_select(
+                table.c.device_id,
+                table.c.wave,
+                table.c.assigned_at_s,
+                table.c.outcome,
+                table.c.reported_at_s,
+            )
+            .where(table.c.rollout_id == record.id)
+            .order_by(table.c.id)
+        ).all()  # fetched at once: row by row costs more than the rows
+    ]
     policy = decode_policy(record.policy)
     assignments = tuple(Assignment(r.device_id, r.wave, r.assigned_at_s) for r in rows)
     return decode_state(record.state, policy, assignments), rows
 
 
 def _matching_devices(session: Session, record: RolloutRecord) -> tuple[DeviceView, ...]:
-    """Devices the selector matches, each with the release of the rollout's model it runs."""
+    """Devices the selector matches, each with the release of the rollout's model it runs.
+
+    Reads the few columns it needs as plain rows: at 10,000 devices, ORM objects (labels,
+    reported state and all) cost most of a planning pass.
+    """
     selector = parse_selector(record.selector)
+    devices = DeviceRecord.__table__  # type: ignore[attr-defined]
+    models = DeviceModelRecord.__table__  # type: ignore[attr-defined]
+    query = (
+        sa_select(
+            devices.c.id,
+            devices.c.online,
+            devices.c.labels,
+            models.c.active_version,
+            models.c.active_sha256,
+            models.c.desired_sequence,
+            models.c.desired_shadow,
+            models.c.reported_sequence,
+        )
+        .select_from(
+            devices.outerjoin(
+                models,
+                and_(models.c.device_id == devices.c.id, models.c.model_name == record.model_name),
+            )
+        )
+        .where(devices.c.decommissioned_at.is_(None))
+        .order_by(devices.c.id)
+    )
     return tuple(
         DeviceView(
-            device.id,
-            device.online,
-            _reported_release(record.model_name, model),
-            update_pending=_update_pending(model),
+            device_id,
+            bool(online),
+            _reported_release(record.model_name, active_version, active_sha256),
+            update_pending=_update_pending(desired_sequence, desired_shadow, reported_sequence),
         )
-        for device, model in session.exec(
-            select(DeviceRecord, DeviceModelRecord)
-            .outerjoin(
-                DeviceModelRecord,
-                and_(
-                    col(DeviceModelRecord.device_id) == col(DeviceRecord.id),
-                    col(DeviceModelRecord.model_name) == record.model_name,
-                ),
-            )
-            .where(col(DeviceRecord.decommissioned_at).is_(None))
-            .order_by(col(DeviceRecord.id))
-        ).all()
-        if selector.matches(device.labels)
+        for (
+            device_id,
+            online,
+            labels,
+            active_version,
+            active_sha256,
+            desired_sequence,
+            desired_shadow,
+            reported_sequence,
+        ) in session.execute(query).all()
+        if selector.matches(labels or {})
     )
 
 
 def _measure_health(fleet: FleetContext, rollout_id: str) -> _Health | None:
-    with session_scope(fleet.engine) as session:
+    with session_scope(fleet.reader) as session:
         record = session.get(RolloutRecord, rollout_id)
         if record is None:
             return None
@@ -199,53 +261,53 @@ def _measure_health(fleet: FleetContext, rollout_id: str) -> _Health | None:
     key = _health_key(state)
     if state.shadow_running and state.shadow_started_s is not None:
         shadow = shadow_health(
-            fleet.engine,
+            fleet.reader,
             device_ids=state.shadow_devices,
             model=state.release.model,
             version=state.release.version,
             since=datetime.fromtimestamp(state.shadow_started_s, UTC),
         )
-        return _Health(key, None, None, shadow)
+        return _Health(key, devices, None, None, shadow)
     if state.wave_started_s is None:
-        return _Health(key, None, None)
+        return _Health(key, devices, None, None)
     since = datetime.fromtimestamp(state.wave_started_s, UTC)
     new, control = health_groups(
         devices, assigned=state.assigned_ids, release=state.release, last_good=state.last_good
     )
     artifacts = fleet.settings.artifacts_dir
     new_health = fleet_health(
-        fleet.engine,
+        fleet.reader,
         device_ids=new,
         model=state.release.model,
         version=state.release.version,
         since=since,
         reference=release_reference_profile(
-            fleet.engine, artifacts, model=state.release.model, version=state.release.version
+            fleet.reader, artifacts, model=state.release.model, version=state.release.version
         ),
     )
     control_health = None
     if state.last_good is not None:
         control_health = fleet_health(
-            fleet.engine,
+            fleet.reader,
             device_ids=control,
             model=state.last_good.model,
             version=state.last_good.version,
             since=since,
             reference=release_reference_profile(
-                fleet.engine,
+                fleet.reader,
                 artifacts,
                 model=state.last_good.model,
                 version=state.last_good.version,
             ),
         )
-    return _Health(key, new_health, control_health)
+    return _Health(key, devices, new_health, control_health)
 
 
 def _observe(
     session: Session,
     record: RolloutRecord,
     state: RolloutState,
-    rows: Sequence[RolloutAssignmentRecord],
+    rows: Sequence[_AssignmentRow],
     health: _Health,
 ) -> Observations:
     reports = {
@@ -265,21 +327,26 @@ def _observe(
             .order_by(col(RolloutCommandRecord.id))
         ).all()
     )
-    devices = _matching_devices(session, record)
-    return Observations(devices, reports, health.new, health.control, commands, health.shadow)
+    return Observations(
+        health.devices, reports, health.new, health.control, commands, health.shadow
+    )
 
 
-def _update_pending(row: DeviceModelRecord | None) -> bool:
+def _update_pending(
+    desired_sequence: int | None, desired_shadow: bool | None, reported_sequence: int | None
+) -> bool:
     """A release or removal of the model is signed for the device and not yet accepted."""
-    if row is None or row.desired_sequence is None or row.desired_shadow:
+    if desired_sequence is None or desired_shadow:
         return False
-    return row.reported_sequence is None or row.reported_sequence < row.desired_sequence
+    return reported_sequence is None or reported_sequence < desired_sequence
 
 
-def _reported_release(model: str, row: DeviceModelRecord | None) -> ReleaseRef | None:
-    if row is None or row.active_version is None or row.active_sha256 is None:
+def _reported_release(
+    model: str, active_version: int | None, active_sha256: str | None
+) -> ReleaseRef | None:
+    if active_version is None or active_sha256 is None:
         return None
-    return ReleaseRef(model=model, version=row.active_version, sha256=row.active_sha256)
+    return ReleaseRef(model=model, version=active_version, sha256=active_sha256)
 
 
 def _store(
@@ -287,36 +354,66 @@ def _store(
     session: Session,
     record: RolloutRecord,
     result: Plan,
-    rows: Sequence[RolloutAssignmentRecord],
+    rows: Sequence[_AssignmentRow],
     *,
     now_s: float,
 ) -> None:
+    """Write the plan: new assignments and their signed deployments in bulk (a wave may
+    hold every device of the fleet), the rollout's new state, its events."""
     now = datetime.fromtimestamp(now_s, UTC)
-    by_device = {row.device_id: row for row in rows}
-    for assignment in result.state.assignments[len(rows) :]:
-        row = RolloutAssignmentRecord(
-            rollout_id=record.id,
-            device_id=assignment.device_id,
-            wave=assignment.wave,
-            assigned_at_s=assignment.assigned_at_s,
-        )
-        session.add(row)
-        by_device[assignment.device_id] = row
+    new_rows = {
+        assignment.device_id: {
+            "rollout_id": record.id,
+            "device_id": assignment.device_id,
+            "wave": assignment.wave,
+            "assigned_at_s": assignment.assigned_at_s,
+            "deployment_sequence": None,
+            "outcome": DeviceOutcome.PENDING.value,
+            "reason": None,
+            "probation": None,
+            "reported_at_s": None,
+            "rolled_back_by_rollout": False,
+        }
+        for assignment in result.state.assignments[len(rows) :]
+    }
+    rolled_back: list[str] = []
     probation = decode_probation(record.policy)
     for action in result.actions:
         if isinstance(action, AssignDevices):
-            release = _release(session, record.release_id)
-            for device_id in action.device_ids:
-                by_device[device_id].deployment_sequence = _sign(
-                    fleet, session, device_id, release, record.id, probation, now, rollback=False
-                )
+            sequences = sign_deployments(
+                session,
+                device_ids=action.device_ids,
+                release=_release(session, record.release_id),
+                signer=fleet.signer,
+                now=now,
+                ttl_s=fleet.settings.deployment_ttl_s,
+                rollout_id=record.id,
+                probation=probation,
+                mirrors=fleet.settings.artifact_mirrors,
+            )
+            for device_id, sequence in sequences.items():
+                new_rows[device_id]["deployment_sequence"] = sequence
             _order_capture(fleet, session, record, action.device_ids, now)
         elif isinstance(action, RollbackDevices):
-            _roll_back(fleet, session, record, action, by_device, probation, now)
+            _roll_back(fleet, session, record, action, probation, now)
+            rolled_back.extend(action.device_ids)
         elif isinstance(action, ShadowDevices | StopShadow):
             _order_shadows(fleet, session, record, action, now)
         elif isinstance(action, EmitEvent):
             session.add(_event_record(fleet.settings, action))
+    table = RolloutAssignmentRecord.__table__  # type: ignore[attr-defined]
+    connection = session.connection()
+    if new_rows:
+        connection.execute(insert(table), list(new_rows.values()))
+    for first in range(0, len(rolled_back), LOCK_CHUNK):
+        connection.execute(
+            update(table)
+            .where(
+                table.c.rollout_id == record.id,
+                table.c.device_id.in_(rolled_back[first : first + LOCK_CHUNK]),
+            )
+            .values(rolled_back_by_rollout=True)
+        )
     record.state = encode_state(result.state)
     record.status = result.state.status.value
     record.wave = result.state.wave
@@ -341,24 +438,25 @@ def _roll_back(
     session: Session,
     record: RolloutRecord,
     action: RollbackDevices,
-    by_device: dict[str, RolloutAssignmentRecord],
     probation: ProbationPolicy,
     now: datetime,
 ) -> None:
-    last_good = (
-        None
-        if record.last_good_release_id is None
-        else _release(session, record.last_good_release_id)
-    )
-    for device_id in action.device_ids:
-        if last_good is None:
+    if record.last_good_release_id is None:
+        for device_id in action.device_ids:
             clear_desired(session, device_id=device_id, model=record.model_name)
-        else:
-            _sign(fleet, session, device_id, last_good, record.id, probation, now, rollback=True)
-        row = by_device.get(device_id)
-        if row is not None:
-            row.rolled_back_by_rollout = True
-            session.add(row)
+        return
+    sign_deployments(
+        session,
+        device_ids=action.device_ids,
+        release=_release(session, record.last_good_release_id),
+        signer=fleet.signer,
+        now=now,
+        ttl_s=fleet.settings.deployment_ttl_s,
+        rollout_id=record.id,
+        rollback=True,
+        probation=probation,
+        mirrors=fleet.settings.artifact_mirrors,
+    )
 
 
 def _order_capture(
@@ -414,31 +512,6 @@ def _order_shadows(
             ttl_s=fleet.settings.deployment_ttl_s,
             rollout_id=record.id,
         )
-
-
-def _sign(
-    fleet: FleetContext,
-    session: Session,
-    device_id: str,
-    release: ReleaseRecord,
-    rollout_id: str,
-    probation: ProbationPolicy,
-    now: datetime,
-    *,
-    rollback: bool,
-) -> int:
-    return sign_deployment(
-        session,
-        device_id=device_id,
-        release=release,
-        signer=fleet.signer,
-        now=now,
-        ttl_s=fleet.settings.deployment_ttl_s,
-        rollout_id=rollout_id,
-        rollback=rollback,
-        probation=probation,
-        mirrors=fleet.settings.artifact_mirrors,
-    )
 
 
 def _release(session: Session, release_id: int) -> ReleaseRecord:

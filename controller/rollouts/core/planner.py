@@ -239,11 +239,11 @@ class _Step:
         wave, release, assigned = self.state.wave, self.state.release, self.state.assigned_ids
         devices = self.observations.devices
         room = self.targets()[wave] - len(assigned & {d.device_id for d in devices})
-        chosen: list[str] = []
+        chosen: dict[str, None] = {}  # ordered, and a set: a wave may take 10,000 devices
         for device in devices:
             wanted = device.online and device.release != release and len(chosen) < room
             if wanted and device.device_id not in assigned and device.device_id not in chosen:
-                chosen.append(device.device_id)
+                chosen[device.device_id] = None
         if room > len(chosen):
             self.notes.append(f"{room - len(chosen)} more devices wanted, none online to take")
         if chosen:
