@@ -194,7 +194,9 @@ class FleetAgent:
         env = _clean_env(
             EDGEFLEET_AGENT_INFERENCE_PORT=str(self.inference_port),
             EDGEFLEET_AGENT_STATS_WINDOW_S="1",
-            EDGEFLEET_AGENT_DOWNLOAD_MIN_DEADLINE_S="30",
+            # The agent's default: a controller killed mid-rollout took over 30 s to answer
+            # again on a loaded machine, and a device's download gave up meanwhile.
+            EDGEFLEET_AGENT_DOWNLOAD_MIN_DEADLINE_S="60",
             EDGEFLEET_AGENT_SANDBOX_WALL_S="90",
             EDGEFLEET_AGENT_SHUTDOWN_TIMEOUT_S="5",
             # Up to 20 agents share 2 cores here: one thread each, not every core each.
